@@ -1,0 +1,53 @@
+"""frostline: progressive layer freezing for PyTorch.
+
+Layers that have finished learning stop being updated: they leave the optimizer, their backward
+pass is skipped, and (with the activation cache) their forward pass too.
+"""
+
+from .cost import CostModel, UnitCost, estimate_speedup, measure_costs
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetNotFoundError,
+    FrostlineError,
+    ModelError,
+)
+from .freezer import FreezeEvent, Freezer
+from .policies import (
+    FreezeOut,
+    FreezePolicy,
+    LinearFreezing,
+    NoFreezing,
+    Progress,
+    create_policy,
+    freezeout_times,
+    list_policies,
+)
+from .units import FreezeUnit, freeze_units, trace_execution_order
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "CostModel",
+    "DatasetNotFoundError",
+    "FreezeEvent",
+    "FreezeOut",
+    "FreezePolicy",
+    "FreezeUnit",
+    "Freezer",
+    "FrostlineError",
+    "LinearFreezing",
+    "ModelError",
+    "NoFreezing",
+    "Progress",
+    "UnitCost",
+    "create_policy",
+    "estimate_speedup",
+    "freeze_units",
+    "freezeout_times",
+    "list_policies",
+    "measure_costs",
+    "trace_execution_order",
+]

@@ -1,0 +1,295 @@
+"""The Freezer: the only code that *acts* on a freezing decision.
+
+It flips ``requires_grad``, takes frozen parameters (and their optimizer state) out of the
+optimizer, keeps frozen modules in eval mode even after ``model.train()``, applies per-unit
+learning rates, records the timeline, and saves/restores all of it for an exact resume.
+
+Plain PyTorch use is two lines::
+
+    freezer = Freezer(model, optimizer, FreezeOut(), total_steps=len(loader) * epochs)
+    ...  # after each optimizer.step():
+    freezer.step()
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, asdict
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ConfigError, FrostlineError, ModelError
+from .policies.base import FreezePolicy, Progress
+from .units import ExecutionOrderRecorder, FreezeUnit, freeze_units, units_from_names
+
+STATE_VERSION = 1
+
+
+@dataclass
+class FreezeEvent:
+    """One entry of the freezing timeline."""
+
+    unit: str
+    index: int
+    step: int
+    fraction: float
+    signal: dict[str, Any] | None = None
+
+
+def _train_keeps_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    """Replacement ``train`` for a frozen module: whatever the caller asks, stay in eval mode so
+    BatchNorm statistics stop moving and dropout is off."""
+    return nn.Module.train(self, False)
+
+
+def _pin_eval(module: nn.Module) -> None:
+    for m in module.modules():
+        m.train = types.MethodType(_train_keeps_eval, m)
+    nn.Module.train(module, False)
+
+
+class Freezer:
+    """Applies a :class:`~frostline.policies.FreezePolicy` to a model and its optimizer.
+
+    Units come from ``units`` (module names, in order) or are traced: from ``example_input`` if
+    given, else from the first forward pass the model runs after the Freezer is made.
+    ``freeze_head=False`` keeps the last unit trainable whatever the policy says.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        policy: FreezePolicy,
+        total_steps: int,
+        *,
+        units: Sequence | None = None,
+        granularity: str = "block",
+        example_input=None,
+        freeze_head: bool = False,
+    ):
+        if not isinstance(total_steps, int) or total_steps <= 0:
+            raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ModelError("the model has no trainable parameters: there is nothing to train or freeze")
+        self.model = model
+        self.optimizer = optimizer
+        self.policy = policy
+        self.total_steps = total_steps
+        self.freeze_head = freeze_head
+        self.granularity = granularity
+        self.units: list[FreezeUnit] | None = None
+        self.frozen: set[int] = set()
+        self.timeline: list[FreezeEvent] = []
+        self.step_count = 0
+        self._recorder = None
+        self._param_name = {id(p): n for n, p in model.named_parameters()}
+        if units is not None:
+            self._setup(units_from_names(model, [[u] if isinstance(u, str) else list(u) for u in units]))
+        elif example_input is not None:
+            self._setup(freeze_units(model, granularity, example_input=example_input))
+        else:
+            self._recorder = ExecutionOrderRecorder(
+                model, lambda order: self._setup(freeze_units(model, granularity, execution_order=order))
+            )
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _setup(self, units: list[FreezeUnit]) -> None:
+        self._recorder = None
+        self.units = units
+        self.policy.bind([u.name for u in units])
+        if self.policy.scales_lr:
+            self._split_param_groups()
+        self._apply_lr(self.progress)
+
+    def _split_param_groups(self) -> None:
+        """Give every (original group, unit) pair its own param group so each unit can have its
+        own learning rate. Parameters outside every unit keep their original group."""
+        unit_of = {id(p): i for i, u in enumerate(self.units) for p in u.params}
+        new_groups = []
+        for src, group in enumerate(self.optimizer.param_groups):
+            buckets: dict[int | None, list] = {}
+            for p in group["params"]:
+                buckets.setdefault(unit_of.get(id(p)), []).append(p)
+            for unit, params in sorted(buckets.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+                g = {k: v for k, v in group.items() if k != "params"}
+                g.update(params=params, frostline_unit=unit, frostline_base_lr=group.get("frostline_base_lr", group["lr"]))
+                new_groups.append(g)
+        self.optimizer.param_groups[:] = new_groups
+
+    # -- the step --------------------------------------------------------------------------
+    @property
+    def progress(self) -> Progress:
+        return Progress(self.step_count, self.total_steps)
+
+    @property
+    def ready(self) -> bool:
+        return self.units is not None
+
+    def _require_units(self) -> list[FreezeUnit]:
+        if self.units is None:
+            raise FrostlineError(
+                "the Freezer has not seen a forward pass yet: call freezer.step() after the "
+                "optimizer step of a batch that ran through the model (or pass example_input=)"
+            )
+        return self.units
+
+    def step(self) -> list[int]:
+        """Call after each ``optimizer.step()``. Returns the indices of units frozen now."""
+        self._require_units()
+        self.step_count += 1
+        progress = self.progress
+        if self.policy.requires:
+            self.policy.observe(progress, self.collect_signals(self.policy.requires))
+        wanted = self.policy.decide(progress)
+        newly = self._admissible(wanted)
+        for i in newly:
+            self.freeze(i, signal=self.policy.reason(i))
+        self._apply_lr(progress)
+        return newly
+
+    def _admissible(self, wanted: set[int]) -> list[int]:
+        last = len(self.units) - 1
+        return sorted(i for i in wanted if i not in self.frozen and 0 <= i <= last and (self.freeze_head or i != last))
+
+    def collect_signals(self, names) -> dict[str, Any]:
+        """Signals a policy asked for, computed from the live model (extended by later policies)."""
+        signals: dict[str, Any] = {}
+        for name in names:
+            if name == "grad_norm":
+                signals[name] = self.grad_norms()
+            else:
+                raise FrostlineError(f"the Freezer cannot collect signal {name!r}")
+        return signals
+
+    def grad_norms(self) -> list[float | None]:
+        """L2 norm of each active unit's current gradient (None for frozen units)."""
+        out: list[float | None] = []
+        for i, u in enumerate(self._require_units()):
+            grads = [p.grad for p in u.params if p.grad is not None]
+            if i in self.frozen or not grads:
+                out.append(None)
+            else:
+                out.append(float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))))
+        return out
+
+    # -- acting ----------------------------------------------------------------------------
+    def freeze(self, index: int, signal: dict[str, Any] | None = None) -> None:
+        """Freeze unit ``index`` now: no gradients, out of the optimizer, pinned to eval mode."""
+        unit = self._require_units()[index]
+        if index in self.frozen:
+            return
+        self._detach_from_training(unit)
+        self._remove_from_optimizer(unit.params)
+        self.frozen.add(index)
+        self.timeline.append(
+            FreezeEvent(unit.name, index, self.step_count, self.step_count / self.total_steps, signal)
+        )
+
+    @staticmethod
+    def _detach_from_training(unit: FreezeUnit) -> None:
+        for p in unit.params:
+            p.requires_grad_(False)
+            p.grad = None
+        for m in unit.modules:
+            _pin_eval(m)
+
+    def _remove_from_optimizer(self, params) -> None:
+        """Drop ``params`` from every group and drop their state, so ``optimizer.state_dict()``
+        keeps working (Composer's version leaves the state behind and state_dict() raises).
+        Groups that become empty stay, so LR schedulers keep their per-group lists aligned."""
+        gone = {id(p) for p in params}
+        for group in self.optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in gone]
+        for p in params:
+            self.optimizer.state.pop(p, None)
+
+    def _apply_lr(self, progress: Progress) -> None:
+        scales = self.policy.lr_scales(progress)
+        if scales is None:
+            return
+        for group in self.optimizer.param_groups:
+            unit = group.get("frostline_unit")
+            if unit is not None:
+                group["lr"] = group["frostline_base_lr"] * scales[unit]
+
+    # -- views -----------------------------------------------------------------------------
+    @property
+    def frozen_prefix(self) -> int:
+        """Number of leading units that are frozen (what an activation cache can skip)."""
+        k = 0
+        while k in self.frozen:
+            k += 1
+        return k
+
+    @property
+    def unit_names(self) -> list[str]:
+        return [u.name for u in self._require_units()]
+
+    def frozen_at(self) -> dict[str, float | None]:
+        """Unit name -> training fraction when it was frozen (None if never)."""
+        when = {e.unit: e.fraction for e in self.timeline}
+        return {u.name: when.get(u.name) for u in self._require_units()}
+
+    # -- resume ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        units = self._require_units()
+        return {
+            "version": STATE_VERSION,
+            "units": [list(u.module_names) for u in units],
+            "unit_names": [u.name for u in units],
+            "frozen": sorted(self.frozen),
+            "step": self.step_count,
+            "total_steps": self.total_steps,
+            "timeline": [asdict(e) for e in self.timeline],
+            "policy": self.policy.state_dict(),
+            "param_groups": [
+                {**{k: v for k, v in g.items() if k != "params"},
+                 "params": [self._param_name[id(p)] for p in g["params"]]}
+                for g in self.optimizer.param_groups
+            ],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore units, frozen set, policy and param-group layout. Call this *before*
+        ``optimizer.load_state_dict`` so the optimizer's groups match the saved ones."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise CheckpointError("not a frostline Freezer state (or from an incompatible version)")
+        if state["total_steps"] != self.total_steps:
+            raise CheckpointError(
+                f"saved run had total_steps={state['total_steps']}, this one {self.total_steps}: "
+                "resume with the same epochs, batch size and data"
+            )
+        if self._recorder is not None:
+            self._recorder.detach()
+            self._recorder = None
+        try:
+            units = units_from_names(self.model, state["units"])
+        except ModelError as e:
+            raise CheckpointError(f"saved freeze units do not match this model: {e}") from None
+        for u, name in zip(units, state["unit_names"]):
+            u.name = name
+        self.units = units
+        self.policy.bind([u.name for u in units])
+        self.policy.load_state_dict(state["policy"])
+        self.step_count = int(state["step"])
+        self.timeline = [FreezeEvent(**e) for e in state["timeline"]]
+        self.frozen = set(state["frozen"])
+        for i in self.frozen:
+            self._detach_from_training(units[i])
+        self._restore_param_groups(state["param_groups"])
+        self._apply_lr(self.progress)
+
+    def _restore_param_groups(self, saved: list[dict[str, Any]]) -> None:
+        by_name = dict(self.model.named_parameters())
+        missing = [n for g in saved for n in g["params"] if n not in by_name]
+        if missing:
+            raise CheckpointError(f"saved optimizer layout names parameters the model lacks: {missing[:5]}")
+        groups = [{**g, "params": [by_name[n] for n in g["params"]]} for g in saved]
+        kept = {id(p) for g in groups for p in g["params"]}
+        for p in list(self.optimizer.state):
+            if id(p) not in kept:
+                del self.optimizer.state[p]
+        self.optimizer.param_groups[:] = groups

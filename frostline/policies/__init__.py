@@ -1,0 +1,57 @@
+"""Freezing policies by name (timm-style registry). One small module per method."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from ..errors import ConfigError
+from .base import FreezePolicy, NoFreezing, Progress
+from .freezeout import FreezeOut, freezeout_times
+from .linear import LinearFreezing
+
+POLICIES: dict[str, Callable[..., FreezePolicy]] = {
+    "none": NoFreezing,
+    "linear": LinearFreezing,
+    "freezeout": FreezeOut,
+}
+
+
+def register_policy(name: str):
+    def wrap(cls):
+        POLICIES[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_policies() -> list[str]:
+    return sorted(POLICIES)
+
+
+def create_policy(name: str, **kwargs) -> FreezePolicy:
+    """Build a policy by name; hyperparameters the policy does not take are an error."""
+    if name not in POLICIES:
+        raise ConfigError(f"unknown method {name!r}; choose one of {list_policies()}")
+    cls = POLICIES[name]
+    accepted = set(inspect.signature(cls).parameters)
+    unknown = set(kwargs) - accepted
+    if unknown:
+        raise ConfigError(
+            f"method {name!r} does not take {sorted(unknown)}; it takes {sorted(accepted) or 'nothing'}"
+        )
+    return cls(**kwargs)
+
+
+__all__ = [
+    "FreezePolicy",
+    "NoFreezing",
+    "LinearFreezing",
+    "FreezeOut",
+    "Progress",
+    "POLICIES",
+    "create_policy",
+    "list_policies",
+    "register_policy",
+    "freezeout_times",
+]

@@ -1,0 +1,84 @@
+"""What every freezing policy looks like. A policy *decides*; it never touches the model or the
+optimizer (that is :class:`frostline.Freezer`'s job), so it can be tested and swapped alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training is: ``step`` optimizer steps done out of ``total_steps``."""
+
+    step: int
+    total_steps: int
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total_steps
+
+
+class FreezePolicy:
+    """Base policy: never freezes, never changes learning rates (the ``none`` baseline).
+
+    Subclasses override :meth:`decide` (and :meth:`lr_scales` if they anneal per unit).
+    ``requires`` names the signals the Freezer must collect and pass to :meth:`observe`.
+    """
+
+    name = "none"
+    requires: frozenset[str] = frozenset()
+    #: True when :meth:`lr_scales` returns multipliers, so the Freezer gives each unit its own
+    #: optimizer param group.
+    scales_lr = False
+
+    def __init__(self) -> None:
+        self.unit_names: list[str] = []
+        self.num_units = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def bind(self, unit_names: list[str]) -> None:
+        """Called once the model's units are known (the last one is the head)."""
+        self.unit_names = list(unit_names)
+        self.num_units = len(unit_names)
+
+    def observe(self, progress: Progress, signals: dict[str, Any]) -> None:
+        """See the signals asked for in ``requires`` after an optimizer step."""
+
+    def decide(self, progress: Progress) -> set[int]:
+        """Indices of the units that should be frozen now. Freezing is permanent: the Freezer
+        keeps the union of every answer."""
+        return set()
+
+    def lr_scales(self, progress: Progress) -> list[float] | None:
+        """Per-unit learning-rate multipliers for the next step, or None for "leave as is"."""
+        return None
+
+    def reason(self, unit: int) -> dict[str, Any] | None:
+        """The signal behind freezing ``unit`` (recorded in the timeline), if any."""
+        return None
+
+    def config(self) -> dict[str, Any]:
+        """Hyperparameters, for summaries and for checking a resumed run uses the same ones."""
+        return {}
+
+    # -- resume ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "config": self.config()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from ..errors import CheckpointError
+
+        if state.get("name") != self.name:
+            raise CheckpointError(
+                f"saved freezing state is for method {state.get('name')!r}, not {self.name!r}: "
+                "resume with the same --method"
+            )
+        if state.get("config") != self.config():
+            raise CheckpointError(
+                f"saved {self.name} hyperparameters {state.get('config')} differ from the "
+                f"current ones {self.config()}: resume with the same settings"
+            )
+
+
+NoFreezing = FreezePolicy

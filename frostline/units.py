@@ -1,0 +1,287 @@
+"""Freeze units: the model as an ordered list of the pieces that freeze together.
+
+The order is the order in which the pieces *run*, found by tracing one forward pass with hooks,
+because registration order (what ``named_modules`` gives) can differ from execution order and a
+"frozen prefix" only saves backward work if it really is a prefix of the computation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+GRANULARITIES = ("block", "leaf")
+PLAIN_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+@dataclass
+class FreezeUnit:
+    """One piece of the model that is frozen as a whole (a block, a stem, a head, a conv+BN)."""
+
+    name: str
+    module_names: list[str]
+    modules: list[nn.Module] = field(repr=False)
+    params: list[nn.Parameter] = field(repr=False)
+    param_names: list[str] = field(repr=False)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+
+def _own_params(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return list(module.named_parameters(recurse=False))
+
+
+def _has_params(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+def _is_leaf(module: nn.Module) -> bool:
+    return next(module.children(), None) is None
+
+
+def trace_execution_order(model: nn.Module, example_input) -> list[str]:
+    """Names of the modules of ``model`` in the order their forward first starts, from one pass.
+
+    The pass runs under ``no_grad`` in eval mode so that it changes nothing (BN statistics,
+    dropout RNG draws aside from eval's none); training mode is restored afterwards.
+    """
+    order: list[str] = []
+    seen: set[str] = set()
+    handles = []
+    for name, module in model.named_modules():
+
+        def hook(_module, _args, _name=name):
+            if _name not in seen:
+                seen.add(_name)
+                order.append(_name)
+
+        handles.append(module.register_forward_pre_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if isinstance(example_input, dict):
+                model(**example_input)
+            elif isinstance(example_input, (tuple, list)):
+                model(*example_input)
+            else:
+                model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return order
+
+
+class ExecutionOrderRecorder:
+    """Records module execution order during the *next* forward of ``model``, then detaches.
+
+    Lets :class:`~frostline.Freezer` find units lazily from the user's own first training batch,
+    so plain-PyTorch use needs no example input.
+    """
+
+    def __init__(self, model: nn.Module, on_done):
+        self.order: list[str] = []
+        self._seen: set[str] = set()
+        self._handles = []
+        self._on_done = on_done
+        for name, module in model.named_modules():
+            self._handles.append(module.register_forward_pre_hook(self._make_hook(name)))
+        self._handles.append(model.register_forward_hook(self._finish))
+
+    def _make_hook(self, name):
+        def hook(_module, _args):
+            if name not in self._seen:
+                self._seen.add(name)
+                self.order.append(name)
+
+        return hook
+
+    def _finish(self, _module, _args, _output):
+        self.detach()
+        self._on_done(self.order)
+
+    def detach(self):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def _split_leaf_sequence(prefix: str, module: nn.Module) -> list[list[str]]:
+    """Group a flat run of leaves (conv, BN, ReLU, pool, ...) into units: a new unit starts at
+    every parameter-owning leaf that is not a normalisation layer, so a conv keeps its BN."""
+    groups: list[list[str]] = []
+    for child_name, child in module.named_children():
+        full = f"{prefix}.{child_name}" if prefix else child_name
+        starts_unit = _has_params(child) and not isinstance(child, NORM_TYPES)
+        if starts_unit or not groups:
+            groups.append([full])
+        else:
+            groups[-1].append(full)
+    return groups
+
+
+def _block_candidates(prefix: str, module: nn.Module) -> list[list[str]]:
+    """Module-name groups at "block" granularity: descend through sequence containers, stop at
+    the first module that is a block of its own (a custom module, or a leaf with parameters)."""
+    groups: list[list[str]] = []
+    children = list(module.named_children())
+    if children and all(_is_leaf(c) for _, c in children):
+        return _split_leaf_sequence(prefix, module)
+    for child_name, child in children:
+        full = f"{prefix}.{child_name}" if prefix else child_name
+        # Only *plain* containers are looked into: a subclass (ConvBNAct, Head, a stage class)
+        # is a block its author named, so it stays whole.
+        if type(child) in PLAIN_CONTAINERS:
+            groups.extend(_block_candidates(full, child))
+        else:
+            groups.append([full])
+    return groups
+
+
+def _leaf_candidates(model: nn.Module) -> list[list[str]]:
+    """Every parameter-owning leaf is a unit (normalisation layers are merged later into the
+    unit that runs just before them, so conv + BN stay together)."""
+    return [[name] for name, m in model.named_modules() if _is_leaf(m) and _has_params(m)]
+
+
+def _resolve_explicit(model: nn.Module, units: Sequence) -> list[list[str]]:
+    modules = dict(model.named_modules())
+    groups = []
+    for u in units:
+        names = [u] if isinstance(u, str) else list(u)
+        missing = [n for n in names if n not in modules]
+        if missing:
+            known = [n for n in modules if n][:12]
+            raise ModelError(
+                f"unit module name(s) {missing} do not exist in the model; names look like "
+                f"{known}{' ...' if len(modules) > 13 else ''} (see model.named_modules())"
+            )
+        groups.append(names)
+    return groups
+
+
+def _first_run(names: Iterable[str], position: dict[str, int]) -> int:
+    """Earliest execution position of any module in ``names`` or below them."""
+    best = None
+    for n in names:
+        prefix = n + "."
+        for m_name, pos in position.items():
+            if m_name == n or m_name.startswith(prefix) or n == "":
+                if best is None or pos < best:
+                    best = pos
+    return best if best is not None else -1
+
+
+def freeze_units(
+    model: nn.Module,
+    granularity: str = "block",
+    units: Sequence | None = None,
+    example_input=None,
+    execution_order: Sequence[str] | None = None,
+) -> list[FreezeUnit]:
+    """Split ``model`` into ordered freeze units; the last unit is the head.
+
+    ``units`` (a list of module names, or of lists of names) overrides the automatic split.
+    The order comes from a traced forward pass: give ``example_input`` (one batch) or an
+    ``execution_order`` already recorded. Modules that never run in that pass are left out
+    (they get no gradient anyway). Parameters owned directly by container modules (a ViT's
+    ``cls_token``) join the first unit below that container in execution order.
+    """
+    if granularity not in GRANULARITIES:
+        raise ModelError(f"unknown granularity {granularity!r}; use one of {list(GRANULARITIES)}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ModelError(
+            "the model has no trainable parameters (none with requires_grad=True): there is "
+            "nothing to train or freeze"
+        )
+    if execution_order is None:
+        if example_input is None:
+            raise ModelError(
+                "freeze_units needs the forward order: pass example_input= (one batch) or "
+                "execution_order= (from trace_execution_order)"
+            )
+        execution_order = trace_execution_order(model, example_input)
+    position = {name: i for i, name in enumerate(execution_order)}
+    modules = dict(model.named_modules())
+
+    if units is not None:
+        groups = _resolve_explicit(model, units)
+    elif granularity == "block":
+        groups = _block_candidates("", model)
+        if not groups:  # a single leaf model
+            groups = [[""]]
+    else:
+        groups = _leaf_candidates(model)
+    if units is not None:
+        not_run = [g for g in groups if _first_run(g, position) < 0]
+        if not_run:
+            raise ModelError(f"unit(s) {not_run} never ran in the traced forward pass")
+    ran = [g for g in groups if _first_run(g, position) >= 0 and _group_params(modules, g)]
+    ran.sort(key=lambda g: _first_run(g, position))
+    # A group that is only normalisation layers joins the unit that ran just before it, so a
+    # conv and its BatchNorm freeze together even when they are siblings of bigger blocks.
+    merged: list[list[str]] = []
+    for g in ran:
+        if merged and units is None and all(isinstance(modules[n], NORM_TYPES) for n in g):
+            merged[-1].extend(g)
+        else:
+            merged.append(g)
+    if not merged:
+        raise ModelError("no module with parameters ran in the traced forward pass")
+    return _build_units(model, merged)
+
+
+def _group_params(modules: dict[str, nn.Module], names: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
+    out, seen = [], set()
+    for n in names:
+        for pn, p in modules[n].named_parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append((f"{n}.{pn}" if n else pn, p))
+    return out
+
+
+def _build_units(model: nn.Module, groups: Sequence[Sequence[str]]) -> list[FreezeUnit]:
+    """Turn ordered module-name groups into units, giving container-owned parameters a home."""
+    modules = dict(model.named_modules())
+    params = [_group_params(modules, g) for g in groups]
+    covered = {id(p) for ps in params for _, p in ps}
+    for owner_name, owner in modules.items():
+        extras = [(pn, p) for pn, p in _own_params(owner) if id(p) not in covered]
+        if not extras:
+            continue
+        # the first unit (in execution order) that lives under this owner
+        for i, g in enumerate(groups):
+            if owner_name == "" or all(n.startswith(owner_name + ".") for n in g):
+                for pn, p in extras:
+                    params[i].append((f"{owner_name}.{pn}" if owner_name else pn, p))
+                    covered.add(id(p))
+                break
+    units = []
+    for g, ps in zip(groups, params):
+        name = g[0]
+        units.append(
+            FreezeUnit(
+                name=name or "model",
+                module_names=list(g),
+                modules=[modules[n] for n in g],
+                params=[p for _, p in ps],
+                param_names=[n for n, _ in ps],
+            )
+        )
+    return units
+
+
+def units_from_names(model: nn.Module, groups: Sequence[Sequence[str]]) -> list[FreezeUnit]:
+    """Rebuild units from saved module-name groups, in the saved order (resume needs no trace)."""
+    _resolve_explicit(model, groups)
+    return _build_units(model, [list(g) for g in groups])
