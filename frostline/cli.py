@@ -1,0 +1,131 @@
+"""``frostline`` command line: ``train``, ``bench steptime``, ``data``.
+
+Flags of ``train`` map one-to-one onto :class:`frostline.train.TrainConfig` fields. Bad input
+exits with code 2 and one line saying what to do, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+
+from .errors import FrostlineError
+
+HELP = {
+    "model": "model from the zoo (resnet, vgg, mobilenetv2, vit)",
+    "dataset": "dataset (fashion-mnist, mnist)",
+    "method": "freezing method (none, linear, freezeout)",
+    "epochs": "epochs to train (may be fractional)",
+    "batch_size": "samples per step",
+    "optimizer": "sgd (Nesterov momentum) or adamw",
+    "lr": "base learning rate",
+    "lr_schedule": "cosine or constant (freezeout brings its own per-unit schedule)",
+    "train_subset": "train on the first N samples of the (shuffled) train split",
+    "val_size": "samples held out from train for validation",
+    "test_subset": "evaluate on the first N test samples",
+    "width": "model width (channels / embedding dim)",
+    "depth": "model depth (blocks per stage / transformer blocks)",
+    "device": "auto, cpu or cuda[:N]",
+    "threads": "torch CPU threads (default: torch's choice)",
+    "out": "run folder for metrics.jsonl, summary.json, timeline.png",
+    "log_every": "steps between metrics rows",
+    "progress": "show a progress bar",
+    "t_0": "freezeout: fraction at which the first unit freezes, before the schedule is applied",
+    "schedule": "freezeout: linear, squared or cubic spacing of freezing times",
+    "scale_lr": "freezeout: start unit i at lr / t_i",
+    "const_time": "freezeout/linear: lengthen training to the baseline's predicted compute",
+    "freeze_start": "linear: fraction of training before freezing starts",
+    "freeze_level": "linear: fraction of units frozen at the end",
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, config_cls) -> None:
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        help_text = f"{HELP.get(f.name, '')} (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            continue
+        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        parser.add_argument(flag, dest=f.name, type=base, default=f.default, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .bench import BenchConfig
+    from .train import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="frostline", description="Progressive layer freezing for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_train = sub.add_parser("train", help="train a model with a freezing method on real data")
+    _add_config_flags(p_train, TrainConfig)
+
+    p_bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = p_bench.add_subparsers(dest="bench", required=True)
+    p_step = bench_sub.add_parser("steptime", help="step time with the first k units frozen, for every k")
+    _add_config_flags(p_step, BenchConfig)
+
+    p_data = sub.add_parser("data", help="datasets")
+    data_sub = p_data.add_subparsers(dest="data", required=True)
+    p_fetch = data_sub.add_parser("fetch", help="fetch a dataset that is not installed by apt (mnist)")
+    p_fetch.add_argument("name", choices=["mnist"])
+    data_sub.add_parser("list", help="list datasets and where their files are")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        from .train import TrainConfig, train
+
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+        summary = train(cfg)
+        print(f"test accuracy {summary['test_accuracy']:.2f}% | train time {summary['train_time_s']:.1f}s | "
+              f"FLOPs saved {100 * summary['flops_saved']:.1f}% | frozen {sum(v is not None for v in summary['frozen_at'].values())}/{len(summary['units'])} units")
+        print(f"results: {cfg.out}/summary.json, {cfg.out}/metrics.jsonl, {cfg.out}/timeline.png")
+        return 0
+    if args.command == "bench":
+        from .bench import BenchConfig, steptime
+
+        cfg = BenchConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)})
+        result = steptime(cfg)
+        print(result["table"])
+        print(f"results: {cfg.out}/steptime.json, {cfg.out}/steptime.md")
+        return 0
+    if args.command == "data":
+        from . import data
+
+        if args.data == "fetch":
+            path = data.fetch_mnist()
+            print(f"mnist ready: {path}")
+        else:
+            for name in data.list_datasets():
+                try:
+                    data.load_arrays(name, "test")
+                    where = "installed"
+                except FrostlineError as e:
+                    where = f"missing ({e})"
+                print(f"{name}: {where}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except FrostlineError as e:
+        print(f"frostline: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("frostline: interrupted; finished results are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""The reference training loop behind ``frostline train``: readable top to bottom.
+
+One run = one model trained on one dataset with one freezing method. It writes, under ``out``:
+``config.json``, ``metrics.jsonl`` (one row per log step and per epoch), ``summary.json`` and
+``timeline.png``. A run that fails part-way still leaves its metrics and a summary marked
+``"status": "failed"``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import default_collate
+
+from .cost import estimate_speedup, measure_costs
+from .data import load_dataset
+from .errors import ConfigError
+from .freezer import Freezer
+from .models import create_model
+from .policies import create_policy, list_policies
+from .units import freeze_units
+
+
+@dataclass
+class TrainConfig:
+    """Everything one run depends on; the CLI maps its flags onto these fields one-to-one."""
+
+    model: str = "resnet"
+    dataset: str = "fashion-mnist"
+    method: str = "freezeout"
+    epochs: float = 5
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "cosine"
+    seed: int = 0
+    train_subset: int | None = None
+    val_size: int = 5000
+    test_subset: int | None = None
+    width: int | None = None
+    depth: int | None = None
+    device: str = "auto"
+    threads: int | None = None
+    out: str = "runs/latest"
+    log_every: int = 20
+    progress: bool = True
+    # method hyperparameters (each method reads its own)
+    t_0: float = 0.8
+    schedule: str = "cubic"
+    scale_lr: bool = True
+    const_time: bool = False
+    freeze_start: float = 0.5
+    freeze_level: float = 1.0
+
+
+#: Which config fields each method takes, by the policy's argument name.
+METHOD_ARGS = {
+    "none": {},
+    "linear": {"freeze_start": "freeze_start", "freeze_level": "freeze_level"},
+    "freezeout": {"t_0": "t_0", "schedule": "schedule", "scale_lr": "scale_lr"},
+}
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject bad settings before any data is loaded, with a message saying what to use."""
+    if cfg.method not in list_policies():
+        raise ConfigError(f"unknown method {cfg.method!r}; choose one of {list_policies()}")
+    if not (isinstance(cfg.epochs, (int, float)) and cfg.epochs > 0):
+        raise ConfigError(f"epochs must be > 0, got {cfg.epochs}")
+    if cfg.batch_size <= 0:
+        raise ConfigError(f"batch_size must be > 0, got {cfg.batch_size}")
+    if not cfg.lr > 0:
+        raise ConfigError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose one of {list(OPTIMIZERS)}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"unknown lr schedule {cfg.lr_schedule!r}; choose one of {list(LR_SCHEDULES)}")
+    if cfg.log_every <= 0:
+        raise ConfigError(f"log_every must be > 0, got {cfg.log_every}")
+    if cfg.const_time and cfg.method == "none":
+        raise ConfigError("const_time lengthens a freezing run to the baseline's compute; it needs a freezing method")
+    make_policy(cfg)  # checks the method's own hyperparameters
+
+
+def make_policy(cfg: TrainConfig):
+    args = METHOD_ARGS.get(cfg.method, {})
+    return create_policy(cfg.method, **{arg: getattr(cfg, field) for arg, field in args.items()})
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda asked for but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def iterate_batches(dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> Iterator[tuple]:
+    """``(indices, x, y)`` batches; the order depends only on ``seed`` (so a run is repeatable
+    and a resumed run can find its place). Whole-batch tensor indexing when the dataset allows."""
+    n = len(dataset)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        if hasattr(dataset, "get_batch"):
+            x, y = dataset.get_batch(idx)
+        else:
+            x, y = default_collate([dataset[int(i)] for i in idx])
+        yield idx, x, y
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, batch_size: int, device: torch.device) -> float:
+    """Top-1 accuracy (%) on ``dataset``; restores the model's training mode."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for _, x, y in iterate_batches(dataset, max(batch_size, 256), shuffle=False):
+        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+    model.train(was_training)
+    return 100.0 * correct / len(dataset)
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return rss_kb / 1024, "process_peak_rss"
+
+
+class RunLog:
+    """``metrics.jsonl`` written line by line, so a crash loses at most the current line."""
+
+    def __init__(self, out: Path):
+        self.file = open(out / "metrics.jsonl", "w", buffering=1)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.file.write(json.dumps(row) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _progress_bar(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True, file=sys.stderr)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run one training and return its summary (also written to ``out/summary.json``)."""
+    validate(cfg)
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+
+    data = load_dataset(cfg.dataset, val_size=cfg.val_size, train_subset=cfg.train_subset,
+                        test_subset=cfg.test_subset, seed=cfg.seed)
+    model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                         image_size=data.image_size, width=cfg.width, depth=cfg.depth).to(device)
+
+    # Units and their costs, from one real batch.
+    _, x0, y0 = next(iterate_batches(data.train, cfg.batch_size, shuffle=False))
+    x0, y0 = x0.to(device), y0.to(device)
+    units = freeze_units(model, example_input=x0)
+    cost = measure_costs(model, units, x0, y0)
+
+    policy = make_policy(cfg)
+    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    total_steps = max(1, round(cfg.epochs * steps_per_epoch))
+    planned = None
+    if cfg.const_time:
+        # Lengthen training until the schedule's predicted compute equals the baseline's.
+        probe = make_policy(cfg)
+        probe.bind([u.name for u in units])
+        planned = estimate_speedup(cost, _planned_freeze_times(probe, len(units)))
+        total_steps = max(1, round(total_steps / planned["cost_fraction"]))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    freezer = Freezer(model, optimizer, policy, total_steps, units=[u.module_names for u in units])
+    scheduler = None
+    if cfg.lr_schedule == "cosine" and not policy.scales_lr:  # FreezeOut brings its own schedule
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+
+    log = RunLog(out)
+    summary: dict[str, Any] = {
+        "status": "running", "method": cfg.method, "model": cfg.model, "dataset": data.name,
+        "epochs": cfg.epochs, "seed": cfg.seed, "total_steps": total_steps,
+        "steps_per_epoch": steps_per_epoch, "train_samples": len(data.train),
+        "units": [u.name for u in units], "policy": policy.config(), "device": str(device),
+        "full_step_flops": cost.full_step_flops, "const_time_plan": planned,
+    }
+    train_time = 0.0
+    train_flops = 0
+    full_flops = 0
+    step = 0
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    bar = _progress_bar(total_steps, cfg.progress, f"{cfg.method} {cfg.model}")
+    try:
+        epoch = 0
+        while step < total_steps:
+            running, seen, t_epoch = 0.0, 0, time.perf_counter()
+            for _, x, y in iterate_batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch):
+                if step >= total_steps:
+                    break
+                scale = len(y) / cost.batch_size
+                train_flops += round(cost.step_flops(freezer.frozen) * scale)
+                full_flops += round(cost.full_step_flops * scale)
+                t0 = time.perf_counter()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                loss = loss_fn(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                freezer.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                train_time += time.perf_counter() - t0
+                step += 1
+                running += loss.item() * len(y)
+                seen += len(y)
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == total_steps:
+                    rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
+                    bar.set_postfix(loss=f"{running / seen:.3f}", sps=f"{rate:.0f}", frozen=f"{len(freezer.frozen)}/{len(units)}")
+                    log.write({"kind": "step", "step": step, "epoch": epoch, "fraction": step / total_steps,
+                               "loss": running / seen, "lr": optimizer.param_groups[-1]["lr"],
+                               "frozen": len(freezer.frozen), "samples_per_s": rate, "train_time_s": train_time})
+            val_acc = evaluate(model, data.val, cfg.batch_size, device) if len(data.val) else None
+            log.write({"kind": "epoch", "epoch": epoch, "step": step, "train_loss": running / max(seen, 1),
+                       "val_accuracy": val_acc, "frozen": sorted(freezer.frozen), "train_time_s": train_time})
+            epoch += 1
+        bar.close()
+        summary.update(
+            status="finished",
+            test_accuracy=evaluate(model, data.test, cfg.batch_size, device),
+            val_accuracy=evaluate(model, data.val, cfg.batch_size, device) if len(data.val) else None,
+        )
+    except BaseException as exc:
+        bar.close()
+        summary.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                       error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        mem, mem_source = peak_memory_mb(device)
+        summary.update(
+            steps_done=step, train_time_s=train_time, train_flops=train_flops,
+            full_train_flops=full_flops, flops_saved=1 - train_flops / full_flops if full_flops else 0.0,
+            predicted_saving=estimate_speedup(cost, _freeze_times(freezer))["saving"],
+            peak_memory_mb=mem, peak_memory_source=mem_source,
+            saved_activations_mb_full=cost.saved_bytes(()) / 2**20,
+            saved_activations_mb_end=cost.saved_bytes(freezer.frozen) / 2**20,
+            frozen_at=freezer.frozen_at(),
+            timeline=[asdict(e) for e in freezer.timeline],
+        )
+        log.close()
+        _write_json(out / "summary.json", summary)
+        try:
+            from .report import plot_timeline
+
+            plot_timeline(summary, out / "timeline.png")
+        except Exception as plot_error:  # a plot must never hide the run's own outcome
+            print(f"frostline: could not draw timeline.png: {plot_error}", file=sys.stderr)
+    return summary
+
+
+def _freeze_times(freezer: Freezer) -> list[float | None]:
+    return list(freezer.frozen_at().values())
+
+
+def _planned_freeze_times(policy, num_units: int, resolution: int = 2000) -> list[float | None]:
+    """When a schedule-driven policy would freeze each unit, found by stepping its clock."""
+    from .policies import Progress
+
+    times: list[float | None] = [None] * num_units
+    for s in range(resolution + 1):
+        for i in policy.decide(Progress(s, resolution)):
+            if i < num_units - 1 and times[i] is None:
+                times[i] = s / resolution
+    return times
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Write atomically: a crash mid-write never leaves a half summary behind."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
