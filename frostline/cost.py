@@ -1,9 +1,9 @@
 """What freezing saves, predicted from per-unit costs measured on the real model.
 
-Backward work splits in two per unit: gradients for its *weights* (needed while the unit trains)
-and gradients for its *input* (needed while any earlier unit still trains). A frozen prefix
-therefore removes both for the prefix and the input gradient of the first trainable unit; a frozen
-unit elsewhere removes only its weight gradient. FLOPs come from
+Backward work per unit depends on whether it trains and whether any earlier unit trains: a
+frozen prefix costs no backward at all, the first trainable unit needs no input gradient, and a
+frozen unit after a trainable one still passes activation gradients through (it saves only its
+weight gradients). FLOPs come from
 ``torch.utils.flop_counter.FlopCounterMode``; saved-for-backward bytes from
 ``torch.autograd.graph.saved_tensors_hooks``.
 """
@@ -24,13 +24,26 @@ from .units import FreezeUnit
 
 @dataclass
 class UnitCost:
-    """Costs of one unit for one batch of ``CostModel.batch_size`` samples."""
+    """Costs of one unit for one batch of ``CostModel.batch_size`` samples.
+
+    Backward FLOPs depend on the unit's situation, so three are measured:
+    ``backward_flops`` while it trains and an earlier unit trains too (gradients flow through it),
+    ``backward_first_flops`` while it trains as the first trainable unit (no input gradient),
+    ``backward_input_flops`` while it is frozen but an earlier unit trains (activation
+    gradients only). Internal activation gradients are needed in all three.
+    """
 
     name: str
     forward_flops: int
-    backward_weight_flops: int
+    backward_flops: int
+    backward_first_flops: int
     backward_input_flops: int
     saved_bytes: int  # activations this unit is the last to keep alive for backward
+
+    @property
+    def backward_weight_flops(self) -> int:
+        """What freezing the unit saves when gradients still flow through it."""
+        return self.backward_flops - self.backward_input_flops
 
 
 @dataclass
@@ -53,10 +66,10 @@ class CostModel:
             if i >= cached_prefix:
                 total += u.forward_flops
             if i not in frozen:
-                total += u.backward_weight_flops
-            if trainable_before:
+                total += u.backward_flops if trainable_before else u.backward_first_flops
+                trainable_before = True
+            elif trainable_before:
                 total += u.backward_input_flops
-            trainable_before = trainable_before or i not in frozen
         return total
 
     @property
@@ -75,7 +88,7 @@ class CostModel:
         """FreezeOut's own estimate assumed backward costs as much as forward; this applies
         that assumption (half for weights, half for inputs) so the two can be compared."""
         units = [
-            UnitCost(u.name, u.forward_flops, u.forward_flops // 2, u.forward_flops - u.forward_flops // 2, u.saved_bytes)
+            UnitCost(u.name, u.forward_flops, u.forward_flops, u.forward_flops // 2, u.forward_flops // 2, u.saved_bytes)
             for u in self.units
         ]
         return CostModel(units, self.batch_size, self.other_flops, self.other_saved_bytes,
@@ -193,22 +206,30 @@ def measure_costs(model: nn.Module, units: Sequence[FreezeUnit], example_input, 
 
     n = len(twin_units)
     with torch.no_grad():
-        fwd, fwd_global = _flops_by_unit(twin, twin_units, example_input, target, backward=False)
-    set_trainable(range(n))
-    both, both_global = _flops_by_unit(twin, twin_units, example_input, target, backward=True)
-    # Only unit 0 trains: every later unit computes input gradients and nothing else.
+        fwd, _ = _flops_by_unit(twin, twin_units, example_input, target, backward=False)
+    # Only unit 0 trains: every later unit computes activation gradients and nothing else.
     set_trainable([0])
     only_first, _ = _flops_by_unit(twin, twin_units, example_input, target, backward=True)
+    # Units k.. train: unit k is the first trainable one (k = 0: everything trains).
+    first = [0] * n
+    both = []
+    global_all = 0
+    for k in range(n):
+        set_trainable(range(k, n))
+        per_unit, global_total = _flops_by_unit(twin, twin_units, example_input, target, backward=True)
+        first[k] = per_unit[k] - fwd[k]
+        if k == 0:
+            both, global_all = per_unit, global_total
     set_trainable(range(n))
     saved, other_saved = _saved_bytes_by_unit(twin, twin_units, example_input, target)
 
     costs = []
     for i, u in enumerate(twin_units):
-        bwd_all = both[i] - fwd[i]
-        bwd_input = 0 if i == 0 else only_first[i] - fwd[i]
-        costs.append(UnitCost(u.name, fwd[i], bwd_all - bwd_input, bwd_input, saved[i]))
+        through = both[i] - fwd[i] if i > 0 else first[0]
+        activations_only = only_first[i] - fwd[i] if i > 0 else 0
+        costs.append(UnitCost(u.name, fwd[i], through, first[i], activations_only, saved[i]))
     batch = _as_tensor(_call_shape_probe(example_input)).shape[0]
-    return CostModel(costs, batch, both_global - sum(both), other_saved)
+    return CostModel(costs, batch, global_all - sum(both), other_saved)
 
 
 def _call_shape_probe(example_input):

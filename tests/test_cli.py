@@ -1,0 +1,95 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from frostline.cli import main
+
+TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "--batch-size", "64", "--no-progress"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--model", "alexnet"], "unknown model"),
+    (["--dataset", "cifar"], "unknown dataset"),
+    (["--method", "magic"], "unknown method"),
+    (["--method", "freezeout", "--t-0", "1.0"], "t_0"),
+    (["--method", "freezeout", "--t-0", "-0.5"], "t_0"),
+    (["--method", "linear", "--freeze-start", "1.2"], "freeze_start"),
+    (["--method", "linear", "--freeze-level", "1.5"], "freeze_level"),
+    (["--epochs", "0"], "epochs"),
+    (["--epochs", "-3"], "epochs"),
+    (["--method", "none", "--const-time"], "const_time"),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(args, needle, capsys, tmp_path):
+    code = main(["train", *args, *TINY, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert needle in err and "Traceback" not in err
+    assert err.startswith("frostline: error:") and err.count("\n") == 1
+
+
+def test_missing_dataset_names_the_install_command(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("FROSTLINE_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("FROSTLINE_SYSTEM_DATA", str(tmp_path / "nothing"))
+    code = main(["train", *TINY, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "apt-get install dataset-fashion-mnist" in err
+
+
+@pytest.mark.parametrize("method", ["none", "linear", "freezeout"])
+def test_train_writes_summary_metrics_and_timeline(method, tmp_path, capsys):
+    out = tmp_path / method
+    extra = ["--freeze-start", "0.2"] if method == "linear" else ["--t-0", "0.3", "--schedule", "linear"] if method == "freezeout" else []
+    code = main(["train", "--method", method, "--epochs", "2", "--log-every", "2", *TINY, *extra, "--out", str(out)])
+    assert code == 0
+    assert "summary.json" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ["method", "model", "dataset", "epochs", "seed", "test_accuracy", "train_time_s", "train_flops",
+                "full_train_flops", "peak_memory_mb", "frozen_at"]:
+        assert key in summary, key
+    assert summary["status"] == "finished"
+    assert 0 <= summary["test_accuracy"] <= 100
+    frozen = [u for u, t in summary["frozen_at"].items() if t is not None]
+    if method == "none":
+        assert not frozen and summary["train_flops"] == summary["full_train_flops"]
+    else:
+        assert frozen and summary["train_flops"] < summary["full_train_flops"]
+        assert summary["frozen_at"]["head"] is None
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [0, 1]
+    assert (out / "timeline.png").stat().st_size > 1000
+
+
+def test_const_time_lengthens_training(tmp_path):
+    code = main(["train", "--method", "freezeout", "--const-time", "--epochs", "1", *TINY, "--batch-size", "8",
+                 "--out", str(tmp_path / "c")])
+    assert code == 0
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert summary["total_steps"] > summary["steps_per_epoch"]
+    # predicted compute of the lengthened run is the baseline's, within rounding of steps
+    assert summary["train_flops"] == pytest.approx(summary["steps_per_epoch"] * summary["full_step_flops"], rel=0.05)
+
+
+def test_interrupted_run_leaves_readable_results(tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "frostline", "train", "--epochs", "50", "--log-every", "1", "--train-subset", "1024",
+         "--val-size", "128", "--test-subset", "128", "--batch-size", "32", "--no-progress", "--out", str(out)],
+        env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps_done"] >= 3
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) >= 3

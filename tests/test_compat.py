@@ -1,0 +1,65 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from frostline import ConfigError
+from frostline.compat import freeze_layers
+
+
+def _model():
+    torch.manual_seed(0)
+    # registration order = depth-first leaves: conv, bn, (relu has no params), conv, bn, linear
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU()),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10),
+    )
+
+
+def _leaves(model):
+    return [m for m in model.modules() if not list(m.children()) and list(m.parameters(recurse=False))]
+
+
+@pytest.mark.parametrize("d,start,level", [(0.0, 0.5, 1.0), (0.5, 0.5, 1.0), (0.6, 0.5, 1.0), (0.8, 0.5, 1.0),
+                                           (1.0, 0.5, 1.0), (0.9, 0.1, 0.5), (0.35, 0.1, 1.0)])
+def test_composer_depth_formula(d, start, level):
+    model = _model()
+    depth, pct = freeze_layers(model, [], d, freeze_start=start, freeze_level=level)
+    expected_pct = 0.0 if d <= start else level * (d - start) / (1 - start)
+    n = len(_leaves(model))  # 5 layers with parameters
+    assert pct == pytest.approx(expected_pct)
+    assert depth == math.floor(expected_pct * (n - 1))
+    frozen = [not any(p.requires_grad for p in m.parameters()) for m in _leaves(model)]
+    assert frozen == [i < depth for i in range(n)]
+    assert not frozen[-1]  # the last layer is never frozen
+
+
+def test_frozen_layers_leave_optimizer_with_state_and_repeat_is_safe(batch):
+    x, y = batch
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()  # creates Adam state for every parameter
+    depth, _ = freeze_layers(model, opt, 0.9, freeze_start=0.5)
+    depth_again, _ = freeze_layers(model, [opt], 0.9, freeze_start=0.5)
+    assert depth == depth_again == 3
+    frozen = [p for m in _leaves(model)[:depth] for p in m.parameters()]
+    remaining = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not any(id(p) in remaining for p in frozen)
+    assert len(opt.state_dict()["state"]) == len(remaining)  # Composer raises KeyError here
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert all(p.grad is None for p in frozen)
+    # cumulative: an earlier duration never unfreezes
+    freeze_layers(model, opt, 0.0)
+    assert not any(p.requires_grad for p in frozen)
+
+
+@pytest.mark.parametrize("kw", [{"freeze_start": 1.0}, {"freeze_start": -0.1}, {"freeze_level": 1.5}, {"freeze_level": -1}])
+def test_bad_arguments(kw):
+    with pytest.raises(ConfigError):
+        freeze_layers(_model(), [], 0.5, **kw)

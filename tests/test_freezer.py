@@ -1,0 +1,194 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from frostline import ConfigError, Freezer, FreezeOut, FrostlineError, LinearFreezing, NoFreezing
+from frostline.models import create_model
+from frostline.policies import FreezePolicy
+
+
+class FreezeList(FreezePolicy):
+    """A policy that freezes the given units at the given step (for exact tests)."""
+
+    name = "list"
+
+    def __init__(self, at_step: int, units):
+        super().__init__()
+        self.at_step, self.units = at_step, set(units)
+
+    def decide(self, progress):
+        return set(self.units) if progress.step >= self.at_step else set()
+
+
+def _train_step(model, optimizer, x, y):
+    optimizer.zero_grad(set_to_none=True)
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def _setup(policy, name="resnet", opt="sgd", total=10, **kw):
+    torch.manual_seed(0)
+    model = create_model(name)
+    if opt == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return model, optimizer, Freezer(model, optimizer, policy, total, **kw)
+
+
+def test_frozen_units_get_no_gradient_no_update_and_leave_the_optimizer(batch):
+    x, y = batch
+    model, optimizer, freezer = _setup(FreezeList(1, [0, 1]), opt="adamw")
+    _train_step(model, optimizer, x, y)
+    freezer.step()
+    assert freezer.frozen == {0, 1}
+    frozen_params = freezer.units[0].params + freezer.units[1].params
+    before = [p.detach().clone() for p in frozen_params]
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in in_optimizer for p in frozen_params)
+    assert not any(p in optimizer.state for p in frozen_params)  # their Adam moments are gone too
+    optimizer.state_dict()  # Composer's version raises KeyError here
+    for _ in range(2):
+        _train_step(model, optimizer, x, y)
+    assert all(p.grad is None and not p.requires_grad for p in frozen_params)
+    assert all(torch.equal(a, b) for a, b in zip(before, frozen_params))
+    trainable = [p for u in freezer.units[2:] for p in u.params]
+    assert all(p.grad is not None for p in trainable)
+
+
+def test_frozen_batchnorm_stays_in_eval_after_model_train(batch):
+    x, y = batch
+    model, optimizer, freezer = _setup(FreezeList(1, [0]))
+    _train_step(model, optimizer, x, y)
+    freezer.step()
+    model.train()  # what every training loop does at the start of an epoch
+    bns = [m for m in freezer.units[0].modules[0].modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns)
+    stats = [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for m in bns]
+    _train_step(model, optimizer, x, y)
+    for m, (mean, var, n) in zip(bns, stats):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        assert int(m.num_batches_tracked) == n
+    # an active unit's BN is still training
+    assert model[2].training
+
+
+def test_frozen_dropout_is_off(batch):
+    x, _ = batch
+    torch.manual_seed(0)
+    model = create_model("vit", drop=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    freezer = Freezer(model, optimizer, NoFreezing(), 5, example_input=x)
+    freezer.freeze(0)
+    model.train()
+    embed = model[0]
+    with torch.no_grad():
+        a, b = embed(x), embed(x)
+    assert torch.equal(a, b)
+
+
+def test_head_is_never_frozen_unless_asked(batch):
+    x, y = batch
+    model, optimizer, freezer = _setup(FreezeList(1, range(100)))
+    _train_step(model, optimizer, x, y)
+    freezer.step()
+    last = len(freezer.units) - 1
+    assert freezer.frozen == set(range(last))
+    assert all(p.requires_grad for p in freezer.units[last].params)
+    model2, optimizer2, freezer2 = _setup(FreezeList(1, range(100)), freeze_head=True)
+    _train_step(model2, optimizer2, x, y)
+    freezer2.step()
+    assert last in freezer2.frozen
+
+
+def test_units_are_found_lazily_from_the_first_forward(batch):
+    x, y = batch
+    model, optimizer, freezer = _setup(LinearFreezing(freeze_start=0.0), total=4)
+    with pytest.raises(FrostlineError, match="forward pass"):
+        freezer.step()
+    _train_step(model, optimizer, x, y)
+    assert freezer.unit_names == [n for n, _ in model.named_children()]
+
+
+def test_freezeout_learning_rates_follow_the_per_unit_cosine(batch):
+    x, y = batch
+    total = 20
+    policy = FreezeOut(t_0=0.5, schedule="linear", scale_lr=True)
+    model, optimizer, freezer = _setup(policy, total=total, example_input=x)
+    base = 0.05
+    for step in range(total):
+        t = step / total
+        for g in optimizer.param_groups:
+            t_i = policy.times[g["frostline_unit"]]
+            expected = 0.0 if t >= t_i else 0.5 * base / t_i * (1 + torch.cos(torch.tensor(torch.pi * t / t_i)).item())
+            assert g["lr"] == pytest.approx(expected, abs=1e-7)
+        _train_step(model, optimizer, x, y)
+        freezer.step()
+    frozen_at = freezer.frozen_at()
+    names = freezer.unit_names
+    for i, name in enumerate(names[:-1]):
+        assert frozen_at[name] == pytest.approx(next(s for s in range(1, total + 1) if s / total >= policy.times[i]) / total)
+    assert frozen_at[names[-1]] is None
+
+
+def test_state_dict_roundtrip_resumes_exactly(batch, tmp_path):
+    """Train 6 steps; save at step 3 (after a freeze), restore into fresh objects, continue:
+    parameters and optimizer state equal those of the uninterrupted run, bit for bit."""
+    x, y = batch
+    total = 6
+
+    def fresh():
+        return _setup(FreezeOut(t_0=0.3, schedule="linear"), opt="sgd", total=total, example_input=x)
+
+    model, optimizer, freezer = fresh()
+    for _ in range(total):
+        _train_step(model, optimizer, x, y)
+        freezer.step()
+
+    model_a, opt_a, fz_a = fresh()
+    for _ in range(3):
+        _train_step(model_a, opt_a, x, y)
+        fz_a.step()
+    assert fz_a.frozen  # the checkpoint is taken after a freeze event
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model_a.state_dict(), "opt": opt_a.state_dict(), "freezer": fz_a.state_dict()}, path)
+
+    model_b, opt_b, fz_b = fresh()
+    ckpt = torch.load(path, weights_only=False)
+    model_b.load_state_dict(ckpt["model"])
+    fz_b.load_state_dict(ckpt["freezer"])  # before the optimizer: it restores the group layout
+    opt_b.load_state_dict(ckpt["opt"])
+    assert fz_b.frozen == fz_a.frozen and fz_b.timeline == fz_a.timeline
+    for _ in range(3, total):
+        _train_step(model_b, opt_b, x, y)
+        fz_b.step()
+    for (n, p), q in zip(model.named_parameters(), model_b.parameters()):
+        assert torch.equal(p, q), n
+    assert fz_b.frozen == freezer.frozen
+
+
+def test_loading_state_of_another_method_or_length_fails_clearly(batch):
+    x, _ = batch
+    _, _, fz = _setup(FreezeOut(), total=10, example_input=x)
+    state = fz.state_dict()
+    _, _, other = _setup(LinearFreezing(), total=10, example_input=x)
+    with pytest.raises(FrostlineError, match="method"):
+        other.load_state_dict(state)
+    _, _, longer = _setup(FreezeOut(), total=11, example_input=x)
+    with pytest.raises(FrostlineError, match="total_steps"):
+        longer.load_state_dict(state)
+
+
+def test_bad_freezer_arguments():
+    model = create_model("resnet")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ConfigError):
+        Freezer(model, optimizer, NoFreezing(), 0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(FrostlineError, match="no trainable parameters"):
+        Freezer(model, optimizer, NoFreezing(), 10)

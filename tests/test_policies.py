@@ -1,0 +1,45 @@
+import math
+
+import pytest
+
+from frostline import ConfigError, FreezeOut, LinearFreezing, Progress, create_policy, freezeout_times
+
+
+def test_freezeout_times_are_pre_cubed():
+    times = freezeout_times(6, t_0=0.8, schedule="cubic")
+    assert times[0] == pytest.approx(0.512)
+    assert times[-1] == pytest.approx(1.0)
+    assert times == pytest.approx([(0.8 + 0.2 * i / 5) ** 3 for i in range(6)])
+    assert freezeout_times(3, t_0=0.5, schedule="linear") == pytest.approx([0.5, 0.75, 1.0])
+    assert freezeout_times(3, t_0=0.5, schedule="squared") == pytest.approx([0.25, 0.5625, 1.0])
+
+
+def test_freezeout_lr_scale_and_decisions():
+    p = FreezeOut(t_0=0.5, schedule="linear", scale_lr=True)
+    p.bind(["a", "b", "head"])
+    s = p.lr_scales(Progress(0, 100))
+    assert s == pytest.approx([2.0, 1 / 0.75, 1.0])
+    s = p.lr_scales(Progress(25, 100))
+    assert s[0] == pytest.approx(0.5 * 2.0 * (1 + math.cos(math.pi * 0.25 / 0.5)))
+    assert p.decide(Progress(49, 100)) == set()
+    assert p.decide(Progress(50, 100)) == {0}
+    assert p.decide(Progress(100, 100)) == {0, 1}  # never the head
+    unscaled = FreezeOut(t_0=0.5, schedule="linear", scale_lr=False)
+    unscaled.bind(["a", "b", "head"])
+    assert unscaled.lr_scales(Progress(0, 100)) == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_linear_policy_matches_composer_schedule():
+    p = LinearFreezing(freeze_start=0.5, freeze_level=1.0)
+    p.bind([f"u{i}" for i in range(5)])
+    assert p.decide(Progress(50, 100)) == set()
+    assert p.decide(Progress(75, 100)) == {0, 1}
+    assert p.decide(Progress(100, 100)) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("name,kw", [("freezeout", {"t_0": 1.0}), ("freezeout", {"t_0": -0.2}),
+                                     ("freezeout", {"schedule": "quartic"}), ("linear", {"freeze_start": 1.0}),
+                                     ("linear", {"freeze_level": 2.0}), ("nope", {}), ("linear", {"t_0": 0.5})])
+def test_bad_policy_arguments(name, kw):
+    with pytest.raises(ConfigError):
+        create_policy(name, **kw)
