@@ -1,4 +1,4 @@
-"""``frostline`` command line: ``train``, ``bench steptime``, ``data``.
+"""``frostline`` command line: ``train``, ``bench steptime``, ``data``, ``report``.
 
 Flags of ``train`` map one-to-one onto :class:`frostline.train.TrainConfig` fields. Bad input
 exits with code 2 and one line saying what to do, never a traceback.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import typing
 
@@ -75,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_fetch = data_sub.add_parser("fetch", help="fetch a dataset that is not installed by apt (mnist)")
     p_fetch.add_argument("name", choices=["mnist"])
     data_sub.add_parser("list", help="list datasets and where their files are")
+
+    p_report = sub.add_parser("report", help="a Markdown table comparing finished runs")
+    p_report.add_argument("runs", nargs="+", help="run folders (each with a summary.json)")
     return parser
 
 
@@ -111,7 +113,28 @@ def _run(args: argparse.Namespace) -> int:
                     where = f"missing ({e})"
                 print(f"{name}: {where}")
         return 0
+    if args.command == "report":
+        from .report import runs_table
+
+        print(runs_table([_read_summary(run) for run in args.runs]))
+        return 0
     raise AssertionError(args.command)
+
+
+def _read_summary(run: str) -> dict:
+    import json
+    from pathlib import Path
+
+    path = Path(run) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FrostlineError(f"{path} does not exist: pass folders written by `frostline train`") from None
+    except json.JSONDecodeError as e:
+        raise FrostlineError(f"{path} is not valid JSON ({e}); re-run that training") from None
+    if summary.get("status") != "finished":
+        raise FrostlineError(f"{path} is from a run that did not finish (status {summary.get('status')!r})")
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,3 +45,20 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     out = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
+
+
+def runs_table(summaries: Sequence[dict[str, Any]]) -> str:
+    """Side-by-side table of finished runs; time saved is against the ``none`` run of the same
+    model and dataset when there is one."""
+    baselines = {(s["model"], s["dataset"]): s for s in summaries if s["method"] == "none"}
+    rows = []
+    for s in summaries:
+        base = baselines.get((s["model"], s["dataset"]))
+        saved = f"{100 * (1 - s['train_time_s'] / base['train_time_s']):.1f}%" if base else "n/a"
+        delta = f"{s['test_accuracy'] - base['test_accuracy']:+.2f}" if base else "n/a"
+        frozen = sum(v is not None for v in s["frozen_at"].values())
+        rows.append([s["method"], s["model"], s["dataset"], s["epochs"], s["seed"], f"{s['test_accuracy']:.2f}", delta,
+                     f"{s['train_time_s']:.1f}", saved, f"{100 * s['flops_saved']:.1f}%",
+                     f"{100 * s['predicted_saving']:.1f}%", f"{frozen}/{len(s['units'])}"])
+    return markdown_table(["method", "model", "dataset", "epochs", "seed", "test acc %", "Δ acc", "train s",
+                           "time saved", "FLOPs saved", "predicted", "frozen"], rows)

@@ -50,8 +50,8 @@ def _is_leaf(module: nn.Module) -> bool:
 def trace_execution_order(model: nn.Module, example_input) -> list[str]:
     """Names of the modules of ``model`` in the order their forward first starts, from one pass.
 
-    The pass runs under ``no_grad`` in eval mode so that it changes nothing (BN statistics,
-    dropout RNG draws aside from eval's none); training mode is restored afterwards.
+    The pass runs under ``no_grad`` in eval mode so that it changes nothing (no BatchNorm
+    statistics move, no dropout draws); training mode is restored afterwards.
     """
     order: list[str] = []
     seen: set[str] = set()

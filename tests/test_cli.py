@@ -93,3 +93,35 @@ def test_interrupted_run_leaves_readable_results(tmp_path):
     assert summary["status"] == "interrupted" and summary["steps_done"] >= 3
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) >= 3
+
+
+def test_bench_steptime_writes_a_row_per_frozen_depth(tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = main(["bench", "steptime", "--model", "vit", "--batch-size", "16", "--repeats", "3", "--warmup", "0",
+                 "--out", str(out)])
+    assert code == 0
+    result = json.loads((out / "steptime.json").read_text())
+    assert [r["k"] for r in result["rows"]] == list(range(6))  # embed, 4 blocks, head
+    assert result["rows"][0]["predicted_saving"] == 0.0
+    assert all(r["predicted_saving"] < s["predicted_saving"] for r, s in zip(result["rows"], result["rows"][1:]))
+    assert "frozen/ideal" in (out / "steptime.md").read_text()
+    assert code == 0 and "|" in capsys.readouterr().out
+
+
+def test_bench_rejects_too_few_repeats(tmp_path, capsys):
+    assert main(["bench", "steptime", "--repeats", "1", "--out", str(tmp_path)]) == 2
+    assert "repeats" in capsys.readouterr().err
+
+
+def test_report_compares_runs_against_the_baseline(tmp_path, capsys):
+    for method in ["none", "linear"]:
+        assert main(["train", "--method", method, "--epochs", "1", "--freeze-start", "0.1", *TINY,
+                     "--out", str(tmp_path / method)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "none"), str(tmp_path / "linear")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| none |") and lines[3].startswith("| linear |")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "summary.json").write_text("{not json")
+    assert main(["report", str(tmp_path / "broken")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
