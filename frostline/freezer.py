@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError, FrostlineError, ModelError
 from .policies.base import FreezePolicy, Progress
-from .units import ExecutionOrderRecorder, FreezeUnit, freeze_units, units_from_names
+from .units import GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, freeze_units, units_from_names
 
 STATE_VERSION = 1
 
@@ -53,8 +53,9 @@ def _pin_eval(module: nn.Module) -> None:
 class Freezer:
     """Applies a :class:`~frostline.policies.FreezePolicy` to a model and its optimizer.
 
-    Units come from ``units`` (module names, in order) or are traced: from ``example_input`` if
-    given, else from the first forward pass the model runs after the Freezer is made.
+    Units come from ``units`` (module names, taken in the order given) or are traced: from
+    ``example_input`` if given, else from the first forward pass the model runs after the
+    Freezer is made.
     ``freeze_head=False`` keeps the last unit trainable whatever the policy says.
     """
 
@@ -74,6 +75,8 @@ class Freezer:
             raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
         if not any(p.requires_grad for p in model.parameters()):
             raise ModelError("the model has no trainable parameters: there is nothing to train or freeze")
+        if granularity not in GRANULARITIES:
+            raise ConfigError(f"unknown granularity {granularity!r}; use one of {list(GRANULARITIES)}")
         self.model = model
         self.optimizer = optimizer
         self.policy = policy
@@ -109,7 +112,7 @@ class Freezer:
         own learning rate. Parameters outside every unit keep their original group."""
         unit_of = {id(p): i for i, u in enumerate(self.units) for p in u.params}
         new_groups = []
-        for src, group in enumerate(self.optimizer.param_groups):
+        for group in self.optimizer.param_groups:
             buckets: dict[int | None, list] = {}
             for p in group["params"]:
                 buckets.setdefault(unit_of.get(id(p)), []).append(p)

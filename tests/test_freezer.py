@@ -188,6 +188,10 @@ def test_bad_freezer_arguments():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ConfigError):
         Freezer(model, optimizer, NoFreezing(), 0)
+    with pytest.raises(ConfigError, match="granularity"):
+        Freezer(model, optimizer, NoFreezing(), 10, granularity="layers")
+    with pytest.raises(FrostlineError, match="do not exist"):
+        Freezer(model, optimizer, NoFreezing(), 10, units=["stem", "block9_9", "head"])
     for p in model.parameters():
         p.requires_grad_(False)
     with pytest.raises(FrostlineError, match="no trainable parameters"):
