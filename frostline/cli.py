@@ -38,6 +38,11 @@ HELP = {
     "const_time": "freezeout/linear: lengthen training to the baseline's predicted compute",
     "freeze_start": "linear: fraction of training before freezing starts",
     "freeze_level": "linear: fraction of units frozen at the end",
+    "augment": "random shifts (+ flips, not on mnist) of training samples",
+    "fixed_augmentation": "draw each sample's augmentation once, so the cache can serve it (changes training)",
+    "cache": "activation cache for the frozen prefix: auto (on when safe), memory (spills to disk past the budget), disk, off",
+    "cache_dtype": "cache storage: float32 (lossless), float16, bfloat16",
+    "cache_memory_mb": "memory budget of the cache before it spills to disk",
 }
 
 

@@ -575,3 +575,54 @@ def load_dataset(
         image_size=image_size,
         name=spec.name,
     )
+
+
+class AugmentedDataset(Dataset):
+    """Random shifts (pad ``pad`` with edge values, crop back) and horizontal flips, for training.
+
+    By default each fetch draws a new augmentation, so a sample's tensor differs between epochs
+    and an activation cache must not replay it. ``fixed=True`` draws each sample's augmentation
+    once from ``(seed, index)``: the pipeline becomes deterministic (cacheable), but training
+    changes, since the model then sees a single augmented view of every sample.
+    """
+
+    def __init__(self, dataset: Dataset, *, pad: int = 2, flip: bool = True, fixed: bool = False, seed: int = 0):
+        self.dataset, self.pad, self.flip, self.fixed, self.seed = dataset, pad, flip, fixed, seed
+        self.targets = getattr(dataset, "targets", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def _draws(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        span = 2 * self.pad + 1
+        if self.fixed:
+            # a 32-bit mix of (seed, index): the same draw for a sample every time
+            h = (idx.long() * 2654435761 + self.seed * 40503 + 12345) % (2**32)
+            h = (h ^ (h >> 15)) * 2246822519 % (2**32)
+            dx, dy, fl = h % span, (h // span) % span, (h // (span * span)) % 2
+        else:
+            dx = torch.randint(0, span, idx.shape)
+            dy = torch.randint(0, span, idx.shape)
+            fl = torch.randint(0, 2, idx.shape)
+        return dx, dy, fl.bool() & self.flip
+
+    def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        if hasattr(self.dataset, "get_batch"):
+            x, y = self.dataset.get_batch(idx)
+        else:
+            items = [self.dataset[int(i)] for i in idx]
+            x, y = torch.stack([a for a, _ in items]), torch.as_tensor([b for _, b in items])
+        p = self.pad
+        padded = F.pad(x, (p, p, p, p), mode="replicate")
+        dx, dy, fl = self._draws(idx)
+        h, w = x.shape[-2:]
+        out = torch.empty_like(x)
+        for j in range(len(idx)):
+            crop = padded[j, :, int(dy[j]) : int(dy[j]) + h, int(dx[j]) : int(dx[j]) + w]
+            out[j] = crop.flip(-1) if fl[j] else crop
+        return out, y
+
+    def __getitem__(self, index):
+        x, y = self.get_batch(torch.tensor([operator.index(index)]))
+        return x[0], int(y[0])

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
+from .cache import DTYPES, ActivationCache, CachedPrefixModel, is_deterministic
 from .cost import estimate_speedup, measure_costs
-from .data import load_dataset
+from .data import AugmentedDataset, load_dataset
 from .errors import ConfigError
 from .freezer import Freezer
 from .models import create_model
@@ -56,6 +57,11 @@ class TrainConfig:
     out: str = "runs/latest"
     log_every: int = 20
     progress: bool = True
+    augment: bool = False
+    fixed_augmentation: bool = False
+    cache: str = "auto"
+    cache_dtype: str = "float32"
+    cache_memory_mb: int = 4096
     # method hyperparameters (each method reads its own)
     t_0: float = 0.8
     schedule: str = "cubic"
@@ -72,6 +78,7 @@ METHOD_ARGS = {
     "freezeout": {"t_0": "t_0", "schedule": "schedule", "scale_lr": "scale_lr"},
 }
 OPTIMIZERS = ("sgd", "adamw")
+CACHE_MODES = ("auto", "memory", "disk", "off")
 LR_SCHEDULES = ("cosine", "constant")
 
 
@@ -89,6 +96,14 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose one of {list(OPTIMIZERS)}")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"unknown lr schedule {cfg.lr_schedule!r}; choose one of {list(LR_SCHEDULES)}")
+    if cfg.cache not in CACHE_MODES:
+        raise ConfigError(f"unknown cache mode {cfg.cache!r}; choose one of {list(CACHE_MODES)}")
+    if cfg.cache_dtype not in DTYPES:
+        raise ConfigError(f"unknown cache dtype {cfg.cache_dtype!r}; choose one of {list(DTYPES)}")
+    if cfg.cache_memory_mb < 0:
+        raise ConfigError(f"cache_memory_mb must be >= 0, got {cfg.cache_memory_mb}")
+    if cfg.fixed_augmentation and not cfg.augment:
+        raise ConfigError("fixed_augmentation only applies with augment: add --augment")
     if cfg.log_every <= 0:
         raise ConfigError(f"log_every must be > 0, got {cfg.log_every}")
     if cfg.const_time and cfg.method == "none":
@@ -181,6 +196,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
                          image_size=data.image_size, width=cfg.width, depth=cfg.depth).to(device)
 
+    train_set = data.train
+    if cfg.augment:
+        train_set = AugmentedDataset(data.train, flip=data.name != "mnist", fixed=cfg.fixed_augmentation, seed=cfg.seed)
+
     # Units and their costs, from one real batch.
     _, x0, y0 = next(iterate_batches(data.train, cfg.batch_size, shuffle=False))
     x0, y0 = x0.to(device), y0.to(device)
@@ -204,6 +223,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     freezer = Freezer(model, optimizer, policy, total_steps, units=[u.module_names for u in units])
+    cached = _make_cache(cfg, model, freezer, train_set, out)
     scheduler = None
     if cfg.lr_schedule == "cosine" and not policy.scales_lr:  # FreezeOut brings its own schedule
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -228,15 +248,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         epoch = 0
         while step < total_steps:
             running, seen, t_epoch = 0.0, 0, time.perf_counter()
-            for _, x, y in iterate_batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch):
+            for idx, x, y in iterate_batches(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch):
                 if step >= total_steps:
                     break
                 scale = len(y) / cost.batch_size
-                train_flops += round(cost.step_flops(freezer.frozen) * scale)
+                boundary = cached.boundary() if cached else 0
+                train_flops += round(cost.step_flops(freezer.frozen, cached_prefix=boundary) * scale)
                 full_flops += round(cost.full_step_flops * scale)
                 t0 = time.perf_counter()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                loss = loss_fn(model(x), y)
+                loss = loss_fn(cached(idx, x) if cached else model(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -273,6 +294,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise
     finally:
         mem, mem_source = peak_memory_mb(device)
+        if cached:
+            # forwards the cache ran to fill or extend itself are part of the training cost
+            train_flops += sum(round(n * cost.units[u].forward_flops / cost.batch_size) for u, n in cached.cache.unit_runs.items())
+            summary["cache"] = {**cached.cache.stats, "dtype": cfg.cache_dtype,
+                                "peak_memory_mb": cached.cache.peak_memory_bytes / 2**20,
+                                "peak_disk_mb": cached.cache.peak_disk_bytes / 2**20}
+        else:
+            summary["cache"] = None
         summary.update(
             steps_done=step, train_time_s=train_time, train_flops=train_flops,
             full_train_flops=full_flops, flops_saved=1 - train_flops / full_flops if full_flops else 0.0,
@@ -292,6 +321,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         except Exception as plot_error:  # a plot must never hide the run's own outcome
             print(f"frostline: could not draw timeline.png: {plot_error}", file=sys.stderr)
     return summary
+
+
+def _make_cache(cfg: TrainConfig, model: nn.Module, freezer: Freezer, train_set, out: Path) -> CachedPrefixModel | None:
+    """The activation cache, when asked for and safe; otherwise None, with one line saying why."""
+    if cfg.cache == "off" or cfg.method == "none":
+        return None
+    if not isinstance(model, nn.Sequential):
+        print("frostline: warning: activation cache off: the model is not a chain of units", file=sys.stderr)
+        return None
+    if not is_deterministic(train_set, probe=(0, 1, -1)):
+        print("frostline: warning: activation cache off: random augmentation gives a sample a new tensor "
+              "every epoch (--fixed-augmentation makes it cacheable, and changes training)", file=sys.stderr)
+        return None
+    budget = 0 if cfg.cache == "disk" else cfg.cache_memory_mb * 2**20
+    cache = ActivationCache(len(train_set), memory_budget_bytes=budget, dtype=cfg.cache_dtype, directory=out / "cache")
+    return CachedPrefixModel(model, freezer, cache)
 
 
 def _freeze_times(freezer: Freezer) -> list[float | None]:

@@ -6,6 +6,7 @@ import inspect
 from typing import Callable
 
 from ..errors import ConfigError
+from .autofreeze import AutoFreeze
 from .base import FreezePolicy, NoFreezing, Progress
 from .freezeout import FreezeOut, freezeout_times
 from .linear import LinearFreezing
@@ -14,6 +15,7 @@ POLICIES: dict[str, Callable[..., FreezePolicy]] = {
     "none": NoFreezing,
     "linear": LinearFreezing,
     "freezeout": FreezeOut,
+    "autofreeze": AutoFreeze,
 }
 
 
@@ -48,6 +50,7 @@ __all__ = [
     "NoFreezing",
     "LinearFreezing",
     "FreezeOut",
+    "AutoFreeze",
     "Progress",
     "POLICIES",
     "create_policy",
