@@ -4,6 +4,7 @@ Layers that have finished learning stop being updated: they leave the optimizer,
 pass is skipped, and (with the activation cache) their forward pass too.
 """
 
+from .cka import MinibatchCKA, linear_cka, minibatch_cka
 from .cost import CostModel, UnitCost, estimate_speedup, measure_costs
 from .errors import (
     CheckpointError,
@@ -14,6 +15,7 @@ from .errors import (
 )
 from .freezer import FreezeEvent, Freezer
 from .policies import (
+    AutoFreeze,
     FreezeOut,
     FreezePolicy,
     LinearFreezing,
@@ -28,6 +30,7 @@ from .units import FreezeUnit, freeze_units, trace_execution_order
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoFreeze",
     "CheckpointError",
     "ConfigError",
     "CostModel",
@@ -39,6 +42,7 @@ __all__ = [
     "Freezer",
     "FrostlineError",
     "LinearFreezing",
+    "MinibatchCKA",
     "ModelError",
     "NoFreezing",
     "Progress",
@@ -47,7 +51,9 @@ __all__ = [
     "estimate_speedup",
     "freeze_units",
     "freezeout_times",
+    "linear_cka",
     "list_policies",
     "measure_costs",
+    "minibatch_cka",
     "trace_execution_order",
 ]

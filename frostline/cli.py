@@ -16,7 +16,7 @@ from .errors import FrostlineError
 HELP = {
     "model": "model from the zoo (resnet, vgg, mobilenetv2, vit)",
     "dataset": "dataset (fashion-mnist, mnist)",
-    "method": "freezing method (none, linear, freezeout)",
+    "method": "freezing method (none, linear, freezeout, autofreeze)",
     "epochs": "epochs to train (may be fractional)",
     "batch_size": "samples per step",
     "optimizer": "sgd (Nesterov momentum) or adamw",
@@ -38,6 +38,8 @@ HELP = {
     "const_time": "freezeout/linear: lengthen training to the baseline's predicted compute",
     "freeze_start": "linear: fraction of training before freezing starts",
     "freeze_level": "linear: fraction of units frozen at the end",
+    "percentile": "autofreeze: freeze the units before the first whose gradient-norm change rate reaches this percentile",
+    "intervals_per_epoch": "autofreeze: evaluation intervals per epoch",
     "augment": "random shifts (+ flips, not on mnist) of training samples",
     "fixed_augmentation": "draw each sample's augmentation once, so the cache can serve it (changes training)",
     "cache": "activation cache for the frozen prefix: auto (on when safe), memory (spills to disk past the budget), disk, off",

@@ -168,15 +168,29 @@ class Freezer:
         return signals
 
     def grad_norms(self) -> list[float | None]:
-        """L2 norm of each active unit's current gradient (None for frozen units)."""
-        out: list[float | None] = []
-        for i, u in enumerate(self._require_units()):
-            grads = [p.grad for p in u.params if p.grad is not None]
-            if i in self.frozen or not grads:
-                out.append(None)
-            else:
-                out.append(float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))))
-        return out
+        """L2 norm of each active unit's current gradient (None for frozen units or units without
+        gradients): one fused norm per device and a single host transfer per step."""
+        units = self._require_units()
+        by_device: dict[torch.device, tuple[list, list]] = {}
+        for i, u in enumerate(units):
+            if i in self.frozen:
+                continue
+            for p in u.params:
+                if p.grad is not None:
+                    grads, owners = by_device.setdefault(p.grad.device, ([], []))
+                    grads.append(p.grad)
+                    owners.append(i)
+        if not by_device:
+            return [None] * len(units)
+        total = None
+        for device, (grads, owners) in by_device.items():
+            sq = torch.stack(torch._foreach_norm(grads)).to(torch.float32).square()
+            part = torch.zeros(len(units), dtype=torch.float32, device=device).index_add_(
+                0, torch.tensor(owners, device=device), sq)
+            total = part if total is None else total + part.to(total.device)
+        values = total.sqrt().tolist()
+        has = {i for _, owners in by_device.values() for i in owners}
+        return [values[i] if i in has else None for i in range(len(units))]
 
     # -- acting ----------------------------------------------------------------------------
     def freeze(self, index: int, signal: dict[str, Any] | None = None) -> None:

@@ -69,6 +69,8 @@ class TrainConfig:
     const_time: bool = False
     freeze_start: float = 0.5
     freeze_level: float = 1.0
+    percentile: float = 50.0
+    intervals_per_epoch: int = 4
 
 
 #: Which config fields each method takes, by the policy's argument name.
@@ -76,6 +78,7 @@ METHOD_ARGS = {
     "none": {},
     "linear": {"freeze_start": "freeze_start", "freeze_level": "freeze_level"},
     "freezeout": {"t_0": "t_0", "schedule": "schedule", "scale_lr": "scale_lr"},
+    "autofreeze": {"percentile": "percentile", "intervals_per_epoch": "intervals_per_epoch"},
 }
 OPTIMIZERS = ("sgd", "adamw")
 CACHE_MODES = ("auto", "memory", "disk", "off")
@@ -108,12 +111,18 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"log_every must be > 0, got {cfg.log_every}")
     if cfg.const_time and cfg.method == "none":
         raise ConfigError("const_time lengthens a freezing run to the baseline's compute; it needs a freezing method")
+    if cfg.const_time and make_policy(cfg).requires:
+        raise ConfigError("const_time needs a schedule-driven method (linear, freezeout): this one decides "
+                          "from training signals, so its compute cannot be planned")
     make_policy(cfg)  # checks the method's own hyperparameters
 
 
-def make_policy(cfg: TrainConfig):
-    args = METHOD_ARGS.get(cfg.method, {})
-    return create_policy(cfg.method, **{arg: getattr(cfg, field) for arg, field in args.items()})
+def make_policy(cfg: TrainConfig, steps_per_epoch: int | None = None):
+    kwargs = {arg: getattr(cfg, field) for arg, field in METHOD_ARGS.get(cfg.method, {}).items()}
+    if cfg.method == "autofreeze":
+        # validate() runs before the data is loaded; train() passes the real epoch length
+        kwargs["steps_per_epoch"] = steps_per_epoch if steps_per_epoch is not None else 10**9
+    return create_policy(cfg.method, **kwargs)
 
 
 def pick_device(name: str) -> torch.device:
@@ -206,13 +215,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     units = freeze_units(model, example_input=x0)
     cost = measure_costs(model, units, x0, y0)
 
-    policy = make_policy(cfg)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    policy = make_policy(cfg, steps_per_epoch)
     total_steps = max(1, round(cfg.epochs * steps_per_epoch))
     planned = None
     if cfg.const_time:
         # Lengthen training until the schedule's predicted compute equals the baseline's.
-        probe = make_policy(cfg)
+        probe = make_policy(cfg, steps_per_epoch)
         probe.bind([u.name for u in units])
         planned = estimate_speedup(cost, _planned_freeze_times(probe, len(units)))
         total_steps = max(1, round(total_steps / planned["cost_fraction"]))

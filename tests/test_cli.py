@@ -23,6 +23,10 @@ TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "-
     (["--epochs", "0"], "epochs"),
     (["--epochs", "-3"], "epochs"),
     (["--method", "none", "--const-time"], "const_time"),
+    (["--method", "autofreeze", "--const-time"], "const_time"),
+    (["--method", "autofreeze", "--percentile", "0"], "percentile"),
+    (["--cache", "gpu"], "cache"),
+    (["--fixed-augmentation"], "augment"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(args, needle, capsys, tmp_path):
     code = main(["train", *args, *TINY, "--out", str(tmp_path / "run")])
@@ -40,10 +44,11 @@ def test_missing_dataset_names_the_install_command(capsys, tmp_path, monkeypatch
     assert code == 2 and "apt-get install dataset-fashion-mnist" in err
 
 
-@pytest.mark.parametrize("method", ["none", "linear", "freezeout"])
+@pytest.mark.parametrize("method", ["none", "linear", "freezeout", "autofreeze"])
 def test_train_writes_summary_metrics_and_timeline(method, tmp_path, capsys):
     out = tmp_path / method
-    extra = ["--freeze-start", "0.2"] if method == "linear" else ["--t-0", "0.3", "--schedule", "linear"] if method == "freezeout" else []
+    extra = {"linear": ["--freeze-start", "0.2"], "freezeout": ["--t-0", "0.3", "--schedule", "linear"],
+             "autofreeze": ["--intervals-per-epoch", "2", "--epochs", "4"]}.get(method, [])
     code = main(["train", "--method", method, "--epochs", "2", "--log-every", "2", *TINY, *extra, "--out", str(out)])
     assert code == 0
     assert "summary.json" in capsys.readouterr().out
@@ -60,7 +65,7 @@ def test_train_writes_summary_metrics_and_timeline(method, tmp_path, capsys):
         assert frozen and summary["train_flops"] < summary["full_train_flops"]
         assert summary["frozen_at"]["head"] is None
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [0, 1]
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == list(range(int(summary["epochs"])))
     assert (out / "timeline.png").stat().st_size > 1000
 
 

@@ -13,11 +13,13 @@ What is accumulated, and why it differs from the published code
     The authors' code (github.com/YuhanLiu11/AutoFreeze, ``freeze_intermediate_e2e_lr.py``) keeps a
     zero tensor per parameter, adds ``param.grad`` into it every step, and at the end of the
     interval takes the L1 norm of the *summed gradient* per layer. That is a full model-sized copy
-    of the gradients (one extra parameter's worth of memory) and a read-modify-write of every
-    gradient each step, about the cost of an SGD update, which is not small next to the saving the
-    method is after. Here the Freezer hands the policy one L2 norm per unit per step (one fused
+    of the gradients (one more parameter's worth of memory, which fine-tuning a large model cannot
+    spare) and a read-modify-write of every gradient each step (three passes over gradient memory
+    where a norm needs one). Here the Freezer hands the policy one L2 norm per unit per step (fused
     ``torch._foreach_norm`` over the gradients, read-only, no copies), and ``G_i`` is the *mean of
     the per-step norms* over the interval: a few Python floats per unit, whatever the model's size.
+    Measured on CPU (default resnet, batch 64, one thread) ``Freezer.step`` with this policy costs
+    about 0.3 ms against a 150 ms step, ~0.2%.
     The mean (not the sum) keeps intervals of different lengths comparable (``M`` need not divide
     the epoch, a resumed or shortened run may see a partial interval).
 

@@ -1,0 +1,149 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from frostline import ConfigError, Freezer, FreezeOut
+from frostline.cache import ActivationCache, CachedPrefixModel, fingerprint, is_deterministic
+from frostline.cli import main
+from frostline.data import AugmentedDataset
+from frostline.models import create_model
+from frostline.train import iterate_batches
+
+TINY = ["--train-subset", "200", "--val-size", "100", "--test-subset", "100", "--batch-size", "32", "--no-progress"]
+
+
+def _run(fmnist, *, cache: ActivationCache | None, epochs=3, batch=24):
+    """FreezeOut on real data (200 samples: the last batch is partial), shuffled every epoch."""
+    torch.manual_seed(0)
+    model = create_model("resnet")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    steps = epochs * -(-len(fmnist.train) // batch)
+    freezer = Freezer(model, optimizer, FreezeOut(t_0=0.2, schedule="linear"), steps, units=[[n] for n, _ in model.named_children()])
+    cached = CachedPrefixModel(model, freezer, cache) if cache is not None else None
+    losses = []
+    model.train()
+    for epoch in range(epochs):
+        for idx, x, y in iterate_batches(fmnist.train, batch, shuffle=True, seed=epoch):
+            out = cached(idx, x) if cached else model(x)
+            loss = nn.functional.cross_entropy(out, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            freezer.step()
+            losses.append(loss.item())
+    return model, losses
+
+
+def test_cached_run_equals_uncached_run(fmnist, tmp_path):
+    ref_model, ref_losses = _run(fmnist, cache=None)
+    cache = ActivationCache(len(fmnist.train))
+    model, losses = _run(fmnist, cache=cache)
+    assert losses == pytest.approx(ref_losses, abs=1e-6)
+    for (n, p), q in zip(ref_model.named_parameters(), model.parameters()):
+        assert torch.allclose(p, q, atol=1e-6, rtol=0), n
+    # every kind of serving happened: computed from raw input, extended to a deeper boundary, replayed
+    assert cache.stats["computed"] > 0 and cache.stats["extended"] > 0 and cache.stats["hits"] > 0
+    # each sample's newest entry is counted exactly once; boundaries nobody uses are freed
+    assert sum(st.count for st in cache.stores.values()) == int((cache.levels > 0).sum())
+    assert all(st.count > 0 for st in cache.stores.values())
+
+
+def test_disk_tier_gives_the_same_run(fmnist, tmp_path):
+    _, ref_losses = _run(fmnist, cache=ActivationCache(len(fmnist.train)))
+    disk = ActivationCache(len(fmnist.train), memory_budget_bytes=0, directory=tmp_path / "cache")
+    _, losses = _run(fmnist, cache=disk)
+    assert losses == pytest.approx(ref_losses, abs=1e-6)
+    assert disk.memory_bytes == 0 and disk.peak_disk_bytes > 0
+    assert list((tmp_path / "cache").glob("boundary*.bin"))
+
+
+def test_half_precision_storage_is_close_not_exact(fmnist):
+    _, ref_losses = _run(fmnist, cache=None, epochs=2)
+    _, losses = _run(fmnist, cache=ActivationCache(len(fmnist.train), dtype="bfloat16"), epochs=2)
+    assert losses[-1] == pytest.approx(ref_losses[-1], rel=0.05)
+
+
+def _filled_cache(fmnist, directory):
+    torch.manual_seed(0)
+    model = create_model("resnet").eval()
+    cache = ActivationCache(len(fmnist.train), directory=directory)
+    x, _ = fmnist.train.get_batch(torch.arange(len(fmnist.train)))
+    run = lambda h, a, b: model[a:b](h)
+    prefix = lambda k: fingerprint(list(model[:k]))
+    out = cache.prefix_output(torch.arange(len(fmnist.train)), x, 3, run, prefix)
+    return model, cache, x, run, prefix, out
+
+
+def test_saved_cache_reloads_and_serves(fmnist, tmp_path):
+    model, cache, x, run, prefix, out = _filled_cache(fmnist, tmp_path / "c")
+    cache.save(tmp_path / "c")
+    again = ActivationCache.load(tmp_path / "c", prefix_fingerprint=prefix, num_samples=len(fmnist.train))
+    assert set(again.stores) == {3}
+    served = again.prefix_output(torch.arange(10), x[:10], 3, run, prefix)
+    assert torch.equal(served, out[:10]) and again.stats["hits"] == 10
+
+
+def test_corrupted_or_stale_cache_is_rebuilt_not_served(fmnist, tmp_path):
+    model, cache, x, run, prefix, out = _filled_cache(fmnist, tmp_path / "c")
+    cache.save(tmp_path / "c")
+    data = tmp_path / "c" / "boundary3.bin"
+    raw = bytearray(data.read_bytes())
+    raw[1000] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="checksum"):
+        again = ActivationCache.load(tmp_path / "c", prefix_fingerprint=prefix, num_samples=len(fmnist.train))
+    assert not again.stores and not again.levels.any()
+    served = again.prefix_output(torch.arange(10), x[:10], 3, run, prefix)
+    assert again.stats["computed"] == 10 and torch.allclose(served, out[:10], atol=1e-6)
+
+    cache.save(tmp_path / "c")  # a good copy again, then change the prefix's weights
+    with torch.no_grad():
+        model[0][0].weight.add_(0.01)
+    with pytest.warns(UserWarning, match="weights differ"):
+        stale = ActivationCache.load(tmp_path / "c", prefix_fingerprint=lambda k: fingerprint(list(model[:k])),
+                                     num_samples=len(fmnist.train))
+    assert not stale.stores
+
+
+def test_cache_errors_are_clear(fmnist):
+    with pytest.raises(ConfigError, match="dtype"):
+        ActivationCache(10, dtype="int8")
+    tiny = ActivationCache(len(fmnist.train), memory_budget_bytes=1000)
+    model = create_model("resnet").eval()
+    x, _ = fmnist.train.get_batch(torch.arange(4))
+    with pytest.raises(ConfigError, match="budget"):
+        tiny.prefix_output(torch.arange(4), x, 2, lambda h, a, b: model[a:b](h))
+    with pytest.raises(ConfigError, match="out of range"):
+        ActivationCache(3).prefix_output(torch.tensor([5]), x[:1], 1, lambda h, a, b: model[a:b](h))
+
+
+def test_augmentation_is_detected_and_fixed_augmentation_is_cacheable(fmnist):
+    assert is_deterministic(fmnist.train)
+    assert not is_deterministic(AugmentedDataset(fmnist.train), probe=(0, 1, 2))
+    assert is_deterministic(AugmentedDataset(fmnist.train, fixed=True))
+
+
+def test_trainer_refuses_cache_with_random_augmentation(tmp_path, capsys):
+    args = ["train", "--method", "freezeout", "--t-0", "0.2", "--schedule", "linear", "--epochs", "2", *TINY]
+    assert main([*args, "--augment", "--out", str(tmp_path / "aug")]) == 0
+    err = capsys.readouterr().err
+    assert "activation cache off" in err and "--fixed-augmentation" in err
+    assert json.loads((tmp_path / "aug" / "summary.json").read_text())["cache"] is None
+    assert main([*args, "--augment", "--fixed-augmentation", "--out", str(tmp_path / "fixed")]) == 0
+    cache = json.loads((tmp_path / "fixed" / "summary.json").read_text())["cache"]
+    assert cache["computed"] > 0
+
+
+def test_trainer_cache_on_and_off_agree(tmp_path):
+    args = ["train", "--method", "freezeout", "--t-0", "0.2", "--schedule", "linear", "--epochs", "3", *TINY]
+    assert main([*args, "--cache", "off", "--out", str(tmp_path / "off")]) == 0
+    assert main([*args, "--cache", "memory", "--out", str(tmp_path / "on")]) == 0
+    off = json.loads((tmp_path / "off" / "summary.json").read_text())
+    on = json.loads((tmp_path / "on" / "summary.json").read_text())
+    assert on["test_accuracy"] == off["test_accuracy"]
+    assert on["cache"]["extended"] > 0 and on["train_flops"] < off["train_flops"]
+    loss = lambda s: [json.loads(l)["loss"] for l in (tmp_path / s / "metrics.jsonl").read_text().splitlines() if '"step"' in l]
+    assert loss("on") == pytest.approx(loss("off"), abs=1e-6)
