@@ -145,5 +145,8 @@ def test_trainer_cache_on_and_off_agree(tmp_path):
     on = json.loads((tmp_path / "on" / "summary.json").read_text())
     assert on["test_accuracy"] == off["test_accuracy"]
     assert on["cache"]["extended"] > 0 and on["train_flops"] < off["train_flops"]
-    loss = lambda s: [json.loads(l)["loss"] for l in (tmp_path / s / "metrics.jsonl").read_text().splitlines() if '"step"' in l]
+    def loss(run):
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if r["kind"] == "step"]
+
     assert loss("on") == pytest.approx(loss("off"), abs=1e-6)
