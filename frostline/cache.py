@@ -156,18 +156,23 @@ class ActivationCache:
         if idx.min(initial=0) < 0 or idx.max(initial=0) >= self.num_samples:
             raise ConfigError(f"sample index out of range for a cache of {self.num_samples} samples")
         levels = self.levels[idx]
+        if (levels == boundary).all():  # the steady state: every sample replayed
+            self.stats["hits"] += len(idx)
+            rows = torch.index_select(self.stores[boundary].data, 0, torch.from_numpy(idx))
+            return rows.to(x.device, torch.float32, non_blocking=True)
         unique = np.unique(levels)
         out: torch.Tensor | None = None
         for level in unique:
             pos = np.nonzero(levels == level)[0]
             pos_t = torch.from_numpy(pos)
             if level == boundary:
-                h = self.stores[boundary].data[torch.from_numpy(idx[pos])]
+                h = torch.index_select(self.stores[boundary].data, 0, torch.from_numpy(idx[pos]))
                 self.stats["hits"] += len(pos)
             else:
                 start = int(level) if 0 < level < boundary else 0
                 if start > 0:
-                    src = self.stores[start].data[torch.from_numpy(idx[pos])].to(x.device, torch.float32)
+                    src = torch.index_select(self.stores[start].data, 0, torch.from_numpy(idx[pos]))
+                    src = src.to(x.device, torch.float32)
                     self.stats["extended"] += len(pos)
                 else:
                     src = x[pos_t.to(x.device)]
@@ -302,6 +307,7 @@ class CachedPrefixModel:
         if not isinstance(model, nn.Sequential):
             raise ConfigError("the activation cache needs a model whose children are its units in order (nn.Sequential)")
         self.model, self.freezer, self.cache = model, freezer, cache
+        self._units = list(model)
         self._fingerprints: dict[int, str] = {}
 
     def prefix_fingerprint(self, k: int) -> str:
@@ -316,8 +322,7 @@ class CachedPrefixModel:
         """How many leading units the cache may serve now: the frozen prefix, and never the last
         unit; and only units in eval mode (the Freezer pins frozen units there)."""
         k = min(self.freezer.frozen_prefix, len(self.model) - 1)
-        units = list(self.model)
-        while k > 0 and any(m.training for unit in units[:k] for m in unit.modules()):
+        while k > 0 and any(m.training for unit in self._units[:k] for m in unit.modules()):
             k -= 1
         return k
 
