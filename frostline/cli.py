@@ -31,6 +31,10 @@ HELP = {
     "threads": "torch CPU threads (default: torch's choice)",
     "out": "run folder for metrics.jsonl, summary.json, timeline.png",
     "log_every": "steps between metrics rows",
+    "checkpoint_every": "steps between checkpoints (also written at every freeze event and epoch end; 0: only those)",
+    "resume": "continue the run in this folder from its last good checkpoint, with its own settings",
+    "repeats": "timed steps per configuration (medians are reported)",
+    "warmup": "untimed steps first",
     "progress": "show a progress bar",
     "t_0": "freezeout: fraction at which the first unit freezes, before the schedule is applied",
     "schedule": "freezeout: linear, squared or cubic spacing of freezing times",
@@ -48,12 +52,13 @@ HELP = {
 }
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, config_cls) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, config_cls, overrides: dict[str, str] | None = None) -> None:
     hints = typing.get_type_hints(config_cls)
+    helps = {**HELP, **(overrides or {})}
     for f in dataclasses.fields(config_cls):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
-        help_text = f"{HELP.get(f.name, '')} (default: {f.default})"
+        help_text = f"{helps.get(f.name, '')} (default: {f.default})"
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
             continue
@@ -74,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = p_bench.add_subparsers(dest="bench", required=True)
     p_step = bench_sub.add_parser("steptime", help="step time with the first k units frozen, for every k")
-    _add_config_flags(p_step, BenchConfig)
+    _add_config_flags(p_step, BenchConfig, {
+        "cache": "also time the cached step (prefix output replayed from the cache) against a suffix-only step",
+        "out": "folder for steptime.json and steptime.md"})
 
     p_data = sub.add_parser("data", help="datasets")
     data_sub = p_data.add_subparsers(dest="data", required=True)

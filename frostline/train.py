@@ -14,7 +14,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,9 +23,10 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from .cache import DTYPES, ActivationCache, CachedPrefixModel, is_deterministic
+from .checkpoint import load_checkpoint, save_checkpoint
 from .cost import estimate_speedup, measure_costs
 from .data import AugmentedDataset, load_dataset
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .freezer import Freezer
 from .models import create_model
 from .policies import create_policy, list_policies
@@ -56,6 +57,8 @@ class TrainConfig:
     threads: int | None = None
     out: str = "runs/latest"
     log_every: int = 20
+    checkpoint_every: int = 200
+    resume: str | None = None
     progress: bool = True
     augment: bool = False
     fixed_augmentation: bool = False
@@ -107,6 +110,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"cache_memory_mb must be >= 0, got {cfg.cache_memory_mb}")
     if cfg.fixed_augmentation and not cfg.augment:
         raise ConfigError("fixed_augmentation only applies with augment: add --augment")
+    if cfg.checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be >= 0 (0: only at freeze events and epoch ends), got {cfg.checkpoint_every}")
     if cfg.log_every <= 0:
         raise ConfigError(f"log_every must be > 0, got {cfg.log_every}")
     if cfg.const_time and cfg.method == "none":
@@ -137,12 +142,13 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def iterate_batches(dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> Iterator[tuple]:
+def iterate_batches(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, skip: int = 0) -> Iterator[tuple]:
     """``(indices, x, y)`` batches; the order depends only on ``seed`` (so a run is repeatable
-    and a resumed run can find its place). Whole-batch tensor indexing when the dataset allows."""
+    and a resumed run finds its place by skipping ``skip`` batches without loading them).
+    Whole-batch tensor indexing when the dataset allows."""
     n = len(dataset)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
-    for start in range(0, n, batch_size):
+    for start in range(skip * batch_size, n, batch_size):
         idx = order[start : start + batch_size]
         if hasattr(dataset, "get_batch"):
             x, y = dataset.get_batch(idx)
@@ -171,10 +177,23 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 
 class RunLog:
-    """``metrics.jsonl`` written line by line, so a crash loses at most the current line."""
+    """``metrics.jsonl`` written line by line, so a crash loses at most the current line. On
+    resume, rows the checkpoint does not cover (written after it, before the crash) are dropped."""
 
-    def __init__(self, out: Path):
-        self.file = open(out / "metrics.jsonl", "w", buffering=1)
+    def __init__(self, out: Path, resume_step: int | None = None, resume_epoch: int = 0):
+        path = out / "metrics.jsonl"
+        kept = []
+        if resume_step is not None and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn last line
+                if (row["kind"] == "step" and row["step"] <= resume_step) or (row["kind"] == "epoch" and row["epoch"] < resume_epoch):
+                    kept.append(line)
+        self.file = open(path, "w", buffering=1)
+        for line in kept:
+            self.file.write(line + "\n")
 
     def write(self, row: dict[str, Any]) -> None:
         self.file.write(json.dumps(row) + "\n")
@@ -190,7 +209,13 @@ def _progress_bar(total: int, enabled: bool, desc: str):
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run one training and return its summary (also written to ``out/summary.json``)."""
+    """Run one training and return its summary (also written to ``out/summary.json``).
+    With ``cfg.resume`` set to a run folder, continue that run from its last good checkpoint
+    with the settings it was started with."""
+    checkpoint = None
+    if cfg.resume:
+        cfg = _resumed_config(cfg)
+        checkpoint = load_checkpoint(cfg.out)
     validate(cfg)
     device = pick_device(cfg.device)
     if cfg.threads:
@@ -198,7 +223,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    if checkpoint is None:
+        _write_json(out / "config.json", asdict(cfg))
 
     data = load_dataset(cfg.dataset, val_size=cfg.val_size, train_subset=cfg.train_subset,
                         test_subset=cfg.test_subset, seed=cfg.seed)
@@ -238,7 +264,28 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
 
-    log = RunLog(out)
+    loop = {"step": 0, "epoch": 0, "batch": 0, "train_time": 0.0, "train_flops": 0, "full_flops": 0,
+            "running": 0.0, "seen": 0}
+    if checkpoint is not None:
+        # the frozen set and param-group layout first, then the optimizer state that matches them
+        model.load_state_dict(checkpoint["model"])
+        freezer.load_state_dict(checkpoint["freezer"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(checkpoint["scheduler"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+        loop = dict(checkpoint["loop"])
+
+    def save():
+        save_checkpoint(out, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "freezer": freezer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None, "loop": dict(loop),
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        })
+
+    log = RunLog(out, loop["step"] if checkpoint is not None else None, loop["epoch"])
     summary: dict[str, Any] = {
         "status": "running", "method": cfg.method, "model": cfg.model, "dataset": data.name,
         "epochs": cfg.epochs, "seed": cfg.seed, "total_steps": total_steps,
@@ -246,24 +293,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "units": [u.name for u in units], "policy": policy.config(), "device": str(device),
         "full_step_flops": cost.full_step_flops, "const_time_plan": planned,
     }
-    train_time = 0.0
-    train_flops = 0
-    full_flops = 0
-    step = 0
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     bar = _progress_bar(total_steps, cfg.progress, f"{cfg.method} {cfg.model}")
+    bar.update(loop["step"])
     try:
-        epoch = 0
-        while step < total_steps:
-            running, seen, t_epoch = 0.0, 0, time.perf_counter()
-            for idx, x, y in iterate_batches(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch):
-                if step >= total_steps:
+        while loop["step"] < total_steps:
+            t_epoch, seen_at_start = time.perf_counter(), loop["seen"]
+            batches = iterate_batches(train_set, cfg.batch_size, shuffle=True,
+                                      seed=cfg.seed * 100_003 + loop["epoch"], skip=loop["batch"])
+            for idx, x, y in batches:
+                if loop["step"] >= total_steps:
                     break
                 scale = len(y) / cost.batch_size
                 boundary = cached.boundary() if cached else 0
-                train_flops += round(cost.step_flops(freezer.frozen, cached_prefix=boundary) * scale)
-                full_flops += round(cost.full_step_flops * scale)
+                loop["train_flops"] += round(cost.step_flops(freezer.frozen, cached_prefix=boundary) * scale)
+                loop["full_flops"] += round(cost.full_step_flops * scale)
                 t0 = time.perf_counter()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 loss = loss_fn(cached(idx, x) if cached else model(x), y)
@@ -272,30 +317,38 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
-                freezer.step()
+                newly_frozen = freezer.step()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                train_time += time.perf_counter() - t0
-                step += 1
-                running += loss.item() * len(y)
-                seen += len(y)
+                loop["train_time"] += time.perf_counter() - t0
+                loop["step"] += 1
+                loop["batch"] += 1
+                loop["running"] += loss.item() * len(y)
+                loop["seen"] += len(y)
+                step = loop["step"]
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == total_steps:
-                    rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
-                    bar.set_postfix(loss=f"{running / seen:.3f}", sps=f"{rate:.0f}", frozen=f"{len(freezer.frozen)}/{len(units)}")
-                    log.write({"kind": "step", "step": step, "epoch": epoch, "fraction": step / total_steps,
-                               "loss": running / seen, "lr": optimizer.param_groups[-1]["lr"],
-                               "frozen": len(freezer.frozen), "samples_per_s": rate, "train_time_s": train_time})
+                    rate = (loop["seen"] - seen_at_start) / max(time.perf_counter() - t_epoch, 1e-9)
+                    mean_loss = loop["running"] / loop["seen"]
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", sps=f"{rate:.0f}", frozen=f"{len(freezer.frozen)}/{len(units)}")
+                    log.write({"kind": "step", "step": step, "epoch": loop["epoch"], "fraction": step / total_steps,
+                               "loss": mean_loss, "lr": optimizer.param_groups[-1]["lr"],
+                               "frozen": len(freezer.frozen), "samples_per_s": rate, "train_time_s": loop["train_time"]})
+                if newly_frozen or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                    save()
             val_acc = evaluate(model, data.val, cfg.batch_size, device) if len(data.val) else None
-            log.write({"kind": "epoch", "epoch": epoch, "step": step, "train_loss": running / max(seen, 1),
-                       "val_accuracy": val_acc, "frozen": sorted(freezer.frozen), "train_time_s": train_time})
-            epoch += 1
+            log.write({"kind": "epoch", "epoch": loop["epoch"], "step": loop["step"],
+                       "train_loss": loop["running"] / max(loop["seen"], 1), "val_accuracy": val_acc,
+                       "frozen": sorted(freezer.frozen), "train_time_s": loop["train_time"]})
+            loop.update(epoch=loop["epoch"] + 1, batch=0, running=0.0, seen=0)
+            save()
         bar.close()
         summary.update(
             status="finished",
             test_accuracy=evaluate(model, data.test, cfg.batch_size, device),
             val_accuracy=evaluate(model, data.val, cfg.batch_size, device) if len(data.val) else None,
         )
+        torch.save(model.state_dict(), out / "model.pt")
     except BaseException as exc:
         bar.close()
         summary.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
@@ -305,15 +358,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         mem, mem_source = peak_memory_mb(device)
         if cached:
             # forwards the cache ran to fill or extend itself are part of the training cost
-            train_flops += sum(round(n * cost.units[u].forward_flops / cost.batch_size) for u, n in cached.cache.unit_runs.items())
+            loop["train_flops"] += sum(round(n * cost.units[u].forward_flops / cost.batch_size) for u, n in cached.cache.unit_runs.items())
             summary["cache"] = {**cached.cache.stats, "dtype": cfg.cache_dtype,
                                 "peak_memory_mb": cached.cache.peak_memory_bytes / 2**20,
                                 "peak_disk_mb": cached.cache.peak_disk_bytes / 2**20}
         else:
             summary["cache"] = None
         summary.update(
-            steps_done=step, train_time_s=train_time, train_flops=train_flops,
-            full_train_flops=full_flops, flops_saved=1 - train_flops / full_flops if full_flops else 0.0,
+            steps_done=loop["step"], train_time_s=loop["train_time"], train_flops=loop["train_flops"],
+            full_train_flops=loop["full_flops"],
+            flops_saved=1 - loop["train_flops"] / loop["full_flops"] if loop["full_flops"] else 0.0,
+            resumed_from_step=checkpoint["loop"]["step"] if checkpoint is not None else None,
             predicted_saving=estimate_speedup(cost, _freeze_times(freezer))["saving"],
             peak_memory_mb=mem, peak_memory_source=mem_source,
             saved_activations_mb_full=cost.saved_bytes(()) / 2**20,
@@ -330,6 +385,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         except Exception as plot_error:  # a plot must never hide the run's own outcome
             print(f"frostline: could not draw timeline.png: {plot_error}", file=sys.stderr)
     return summary
+
+
+def _resumed_config(cfg: TrainConfig) -> TrainConfig:
+    """The settings a run folder was started with; only how this process runs (progress bar,
+    threads) comes from the new command line."""
+    path = Path(cfg.resume) / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+        resumed = TrainConfig(**{k: v for k, v in saved.items() if k in config_fields()})
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist: --resume takes the folder of an earlier `frostline train`") from None
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{path} is unreadable ({e}): start a new run without --resume") from None
+    return replace(resumed, out=str(Path(cfg.resume)), resume=str(cfg.resume), progress=cfg.progress, threads=cfg.threads)
 
 
 def _make_cache(cfg: TrainConfig, model: nn.Module, freezer: Freezer, train_set, out: Path) -> CachedPrefixModel | None:

@@ -1,0 +1,88 @@
+"""Exact resume: kill the training process with SIGKILL at several points, resume, and compare with
+an uninterrupted run bit for bit (CPU)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from frostline.cli import main
+
+ARGS = ["--method", "freezeout", "--t-0", "0.3", "--schedule", "linear", "--epochs", "2", "--train-subset", "512",
+        "--val-size", "64", "--test-subset", "64", "--batch-size", "32", "--threads", "1", "--cache", "off",
+        "--log-every", "1", "--checkpoint-every", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    assert main(["train", *ARGS, "--out", str(out)]) == 0
+    return out
+
+
+def _kill_at(out, step):
+    """Start a run and SIGKILL it once its metrics show ``step`` steps done."""
+    proc = subprocess.Popen([sys.executable, "-m", "frostline", "train", *ARGS, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists():
+            lines = metrics.read_text().splitlines()
+            if lines and json.loads(lines[-1]).get("step", 0) >= step:
+                break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def _same_parameters(a, b):
+    sa, sb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+    assert sa.keys() == sb.keys()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("kill_step", [3, 9, 20])  # before, around and after freeze events (first at ~0.3)
+def test_killed_and_resumed_run_equals_uninterrupted(kill_step, uninterrupted, tmp_path, capsys):
+    out = tmp_path / "run"
+    _kill_at(out, kill_step)
+    assert main(["train", "--resume", str(out), "--no-progress", "--threads", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    reference = json.loads((uninterrupted / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["resumed_from_step"] >= 1
+    assert _same_parameters(out, uninterrupted)
+    assert summary["frozen_at"] == reference["frozen_at"]
+    assert summary["test_accuracy"] == reference["test_accuracy"]
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "step"]
+    assert steps == list(range(1, summary["total_steps"] + 1))  # no step logged twice or lost
+
+
+def test_corrupted_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    _kill_at(out, 12)
+    ckpt = out / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # a torn write
+    with pytest.warns(UserWarning, match="checkpoint.prev.pt"):
+        assert main(["train", "--resume", str(out), "--no-progress", "--threads", "1"]) == 0
+    assert _same_parameters(out, uninterrupted)
+
+
+def test_no_usable_checkpoint_is_a_clear_error_that_deletes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    _kill_at(out, 3)
+    for name in ["checkpoint.pt", "checkpoint.prev.pt"]:
+        (out / name).write_bytes(b"garbage")
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no usable checkpoint" in err and "without --resume" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "config.json does not exist" in capsys.readouterr().err
