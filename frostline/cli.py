@@ -1,4 +1,4 @@
-"""``frostline`` command line: ``train``, ``bench steptime``, ``data``, ``report``.
+"""``frostline`` command line: ``train``, ``bench steptime|compare|readme``, ``data``, ``report``.
 
 Flags of ``train`` map one-to-one onto :class:`frostline.train.TrainConfig` fields. Bad input
 exits with code 2 and one line saying what to do, never a traceback.
@@ -83,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
         "cache": "also time the cached step (prefix output replayed from the cache) against a suffix-only step",
         "out": "folder for steptime.json and steptime.md"})
 
+    p_cmp = bench_sub.add_parser("compare", help="every method side by side on real data (resumable); writes report.md and plots")
+    p_cmp.add_argument("--suite", default="quick", help="quick (about 30 min on 2 CPU cores) or full (default: quick)")
+    p_cmp.add_argument("--out", default="runs/bench-compare", help="bench folder; finished runs in it are reused (default: runs/bench-compare)")
+    p_cmp.add_argument("--report-only", action="store_true", help="redraw report.md and plots from the runs already there")
+    p_cmp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    p_readme = bench_sub.add_parser("readme", help="replace the README's results block with a bench's report")
+    p_readme.add_argument("bench_dir", help="folder of a finished `frostline bench compare`")
+    p_readme.add_argument("--readme", default="README.md", help="README to update (default: README.md)")
+
     p_data = sub.add_parser("data", help="datasets")
     data_sub = p_data.add_subparsers(dest="data", required=True)
     p_fetch = data_sub.add_parser("fetch", help="fetch a dataset that is not installed by apt (mnist)")
@@ -103,6 +112,18 @@ def _run(args: argparse.Namespace) -> int:
         print(f"test accuracy {summary['test_accuracy']:.2f}% | train time {summary['train_time_s']:.1f}s | "
               f"FLOPs saved {100 * summary['flops_saved']:.1f}% | frozen {sum(v is not None for v in summary['frozen_at'].values())}/{len(summary['units'])} units")
         print(f"results: {cfg.out}/summary.json, {cfg.out}/metrics.jsonl, {cfg.out}/timeline.png")
+        return 0
+    if args.command == "bench" and args.bench == "compare":
+        from .compare import run_suite
+
+        data = run_suite(args.suite, args.out, progress=args.progress, report_only=args.report_only)
+        print(f"{data['finished']}/{data['cells']} runs finished" + (f", {len(data['failed'])} failed" if data["failed"] else ""))
+        print(f"report: {args.out}/report.md (plots beside it)")
+        return 1 if data["failed"] else 0
+    if args.command == "bench" and args.bench == "readme":
+        from .compare import update_readme
+
+        print(f"updated {update_readme(args.bench_dir, args.readme)}")
         return 0
     if args.command == "bench":
         from .bench import BenchConfig, steptime

@@ -62,3 +62,134 @@ def runs_table(summaries: Sequence[dict[str, Any]]) -> str:
                      f"{100 * s['predicted_saving']:.1f}%", f"{frozen}/{len(s['units'])}"])
     return markdown_table(["method", "model", "dataset", "epochs", "seed", "test acc %", "Δ acc", "train s",
                            "time saved", "FLOPs saved", "predicted", "frozen"], rows)
+
+
+# -- bench compare plots ----------------------------------------------------------------------
+def _pareto(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not beaten on both axes (more time saved and higher accuracy), left to right."""
+    front = []
+    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return sorted(front)
+
+
+def _groups(cells) -> list[tuple[str, str]]:
+    return list(dict.fromkeys((c.dataset, c.model) for c in cells))
+
+
+def _read_metrics(folder: Path) -> list[dict[str, Any]]:
+    import json
+
+    rows = []
+    try:
+        for line in (folder / "metrics.jsonl").read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    except OSError:
+        pass
+    return rows
+
+
+def plot_bench(root: Path, cells, results: dict[str, dict], rows: Sequence[dict[str, Any]]) -> list[Path]:
+    """The four figures of ``frostline bench compare`` (SmartFRZ Fig. 5a/5b style and two of ours)."""
+    groups = _groups(cells)
+    variants = list(dict.fromkeys(c.variant for c in cells))
+    colors = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
+    written = []
+
+    # accuracy vs time saved: one point per run, paired with the same seed's baseline
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), squeeze=False)
+    for ax, (dataset, model) in zip(axes[0], groups):
+        points = []
+        for c in cells:
+            s, base = results.get(c.key), results.get(f"{dataset}/{model}/none/seed{c.seed}")
+            if (c.dataset, c.model) != (dataset, model) or s is None or base is None:
+                continue
+            x, y = 100 * (1 - s["train_time_s"] / base["train_time_s"]), s["test_accuracy"]
+            points.append((x, y))
+            ax.scatter([x], [y], color=colors[c.variant], s=22, label=c.variant)
+        if points:
+            fx, fy = zip(*_pareto(points))
+            ax.plot(fx, fy, color="0.4", lw=1, ls="--", label="Pareto front")
+        handles = dict(zip(*reversed(ax.get_legend_handles_labels())))
+        ax.legend(handles.values(), handles.keys(), fontsize=7)
+        ax.set_xlabel("training time saved vs none (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{model} on {dataset}", fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written.append(_save(fig, root / "accuracy_vs_time_saved.png"))
+
+    # when each unit froze, seed 0, one panel per variant and group
+    freezing = [v for v in variants if v != "none"]
+    fig, axes = plt.subplots(len(groups), max(len(freezing), 1), figsize=(2.6 * max(len(freezing), 1), 2.8 * len(groups)),
+                             squeeze=False)
+    for row, (dataset, model) in zip(axes, groups):
+        for ax, variant in zip(row, freezing):
+            s = results.get(f"{dataset}/{model}/{variant}/seed0")
+            ax.set_title(f"{variant}\n{model}/{dataset}", fontsize=7)
+            if s is None:
+                ax.axis("off")
+                continue
+            units = s["units"]
+            for i, name in enumerate(units):
+                t = s["frozen_at"].get(name)
+                ax.barh(i, t if t is not None else 1.0, color="#4a90d9" if t is not None else "#c9d9ee", height=0.7)
+            ax.set_yticks(range(len(units)), labels=units, fontsize=5)
+            ax.invert_yaxis()
+            ax.set_xlim(0, 1)
+            ax.tick_params(axis="x", labelsize=6)
+    fig.supxlabel("fraction of training at which the unit froze (pale: never)", fontsize=8)
+    fig.tight_layout()
+    written.append(_save(fig, root / "freezing_moments.png"))
+
+    # memory over training, seed 0: activations kept for backward, and the process's memory
+    fig, axes = plt.subplots(2, len(groups), figsize=(5.2 * len(groups), 6), squeeze=False)
+    for col, (dataset, model) in enumerate(groups):
+        for variant in variants:
+            folder = next((c.folder(root) for c in cells if (c.dataset, c.model, c.variant, c.seed) == (dataset, model, variant, 0)), None)
+            steps = [r for r in _read_metrics(folder) if r.get("kind") == "step" and "saved_activations_mb" in r] if folder else []
+            if not steps:
+                continue
+            xs = [r["fraction"] for r in steps]
+            axes[0][col].plot(xs, [r["saved_activations_mb"] for r in steps], color=colors[variant], label=variant, lw=1.2)
+            axes[1][col].plot(xs, [r["memory_mb"] for r in steps], color=colors[variant], label=variant, lw=1.2)
+        axes[0][col].set_title(f"{model} on {dataset}", fontsize=10)
+        axes[0][col].set_ylabel("saved for backward (MB)")
+        axes[1][col].set_ylabel("process / device memory (MB)")
+        axes[1][col].set_xlabel("fraction of training")
+        axes[0][col].legend(fontsize=7)
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written.append(_save(fig, root / "memory.png"))
+
+    # predicted vs measured saving
+    fig, ax = plt.subplots(figsize=(5, 4.6))
+    markers = dict(zip(dict.fromkeys(m for _, m in groups), "osD^v<>p"))
+    for r in rows:
+        if r["method"] == "none":
+            continue
+        ax.scatter([100 * r["predicted_saving"]], [100 * r["time_saved"]], color=colors[r["variant"]], label=r["variant"],
+                   marker=markers[r["model"]], s=26)
+    lim = max([5.0] + [100 * max(r["predicted_saving"], r["time_saved"]) for r in rows if r["method"] != "none"
+                       and r["time_saved"] == r["time_saved"]]) * 1.1
+    ax.plot([0, lim], [0, lim], color="0.5", lw=1, ls=":", label="measured = predicted")
+    handles = dict(zip(*reversed(ax.get_legend_handles_labels())))
+    ax.legend(handles.values(), handles.keys(), fontsize=7)
+    ax.set_xlabel("predicted saving from FLOPs (%)")
+    ax.set_ylabel("measured time saved (%)")
+    ax.set_title("estimator vs clock (mean over seeds; marker: " + ", ".join(f"{m} {k}" for k, m in markers.items()) + ")", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written.append(_save(fig, root / "predicted_vs_measured.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

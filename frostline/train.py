@@ -169,6 +169,17 @@ def evaluate(model: nn.Module, dataset, batch_size: int, device: torch.device) -
     return 100.0 * correct / len(dataset)
 
 
+def memory_now_mb(device: torch.device) -> float:
+    """Memory in use now: allocated CUDA memory, or the process's resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
@@ -333,7 +344,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     bar.set_postfix(loss=f"{mean_loss:.3f}", sps=f"{rate:.0f}", frozen=f"{len(freezer.frozen)}/{len(units)}")
                     log.write({"kind": "step", "step": step, "epoch": loop["epoch"], "fraction": step / total_steps,
                                "loss": mean_loss, "lr": optimizer.param_groups[-1]["lr"],
-                               "frozen": len(freezer.frozen), "samples_per_s": rate, "train_time_s": loop["train_time"]})
+                               "frozen": len(freezer.frozen), "samples_per_s": rate, "train_time_s": loop["train_time"],
+                               "memory_mb": memory_now_mb(device),
+                               "saved_activations_mb": cost.saved_bytes(freezer.frozen) * scale / 2**20})
                 if newly_frozen or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     save()
             val_acc = evaluate(model, data.val, cfg.batch_size, device) if len(data.val) else None

@@ -1,0 +1,80 @@
+"""``frostline bench compare``: cells run as real trainings, are reused when finished, and the
+report pairs every run with the baseline of its own seed."""
+
+import json
+
+import pytest
+
+from frostline.cli import main
+from frostline.compare import RESULTS_BEGIN, RESULTS_END, Suite, run_suite, update_readme
+from frostline.errors import ConfigError, FrostlineError
+
+TINY = {"epochs": 1, "train_subset": 384, "val_size": 64, "test_subset": 256, "batch_size": 64, "width": 8,
+        "threads": 1, "log_every": 2}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    suite = Suite("test", ("resnet",), ("fashion-mnist",), 1, ("none", "freezeout+cache"), TINY, "tiny test suite")
+    data = run_suite(suite, root, progress=False)
+    return suite, root, data
+
+
+def test_every_cell_is_a_finished_training_with_the_suite_settings(bench):
+    suite, root, data = bench
+    assert data["finished"] == data["cells"] == 2 and not data["failed"]
+    cfg = json.loads((root / "cells/fashion-mnist/resnet/freezeout_cache/seed0/config.json").read_text())
+    assert cfg["method"] == "freezeout" and cfg["cache"] == "memory" and cfg["train_subset"] == 384
+    summary = json.loads((root / "cells/fashion-mnist/resnet/freezeout_cache/seed0/summary.json").read_text())
+    assert summary["status"] == "finished" and summary["cache"] is not None
+
+
+def test_time_saved_is_paired_with_the_same_seed_baseline(bench):
+    suite, root, data = bench
+    cell = lambda v: json.loads((root / f"cells/fashion-mnist/resnet/{v}/seed0/summary.json").read_text())
+    base, frz = cell("none"), cell("freezeout_cache")
+    row = next(r for r in data["rows"] if r["variant"] == "freezeout+cache")
+    assert row["time_saved"] == pytest.approx(1 - frz["train_time_s"] / base["train_time_s"])
+    assert row["delta_accuracy"] == pytest.approx(frz["test_accuracy"] - base["test_accuracy"])
+    assert row["flops_saved"] == pytest.approx(frz["flops_saved"]) and row["flops_saved"] > 0
+    report = (root / "report.md").read_text()
+    assert "| freezeout+cache |" in report and RESULTS_BEGIN in report
+    for png in ("accuracy_vs_time_saved.png", "freezing_moments.png", "memory.png", "predicted_vs_measured.png"):
+        assert (root / png).stat().st_size > 1000
+
+
+def test_finished_cells_are_reused_and_a_broken_one_is_rerun(bench):
+    suite, root, _ = bench
+    kept = root / "cells/fashion-mnist/resnet/none/seed0/summary.json"
+    broken = root / "cells/fashion-mnist/resnet/freezeout_cache/seed0/summary.json"
+    before = kept.stat().st_mtime_ns
+    broken.write_text("{not json")
+    data = run_suite(suite, root, progress=False)
+    assert data["finished"] == 2
+    assert kept.stat().st_mtime_ns == before  # reused, not retrained
+    assert json.loads(broken.read_text())["status"] == "finished"  # rebuilt from its checkpoint
+
+
+def test_readme_block_is_regenerated_from_the_report(bench, tmp_path):
+    suite, root, _ = bench
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{RESULTS_BEGIN}\nold numbers\n{RESULTS_END}\nafter\n")
+    update_readme(root, readme)
+    text = readme.read_text()
+    assert "old numbers" not in text and "| freezeout+cache |" in text
+    assert text.startswith("# x\n\nbefore\n") and text.endswith("after\n")
+    assert (tmp_path / "docs/bench/accuracy_vs_time_saved.png").exists()
+    readme.write_text("no markers here\n")
+    with pytest.raises(FrostlineError, match="no results block"):
+        update_readme(root, readme)
+
+
+def test_bad_suites_are_refused_clearly(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="needs the `none` variant"):
+        run_suite(Suite("x", ("resnet",), ("fashion-mnist",), 1, ("linear",)), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="unknown method variants"):
+        run_suite(Suite("x", ("resnet",), ("fashion-mnist",), 1, ("none", "magic")), tmp_path, progress=False)
+    assert main(["bench", "compare", "--suite", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown suite" in capsys.readouterr().err
+    assert main(["bench", "readme", str(tmp_path / "missing")]) == 2
