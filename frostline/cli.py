@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_train = sub.add_parser("train", help="train a model with a freezing method on real data")
     _add_config_flags(p_train, TrainConfig)
 
+    p_est = sub.add_parser("estimate", help="predicted saving of a linear/freezeout schedule, before training")
+    _add_config_flags(p_est, TrainConfig)
+
     p_bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = p_bench.add_subparsers(dest="bench", required=True)
     p_step = bench_sub.add_parser("steptime", help="step time with the first k units frozen, for every k")
@@ -112,6 +115,16 @@ def _run(args: argparse.Namespace) -> int:
         print(f"test accuracy {summary['test_accuracy']:.2f}% | train time {summary['train_time_s']:.1f}s | "
               f"FLOPs saved {100 * summary['flops_saved']:.1f}% | frozen {sum(v is not None for v in summary['frozen_at'].values())}/{len(summary['units'])} units")
         print(f"results: {cfg.out}/summary.json, {cfg.out}/metrics.jsonl, {cfg.out}/timeline.png")
+        return 0
+    if args.command == "estimate":
+        from .report import markdown_table
+        from .train import TrainConfig, plan
+
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+        p = plan(cfg)
+        print(markdown_table(["unit", "freezes at"], [[u, "never" if t is None else f"{t:.3f}"] for u, t in zip(p["units"], p["freeze_times"])]))
+        print(f"predicted compute saved: {100 * p['saving']:.1f}% | with the activation cache: {100 * p['saving_cached']:.1f}% | "
+              f"assuming backward = forward (FreezeOut's estimate): {100 * p['saving_backward_equals_forward']:.1f}%")
         return 0
     if args.command == "bench" and args.bench == "compare":
         from .compare import run_suite

@@ -382,7 +382,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             full_train_flops=loop["full_flops"],
             flops_saved=1 - loop["train_flops"] / loop["full_flops"] if loop["full_flops"] else 0.0,
             resumed_from_step=checkpoint["loop"]["step"] if checkpoint is not None else None,
-            predicted_saving=estimate_speedup(cost, _freeze_times(freezer))["saving"],
+            predicted_saving=estimate_speedup(cost, _freeze_times(freezer), cached=cached is not None)["saving"],
             peak_memory_mb=mem, peak_memory_source=mem_source,
             saved_activations_mb_full=cost.saved_bytes(()) / 2**20,
             saved_activations_mb_end=cost.saved_bytes(freezer.frozen) / 2**20,
@@ -428,6 +428,35 @@ def _make_cache(cfg: TrainConfig, model: nn.Module, freezer: Freezer, train_set,
     budget = 0 if cfg.cache == "disk" else cfg.cache_memory_mb * 2**20
     cache = ActivationCache(len(train_set), memory_budget_bytes=budget, dtype=cfg.cache_dtype, directory=out / "cache")
     return CachedPrefixModel(model, freezer, cache)
+
+
+def plan(cfg: TrainConfig) -> dict[str, Any]:
+    """Before training: when a schedule-driven method (linear, freezeout) would freeze each unit of
+    ``cfg.model``, and the compute it would save, from FLOPs measured on one real batch."""
+    validate(cfg)
+    if cfg.method == "none":
+        raise ConfigError("method none freezes nothing: pass --method linear or freezeout")
+    policy = make_policy(cfg)
+    if policy.requires:
+        raise ConfigError(f"{cfg.method} decides from training signals, so its schedule cannot be planned "
+                          "before training: run it and read summary.json")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.dataset, val_size=0, train_subset=cfg.batch_size, test_subset=1, seed=cfg.seed)
+    model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                         image_size=data.image_size, width=cfg.width, depth=cfg.depth)
+    _, x, y = next(iterate_batches(data.train, cfg.batch_size, shuffle=False))
+    units = freeze_units(model, example_input=x)
+    cost = measure_costs(model, units, x, y)
+    policy.bind([u.name for u in units])
+    times = _planned_freeze_times(policy, len(units))
+    return {
+        "units": [u.name for u in units], "freeze_times": times,
+        "saving": estimate_speedup(cost, times)["saving"],
+        "saving_cached": estimate_speedup(cost, times, cached=True)["saving"],
+        "saving_backward_equals_forward": estimate_speedup(cost, times, backward_equals_forward=True)["saving"],
+    }
 
 
 def _freeze_times(freezer: Freezer) -> list[float | None]:

@@ -130,3 +130,15 @@ def test_report_compares_runs_against_the_baseline(tmp_path, capsys):
     (tmp_path / "broken" / "summary.json").write_text("{not json")
     assert main(["report", str(tmp_path / "broken")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_estimate_plans_a_schedule_before_training(capsys):
+    from frostline.cli import main as cli_main
+
+    assert cli_main(["estimate", "--model", "resnet", "--method", "freezeout", "--width", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "| stem | 0.512 |" in out and "| head | never |" in out
+    saved = [float(v.split("%")[0]) for v in out.split(": ")[1:]]
+    assert saved[1] > saved[0] > 0  # the cache also skips the frozen prefix's forward
+    assert cli_main(["estimate", "--model", "resnet", "--method", "autofreeze"]) == 2
+    assert "cannot be planned" in capsys.readouterr().err
