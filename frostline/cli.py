@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp = bench_sub.add_parser("compare", help="every method side by side on real data (resumable); writes report.md and plots")
     p_cmp.add_argument("--suite", default="quick", help="quick (about 30 min on 2 CPU cores) or full (default: quick)")
     p_cmp.add_argument("--out", default="runs/bench-compare", help="bench folder; finished runs in it are reused (default: runs/bench-compare)")
+    p_cmp.add_argument("--jobs", type=int, default=1, help="runs at once (default: 1); use one per core with the suite's one thread per run")
     p_cmp.add_argument("--report-only", action="store_true", help="redraw report.md and plots from the runs already there")
     p_cmp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     p_readme = bench_sub.add_parser("readme", help="replace the README's results block with a bench's report")
@@ -129,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "bench" and args.bench == "compare":
         from .compare import run_suite
 
-        data = run_suite(args.suite, args.out, progress=args.progress, report_only=args.report_only)
+        data = run_suite(args.suite, args.out, progress=args.progress, report_only=args.report_only, jobs=args.jobs)
         print(f"{data['finished']}/{data['cells']} runs finished" + (f", {len(data['failed'])} failed" if data["failed"] else ""))
         print(f"report: {args.out}/report.md (plots beside it)")
         return 1 if data["failed"] else 0

@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -62,9 +63,9 @@ SUITES: dict[str, Suite] = {
     "quick": Suite(
         "quick", ("resnet", "vgg"), ("fashion-mnist",), 3,
         ("none", "linear", "freezeout", "freezeout+cache", "autofreeze+cache", "cka-oracle+cache", "smartfrz+cache"),
-        {"epochs": 4, "train_subset": 6000, "val_size": 1000, "batch_size": 128, "threads": 2, "log_every": 5},
+        {"epochs": 4, "train_subset": 6000, "val_size": 1000, "batch_size": 128, "threads": 1, "log_every": 5},
         "from scratch on a 6,000-sample subset of Fashion-MNIST, 4 epochs, evaluated on the full 10,000-image test "
-        "set; sized for about 30 minutes on 2 CPU cores"),
+        "set, one thread per run; sized for about 30 minutes on 2 CPU cores with `--jobs 2`"),
     "smoke": Suite(
         "smoke", ("resnet",), ("fashion-mnist",), 2, ("none", "freezeout+cache", "autofreeze+cache"),
         {"epochs": 1, "train_subset": 640, "val_size": 128, "test_subset": 512, "batch_size": 64, "width": 8,
@@ -145,9 +146,11 @@ def _finished(folder: Path, cell: Cell) -> dict | None:
     return summary
 
 
-def run_suite(suite: str | Suite, out: str | os.PathLike, *, progress: bool = True, report_only: bool = False) -> dict[str, Any]:
+def run_suite(suite: str | Suite, out: str | os.PathLike, *, progress: bool = True, report_only: bool = False,
+              jobs: int = 1) -> dict[str, Any]:
     """Run (or continue) a suite (by name, or your own :class:`Suite`) and write its report.
-    Returns the report's data."""
+    ``jobs`` cells run at once (each with the suite's ``threads``); every cell, baselines included,
+    then shares the machine alike. Returns the report's data."""
     from tqdm.auto import tqdm
 
     from .policies import list_policies
@@ -162,6 +165,8 @@ def run_suite(suite: str | Suite, out: str | os.PathLike, *, progress: bool = Tr
     if "none" not in suite.variants:
         raise ConfigError("a suite needs the `none` variant: time saved is measured against it")
     suite_name = suite.name
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     cells, skipped = suite_cells(suite, list_policies())
@@ -170,17 +175,27 @@ def run_suite(suite: str | Suite, out: str | os.PathLike, *, progress: bool = Tr
     failed: dict[str, str] = {}
     bar = tqdm(total=len(cells), desc=f"bench {suite_name}", unit="run", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
+    todo = []
     for cell in cells:
-        folder = cell.folder(root)
-        bar.set_postfix_str(cell.key)
-        summary = _finished(folder, cell)
-        if summary is None and not report_only:
-            summary, error = _run_cell(cell, folder, root)
-            if error:
-                failed[cell.key] = error
+        summary = _finished(cell.folder(root), cell)
         if summary is not None:
             results[cell.key] = summary
-        bar.update(1)
+            bar.update(1)
+        elif not report_only:
+            todo.append(cell)
+    # baselines first: the oracle's reference and every pairing need them
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for wave in ([c for c in todo if c.variant == "none"], [c for c in todo if c.variant != "none"]):
+            running = {pool.submit(_run_cell, c, c.folder(root), root): c for c in wave}
+            for done in as_completed(running):
+                cell = running[done]
+                summary, error = done.result()
+                if error:
+                    failed[cell.key] = error
+                if summary is not None:
+                    results[cell.key] = summary
+                bar.set_postfix_str(cell.key)
+                bar.update(1)
     bar.close()
     return write_report(root, suite, cells, results, failed, skipped, command or f"frostline bench compare --suite {suite_name} --out {root}")
 

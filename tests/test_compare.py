@@ -17,7 +17,7 @@ TINY = {"epochs": 1, "train_subset": 384, "val_size": 64, "test_subset": 256, "b
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     suite = Suite("test", ("resnet",), ("fashion-mnist",), 1, ("none", "freezeout+cache"), TINY, "tiny test suite")
-    data = run_suite(suite, root, progress=False)
+    data = run_suite(suite, root, progress=False, jobs=2)
     return suite, root, data
 
 
@@ -75,6 +75,8 @@ def test_bad_suites_are_refused_clearly(tmp_path, capsys):
         run_suite(Suite("x", ("resnet",), ("fashion-mnist",), 1, ("linear",)), tmp_path, progress=False)
     with pytest.raises(ConfigError, match="unknown method variants"):
         run_suite(Suite("x", ("resnet",), ("fashion-mnist",), 1, ("none", "magic")), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="jobs"):
+        run_suite("smoke", tmp_path, progress=False, jobs=0)
     assert main(["bench", "compare", "--suite", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown suite" in capsys.readouterr().err
     assert main(["bench", "readme", str(tmp_path / "missing")]) == 2
