@@ -136,6 +136,24 @@ def broadcast_buffers(module: nn.Module) -> None:
         dist.broadcast(b.data, src=0)
 
 
+def state_digests(module: nn.Module, device: torch.device | None = None) -> list[str]:
+    """SHA-256 of ``module``'s state (parameters and buffers, in ``state_dict`` order) on every
+    rank, gathered: the end-of-run proof that all ranks hold the same model."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    mine = torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8)
+    if not is_distributed():
+        return [mine.numpy().tobytes().hex()]
+    dev = device or _collective_device()
+    gathered = [torch.empty(32, dtype=torch.uint8, device=dev) for _ in range(world_size())]
+    dist.all_gather(gathered, mine.to(dev))
+    return [g.cpu().numpy().tobytes().hex() for g in gathered]
+
+
 def _collective_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())

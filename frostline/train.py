@@ -346,6 +346,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     comm_history: list[dict[str, int]] = []  # all-reduced bytes per step, one entry per change
     compile_history: list[dict[str, int]] = []  # graphs compiled so far, one entry per change
     slowest_train_time = None
+    digests = None
     cache_unit_runs = None  # the cache's fill forwards summed over ranks, once a distributed run finished
 
     def flush_loss():
@@ -444,6 +445,12 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             names = list(range(len(units)))
             runs = distributed.all_reduce_values([cached.cache.unit_runs.get(u, 0) for u in names], device=device)
             cache_unit_runs = {u: int(n) for u, n in zip(names, runs) if n}
+        if world > 1:  # every rank must end with the same model (rank 0's buffers, as evaluated and saved)
+            distributed.broadcast_buffers(model)
+            digests = distributed.state_digests(model, device)
+            if len(set(digests)) != 1:
+                raise distributed.DistributedError(
+                    f"ranks finished with different models (state SHA-256 per rank: {digests}); this is a bug, please report it")
         summary.update(
             status="finished",
             test_accuracy=evaluate(model, data.test, cfg.batch_size, device),
@@ -471,7 +478,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             summary["distributed"] = {
                 "world_size": world, "backend": torch.distributed.get_backend(),
                 "global_batch_size": cfg.batch_size, "per_rank_batch_size": math.ceil(cfg.batch_size / world),
-                "train_time_s_rank0": loop["train_time"], "ddp_rebuilds": net.rebuilds,
+                "train_time_s_rank0": loop["train_time"], "ddp_rebuilds": net.rebuilds, "state_sha256_per_rank": digests,
                 "allreduce_bytes_per_step": comm_history,
                 "allreduce_bytes_first": comm_history[0]["bytes"] if comm_history else None,
                 "allreduce_bytes_last": comm_history[-1]["bytes"] if comm_history else None,
