@@ -16,6 +16,7 @@ to room for a few variants per unit (otherwise a deep model silently falls back 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -62,3 +63,11 @@ def compile_stats() -> dict[str, int]:
         "graph_breaks": int(sum(counters["graph_break"].values())),
         "frames_ok": int(counters["frames"]["ok"]),
     }
+
+
+def eager():
+    """Run compiled modules eagerly inside this context (``torch.compiler.set_stance``, torch >= 2.6;
+    on older torch, a no-op). Evaluation uses it: in eval mode without grad every unit would need
+    its own graph variants, compiled for a pass that runs once an epoch."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()

@@ -295,9 +295,10 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     cost = measure_costs(model, units, x0, y0)
     distributed.check_global_batches(len(train_set), cfg.batch_size, world)
     if cfg.compile:  # after the FLOP count, which needs the eager modules
-        from .compiling import compile_stats, compile_units
+        from .compiling import compile_stats, compile_units, eager
 
         compiled_modules = compile_units(units, cfg.compile_backend)
+        compile_base = compile_stats()  # dynamo's counters are process-wide: report this run's share
 
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     policy = make_policy(cfg, steps_per_epoch)
@@ -348,6 +349,12 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     slowest_train_time = None
     digests = None
     cache_unit_runs = None  # the cache's fill forwards summed over ranks, once a distributed run finished
+
+    def score(dataset) -> float:
+        if not cfg.compile:
+            return evaluate(model, dataset, cfg.batch_size, device)
+        with eager():  # --compile is for the training step; evaluation adds no graph variants
+            return evaluate(model, dataset, cfg.batch_size, device)
 
     def flush_loss():
         loop["running"] += distributed.all_reduce_values(pending_loss, device=device)[0]
@@ -417,7 +424,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                     if not comm_history or comm_history[-1]["bytes"] != extra["allreduce_bytes"]:
                         comm_history.append({"step": step, "bytes": extra["allreduce_bytes"]})
                 if cfg.compile:
-                    extra["compiled_graphs"] = compile_stats()["graphs"]
+                    extra["compiled_graphs"] = compile_stats()["graphs"] - compile_base["graphs"]
                     if not compile_history or compile_history[-1]["graphs"] != extra["compiled_graphs"]:
                         compile_history.append({"step": step, "graphs": extra["compiled_graphs"]})
                 bar.update(1)
@@ -432,7 +439,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 if newly_frozen or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     save()
             flush_loss()
-            val_acc = evaluate(model, data.val, cfg.batch_size, device) if len(data.val) else None
+            val_acc = score(data.val) if len(data.val) else None
             log.write({"kind": "epoch", "epoch": loop["epoch"], "step": loop["step"],
                        "train_loss": loop["running"] / max(loop["seen"], 1), "val_accuracy": val_acc,
                        "frozen": sorted(freezer.frozen), "train_time_s": loop["train_time"]})
@@ -453,8 +460,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                     f"ranks finished with different models (state SHA-256 per rank: {digests}); this is a bug, please report it")
         summary.update(
             status="finished",
-            test_accuracy=evaluate(model, data.test, cfg.batch_size, device),
-            val_accuracy=evaluate(model, data.val, cfg.batch_size, device) if len(data.val) else None,
+            test_accuracy=score(data.test),
+            val_accuracy=score(data.val) if len(data.val) else None,
         )
         if main:
             torch.save(model.state_dict(), out / "model.pt")
@@ -486,7 +493,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         if cfg.compile:
             before = [h["graphs"] for h in compile_history if freezer.timeline and h["step"] <= freezer.timeline[0].step]
             summary["compile"] = {
-                "backend": cfg.compile_backend, "modules_compiled": compiled_modules, **compile_stats(),
+                "backend": cfg.compile_backend, "modules_compiled": compiled_modules,
+                **{k: v - compile_base[k] for k, v in compile_stats().items()},
                 "graphs_before_first_freeze": before[-1] if before else None, "graphs_per_step": compile_history,
             }
         summary.update(
