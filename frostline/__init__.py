@@ -6,10 +6,12 @@ pass is skipped, and (with the activation cache) their forward pass too.
 
 from .cka import MinibatchCKA, linear_cka, minibatch_cka
 from .cost import CostModel, UnitCost, estimate_speedup, measure_costs
+from .distributed import DecisionSync, ReplicatedModel
 from .errors import (
     CheckpointError,
     ConfigError,
     DatasetNotFoundError,
+    DistributedError,
     FrostlineError,
     ModelError,
 )
@@ -35,6 +37,8 @@ __all__ = [
     "ConfigError",
     "CostModel",
     "DatasetNotFoundError",
+    "DecisionSync",
+    "DistributedError",
     "FreezeEvent",
     "FreezeOut",
     "FreezePolicy",
@@ -44,6 +48,7 @@ __all__ = [
     "LinearFreezing",
     "MinibatchCKA",
     "ModelError",
+    "ReplicatedModel",
     "NoFreezing",
     "Progress",
     "UnitCost",

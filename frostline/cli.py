@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 
@@ -49,6 +50,8 @@ HELP = {
     "cache": "activation cache for the frozen prefix: auto (on when safe), memory (spills to disk past the budget), disk, off",
     "cache_dtype": "cache storage: float32 (lossless), float16, bfloat16",
     "cache_memory_mb": "memory budget of the cache before it spills to disk",
+    "compile": "torch.compile each freeze unit separately (regional), so a freeze recompiles only the units it changes",
+    "compile_backend": "torch.compile backend for --compile (inductor needs a C compiler on CPU; aot_eager compiles fast)",
 }
 
 
@@ -113,6 +116,8 @@ def _run(args: argparse.Namespace) -> int:
 
         cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
         summary = train(cfg)
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+            return 0
         print(f"test accuracy {summary['test_accuracy']:.2f}% | train time {summary['train_time_s']:.1f}s | "
               f"FLOPs saved {100 * summary['flops_saved']:.1f}% | frozen {sum(v is not None for v in summary['frozen_at'].values())}/{len(summary['units'])} units")
         print(f"results: {cfg.out}/summary.json, {cfg.out}/metrics.jsonl, {cfg.out}/timeline.png")

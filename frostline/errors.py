@@ -19,3 +19,7 @@ class ModelError(FrostlineError):
 
 class CheckpointError(FrostlineError):
     """A checkpoint or saved state is missing, corrupted, or does not match the model."""
+
+
+class DistributedError(FrostlineError):
+    """Ranks of a distributed run disagree (different steps, a unit frozen on some ranks only)."""

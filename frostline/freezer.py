@@ -57,6 +57,9 @@ class Freezer:
     ``example_input`` if given, else from the first forward pass the model runs after the
     Freezer is made.
     ``freeze_head=False`` keeps the last unit trainable whatever the policy says.
+    ``sync`` (e.g. :class:`frostline.distributed.DecisionSync`) makes every rank of a distributed
+    run apply the same decision: its ``agree(wanted, frozen, num_units, step)`` returns the set to
+    act on, and ``applied(newly)`` hears about units frozen by it (to rebuild DDP).
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class Freezer:
         granularity: str = "block",
         example_input=None,
         freeze_head: bool = False,
+        sync=None,
     ):
         if not isinstance(total_steps, int) or total_steps <= 0:
             raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
@@ -83,6 +87,7 @@ class Freezer:
         self.total_steps = total_steps
         self.freeze_head = freeze_head
         self.granularity = granularity
+        self.sync = sync
         self.units: list[FreezeUnit] | None = None
         self.frozen: set[int] = set()
         self.timeline: list[FreezeEvent] = []
@@ -147,9 +152,13 @@ class Freezer:
         if self.policy.requires:
             self.policy.observe(progress, self.collect_signals(self.policy.requires))
         wanted = self.policy.decide(progress)
+        if self.sync is not None:
+            wanted = self.sync.agree(wanted, self.frozen, len(self.units), self.step_count)
         newly = self._admissible(wanted)
         for i in newly:
             self.freeze(i, signal=self.policy.reason(i))
+        if newly and self.sync is not None:
+            self.sync.applied(newly)
         self._apply_lr(progress)
         return newly
 

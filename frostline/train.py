@@ -24,6 +24,7 @@ from torch.utils.data import default_collate
 
 from .cache import DTYPES, ActivationCache, CachedPrefixModel, is_deterministic
 from .checkpoint import load_checkpoint, save_checkpoint
+from . import distributed
 from .cost import estimate_speedup, measure_costs
 from .data import AugmentedDataset, load_dataset
 from .errors import CheckpointError, ConfigError
@@ -74,6 +75,9 @@ class TrainConfig:
     freeze_level: float = 1.0
     percentile: float = 50.0
     intervals_per_epoch: int = 4
+    # torch.compile per freeze unit
+    compile: bool = False
+    compile_backend: str = "inductor"
 
 
 #: Which config fields each method takes, by the policy's argument name.
@@ -119,6 +123,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.const_time and make_policy(cfg).requires:
         raise ConfigError("const_time needs a schedule-driven method (linear, freezeout): this one decides "
                           "from training signals, so its compute cannot be planned")
+    if cfg.compile:
+        from .compiling import check_backend
+
+        check_backend(cfg.compile_backend)
     make_policy(cfg)  # checks the method's own hyperparameters
 
 
@@ -142,14 +150,18 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def iterate_batches(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, skip: int = 0) -> Iterator[tuple]:
+def iterate_batches(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, skip: int = 0,
+                    shard: tuple[int, int] | None = None) -> Iterator[tuple]:
     """``(indices, x, y)`` batches; the order depends only on ``seed`` (so a run is repeatable
     and a resumed run finds its place by skipping ``skip`` batches without loading them).
-    Whole-batch tensor indexing when the dataset allows."""
+    Whole-batch tensor indexing when the dataset allows. ``shard=(rank, world)`` yields only this
+    rank's slice of each global batch (every rank builds the same global order)."""
     n = len(dataset)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
     for start in range(skip * batch_size, n, batch_size):
         idx = order[start : start + batch_size]
+        if shard is not None:
+            idx = distributed.shard(idx, *shard)
         if hasattr(dataset, "get_batch"):
             x, y = dataset.get_batch(idx)
         else:
@@ -159,13 +171,19 @@ def iterate_batches(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, s
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, batch_size: int, device: torch.device) -> float:
-    """Top-1 accuracy (%) on ``dataset``; restores the model's training mode."""
+    """Top-1 accuracy (%) on ``dataset``; restores the model's training mode. Under torchrun each
+    rank scores its share with rank 0's buffers and the counts are summed: the same figure on
+    every rank."""
     was_training = model.training
     model.eval()
+    distributed.broadcast_buffers(model)
+    shard = (distributed.rank(), distributed.world_size()) if distributed.is_distributed() else None
     correct = 0
-    for _, x, y in iterate_batches(dataset, max(batch_size, 256), shuffle=False):
-        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+    for _, x, y in iterate_batches(dataset, max(batch_size, 256), shuffle=False, shard=shard):
+        if len(y):
+            correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
     model.train(was_training)
+    (correct,) = distributed.all_reduce_values([correct], device=device)
     return 100.0 * correct / len(dataset)
 
 
@@ -219,22 +237,57 @@ def _progress_bar(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True, file=sys.stderr)
 
 
+class _NoLog:
+    """What ranks other than 0 write: nothing."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _CachedForward(nn.Module):
+    """The cached model as a module (``forward(indices, x)``), so DDP can wrap it; its
+    parameters are the model's."""
+
+    def __init__(self, cached: CachedPrefixModel):
+        super().__init__()
+        self.model = cached.model
+        self.cached = cached
+
+    def forward(self, indices: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.cached(indices, x)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run one training and return its summary (also written to ``out/summary.json``).
     With ``cfg.resume`` set to a run folder, continue that run from its last good checkpoint
-    with the settings it was started with."""
+    with the settings it was started with. Launched by ``torchrun`` with several processes, it
+    joins their process group (and leaves it at the end); see :mod:`frostline.distributed`."""
+    owns_group = distributed.launched_by_torchrun() and not distributed.is_distributed()
+    try:
+        return _train(cfg)
+    finally:
+        if owns_group:
+            distributed.shutdown()
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     checkpoint = None
     if cfg.resume:
         cfg = _resumed_config(cfg)
-        checkpoint = load_checkpoint(cfg.out)
+        checkpoint = load_checkpoint(cfg.out)  # every rank reads the same file rank 0 wrote
     validate(cfg)
-    device = pick_device(cfg.device)
+    device = distributed.init_from_env(cfg.device) or pick_device(cfg.device)
+    world, main = distributed.world_size(), distributed.is_main()
+    shard = (distributed.rank(), world) if world > 1 else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if checkpoint is None:
+    if checkpoint is None and main:
         _write_json(out / "config.json", asdict(cfg))
 
     data = load_dataset(cfg.dataset, val_size=cfg.val_size, train_subset=cfg.train_subset,
@@ -251,6 +304,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     x0, y0 = x0.to(device), y0.to(device)
     units = freeze_units(model, example_input=x0)
     cost = measure_costs(model, units, x0, y0)
+    distributed.check_global_batches(len(train_set), cfg.batch_size, world)
+    if cfg.compile:  # after the FLOP count, which needs the eager modules
+        from .compiling import compile_stats, compile_units, eager
+
+        compiled_modules = compile_units(units, cfg.compile_backend)
+        compile_base = compile_stats()  # dynamo's counters are process-wide: report this run's share
 
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     policy = make_policy(cfg, steps_per_epoch)
@@ -268,7 +327,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    freezer = Freezer(model, optimizer, policy, total_steps, units=[u.module_names for u in units])
+    sync = distributed.DecisionSync(device) if world > 1 else None
+    freezer = Freezer(model, optimizer, policy, total_steps, units=[u.module_names for u in units], sync=sync)
     cached = _make_cache(cfg, model, freezer, train_set, out)
     scheduler = None
     if cfg.lr_schedule == "cosine" and not policy.scales_lr:  # FreezeOut brings its own schedule
@@ -289,42 +349,72 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
         loop = dict(checkpoint["loop"])
 
+    # DDP over what is trainable now (after a resume: what the checkpoint left trainable), rebuilt
+    # by the Freezer's sync at every freeze; in one process this is the module itself.
+    net = distributed.ReplicatedModel(_CachedForward(cached) if cached else model, device)
+    if sync is not None:
+        sync.on_freeze = net.rebuild
+    pending_loss = [0.0]  # this rank's loss sum not yet in loop["running"] (which is all ranks')
+    comm_history: list[dict[str, int]] = []  # all-reduced bytes per step, one entry per change
+    compile_history: list[dict[str, int]] = []  # graphs compiled so far, one entry per change
+    slowest_train_time = None
+    digests = None
+    cache_unit_runs = None  # the cache's fill forwards summed over ranks, once a distributed run finished
+
+    def score(dataset) -> float:
+        if not cfg.compile:
+            return evaluate(model, dataset, cfg.batch_size, device)
+        with eager():  # --compile is for the training step; evaluation adds no graph variants
+            return evaluate(model, dataset, cfg.batch_size, device)
+
+    def flush_loss():
+        loop["running"] += distributed.all_reduce_values(pending_loss, device=device)[0]
+        pending_loss[0] = 0.0
+
     def save():
+        flush_loss()
+        if not main:
+            return
         save_checkpoint(out, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "freezer": freezer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None, "loop": dict(loop),
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         })
 
-    log = RunLog(out, loop["step"] if checkpoint is not None else None, loop["epoch"])
+    log = RunLog(out, loop["step"] if checkpoint is not None else None, loop["epoch"]) if main else _NoLog()
     summary: dict[str, Any] = {
         "status": "running", "method": cfg.method, "model": cfg.model, "dataset": data.name,
         "epochs": cfg.epochs, "seed": cfg.seed, "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch, "train_samples": len(data.train),
         "units": [u.name for u in units], "policy": policy.config(), "device": str(device),
         "full_step_flops": cost.full_step_flops, "const_time_plan": planned,
+        "distributed": None, "compile": None,
     }
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    bar = _progress_bar(total_steps, cfg.progress, f"{cfg.method} {cfg.model}")
+    bar = _progress_bar(total_steps, cfg.progress and main, f"{cfg.method} {cfg.model}")
     bar.update(loop["step"])
     try:
         while loop["step"] < total_steps:
             t_epoch, seen_at_start = time.perf_counter(), loop["seen"]
             batches = iterate_batches(train_set, cfg.batch_size, shuffle=True,
-                                      seed=cfg.seed * 100_003 + loop["epoch"], skip=loop["batch"])
+                                      seed=cfg.seed * 100_003 + loop["epoch"], skip=loop["batch"], shard=shard)
             for idx, x, y in batches:
                 if loop["step"] >= total_steps:
                     break
-                scale = len(y) / cost.batch_size
+                n_global = min(cfg.batch_size, len(train_set) - loop["batch"] * cfg.batch_size)
+                scale = n_global / cost.batch_size
                 boundary = cached.boundary() if cached else 0
                 loop["train_flops"] += round(cost.step_flops(freezer.frozen, cached_prefix=boundary) * scale)
                 loop["full_flops"] += round(cost.full_step_flops * scale)
                 t0 = time.perf_counter()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                loss = loss_fn(cached(idx, x) if cached else model(x), y)
+                loss = loss_fn(net(idx, x) if cached else net(x), y)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if world > 1:  # DDP averages gradients: weight so the average is the global batch's mean
+                    (loss * distributed.loss_weight(len(y), n_global, world)).backward()
+                else:
+                    loss.backward()
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
@@ -334,11 +424,23 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 loop["train_time"] += time.perf_counter() - t0
                 loop["step"] += 1
                 loop["batch"] += 1
-                loop["running"] += loss.item() * len(y)
-                loop["seen"] += len(y)
+                pending_loss[0] += loss.item() * len(y)
+                if world == 1:
+                    flush_loss()
+                loop["seen"] += n_global
                 step = loop["step"]
+                extra = {}
+                if world > 1:
+                    extra["allreduce_bytes"] = net.counter.take()
+                    if not comm_history or comm_history[-1]["bytes"] != extra["allreduce_bytes"]:
+                        comm_history.append({"step": step, "bytes": extra["allreduce_bytes"]})
+                if cfg.compile:
+                    extra["compiled_graphs"] = compile_stats()["graphs"] - compile_base["graphs"]
+                    if not compile_history or compile_history[-1]["graphs"] != extra["compiled_graphs"]:
+                        compile_history.append({"step": step, "graphs": extra["compiled_graphs"]})
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == total_steps:
+                    flush_loss()
                     rate = (loop["seen"] - seen_at_start) / max(time.perf_counter() - t_epoch, 1e-9)
                     mean_loss = loop["running"] / loop["seen"]
                     bar.set_postfix(loss=f"{mean_loss:.3f}", sps=f"{rate:.0f}", frozen=f"{len(freezer.frozen)}/{len(units)}")
@@ -346,22 +448,36 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                "loss": mean_loss, "lr": optimizer.param_groups[-1]["lr"],
                                "frozen": len(freezer.frozen), "samples_per_s": rate, "train_time_s": loop["train_time"],
                                "memory_mb": memory_now_mb(device),
-                               "saved_activations_mb": cost.saved_bytes(freezer.frozen) * scale / 2**20})
+                               "saved_activations_mb": cost.saved_bytes(freezer.frozen) * scale / 2**20, **extra})
                 if newly_frozen or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     save()
-            val_acc = evaluate(model, data.val, cfg.batch_size, device) if len(data.val) else None
+            flush_loss()
+            val_acc = score(data.val) if len(data.val) else None
             log.write({"kind": "epoch", "epoch": loop["epoch"], "step": loop["step"],
                        "train_loss": loop["running"] / max(loop["seen"], 1), "val_accuracy": val_acc,
                        "frozen": sorted(freezer.frozen), "train_time_s": loop["train_time"]})
             loop.update(epoch=loop["epoch"] + 1, batch=0, running=0.0, seen=0)
             save()
         bar.close()
+        # the run took as long as its slowest rank
+        slowest_train_time = distributed.all_reduce_values([loop["train_time"]], "max", device=device)[0]
+        if cached and world > 1:  # each rank filled its own cache: its fill forwards are part of the cost
+            names = list(range(len(units)))
+            runs = distributed.all_reduce_values([cached.cache.unit_runs.get(u, 0) for u in names], device=device)
+            cache_unit_runs = {u: int(n) for u, n in zip(names, runs) if n}
+        if world > 1:  # every rank must end with the same model (rank 0's buffers, as evaluated and saved)
+            distributed.broadcast_buffers(model)
+            digests = distributed.state_digests(model, device)
+            if len(set(digests)) != 1:
+                raise distributed.DistributedError(
+                    f"ranks finished with different models (state SHA-256 per rank: {digests}); this is a bug, please report it")
         summary.update(
             status="finished",
-            test_accuracy=evaluate(model, data.test, cfg.batch_size, device),
-            val_accuracy=evaluate(model, data.val, cfg.batch_size, device) if len(data.val) else None,
+            test_accuracy=score(data.test),
+            val_accuracy=score(data.val) if len(data.val) else None,
         )
-        torch.save(model.state_dict(), out / "model.pt")
+        if main:
+            torch.save(model.state_dict(), out / "model.pt")
     except BaseException as exc:
         bar.close()
         summary.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
@@ -371,14 +487,32 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         mem, mem_source = peak_memory_mb(device)
         if cached:
             # forwards the cache ran to fill or extend itself are part of the training cost
-            loop["train_flops"] += sum(round(n * cost.units[u].forward_flops / cost.batch_size) for u, n in cached.cache.unit_runs.items())
+            runs = cache_unit_runs if cache_unit_runs is not None else cached.cache.unit_runs
+            loop["train_flops"] += sum(round(n * cost.units[u].forward_flops / cost.batch_size) for u, n in runs.items())
             summary["cache"] = {**cached.cache.stats, "dtype": cfg.cache_dtype,
                                 "peak_memory_mb": cached.cache.peak_memory_bytes / 2**20,
                                 "peak_disk_mb": cached.cache.peak_disk_bytes / 2**20}
         else:
             summary["cache"] = None
+        if world > 1:
+            summary["distributed"] = {
+                "world_size": world, "backend": torch.distributed.get_backend(),
+                "global_batch_size": cfg.batch_size, "per_rank_batch_size": math.ceil(cfg.batch_size / world),
+                "train_time_s_rank0": loop["train_time"], "ddp_rebuilds": net.rebuilds, "state_sha256_per_rank": digests,
+                "allreduce_bytes_per_step": comm_history,
+                "allreduce_bytes_first": comm_history[0]["bytes"] if comm_history else None,
+                "allreduce_bytes_last": comm_history[-1]["bytes"] if comm_history else None,
+            }
+        if cfg.compile:
+            before = [h["graphs"] for h in compile_history if freezer.timeline and h["step"] <= freezer.timeline[0].step]
+            summary["compile"] = {
+                "backend": cfg.compile_backend, "modules_compiled": compiled_modules,
+                **{k: v - compile_base[k] for k, v in compile_stats().items()},
+                "graphs_before_first_freeze": before[-1] if before else None, "graphs_per_step": compile_history,
+            }
         summary.update(
-            steps_done=loop["step"], train_time_s=loop["train_time"], train_flops=loop["train_flops"],
+            steps_done=loop["step"], train_time_s=slowest_train_time if slowest_train_time is not None else loop["train_time"],
+            train_flops=loop["train_flops"],
             full_train_flops=loop["full_flops"],
             flops_saved=1 - loop["train_flops"] / loop["full_flops"] if loop["full_flops"] else 0.0,
             resumed_from_step=checkpoint["loop"]["step"] if checkpoint is not None else None,
@@ -390,13 +524,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             timeline=[asdict(e) for e in freezer.timeline],
         )
         log.close()
-        _write_json(out / "summary.json", summary)
-        try:
-            from .report import plot_timeline
+        if main:
+            _write_json(out / "summary.json", summary)
+            try:
+                from .report import plot_timeline
 
-            plot_timeline(summary, out / "timeline.png")
-        except Exception as plot_error:  # a plot must never hide the run's own outcome
-            print(f"frostline: could not draw timeline.png: {plot_error}", file=sys.stderr)
+                plot_timeline(summary, out / "timeline.png")
+            except Exception as plot_error:  # a plot must never hide the run's own outcome
+                print(f"frostline: could not draw timeline.png: {plot_error}", file=sys.stderr)
     return summary
 
 
@@ -426,7 +561,9 @@ def _make_cache(cfg: TrainConfig, model: nn.Module, freezer: Freezer, train_set,
               "every epoch (--fixed-augmentation makes it cacheable, and changes training)", file=sys.stderr)
         return None
     budget = 0 if cfg.cache == "disk" else cfg.cache_memory_mb * 2**20
-    cache = ActivationCache(len(train_set), memory_budget_bytes=budget, dtype=cfg.cache_dtype, directory=out / "cache")
+    rank = distributed.rank()  # under torchrun each rank caches the samples it sees, in its own folder
+    directory = out / ("cache" if rank == 0 else f"cache-rank{rank}")
+    cache = ActivationCache(len(train_set), memory_budget_bytes=budget, dtype=cfg.cache_dtype, directory=directory)
     return CachedPrefixModel(model, freezer, cache)
 
 
