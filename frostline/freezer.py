@@ -25,6 +25,8 @@ from .policies.base import FreezePolicy, Progress
 from .units import GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, freeze_units, units_from_names
 
 STATE_VERSION = 1
+#: Signals the Freezer computes itself; others come from collectors (frostline.signals).
+BUILTIN_SIGNALS = frozenset({"grad_norm"})
 
 
 @dataclass
@@ -57,6 +59,8 @@ class Freezer:
     ``example_input`` if given, else from the first forward pass the model runs after the
     Freezer is made.
     ``freeze_head=False`` keeps the last unit trainable whatever the policy says.
+    ``signals`` maps signal names to collectors (:mod:`frostline.signals`); they override the
+    policy's own ``collectors()``.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class Freezer:
         granularity: str = "block",
         example_input=None,
         freeze_head: bool = False,
+        signals: dict[str, Any] | None = None,
     ):
         if not isinstance(total_steps, int) or total_steps <= 0:
             raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
@@ -88,6 +93,8 @@ class Freezer:
         self.timeline: list[FreezeEvent] = []
         self.step_count = 0
         self._recorder = None
+        self._extra_signals = dict(signals or {})
+        self._collectors: dict[str, Any] = {}
         self._param_name = {id(p): n for n, p in model.named_parameters()}
         if units is not None:
             self._setup(units_from_names(model, [[u] if isinstance(u, str) else list(u) for u in units]))
@@ -103,9 +110,23 @@ class Freezer:
         self._recorder = None
         self.units = units
         self.policy.bind([u.name for u in units])
+        self._bind_collectors()
         if self.policy.scales_lr:
             self._split_param_groups()
         self._apply_lr(self.progress)
+
+    def _bind_collectors(self) -> None:
+        """Find a collector for every signal the policy needs, and let each check the model."""
+        self._collectors = {**self.policy.collectors(), **self._extra_signals}
+        missing = sorted(n for n in self.policy.requires if n not in BUILTIN_SIGNALS and n not in self._collectors)
+        if missing:
+            raise ConfigError(
+                f"method {self.policy.name!r} needs signal(s) {missing} that nothing collects: pass "
+                "Freezer(..., signals={name: collector}) (see frostline.signals) or the policy's own settings "
+                "(e.g. CKAOracle(reference=..., probe=...))")
+        for collector in self._collectors.values():
+            if hasattr(collector, "bind"):
+                collector.bind(self)
 
     def _split_param_groups(self) -> None:
         """Give every (original group, unit) pair its own param group so each unit can have its
@@ -144,8 +165,9 @@ class Freezer:
         self._require_units()
         self.step_count += 1
         progress = self.progress
-        if self.policy.requires:
-            self.policy.observe(progress, self.collect_signals(self.policy.requires))
+        wanted_signals = self.policy.wants(progress)
+        if wanted_signals:
+            self.policy.observe(progress, self.collect_signals(wanted_signals))
         wanted = self.policy.decide(progress)
         newly = self._admissible(wanted)
         for i in newly:
@@ -161,7 +183,9 @@ class Freezer:
         """Signals a policy asked for, computed from the live model (extended by later policies)."""
         signals: dict[str, Any] = {}
         for name in names:
-            if name == "grad_norm":
+            if name in self._collectors:
+                signals[name] = self._collectors[name](self)
+            elif name == "grad_norm":
                 signals[name] = self.grad_norms()
             else:
                 raise FrostlineError(f"the Freezer cannot collect signal {name!r}")
@@ -290,6 +314,7 @@ class Freezer:
             u.name = name
         self.units = units
         self.policy.bind([u.name for u in units])
+        self._bind_collectors()
         self.policy.load_state_dict(state["policy"])
         self.step_count = int(state["step"])
         self.timeline = [FreezeEvent(**e) for e in state["timeline"]]

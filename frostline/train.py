@@ -74,6 +74,13 @@ class TrainConfig:
     freeze_level: float = 1.0
     percentile: float = 50.0
     intervals_per_epoch: int = 4
+    stages_per_epoch: int | None = None
+    prefix_only: bool = False
+    reference: str | None = None
+    probe_size: int = 256
+    cka_window: int = 3
+    cka_epsilon: float = 1e-4
+    cka_floor: float = 0.9
 
 
 #: Which config fields each method takes, by the policy's argument name.
@@ -82,7 +89,11 @@ METHOD_ARGS = {
     "linear": {"freeze_start": "freeze_start", "freeze_level": "freeze_level"},
     "freezeout": {"t_0": "t_0", "schedule": "schedule", "scale_lr": "scale_lr"},
     "autofreeze": {"percentile": "percentile", "intervals_per_epoch": "intervals_per_epoch"},
+    "cka-oracle": {"stages_per_epoch": "stages_per_epoch", "window": "cka_window", "epsilon": "cka_epsilon",
+                   "floor": "cka_floor", "prefix_only": "prefix_only"},
 }
+#: Methods that decide at stages and need the epoch length.
+STAGED = ("autofreeze", "cka-oracle")
 OPTIMIZERS = ("sgd", "adamw")
 CACHE_MODES = ("auto", "memory", "disk", "off")
 LR_SCHEDULES = ("cosine", "constant")
@@ -119,12 +130,19 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.const_time and make_policy(cfg).requires:
         raise ConfigError("const_time needs a schedule-driven method (linear, freezeout): this one decides "
                           "from training signals, so its compute cannot be planned")
+    if cfg.method == "cka-oracle" and not cfg.reference:
+        raise ConfigError("cka-oracle compares with a finished run: pass --reference RUN_DIR "
+                          "(the --out folder of a finished `frostline train` of the same model)")
+    if cfg.probe_size < 4:
+        raise ConfigError(f"probe_size must be >= 4 samples, got {cfg.probe_size}")
     make_policy(cfg)  # checks the method's own hyperparameters
 
 
-def make_policy(cfg: TrainConfig, steps_per_epoch: int | None = None):
+def make_policy(cfg: TrainConfig, steps_per_epoch: int | None = None, **extra):
     kwargs = {arg: getattr(cfg, field) for arg, field in METHOD_ARGS.get(cfg.method, {}).items()}
-    if cfg.method == "autofreeze":
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # None: the method's own default
+    kwargs.update(extra)
+    if cfg.method in STAGED:
         # validate() runs before the data is loaded; train() passes the real epoch length
         kwargs["steps_per_epoch"] = steps_per_epoch if steps_per_epoch is not None else 10**9
     return create_policy(cfg.method, **kwargs)
@@ -242,7 +260,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     cost = measure_costs(model, units, x0, y0)
 
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
-    policy = make_policy(cfg, steps_per_epoch)
+    policy = make_policy(cfg, steps_per_epoch, **_signal_sources(cfg, model, data.train, device))
     total_steps = max(1, round(cfg.epochs * steps_per_epoch))
     planned = None
     if cfg.const_time:
@@ -385,6 +403,26 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         except Exception as plot_error:  # a plot must never hide the run's own outcome
             print(f"frostline: could not draw timeline.png: {plot_error}", file=sys.stderr)
     return summary
+
+
+def _signal_sources(cfg: TrainConfig, model: nn.Module, train_set, device: torch.device) -> dict[str, Any]:
+    """What a signal-driven method needs besides its hyperparameters: the reference model and a
+    fixed probe batch (seeded, from the un-augmented train split) for the CKA oracle."""
+    if cfg.method != "cka-oracle":
+        return {}
+    from .reference import load_reference
+
+    reference = load_reference(cfg.reference, model, cfg.model)
+    return {"reference": reference, "probe": probe_batch(train_set, cfg.probe_size, cfg.seed).to(device)}
+
+
+def probe_batch(train_set, size: int, seed: int) -> torch.Tensor:
+    """``size`` train samples chosen by ``seed`` (the same for every run with that seed)."""
+    n = min(size, len(train_set))
+    idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed + 7919))[:n].sort().values
+    if hasattr(train_set, "get_batch"):
+        return train_set.get_batch(idx)[0]
+    return default_collate([train_set[int(i)] for i in idx])[0]
 
 
 def _resumed_config(cfg: TrainConfig) -> TrainConfig:

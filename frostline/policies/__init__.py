@@ -7,6 +7,7 @@ from typing import Callable
 
 from ..errors import ConfigError
 from .autofreeze import AutoFreeze
+from .cka_oracle import CKAOracle, cka_ready
 from .base import FreezePolicy, NoFreezing, Progress
 from .freezeout import FreezeOut, freezeout_times
 from .linear import LinearFreezing
@@ -16,6 +17,7 @@ POLICIES: dict[str, Callable[..., FreezePolicy]] = {
     "linear": LinearFreezing,
     "freezeout": FreezeOut,
     "autofreeze": AutoFreeze,
+    "cka-oracle": CKAOracle,
 }
 
 
@@ -51,6 +53,8 @@ __all__ = [
     "LinearFreezing",
     "FreezeOut",
     "AutoFreeze",
+    "CKAOracle",
+    "cka_ready",
     "Progress",
     "POLICIES",
     "create_policy",
