@@ -19,3 +19,7 @@ class ModelError(FrostlineError):
 
 class CheckpointError(FrostlineError):
     """A checkpoint or saved state is missing, corrupted, or does not match the model."""
+
+
+class DataError(FrostlineError):
+    """A data file (e.g. a collected SmartFRZ dataset) is missing, unreadable or of the wrong kind."""

@@ -81,6 +81,10 @@ class TrainConfig:
     cka_window: int = 3
     cka_epsilon: float = 1e-4
     cka_floor: float = 0.9
+    predictor: str | None = None
+    history_window: int = 30
+    tailor_size: int = 1024
+    snapshots_per_epoch: int = 30
 
 
 #: Which config fields each method takes, by the policy's argument name.
@@ -91,9 +95,12 @@ METHOD_ARGS = {
     "autofreeze": {"percentile": "percentile", "intervals_per_epoch": "intervals_per_epoch"},
     "cka-oracle": {"stages_per_epoch": "stages_per_epoch", "window": "cka_window", "epsilon": "cka_epsilon",
                    "floor": "cka_floor", "prefix_only": "prefix_only"},
+    "smartfrz": {"predictor": "predictor", "window": "history_window", "tailor_size": "tailor_size",
+                 "snapshots_per_epoch": "snapshots_per_epoch", "stages_per_epoch": "stages_per_epoch",
+                 "prefix_only": "prefix_only", "seed": "seed"},
 }
 #: Methods that decide at stages and need the epoch length.
-STAGED = ("autofreeze", "cka-oracle")
+STAGED = ("autofreeze", "cka-oracle", "smartfrz")
 OPTIMIZERS = ("sgd", "adamw")
 CACHE_MODES = ("auto", "memory", "disk", "off")
 LR_SCHEDULES = ("cosine", "constant")
@@ -226,10 +233,11 @@ def _progress_bar(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True, file=sys.stderr)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
     """Run one training and return its summary (also written to ``out/summary.json``).
     With ``cfg.resume`` set to a run folder, continue that run from its last good checkpoint
-    with the settings it was started with."""
+    with the settings it was started with. ``policy`` replaces the one ``cfg.method`` names (for
+    tools that observe a run through a policy, like ``frostline predictor collect``)."""
     checkpoint = None
     if cfg.resume:
         cfg = _resumed_config(cfg)
@@ -260,7 +268,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     cost = measure_costs(model, units, x0, y0)
 
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
-    policy = make_policy(cfg, steps_per_epoch, **_signal_sources(cfg, model, data.train, device))
+    if policy is None:
+        policy = make_policy(cfg, steps_per_epoch, **_signal_sources(cfg, model, data.train, device))
     total_steps = max(1, round(cfg.epochs * steps_per_epoch))
     planned = None
     if cfg.const_time:
@@ -305,7 +314,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     log = RunLog(out, loop["step"] if checkpoint is not None else None, loop["epoch"])
     summary: dict[str, Any] = {
-        "status": "running", "method": cfg.method, "model": cfg.model, "dataset": data.name,
+        "status": "running", "method": policy.name if policy.name != "none" else cfg.method, "model": cfg.model, "dataset": data.name,
         "epochs": cfg.epochs, "seed": cfg.seed, "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch, "train_samples": len(data.train),
         "units": [u.name for u in units], "policy": policy.config(), "device": str(device),

@@ -11,6 +11,7 @@ from .cka_oracle import CKAOracle, cka_ready
 from .base import FreezePolicy, NoFreezing, Progress
 from .freezeout import FreezeOut, freezeout_times
 from .linear import LinearFreezing
+from .smartfrz import SmartFRZ
 
 POLICIES: dict[str, Callable[..., FreezePolicy]] = {
     "none": NoFreezing,
@@ -18,6 +19,7 @@ POLICIES: dict[str, Callable[..., FreezePolicy]] = {
     "freezeout": FreezeOut,
     "autofreeze": AutoFreeze,
     "cka-oracle": CKAOracle,
+    "smartfrz": SmartFRZ,
 }
 
 
@@ -54,6 +56,7 @@ __all__ = [
     "FreezeOut",
     "AutoFreeze",
     "CKAOracle",
+    "SmartFRZ",
     "cka_ready",
     "Progress",
     "POLICIES",
