@@ -9,6 +9,7 @@ from .cost import CostModel, UnitCost, estimate_speedup, measure_costs
 from .errors import (
     CheckpointError,
     ConfigError,
+    DataError,
     DatasetNotFoundError,
     FrostlineError,
     ModelError,
@@ -16,24 +17,29 @@ from .errors import (
 from .freezer import FreezeEvent, Freezer
 from .policies import (
     AutoFreeze,
+    CKAOracle,
     FreezeOut,
     FreezePolicy,
     LinearFreezing,
     NoFreezing,
     Progress,
+    SmartFRZ,
     create_policy,
     freezeout_times,
     list_policies,
 )
+from .signals import ReferenceCKA, TailoredWeights
 from .units import FreezeUnit, freeze_units, trace_execution_order
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AutoFreeze",
+    "CKAOracle",
     "CheckpointError",
     "ConfigError",
     "CostModel",
+    "DataError",
     "DatasetNotFoundError",
     "FreezeEvent",
     "FreezeOut",
@@ -46,6 +52,9 @@ __all__ = [
     "ModelError",
     "NoFreezing",
     "Progress",
+    "ReferenceCKA",
+    "SmartFRZ",
+    "TailoredWeights",
     "UnitCost",
     "create_policy",
     "estimate_speedup",

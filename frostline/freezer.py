@@ -13,6 +13,7 @@ Plain PyTorch use is two lines::
 
 from __future__ import annotations
 
+import time
 import types
 from dataclasses import dataclass, asdict
 from typing import Any, Sequence
@@ -92,6 +93,8 @@ class Freezer:
         self.frozen: set[int] = set()
         self.timeline: list[FreezeEvent] = []
         self.step_count = 0
+        #: Seconds spent collecting signals and deciding (the method's own overhead).
+        self.decision_time_s = 0.0
         self._recorder = None
         self._extra_signals = dict(signals or {})
         self._collectors: dict[str, Any] = {}
@@ -165,10 +168,12 @@ class Freezer:
         self._require_units()
         self.step_count += 1
         progress = self.progress
+        t0 = time.perf_counter()
         wanted_signals = self.policy.wants(progress)
         if wanted_signals:
             self.policy.observe(progress, self.collect_signals(wanted_signals))
         wanted = self.policy.decide(progress)
+        self.decision_time_s += time.perf_counter() - t0
         newly = self._admissible(wanted)
         for i in newly:
             self.freeze(i, signal=self.policy.reason(i))
@@ -283,6 +288,7 @@ class Freezer:
             "unit_names": [u.name for u in units],
             "frozen": sorted(self.frozen),
             "step": self.step_count,
+            "decision_time_s": self.decision_time_s,
             "total_steps": self.total_steps,
             "timeline": [asdict(e) for e in self.timeline],
             "policy": self.policy.state_dict(),
@@ -317,6 +323,7 @@ class Freezer:
         self._bind_collectors()
         self.policy.load_state_dict(state["policy"])
         self.step_count = int(state["step"])
+        self.decision_time_s = float(state.get("decision_time_s", 0.0))
         self.timeline = [FreezeEvent(**e) for e in state["timeline"]]
         self.frozen = set(state["frozen"])
         for i in self.frozen:

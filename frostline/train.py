@@ -79,7 +79,7 @@ class TrainConfig:
     reference: str | None = None
     probe_size: int = 256
     cka_window: int = 3
-    cka_epsilon: float = 1e-4
+    cka_epsilon: float = 1e-3
     cka_floor: float = 0.9
     predictor: str | None = None
     history_window: int = 30
@@ -401,6 +401,8 @@ def train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
             saved_activations_mb_full=cost.saved_bytes(()) / 2**20,
             saved_activations_mb_end=cost.saved_bytes(freezer.frozen) / 2**20,
             frozen_at=freezer.frozen_at(),
+            decision_time_s=freezer.decision_time_s,
+            decision_overhead=freezer.decision_time_s / loop["train_time"] if loop["train_time"] else None,
             timeline=[asdict(e) for e in freezer.timeline],
         )
         log.close()

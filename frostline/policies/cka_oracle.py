@@ -29,7 +29,7 @@ from .base import FreezePolicy, Progress
 from .stages import StageClock
 
 DEFAULT_WINDOW = 3
-DEFAULT_EPSILON = 1e-4
+DEFAULT_EPSILON = 1e-3
 DEFAULT_FLOOR = 0.9
 
 

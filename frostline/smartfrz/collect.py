@@ -166,11 +166,14 @@ def load_collected(path) -> dict[str, Any]:
     return ds
 
 
-def samples(ds: dict[str, Any], window: int = 30) -> list[tuple[torch.Tensor, int, int]]:
+def samples(ds: dict[str, Any], window: int = 30, rule: tuple[int, float, float] | None = None
+            ) -> list[tuple[torch.Tensor, int, int]]:
     """(feature window (T, D), label, unit) for every labelled (unit, stage) of a dataset:
-    the last ``window`` snapshots taken at or before the stage."""
+    the last ``window`` snapshots taken at or before the stage. ``rule`` (window, epsilon, floor)
+    relabels from the recorded CKA; None keeps the labels the dataset was collected with."""
     from .predictor import window_features
 
+    labels = ds["labels"] if rule is None else label_stages(ds["cka"], *rule)
     out = []
     steps = ds["snapshot_steps"]
     for k, step in enumerate(ds["stage_steps"].tolist()):
@@ -178,8 +181,8 @@ def samples(ds: dict[str, Any], window: int = 30) -> list[tuple[torch.Tensor, in
         start = max(0, end - window)
         if end - start < 2:
             continue
-        for u in range(ds["labels"].shape[1]):
-            label = int(ds["labels"][k, u])
+        for u in range(labels.shape[1]):
+            label = int(labels[k, u])
             if label >= 0:
                 out.append((window_features(ds["snapshots"][start:end, u]), label, u))
     return out

@@ -18,7 +18,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..policies.cka_oracle import DEFAULT_EPSILON, DEFAULT_FLOOR, DEFAULT_WINDOW
 from .collect import load_collected, samples
+
+#: Labels come from the recorded CKA with the CKA oracle's current default rule.
+RULE = (DEFAULT_WINDOW, DEFAULT_EPSILON, DEFAULT_FLOOR)
 from .predictor import SmartFRZPredictor, batch_windows, save_predictor
 
 
@@ -53,7 +57,7 @@ def predict(model: SmartFRZPredictor, data: list[tuple[torch.Tensor, int, int]],
 def evaluate_runs(model: SmartFRZPredictor, datasets: list[dict[str, Any]], window: int = 30) -> dict[str, Any]:
     per_run, all_pred, all_true = {}, [], []
     for ds in datasets:
-        data = samples(ds, window)
+        data = samples(ds, window, RULE)
         pred = predict(model, data)
         true = [t for _, t, _ in data]
         per_run[run_name(ds)] = metrics(pred, true)
@@ -66,7 +70,7 @@ def fit_predictor(train_sets: list[dict[str, Any]], *, epochs: int = 40, lr: flo
                   seed: int = 0, window: int = 30, progress: bool = True) -> SmartFRZPredictor:
     from tqdm.auto import tqdm
 
-    data = [s for ds in train_sets for s in samples(ds, window)]
+    data = [s for ds in train_sets for s in samples(ds, window, RULE)]
     labels = torch.tensor([t for _, t, _ in data])
     counts = torch.bincount(labels, minlength=2).double()
     if (counts == 0).any():
@@ -126,7 +130,7 @@ def train_from_dirs(dirs: list[str], out, *, holdout: list[str] | None = None, e
               "heldout": evaluate_runs(model, held_sets, window) if held_sets else None}
     meta = {"trained_on": [ds["provenance"] | {"name": run_name(ds)} for ds in train_sets],
             "heldout": [run_name(ds) for ds in held_sets], "report": report, "epochs": epochs, "seed": seed,
-            "window": window}
+            "window": window, "label_rule": {"window": RULE[0], "epsilon": RULE[1], "floor": RULE[2]}}
     for m in meta["trained_on"]:
         m.pop("train_config", None)
     save_predictor(model, out, meta)
