@@ -10,6 +10,7 @@ from .distributed import DecisionSync, ReplicatedModel
 from .errors import (
     CheckpointError,
     ConfigError,
+    DataError,
     DatasetNotFoundError,
     DistributedError,
     FrostlineError,
@@ -18,24 +19,29 @@ from .errors import (
 from .freezer import FreezeEvent, Freezer
 from .policies import (
     AutoFreeze,
+    CKAOracle,
     FreezeOut,
     FreezePolicy,
     LinearFreezing,
     NoFreezing,
     Progress,
+    SmartFRZ,
     create_policy,
     freezeout_times,
     list_policies,
 )
+from .signals import ReferenceCKA, TailoredWeights
 from .units import FreezeUnit, freeze_units, trace_execution_order
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AutoFreeze",
+    "CKAOracle",
     "CheckpointError",
     "ConfigError",
     "CostModel",
+    "DataError",
     "DatasetNotFoundError",
     "DecisionSync",
     "DistributedError",
@@ -51,6 +57,9 @@ __all__ = [
     "ReplicatedModel",
     "NoFreezing",
     "Progress",
+    "ReferenceCKA",
+    "SmartFRZ",
+    "TailoredWeights",
     "UnitCost",
     "create_policy",
     "estimate_speedup",

@@ -32,7 +32,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["linear_cka", "hsic1", "minibatch_cka", "MinibatchCKA"]
+__all__ = ["linear_cka", "hsic1", "minibatch_cka", "MinibatchCKA", "centered_gram", "cka_from_grams"]
 
 
 def _as_features(a, name: str) -> torch.Tensor:
@@ -87,6 +87,25 @@ def linear_cka(x, y) -> float:
     if denom == 0.0 or not math.isfinite(denom):
         return float("nan")
     return float(cross) / denom
+
+
+def centered_gram(x) -> torch.Tensor:
+    """``H K H`` for ``K = X Xᵀ`` (float64, n x n): for comparing one fixed representation (a
+    reference model's) with many others, its Gram matrix is built once and reused."""
+    x = _as_features(x, "x")
+    xc = x - x.mean(dim=0, keepdim=True)
+    return xc @ xc.T
+
+
+def cka_from_grams(kc: torch.Tensor, lc: torch.Tensor) -> float:
+    """Linear CKA from two centred Gram matrices (:func:`centered_gram`); equals
+    :func:`linear_cka` of the underlying features. ``nan`` if either is zero."""
+    if kc.shape != lc.shape:
+        raise ConfigError(f"Gram matrices of different sizes {tuple(kc.shape)} and {tuple(lc.shape)}: use the same samples")
+    denom = float(torch.linalg.matrix_norm(kc) * torch.linalg.matrix_norm(lc))
+    if denom == 0.0 or not math.isfinite(denom):
+        return float("nan")
+    return float((kc * lc).sum()) / denom
 
 
 # -- the unbiased estimator ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``frostline`` command line: ``train``, ``bench steptime|compare|readme``, ``data``, ``report``.
+"""``frostline`` command line: ``train``, ``estimate``, ``bench steptime|compare|readme``, ``data``, ``predictor``, ``report``.
 
 Flags of ``train`` map one-to-one onto :class:`frostline.train.TrainConfig` fields. Bad input
 exits with code 2 and one line saying what to do, never a traceback.
@@ -17,7 +17,7 @@ from .errors import FrostlineError
 HELP = {
     "model": "model from the zoo (resnet, vgg, mobilenetv2, vit)",
     "dataset": "dataset (fashion-mnist, mnist)",
-    "method": "freezing method (none, linear, freezeout, autofreeze)",
+    "method": "freezing method (none, linear, freezeout, autofreeze, cka-oracle, smartfrz)",
     "epochs": "epochs to train (may be fractional)",
     "batch_size": "samples per step",
     "optimizer": "sgd (Nesterov momentum) or adamw",
@@ -45,6 +45,17 @@ HELP = {
     "freeze_level": "linear: fraction of units frozen at the end",
     "percentile": "autofreeze: freeze the units before the first whose gradient-norm change rate reaches this percentile",
     "intervals_per_epoch": "autofreeze: evaluation intervals per epoch",
+    "stages_per_epoch": "cka-oracle/smartfrz: freezing stages (decisions) per epoch (default: the method's, 4 / 1)",
+    "prefix_only": "cka-oracle/smartfrz: freeze only a growing prefix of units (otherwise any ready unit)",
+    "reference": "cka-oracle: folder of a finished `frostline train` of the same model to compare with",
+    "probe_size": "cka-oracle: train samples in the fixed probe batch CKA is measured on",
+    "cka_window": "cka-oracle: stages over which the CKA must be stable",
+    "cka_epsilon": "cka-oracle: a unit is stable when the variance of its CKA over the window is below this",
+    "cka_floor": "cka-oracle: ... and its latest CKA to the reference is at least this",
+    "predictor": "smartfrz: predictor file from `frostline predictor train` (default: the one shipped with frostline)",
+    "history_window": "smartfrz: snapshots per unit the predictor looks at",
+    "tailor_size": "smartfrz: sampled weights per unit per snapshot (must match the predictor)",
+    "snapshots_per_epoch": "smartfrz: weight snapshots per epoch",
     "augment": "random shifts (+ flips, not on mnist) of training samples",
     "fixed_augmentation": "draw each sample's augmentation once, so the cache can serve it (changes training)",
     "cache": "activation cache for the frozen prefix: auto (on when safe), memory (spills to disk past the budget), disk, off",
@@ -104,6 +115,29 @@ def build_parser() -> argparse.ArgumentParser:
     p_fetch = data_sub.add_parser("fetch", help="fetch a dataset that is not installed by apt (mnist)")
     p_fetch.add_argument("name", choices=["mnist"])
     data_sub.add_parser("list", help="list datasets and where their files are")
+
+    p_pred = sub.add_parser("predictor", help="SmartFRZ predictor: collect labelled runs, train, evaluate")
+    pred_sub = p_pred.add_subparsers(dest="predictor_command", required=True)
+    p_collect = pred_sub.add_parser("collect", help="reference run + recording run -> DIR/dataset.pt (CKA-labelled snapshots)")
+    _add_config_flags(p_collect, TrainConfig, {
+        "method": "ignored (both runs train without freezing)",
+        "out": "folder for reference/, recording/ and dataset.pt",
+        "stages_per_epoch": "labelled stages per epoch (default 4)",
+        "cka_window": "labelling rule: stages over which the CKA must be stable",
+        "cka_epsilon": "labelling rule: variance bound", "cka_floor": "labelling rule: CKA floor"})
+    p_fit = pred_sub.add_parser("train", help="train a predictor on collected runs, report on held-out runs")
+    p_fit.add_argument("runs", nargs="+", help="folders written by `frostline predictor collect`")
+    p_fit.add_argument("--out", required=True, help="predictor file to write")
+    p_fit.add_argument("--holdout", nargs="*", default=None,
+                       help="collected folders to hold out (default: one of the runs, chosen by --seed)")
+    p_fit.add_argument("--epochs", type=int, default=40, help="passes over the training samples (default: 40)")
+    p_fit.add_argument("--seed", type=int, default=0, help="seed for initialisation, order and the held-out run")
+    p_fit.add_argument("--history-window", type=int, default=30, help="snapshots per sample (default: 30)")
+    p_fit.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    p_eval = pred_sub.add_parser("eval", help="precision/recall/F1 of a predictor on collected runs")
+    p_eval.add_argument("runs", nargs="+", help="folders written by `frostline predictor collect`")
+    p_eval.add_argument("--predictor", default=None, help="predictor file (default: the shipped one)")
+    p_eval.add_argument("--history-window", type=int, default=30, help="snapshots per sample (default: 30)")
 
     p_report = sub.add_parser("report", help="a Markdown table comparing finished runs")
     p_report.add_argument("runs", nargs="+", help="run folders (each with a summary.json)")
@@ -167,12 +201,48 @@ def _run(args: argparse.Namespace) -> int:
                     where = f"missing ({e})"
                 print(f"{name}: {where}")
         return 0
+    if args.command == "predictor":
+        return _predictor(args)
     if args.command == "report":
         from .report import runs_table
 
         print(runs_table([_read_summary(run) for run in args.runs]))
         return 0
     raise AssertionError(args.command)
+
+
+def _predictor(args: argparse.Namespace) -> int:
+    from .smartfrz import fit
+
+    if args.predictor_command == "collect":
+        from .smartfrz.collect import collect
+        from .train import TrainConfig
+
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+        path = collect(cfg, cfg.out, tailor_size=cfg.tailor_size, snapshots_per_epoch=cfg.snapshots_per_epoch,
+                       label_stages_per_epoch=cfg.stages_per_epoch or 4, probe_size=cfg.probe_size,
+                       rule=(cfg.cka_window, cfg.cka_epsilon, cfg.cka_floor))
+        from .smartfrz.collect import load_collected
+
+        ds = load_collected(path)
+        labels = ds["labels"][ds["labels"] >= 0]
+        print(f"dataset: {path} | {ds['snapshots'].shape[0]} snapshots x {ds['snapshots'].shape[1]} units | "
+              f"{len(labels)} labelled (unit, stage) pairs, {int(labels.sum())} freeze")
+        return 0
+    if args.predictor_command == "train":
+        report = fit.train_from_dirs(args.runs, args.out, holdout=args.holdout, epochs=args.epochs, seed=args.seed,
+                                     window=args.history_window, progress=args.progress)
+        print(fit.format_report(report))
+        print(f"predictor: {args.out}")
+        return 0
+    from .smartfrz.collect import load_collected
+    from .smartfrz.predictor import load_predictor
+
+    model, meta = load_predictor(args.predictor)
+    report = fit.evaluate_runs(model, [load_collected(r) for r in args.runs], args.history_window)
+    print(fit.format_report({"eval": None, "heldout": report}).replace("| heldout |", "| eval |"))
+    print(f"predictor: {meta['path']} (sha256 {meta['sha256']})")
+    return 0
 
 
 def _read_summary(run: str) -> dict:

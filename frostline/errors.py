@@ -23,3 +23,7 @@ class CheckpointError(FrostlineError):
 
 class DistributedError(FrostlineError):
     """Ranks of a distributed run disagree (different steps, a unit frozen on some ranks only)."""
+
+
+class DataError(FrostlineError):
+    """A data file (e.g. a collected SmartFRZ dataset) is missing, unreadable or of the wrong kind."""

@@ -13,6 +13,7 @@ Plain PyTorch use is two lines::
 
 from __future__ import annotations
 
+import time
 import types
 from dataclasses import dataclass, asdict
 from typing import Any, Sequence
@@ -25,6 +26,8 @@ from .policies.base import FreezePolicy, Progress
 from .units import GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, freeze_units, units_from_names
 
 STATE_VERSION = 1
+#: Signals the Freezer computes itself; others come from collectors (frostline.signals).
+BUILTIN_SIGNALS = frozenset({"grad_norm"})
 
 
 @dataclass
@@ -60,6 +63,8 @@ class Freezer:
     ``sync`` (e.g. :class:`frostline.distributed.DecisionSync`) makes every rank of a distributed
     run apply the same decision: its ``agree(wanted, frozen, num_units, step)`` returns the set to
     act on, and ``applied(newly)`` hears about units frozen by it (to rebuild DDP).
+    ``signals`` maps signal names to collectors (:mod:`frostline.signals`); they override the
+    policy's own ``collectors()``.
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class Freezer:
         example_input=None,
         freeze_head: bool = False,
         sync=None,
+        signals: dict[str, Any] | None = None,
     ):
         if not isinstance(total_steps, int) or total_steps <= 0:
             raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
@@ -92,7 +98,11 @@ class Freezer:
         self.frozen: set[int] = set()
         self.timeline: list[FreezeEvent] = []
         self.step_count = 0
+        #: Seconds spent collecting signals and deciding (the method's own overhead).
+        self.decision_time_s = 0.0
         self._recorder = None
+        self._extra_signals = dict(signals or {})
+        self._collectors: dict[str, Any] = {}
         self._param_name = {id(p): n for n, p in model.named_parameters()}
         if units is not None:
             self._setup(units_from_names(model, [[u] if isinstance(u, str) else list(u) for u in units]))
@@ -108,9 +118,23 @@ class Freezer:
         self._recorder = None
         self.units = units
         self.policy.bind([u.name for u in units])
+        self._bind_collectors()
         if self.policy.scales_lr:
             self._split_param_groups()
         self._apply_lr(self.progress)
+
+    def _bind_collectors(self) -> None:
+        """Find a collector for every signal the policy needs, and let each check the model."""
+        self._collectors = {**self.policy.collectors(), **self._extra_signals}
+        missing = sorted(n for n in self.policy.requires if n not in BUILTIN_SIGNALS and n not in self._collectors)
+        if missing:
+            raise ConfigError(
+                f"method {self.policy.name!r} needs signal(s) {missing} that nothing collects: pass "
+                "Freezer(..., signals={name: collector}) (see frostline.signals) or the policy's own settings "
+                "(e.g. CKAOracle(reference=..., probe=...))")
+        for collector in self._collectors.values():
+            if hasattr(collector, "bind"):
+                collector.bind(self)
 
     def _split_param_groups(self) -> None:
         """Give every (original group, unit) pair its own param group so each unit can have its
@@ -149,9 +173,12 @@ class Freezer:
         self._require_units()
         self.step_count += 1
         progress = self.progress
-        if self.policy.requires:
-            self.policy.observe(progress, self.collect_signals(self.policy.requires))
+        t0 = time.perf_counter()
+        wanted_signals = self.policy.wants(progress)
+        if wanted_signals:
+            self.policy.observe(progress, self.collect_signals(wanted_signals))
         wanted = self.policy.decide(progress)
+        self.decision_time_s += time.perf_counter() - t0
         if self.sync is not None:
             wanted = self.sync.agree(wanted, self.frozen, len(self.units), self.step_count)
         newly = self._admissible(wanted)
@@ -170,7 +197,9 @@ class Freezer:
         """Signals a policy asked for, computed from the live model (extended by later policies)."""
         signals: dict[str, Any] = {}
         for name in names:
-            if name == "grad_norm":
+            if name in self._collectors:
+                signals[name] = self._collectors[name](self)
+            elif name == "grad_norm":
                 signals[name] = self.grad_norms()
             else:
                 raise FrostlineError(f"the Freezer cannot collect signal {name!r}")
@@ -268,6 +297,7 @@ class Freezer:
             "unit_names": [u.name for u in units],
             "frozen": sorted(self.frozen),
             "step": self.step_count,
+            "decision_time_s": self.decision_time_s,
             "total_steps": self.total_steps,
             "timeline": [asdict(e) for e in self.timeline],
             "policy": self.policy.state_dict(),
@@ -299,8 +329,10 @@ class Freezer:
             u.name = name
         self.units = units
         self.policy.bind([u.name for u in units])
+        self._bind_collectors()
         self.policy.load_state_dict(state["policy"])
         self.step_count = int(state["step"])
+        self.decision_time_s = float(state.get("decision_time_s", 0.0))
         self.timeline = [FreezeEvent(**e) for e in state["timeline"]]
         self.frozen = set(state["frozen"])
         for i in self.frozen:

@@ -78,6 +78,17 @@ class TrainConfig:
     # torch.compile per freeze unit
     compile: bool = False
     compile_backend: str = "inductor"
+    stages_per_epoch: int | None = None
+    prefix_only: bool = False
+    reference: str | None = None
+    probe_size: int = 256
+    cka_window: int = 3
+    cka_epsilon: float = 1e-3
+    cka_floor: float = 0.9
+    predictor: str | None = None
+    history_window: int = 30
+    tailor_size: int = 1024
+    snapshots_per_epoch: int = 30
 
 
 #: Which config fields each method takes, by the policy's argument name.
@@ -86,7 +97,14 @@ METHOD_ARGS = {
     "linear": {"freeze_start": "freeze_start", "freeze_level": "freeze_level"},
     "freezeout": {"t_0": "t_0", "schedule": "schedule", "scale_lr": "scale_lr"},
     "autofreeze": {"percentile": "percentile", "intervals_per_epoch": "intervals_per_epoch"},
+    "cka-oracle": {"stages_per_epoch": "stages_per_epoch", "window": "cka_window", "epsilon": "cka_epsilon",
+                   "floor": "cka_floor", "prefix_only": "prefix_only"},
+    "smartfrz": {"predictor": "predictor", "window": "history_window", "tailor_size": "tailor_size",
+                 "snapshots_per_epoch": "snapshots_per_epoch", "stages_per_epoch": "stages_per_epoch",
+                 "prefix_only": "prefix_only", "seed": "seed"},
 }
+#: Methods that decide at stages and need the epoch length.
+STAGED = ("autofreeze", "cka-oracle", "smartfrz")
 OPTIMIZERS = ("sgd", "adamw")
 CACHE_MODES = ("auto", "memory", "disk", "off")
 LR_SCHEDULES = ("cosine", "constant")
@@ -127,12 +145,19 @@ def validate(cfg: TrainConfig) -> None:
         from .compiling import check_backend
 
         check_backend(cfg.compile_backend)
+    if cfg.method == "cka-oracle" and not cfg.reference:
+        raise ConfigError("cka-oracle compares with a finished run: pass --reference RUN_DIR "
+                          "(the --out folder of a finished `frostline train` of the same model)")
+    if cfg.probe_size < 4:
+        raise ConfigError(f"probe_size must be >= 4 samples, got {cfg.probe_size}")
     make_policy(cfg)  # checks the method's own hyperparameters
 
 
-def make_policy(cfg: TrainConfig, steps_per_epoch: int | None = None):
+def make_policy(cfg: TrainConfig, steps_per_epoch: int | None = None, **extra):
     kwargs = {arg: getattr(cfg, field) for arg, field in METHOD_ARGS.get(cfg.method, {}).items()}
-    if cfg.method == "autofreeze":
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # None: the method's own default
+    kwargs.update(extra)
+    if cfg.method in STAGED:
         # validate() runs before the data is loaded; train() passes the real epoch length
         kwargs["steps_per_epoch"] = steps_per_epoch if steps_per_epoch is not None else 10**9
     return create_policy(cfg.method, **kwargs)
@@ -260,20 +285,22 @@ class _CachedForward(nn.Module):
         return self.cached(indices, x)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
     """Run one training and return its summary (also written to ``out/summary.json``).
     With ``cfg.resume`` set to a run folder, continue that run from its last good checkpoint
-    with the settings it was started with. Launched by ``torchrun`` with several processes, it
-    joins their process group (and leaves it at the end); see :mod:`frostline.distributed`."""
+    with the settings it was started with. ``policy`` replaces the one ``cfg.method`` names (for
+    tools that observe a run through a policy, like ``frostline predictor collect``). Launched by
+    ``torchrun`` with several processes, it joins their process group (and leaves it at the end);
+    see :mod:`frostline.distributed`."""
     owns_group = distributed.launched_by_torchrun() and not distributed.is_distributed()
     try:
-        return _train(cfg)
+        return _train(cfg, policy)
     finally:
         if owns_group:
             distributed.shutdown()
 
 
-def _train(cfg: TrainConfig) -> dict[str, Any]:
+def _train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
     checkpoint = None
     if cfg.resume:
         cfg = _resumed_config(cfg)
@@ -312,7 +339,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         compile_base = compile_stats()  # dynamo's counters are process-wide: report this run's share
 
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
-    policy = make_policy(cfg, steps_per_epoch)
+    if policy is None:
+        policy = make_policy(cfg, steps_per_epoch, **_signal_sources(cfg, model, data.train, device))
     total_steps = max(1, round(cfg.epochs * steps_per_epoch))
     planned = None
     if cfg.const_time:
@@ -383,7 +411,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
 
     log = RunLog(out, loop["step"] if checkpoint is not None else None, loop["epoch"]) if main else _NoLog()
     summary: dict[str, Any] = {
-        "status": "running", "method": cfg.method, "model": cfg.model, "dataset": data.name,
+        "status": "running", "method": policy.name if policy.name != "none" else cfg.method, "model": cfg.model, "dataset": data.name,
         "epochs": cfg.epochs, "seed": cfg.seed, "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch, "train_samples": len(data.train),
         "units": [u.name for u in units], "policy": policy.config(), "device": str(device),
@@ -521,6 +549,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             saved_activations_mb_full=cost.saved_bytes(()) / 2**20,
             saved_activations_mb_end=cost.saved_bytes(freezer.frozen) / 2**20,
             frozen_at=freezer.frozen_at(),
+            decision_time_s=freezer.decision_time_s,
+            decision_overhead=freezer.decision_time_s / loop["train_time"] if loop["train_time"] else None,
             timeline=[asdict(e) for e in freezer.timeline],
         )
         log.close()
@@ -533,6 +563,26 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             except Exception as plot_error:  # a plot must never hide the run's own outcome
                 print(f"frostline: could not draw timeline.png: {plot_error}", file=sys.stderr)
     return summary
+
+
+def _signal_sources(cfg: TrainConfig, model: nn.Module, train_set, device: torch.device) -> dict[str, Any]:
+    """What a signal-driven method needs besides its hyperparameters: the reference model and a
+    fixed probe batch (seeded, from the un-augmented train split) for the CKA oracle."""
+    if cfg.method != "cka-oracle":
+        return {}
+    from .reference import load_reference
+
+    reference = load_reference(cfg.reference, model, cfg.model)
+    return {"reference": reference, "probe": probe_batch(train_set, cfg.probe_size, cfg.seed).to(device)}
+
+
+def probe_batch(train_set, size: int, seed: int) -> torch.Tensor:
+    """``size`` train samples chosen by ``seed`` (the same for every run with that seed)."""
+    n = min(size, len(train_set))
+    idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed + 7919))[:n].sort().values
+    if hasattr(train_set, "get_batch"):
+        return train_set.get_batch(idx)[0]
+    return default_collate([train_set[int(i)] for i in idx])[0]
 
 
 def _resumed_config(cfg: TrainConfig) -> TrainConfig:

@@ -7,15 +7,19 @@ from typing import Callable
 
 from ..errors import ConfigError
 from .autofreeze import AutoFreeze
+from .cka_oracle import CKAOracle, cka_ready
 from .base import FreezePolicy, NoFreezing, Progress
 from .freezeout import FreezeOut, freezeout_times
 from .linear import LinearFreezing
+from .smartfrz import SmartFRZ
 
 POLICIES: dict[str, Callable[..., FreezePolicy]] = {
     "none": NoFreezing,
     "linear": LinearFreezing,
     "freezeout": FreezeOut,
     "autofreeze": AutoFreeze,
+    "cka-oracle": CKAOracle,
+    "smartfrz": SmartFRZ,
 }
 
 
@@ -51,6 +55,9 @@ __all__ = [
     "LinearFreezing",
     "FreezeOut",
     "AutoFreeze",
+    "CKAOracle",
+    "SmartFRZ",
+    "cka_ready",
     "Progress",
     "POLICIES",
     "create_policy",

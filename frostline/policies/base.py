@@ -42,8 +42,19 @@ class FreezePolicy:
         self.unit_names = list(unit_names)
         self.num_units = len(unit_names)
 
+    def wants(self, progress: Progress) -> frozenset[str]:
+        """The signals to collect after this step (default: all of ``requires``, every step).
+        Policies that decide at stages ask only at stage ends, so costly signals (a probe
+        forward, a weight snapshot) are not computed on the other steps."""
+        return self.requires
+
+    def collectors(self) -> dict[str, Any]:
+        """Default collectors for signals the Freezer does not compute itself (see
+        :mod:`frostline.signals`), built from this policy's settings."""
+        return {}
+
     def observe(self, progress: Progress, signals: dict[str, Any]) -> None:
-        """See the signals asked for in ``requires`` after an optimizer step."""
+        """See the signals returned by :meth:`wants` after an optimizer step."""
 
     def decide(self, progress: Progress) -> set[int]:
         """Indices of the units that should be frozen now. Freezing is permanent: the Freezer

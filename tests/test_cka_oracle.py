@@ -1,0 +1,168 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from frostline import CheckpointError, ConfigError, Freezer, NoFreezing, Progress, linear_cka
+from frostline.cka import centered_gram, cka_from_grams
+from frostline.cli import main
+from frostline.models import create_model
+from frostline.policies import POLICIES, CKAOracle, cka_ready, create_policy
+from frostline.signals import ReferenceCKA, quiet_eval
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The 2 cores are shared: two contending threads made these steps ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "--batch-size", "64",
+        "--no-progress", "--threads", "1"]
+
+
+def test_rule():
+    assert not cka_ready([0.99, 0.99], 3, 1e-4, 0.9)  # too few stages
+    assert cka_ready([0.5, 0.99, 0.99, 0.99], 3, 1e-4, 0.9)
+    assert not cka_ready([0.9, 0.95, 0.99], 3, 1e-4, 0.9)  # still moving: variance 1.4e-3
+    assert not cka_ready([0.5, 0.5, 0.5], 3, 1e-4, 0.9)  # stable but far from the reference
+    assert not cka_ready([0.99, float("nan"), 0.99], 3, 1e-4, 0.9)
+    for kw in [dict(window=1), dict(window=0), dict(epsilon=0), dict(floor=1.5), dict(stages_per_epoch=0),
+               dict(window=2.5)]:
+        with pytest.raises(ConfigError):
+            CKAOracle(steps_per_epoch=10, **kw)
+    with pytest.raises(ConfigError):
+        CKAOracle()  # no stage length
+    assert POLICIES["cka-oracle"] is CKAOracle
+
+
+def test_gram_form_equals_linear_cka(batch):
+    x, _ = batch
+    a = torch.randn(64, 300, dtype=torch.float64)
+    b = a @ torch.randn(300, 40, dtype=torch.float64) + 0.1 * torch.randn(64, 40, dtype=torch.float64)
+    assert cka_from_grams(centered_gram(a), centered_gram(b)) == pytest.approx(linear_cka(a, b), abs=1e-12)
+    assert cka_from_grams(centered_gram(x), centered_gram(x)) == pytest.approx(1.0, abs=1e-12)
+
+
+def _model():
+    torch.manual_seed(0)
+    return create_model("resnet", width=8)
+
+
+def test_probe_leaves_bn_stats_rng_and_modes_alone(batch):
+    x, y = batch
+    model = _model()
+    model.train()
+    bn_before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    rng = torch.get_rng_state()
+    freezer = Freezer(model, torch.optim.SGD(model.parameters(), lr=0.1), NoFreezing(), 10,
+                      example_input=x[:4], signals={"cka": ReferenceCKA(copy.deepcopy(model), x[:32])})
+    values = freezer.collect_signals({"cka"})["cka"]
+    assert values == pytest.approx([1.0] * len(freezer.units), abs=1e-9)  # identical models
+    assert all(m.training for m in model.modules())
+    assert torch.equal(torch.get_rng_state(), rng)
+    for k, v in model.state_dict().items():
+        if "running" in k:
+            assert torch.equal(v, bn_before[k]), k
+    with quiet_eval([model]):
+        assert not any(m.training for m in model.modules())
+    assert all(m.training for m in model.modules())
+
+
+def test_collecting_does_not_change_training(fmnist):
+    """A run with the CKA oracle that never freezes (floor 1.0 is never reached exactly) ends with
+    the same weights, bit for bit, as a run without any freezing: the probe forwards leave BN
+    statistics, dropout RNG and the data order alone."""
+    def run(policy_factory):
+        torch.manual_seed(1)
+        model = create_model("vit", width=32, depth=2, drop=0.1)  # dropout consumes the RNG
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        x0 = fmnist.train.get_batch(torch.arange(16))[0]
+        freezer = Freezer(model, opt, policy_factory(model, x0), 8, example_input=x0)
+        model.train()
+        for s in range(8):
+            x, y = fmnist.train.get_batch(torch.arange(s * 32, s * 32 + 32))
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            freezer.step()
+        return model.state_dict(), freezer
+
+    plain, _ = run(lambda m, x: NoFreezing())
+    probed, fz = run(lambda m, x: CKAOracle(reference=copy.deepcopy(m), probe=x, stage_steps=2, floor=1.0))
+    assert fz.policy.stages_done == 4 and not fz.frozen
+    assert all(len(h) == 4 for h in fz.policy.history)
+    for k in plain:
+        assert torch.equal(plain[k], probed[k]), k
+
+
+def _fed(policy, values_per_stage):
+    for stage, values in enumerate(values_per_stage, start=1):
+        progress = Progress(stage * 2, 100)
+        assert policy.wants(progress) == {"cka"} and not policy.wants(Progress(stage * 2 - 1, 100))
+        policy.observe(progress, {"cka": values})
+    return policy.decide(Progress(len(values_per_stage) * 2, 100))
+
+
+def test_decisions_prefix_only_reasons_and_resume():
+    names = ["a", "b", "c", "head"]
+    stable_b = [[0.5 + 0.1 * s, 0.95, 0.6 + 0.1 * s, 0.3] for s in range(3)]
+    p = create_policy("cka-oracle", stage_steps=2, window=3)
+    p.bind(names)
+    assert _fed(p, stable_b) == {1}  # non-sequential: b is ready, a (moving) is not, head never
+    r = p.reason(1)
+    assert r["cka"] == 0.95 and r["cka_variance"] == pytest.approx(0.0) and r["stage"] == 3
+    q = create_policy("cka-oracle", stage_steps=2, window=3, prefix_only=True)
+    q.bind(names)
+    assert _fed(q, stable_b) == set()  # b waits for a
+    assert _fed(q, [[0.97, 0.95, 0.85, 0.3]] * 3) == {0, 1}  # a stabilises: prefix a, b
+    # resume: a fresh policy continues with the same history and decisions
+    r2 = create_policy("cka-oracle", stage_steps=2, window=3, prefix_only=True)
+    r2.bind(names)
+    r2.load_state_dict(q.state_dict())
+    assert r2.decide(Progress(12, 100)) == {0, 1} and r2.history == q.history
+    other = create_policy("cka-oracle", stage_steps=2, window=4, prefix_only=True)
+    other.bind(names)
+    with pytest.raises(CheckpointError):
+        other.load_state_dict(q.state_dict())
+
+
+def test_freezer_needs_a_reference(batch):
+    model = _model()
+    with pytest.raises(ConfigError, match="reference"):
+        Freezer(model, torch.optim.SGD(model.parameters(), lr=0.1), CKAOracle(stage_steps=2), 10,
+                example_input=batch[0][:4])
+
+
+def test_train_end_to_end_and_bad_references(tmp_path, capsys):
+    ref = tmp_path / "ref"
+    assert main(["train", "--model", "resnet", "--width", "8", "--method", "none", "--epochs", "1", *TINY,
+                 "--out", str(ref)]) == 0
+    run = tmp_path / "cka"
+    assert main(["train", "--model", "resnet", "--width", "8", "--method", "cka-oracle", "--reference", str(ref),
+                 "--epochs", "2", "--stages-per-epoch", "4", "--cka-epsilon", "0.01", "--cka-floor", "0.5",
+                 "--probe-size", "64", *TINY, "--out", str(run)]) == 0
+    import json
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and (run / "timeline.png").exists()
+    assert summary["timeline"], "with a loose epsilon some unit must freeze in 8 stages"
+    for event in summary["timeline"]:
+        assert event["signal"]["cka"] >= 0.5 and event["signal"]["cka_variance"] < 0.01
+    capsys.readouterr()
+    cases = [
+        (["--model", "vgg", "--width", "8", "--reference", str(ref)], "'resnet' run, this run trains 'vgg'"),
+        (["--model", "resnet", "--width", "16", "--reference", str(ref)], "do not fit"),
+        (["--model", "resnet", "--width", "8", "--reference", str(tmp_path / "nowhere")], "not a folder"),
+        (["--model", "resnet", "--width", "8"], "--reference"),
+    ]
+    (tmp_path / "unfinished").mkdir()
+    cases.append((["--model", "resnet", "--width", "8", "--reference", str(tmp_path / "unfinished")], "no model.pt"))
+    for args, needle in cases:
+        code = main(["train", "--method", "cka-oracle", "--epochs", "1", *args, *TINY, "--out", str(tmp_path / "bad")])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and err.count("\n") == 1, err

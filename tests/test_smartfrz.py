@@ -1,0 +1,192 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from frostline import CheckpointError, ConfigError, Freezer, Progress
+from frostline.cli import main
+from frostline.models import create_model
+from frostline.policies import POLICIES, SmartFRZ, create_policy
+from frostline.smartfrz import SmartFRZPredictor, Tailor, batch_windows, load_predictor, save_predictor, window_features
+from frostline.smartfrz.collect import load_collected
+from frostline.smartfrz.predictor import SHIPPED
+
+TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "--batch-size", "64",
+        "--no-progress", "--threads", "1", "--width", "8"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The 2 cores are shared: two contending threads made these steps ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _biased(freeze: bool, size: int = 1024) -> SmartFRZPredictor:
+    """A predictor whose answer is fixed by its last bias (to test the policy's mechanics)."""
+    torch.manual_seed(0)
+    p = SmartFRZPredictor(size)
+    with torch.no_grad():
+        p.head[-1].weight.zero_()
+        p.head[-1].bias.copy_(torch.tensor([-5.0, 5.0] if freeze else [5.0, -5.0]))
+    return p
+
+
+def test_tailor_reads_fixed_positions():
+    lin, tiny = nn.Linear(100, 30), nn.Linear(3, 2)
+    t = Tailor([list(lin.parameters()), list(tiny.parameters())], size=64, seed=3)
+    a = t.sample(0, list(lin.parameters()))
+    assert a.shape == (64,) and torch.equal(a, t.sample(0, list(lin.parameters())))
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    b = t.sample(0, list(lin.parameters()))
+    moved = (b - a).abs()
+    assert ((moved - 1.0).abs() < 1e-6).sum() + (moved < 1e-6).sum() == 64  # the same positions, re-read
+    small = t.sample(1, list(tiny.parameters()))
+    assert t.taken(1) == 8 and torch.all(small[8:] == 0)  # 6 + 2 parameters, padded
+    assert sorted(small[:8].tolist()) == sorted(torch.cat([p.detach().reshape(-1) for p in tiny.parameters()]).tolist())
+    other = Tailor([list(lin.parameters())], size=64, seed=4).sample(0, list(lin.parameters()))
+    assert not torch.equal(other, b)
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ConfigError):
+            Tailor([list(lin.parameters())], size=bad)
+
+
+def test_predictor_is_the_papers_network_and_masks_padding():
+    p = SmartFRZPredictor(1024)
+    for mlp in (p.key, p.query, p.value):
+        assert [(m.in_features, m.out_features) for m in mlp if isinstance(m, nn.Linear)] == [(1024, 256), (256, 256), (256, 64)]
+    assert [(m.in_features, m.out_features) for m in p.head if isinstance(m, nn.Linear)] == [(64, 32), (32, 2)]
+    w = window_features(torch.randn(5, 1024))
+    assert torch.all(w[-1] == 0)
+    x, mask = batch_windows([w, window_features(torch.randn(9, 1024))])
+    assert x.shape == (2, 9, 1024) and mask[0].tolist() == [False] * 4 + [True] * 5
+    alone = p(w.unsqueeze(0))
+    padded = p(x, mask)[0:1]
+    assert torch.allclose(alone, padded, atol=1e-5)
+
+
+def test_predictor_file_roundtrip_and_bad_files(tmp_path):
+    p = SmartFRZPredictor(64, input_scale=3.0)
+    path = save_predictor(p, tmp_path / "p.pt", {"note": "test"})
+    q, meta = load_predictor(path)
+    assert q.input_scale == 3.0 and meta["note"] == "test" and len(meta["sha256"]) == 16
+    x, mask = batch_windows([window_features(torch.randn(6, 64))])
+    assert torch.allclose(p(x, mask), q(x, mask), atol=5e-2)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_predictor(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"\x80not a torch file at all")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_predictor(tmp_path / "junk.pt")
+    torch.save({"format": "frostline-smartfrz-predictor-1", "input_size": 1024, "input_scale": 1.0,
+                "state_dict": p.state_dict()}, tmp_path / "shape.pt")  # 64-wide weights labelled 1024
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        load_predictor(tmp_path / "shape.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a frostline SmartFRZ predictor"):
+        load_predictor(tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="tailor"):
+        SmartFRZ(predictor=path, tailor_size=1024, stage_steps=4, snapshot_steps=1)
+
+
+def test_validation():
+    assert POLICIES["smartfrz"] is SmartFRZ
+    pred = _biased(True)
+    for kw in [dict(window=0), dict(window=-3), dict(tailor_size=0), dict(tailor_size=-1), dict(stages_per_epoch=0)]:
+        with pytest.raises(ConfigError):
+            SmartFRZ(predictor=pred, steps_per_epoch=30, **kw)
+
+
+def _run(policy, fmnist, steps=8):
+    torch.manual_seed(0)
+    model = create_model("resnet", width=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x0 = fmnist.train.get_batch(torch.arange(16))[0]
+    freezer = Freezer(model, opt, policy, 100, example_input=x0)
+    model.train()
+    for s in range(steps):
+        x, y = fmnist.train.get_batch(torch.arange(s * 32, s * 32 + 32))
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        freezer.step()
+    return freezer
+
+
+def test_policy_mechanics_on_real_training(fmnist):
+    # snapshot every step, a stage every 4: the always-freeze predictor freezes every unit but the head
+    fz = _run(SmartFRZ(predictor=_biased(True), stage_steps=4, snapshot_steps=1), fmnist)
+    assert fz.frozen == set(range(len(fz.units) - 1))
+    first = fz.timeline[0]
+    assert first.step == 4 and first.signal["freeze_probability"] > 0.99 and first.signal["snapshots"] == 4
+    assert all(len(h) == 0 for h in fz.policy.history.snapshots[:-1])  # frozen units' histories dropped
+    assert len(fz.policy.history.snapshots[-1]) == 8  # the head keeps its window
+    never = _run(SmartFRZ(predictor=_biased(False), stage_steps=4, snapshot_steps=1, window=3), fmnist)
+    assert not never.frozen and all(len(h) == 3 for h in never.policy.history.snapshots)  # window caps history
+    # prefix_only: a unit that is not ready blocks every unit after it
+    p = SmartFRZ(predictor=_biased(True), stage_steps=2, snapshot_steps=1, prefix_only=True)
+    p.bind(["a", "b", "c", "head"])
+    snap = [torch.randn(1024) for _ in range(4)]
+    p.observe(Progress(1, 100), {"tailored_weights": snap})
+    p.history.snapshots[1].clear()  # b has too few snapshots to be judged
+    p.observe(Progress(2, 100), {"tailored_weights": [s + 0.1 for s in snap]})
+    assert p.decide(Progress(2, 100)) == {0}
+    # resume
+    q = SmartFRZ(predictor=_biased(True), stage_steps=2, snapshot_steps=1, prefix_only=True)
+    q.bind(["a", "b", "c", "head"])
+    q.load_state_dict(p.state_dict())
+    assert q.decide(Progress(2, 100)) == {0} and [len(h) for h in q.history.snapshots] == [0, 1, 2, 2]
+    r = SmartFRZ(predictor=_biased(True), stage_steps=2, snapshot_steps=1, window=5)
+    r.bind(["a", "b", "c", "head"])
+    with pytest.raises(CheckpointError):
+        r.load_state_dict(p.state_dict())
+
+
+def test_shipped_predictor_loads():
+    model, meta = load_predictor()
+    assert meta["path"] == str(SHIPPED) and model.input_size == 1024
+    assert SHIPPED.stat().st_size < 5 * 2**20
+    assert meta["trained_on"] and meta["heldout"] and meta["report"]["heldout"]["overall"]["samples"] > 0
+    trained = {(r["model"], r["dataset"]) for r in meta["trained_on"]}
+    assert ("vgg", "fashion-mnist") not in trained  # kept out for the generalisation test
+
+
+def test_pipeline_end_to_end(tmp_path, capsys):
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path / f"col{seed}"
+        assert main(["predictor", "collect", "--model", "resnet", "--epochs", "1", "--seed", str(seed),
+                     "--snapshots-per-epoch", "4", "--stages-per-epoch", "4", *TINY, "--out", str(out)]) == 0
+        runs.append(str(out))
+    ds = load_collected(runs[0])
+    assert ds["snapshots"].shape == (4, 8, 1024) and ds["labels"].shape == (4, 8)
+    assert ds["provenance"]["model"] == "resnet" and ds["provenance"]["rule"]["floor"] == 0.9
+    assert torch.all(ds["labels"][:, -1] == -1)
+    assert ds["cka"][-1, :-1].min() > 0.999  # same seed: the recording retraces the reference
+    capsys.readouterr()
+    pred = tmp_path / "p.pt"
+    assert main(["predictor", "train", *runs, "--holdout", runs[1], "--epochs", "3", "--out", str(pred),
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "| heldout | resnet/fashion-mnist/seed1 |" in text and "| train | resnet/fashion-mnist/seed0 |" in text
+    assert "heldout | resnet/fashion-mnist/seed0" not in text
+    _, meta = load_predictor(pred)
+    assert meta["heldout"] == ["resnet/fashion-mnist/seed1"]
+    assert main(["predictor", "eval", runs[1], "--predictor", str(pred)]) == 0
+    assert "F1" in capsys.readouterr().out
+    run = tmp_path / "smartfrz"
+    assert main(["train", "--model", "resnet", "--method", "smartfrz", "--predictor", str(pred), "--epochs", "1",
+                 "--snapshots-per-epoch", "4", "--stages-per-epoch", "2", *TINY, "--out", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and (run / "timeline.png").exists()
+    assert summary["policy"]["predictor_sha256"] == meta["sha256"]
+    for bad, needle in [(str(tmp_path / "nope.pt"), "does not exist"), (runs[0] + "/dataset.pt", "not a frostline")]:
+        code = main(["train", "--method", "smartfrz", "--predictor", bad, *TINY, "--out", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and err.count("\n") == 1, err
+    code = main(["train", "--method", "smartfrz", "--history-window", "0", *TINY, "--out", str(tmp_path / "x")])
+    assert code == 2 and "window" in capsys.readouterr().err
