@@ -31,6 +31,7 @@ from .policies import (
     list_policies,
 )
 from .signals import ReferenceCKA, TailoredWeights
+from . import pretrained as _pretrained  # registers minilm / efficientnet-lite0 (imports nothing heavy)
 from .units import FreezeUnit, freeze_units, trace_execution_order
 
 __version__ = "0.1.0"

@@ -15,8 +15,8 @@ import typing
 from .errors import FrostlineError
 
 HELP = {
-    "model": "model from the zoo (resnet, vgg, mobilenetv2, vit)",
-    "dataset": "dataset (fashion-mnist, mnist)",
+    "model": "model: from scratch resnet, vgg, mobilenetv2, vit; pretrained minilm (text), efficientnet-lite0",
+    "dataset": "dataset (fashion-mnist, mnist; fine-foods: text reviews, for minilm)",
     "method": "freezing method (none, linear, freezeout, autofreeze, cka-oracle, smartfrz)",
     "epochs": "epochs to train (may be fractional)",
     "batch_size": "samples per step",
@@ -24,7 +24,8 @@ HELP = {
     "lr": "base learning rate",
     "lr_schedule": "cosine or constant (freezeout brings its own per-unit schedule)",
     "train_subset": "train on the first N samples of the (shuffled) train split",
-    "val_size": "samples held out from train for validation",
+    "val_size": "samples held out from train for validation (default 5000; 400 for fine-foods)",
+    "max_length": "text datasets: tokens per sample (padded / truncated)",
     "test_subset": "evaluate on the first N test samples",
     "width": "model width (channels / embedding dim)",
     "depth": "model depth (blocks per stage / transformer blocks)",

@@ -122,9 +122,18 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+#: Text datasets: samples are fixed-length token-id vectors (see :mod:`frostline.finefoods`).
+#: name -> (number of classes, train size, default validation hold-out).
+TEXT_DATASETS: dict[str, tuple[int, int, int]] = {"fine-foods": (2, 4000, 400)}
+#: Validation hold-out when none is given: FreezeOut's 5,000 for the 60,000-image sets.
+DEFAULT_VAL_SIZE = 5000
+#: Token sequence length when none is given (fine-food reviews: median about 60 tokens).
+DEFAULT_MAX_LENGTH = 128
+
+
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`, sorted (for CLI help and error messages)."""
-    return sorted(DATASETS)
+    return sorted([*DATASETS, *TEXT_DATASETS])
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -147,6 +156,8 @@ def system_data_dir() -> Path:
 
 def _spec(name: str) -> DatasetSpec:
     try:
+        if name in TEXT_DATASETS:
+            raise ConfigError(f"{name!r} is a text dataset: it has no image files (use load_dataset)")
         return DATASETS[name]
     except (KeyError, TypeError):
         raise ConfigError(
@@ -503,7 +514,7 @@ class DataSplits:
     test: Dataset
     num_classes: int
     in_channels: int
-    image_size: int
+    image_size: int  # for a text dataset: the token sequence length
     name: str
 
 
@@ -522,13 +533,14 @@ def _check_int(value, what: str, *, low: int, high: int | None = None, allow_non
 def load_dataset(
     name: str = "fashion-mnist",
     *,
-    val_size: int = 5000,
+    val_size: int | None = None,
     train_subset: int | None = None,
     test_subset: int | None = None,
     seed: int = 0,
     channels: int = 1,
     image_size: int = 28,
     data_dir: str | os.PathLike | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
 ) -> DataSplits:
     """Train/val/test splits of a dataset, deterministic for a seed.
 
@@ -536,9 +548,15 @@ def load_dataset(
     (as FreezeOut does), so freezing decisions never look at the test set. ``train_subset``
     takes the first N of the remaining permuted train samples and ``test_subset`` the first N
     test samples (for fast runs). ``channels=3`` / ``image_size`` adapt inputs to models
-    that expect e.g. 3 x 64 x 64.
+    that expect e.g. 3 x 64 x 64. ``val_size=None`` holds out 5,000 images (400 reviews for
+    ``fine-foods``, whose samples are ``max_length`` token ids: ``image_size`` is then that length).
     """
+    if name in TEXT_DATASETS:
+        return _load_text(name, val_size=val_size, train_subset=train_subset, test_subset=test_subset,
+                          seed=seed, max_length=max_length)
     spec = _spec(name)
+    if val_size is None:
+        val_size = DEFAULT_VAL_SIZE
     seed = _check_int(seed, "seed", low=0)
     channels = _check_int(channels, "channels", low=1)
     if channels not in (1, 3):
@@ -574,6 +592,31 @@ def load_dataset(
         in_channels=channels,
         image_size=image_size,
         name=spec.name,
+    )
+
+
+def _load_text(name: str, *, val_size, train_subset, test_subset, seed, max_length) -> DataSplits:
+    from . import finefoods
+
+    num_classes, train_size, default_val = TEXT_DATASETS[name]
+    seed = _check_int(seed, "seed", low=0)
+    max_length = _check_int(max_length, "max_length", low=2, high=512)
+    val_size = _check_int(default_val if val_size is None else val_size, "val_size", low=0, high=train_size - 1)
+    train_subset = _check_int(train_subset, "train_subset", low=1, high=train_size - val_size, allow_none=True)
+    test_subset = _check_int(test_subset, "test_subset", low=1, high=finefoods.SIZES["test"], allow_none=True)
+    train_text, train_y = finefoods.read_reviews("train")
+    test_text, test_y = finefoods.read_reviews("test")
+    perm = np.random.default_rng(seed).permutation(len(train_y))
+    val_idx, train_idx = np.sort(perm[:val_size]), perm[val_size:]
+    train_idx = np.sort(train_idx if train_subset is None else train_idx[:train_subset])
+    test_idx = np.arange(len(test_y) if test_subset is None else test_subset)
+    train_ids = finefoods.tokenize(train_text, max_length)
+    test_ids = finefoods.tokenize([test_text[i] for i in test_idx], max_length)
+    return DataSplits(
+        train=finefoods.TokenDataset(train_ids[train_idx], train_y[train_idx], train_idx),
+        val=finefoods.TokenDataset(train_ids[val_idx], train_y[val_idx], val_idx),
+        test=finefoods.TokenDataset(test_ids, test_y[test_idx], test_idx),
+        num_classes=num_classes, in_channels=1, image_size=max_length, name=name,
     )
 
 

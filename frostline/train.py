@@ -26,10 +26,11 @@ from .cache import DTYPES, ActivationCache, CachedPrefixModel, is_deterministic
 from .checkpoint import load_checkpoint, save_checkpoint
 from . import distributed
 from .cost import estimate_speedup, measure_costs
-from .data import AugmentedDataset, load_dataset
+from .data import TEXT_DATASETS, AugmentedDataset, load_dataset
 from .errors import CheckpointError, ConfigError
 from .freezer import Freezer
 from .models import create_model
+from .pretrained import TEXT_MODELS
 from .policies import create_policy, list_policies
 from .units import freeze_units
 
@@ -50,8 +51,9 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     seed: int = 0
     train_subset: int | None = None
-    val_size: int = 5000
+    val_size: int | None = None  # None: 5,000 images (400 reviews for fine-foods)
     test_subset: int | None = None
+    max_length: int = 128  # token sequence length (text datasets only)
     width: int | None = None
     depth: int | None = None
     device: str = "auto"
@@ -130,6 +132,12 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"unknown cache dtype {cfg.cache_dtype!r}; choose one of {list(DTYPES)}")
     if cfg.cache_memory_mb < 0:
         raise ConfigError(f"cache_memory_mb must be >= 0, got {cfg.cache_memory_mb}")
+    if (cfg.model in TEXT_MODELS) != (cfg.dataset in TEXT_DATASETS):
+        kind = "text" if cfg.dataset in TEXT_DATASETS else "image"
+        raise ConfigError(f"model {cfg.model!r} does not fit the {kind} dataset {cfg.dataset!r}: text models "
+                          f"({', '.join(TEXT_MODELS)}) go with {', '.join(TEXT_DATASETS)}, the others with image datasets")
+    if cfg.augment and cfg.dataset in TEXT_DATASETS:
+        raise ConfigError(f"augment flips and shifts images; {cfg.dataset!r} is a text dataset: drop --augment")
     if cfg.fixed_augmentation and not cfg.augment:
         raise ConfigError("fixed_augmentation only applies with augment: add --augment")
     if cfg.checkpoint_every < 0:
@@ -318,7 +326,7 @@ def _train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
         _write_json(out / "config.json", asdict(cfg))
 
     data = load_dataset(cfg.dataset, val_size=cfg.val_size, train_subset=cfg.train_subset,
-                        test_subset=cfg.test_subset, seed=cfg.seed)
+                        test_subset=cfg.test_subset, seed=cfg.seed, max_length=cfg.max_length)
     model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
                          image_size=data.image_size, width=cfg.width, depth=cfg.depth).to(device)
 
@@ -630,7 +638,8 @@ def plan(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg.dataset, val_size=0, train_subset=cfg.batch_size, test_subset=1, seed=cfg.seed)
+    data = load_dataset(cfg.dataset, val_size=0, train_subset=cfg.batch_size, test_subset=1, seed=cfg.seed,
+                        max_length=cfg.max_length)
     model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
                          image_size=data.image_size, width=cfg.width, depth=cfg.depth)
     _, x, y = next(iterate_batches(data.train, cfg.batch_size, shuffle=False))

@@ -129,9 +129,23 @@ def _split_leaf_sequence(prefix: str, module: nn.Module) -> list[list[str]]:
     return groups
 
 
+def _holds_block_stack(module: nn.Module) -> bool:
+    """True if ``module`` has, anywhere below it, an ``nn.ModuleList`` of at least two blocks
+    (non-leaf modules with parameters): a wrapper such as a Hugging Face ``BertModel``, whose
+    ``encoder.layer`` list holds the real blocks, rather than a block of its own."""
+    for m in module.modules():
+        if type(m) is nn.ModuleList:
+            blocks = [c for c in m.children() if not _is_leaf(c) and _has_params(c)]
+            if len(blocks) >= 2:
+                return True
+    return False
+
+
 def _block_candidates(prefix: str, module: nn.Module) -> list[list[str]]:
     """Module-name groups at "block" granularity: descend through sequence containers, stop at
-    the first module that is a block of its own (a custom module, or a leaf with parameters)."""
+    the first module that is a block of its own (a custom module, or a leaf with parameters).
+    Custom modules that wrap a stack of blocks (:func:`_holds_block_stack`) are looked into, so
+    a Hugging Face model splits into embeddings, each layer, and the rest."""
     groups: list[list[str]] = []
     children = list(module.named_children())
     if children and all(_is_leaf(c) for _, c in children):
@@ -140,7 +154,7 @@ def _block_candidates(prefix: str, module: nn.Module) -> list[list[str]]:
         full = f"{prefix}.{child_name}" if prefix else child_name
         # Only *plain* containers are looked into: a subclass (ConvBNAct, Head, a stage class)
         # is a block its author named, so it stays whole.
-        if type(child) in PLAIN_CONTAINERS:
+        if type(child) in PLAIN_CONTAINERS or _holds_block_stack(child):
             groups.extend(_block_candidates(full, child))
         else:
             groups.append([full])

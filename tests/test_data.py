@@ -39,7 +39,7 @@ def splits(tmp_path_factory):
 
 
 def test_registry():
-    assert data.list_datasets() == ["fashion-mnist", "mnist"]
+    assert data.list_datasets() == ["fashion-mnist", "fine-foods", "mnist"]
     for spec in data.DATASETS.values():
         assert spec.num_classes == len(spec.class_names) == 10
         assert (spec.channels, spec.image_size) == (1, 28)
@@ -137,7 +137,7 @@ def test_indexed_dataset():
 
 
 def test_unknown_dataset():
-    with pytest.raises(ConfigError, match="fashion-mnist, mnist"):
+    with pytest.raises(ConfigError, match="fashion-mnist, fine-foods, mnist"):
         data.load_dataset("cifar-10")
     with pytest.raises(ConfigError):
         data.load_arrays("fashion-mnist", "validation")

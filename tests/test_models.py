@@ -13,6 +13,7 @@ from frostline.errors import ConfigError
 from frostline.models import MODELS, create_model, list_models, register_model
 
 NAMES = ["mobilenetv2", "resnet", "vgg", "vit"]
+PRETRAINED = ["efficientnet-lite0", "minilm"]  # frostline.pretrained; tested in test_pretrained.py
 # (smaller, larger) sizes per model for the width / depth scaling checks
 WIDTHS = {"resnet": (8, 16), "vgg": (8, 16), "mobilenetv2": (8, 16), "vit": (32, 64)}
 DEPTHS = {"resnet": (1, 2), "vgg": (1, 3), "mobilenetv2": (1, 2), "vit": (2, 4)}
@@ -38,8 +39,8 @@ def build(name: str, **kwargs) -> nn.Sequential:
 
 
 def test_registry_lists_all_models():
-    assert list_models() == NAMES
-    assert set(MODELS) == set(NAMES)
+    assert list_models() == sorted(NAMES + PRETRAINED)
+    assert set(MODELS) == set(NAMES + PRETRAINED)
     assert all(callable(fn) for fn in MODELS.values())
 
 
@@ -59,7 +60,7 @@ def test_register_model_decorator_adds_and_create_model_finds_it():
             register_model("_tiny_test_model")(lambda **kw: None)
     finally:
         MODELS.pop("_tiny_test_model", None)
-    assert list_models() == NAMES
+    assert list_models() == sorted(NAMES + PRETRAINED)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -108,7 +108,7 @@ def collect(cfg, out, *, tailor_size: int = 1024, snapshots_per_epoch: int = 30,
     seed = cfg.seed if record_seed is None else record_seed
     rec_cfg = replace(base, out=str(out / "recording"), seed=seed)
     data = load_dataset(rec_cfg.dataset, val_size=rec_cfg.val_size, train_subset=rec_cfg.train_subset,
-                        test_subset=rec_cfg.test_subset, seed=rec_cfg.seed)
+                        test_subset=rec_cfg.test_subset, seed=rec_cfg.seed, max_length=rec_cfg.max_length)
     like = create_model(rec_cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
                         image_size=data.image_size, width=rec_cfg.width, depth=rec_cfg.depth)
     reference = load_reference(ref_dir, like, rec_cfg.model)
