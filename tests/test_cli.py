@@ -85,7 +85,10 @@ def test_interrupted_run_leaves_readable_results(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "frostline", "train", "--epochs", "50", "--log-every", "1", "--train-subset", "1024",
          "--val-size", "128", "--test-subset", "128", "--batch-size", "32", "--no-progress", "--out", str(out)],
-        env=env, stderr=subprocess.PIPE, text=True)
+        env=env, stderr=subprocess.PIPE, text=True,
+        # a test run started in the background (`cmd &`) inherits an ignored SIGINT, and Python then
+        # installs no KeyboardInterrupt handler: give the child the default disposition back
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         if (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3:
