@@ -6,7 +6,7 @@ import json
 import pytest
 
 from frostline.cli import main
-from frostline.compare import RESULTS_BEGIN, RESULTS_END, Suite, run_suite, update_readme
+from frostline.compare import Suite, results_markers, run_suite, update_readme, suite_cells, SUITES
 from frostline.errors import ConfigError, FrostlineError
 
 TINY = {"epochs": 1, "train_subset": 384, "val_size": 64, "test_subset": 256, "batch_size": 64, "width": 8,
@@ -39,7 +39,7 @@ def test_time_saved_is_paired_with_the_same_seed_baseline(bench):
     assert row["delta_accuracy"] == pytest.approx(frz["test_accuracy"] - base["test_accuracy"])
     assert row["flops_saved"] == pytest.approx(frz["flops_saved"]) and row["flops_saved"] > 0
     report = (root / "report.md").read_text()
-    assert "| freezeout+cache |" in report and RESULTS_BEGIN in report
+    assert "| freezeout+cache |" in report and results_markers("test")[0] in report
     for png in ("accuracy_vs_time_saved.png", "freezing_moments.png", "memory.png", "predicted_vs_measured.png"):
         assert (root / png).stat().st_size > 1000
 
@@ -59,12 +59,14 @@ def test_finished_cells_are_reused_and_a_broken_one_is_rerun(bench):
 def test_readme_block_is_regenerated_from_the_report(bench, tmp_path):
     suite, root, _ = bench
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\nbefore\n{RESULTS_BEGIN}\nold numbers\n{RESULTS_END}\nafter\n")
+    begin, end = results_markers("test")
+    other = "\n".join(results_markers("quick"))
+    readme.write_text(f"# x\n\nbefore\n{begin}\nold numbers\n{end}\nafter\n{other}\n")
     update_readme(root, readme)
     text = readme.read_text()
     assert "old numbers" not in text and "| freezeout+cache |" in text
-    assert text.startswith("# x\n\nbefore\n") and text.endswith("after\n")
-    assert (tmp_path / "docs/bench/accuracy_vs_time_saved.png").exists()
+    assert text.startswith("# x\n\nbefore\n") and text.endswith(f"after\n{other}\n")  # other suites' blocks stay
+    assert (tmp_path / "docs/bench/test/accuracy_vs_time_saved.png").exists()
     readme.write_text("no markers here\n")
     with pytest.raises(FrostlineError, match="no results block"):
         update_readme(root, readme)
@@ -80,3 +82,13 @@ def test_bad_suites_are_refused_clearly(tmp_path, capsys):
     assert main(["bench", "compare", "--suite", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown suite" in capsys.readouterr().err
     assert main(["bench", "readme", str(tmp_path / "missing")]) == 2
+
+
+def test_finetune_suite_pairs_each_pretrained_model_with_its_dataset_and_settings():
+    cells, skipped = suite_cells(SUITES["finetune"], ["none", "linear", "freezeout", "autofreeze", "smartfrz"])
+    assert not skipped
+    combos = {(c.dataset, c.model) for c in cells}
+    assert combos == {("fine-foods", "minilm"), ("fashion-mnist", "efficientnet-lite0")}
+    minilm = dict(next(c for c in cells if c.model == "minilm" and c.variant == "freezeout+cache").settings)
+    assert minilm["lr"] == 5e-5 and minilm["optimizer"] == "adamw" and minilm["cache"] == "memory"
+    assert len(cells) == 2 * 5 * SUITES["finetune"].seeds
