@@ -19,23 +19,31 @@ FORMAT = "frostline-checkpoint-1"
 REQUIRED = ("format", "model", "optimizer", "freezer", "loop", "rng")
 
 
-def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically as ``directory/checkpoint.pt``; the last good one survives."""
-    directory = Path(directory)
-    path, prev, tmp = directory / CHECKPOINT, directory / PREVIOUS, directory / (CHECKPOINT + ".tmp")
+def atomic_torch_save(obj: Any, path: str | os.PathLike, *, previous: str | os.PathLike | None = None) -> Path:
+    """``torch.save`` to a temporary file, fsync, then rename over ``path`` (and the directory
+    entry fsynced): a crash leaves the old file or the new one, never a torn one. With
+    ``previous``, the old file is kept under that name first."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
+        torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
-    if path.exists():
-        os.replace(path, prev)
+    if previous is not None and path.exists():
+        os.replace(path, previous)
     os.replace(tmp, path)
-    dir_fd = os.open(directory, os.O_RDONLY)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
     return path
+
+
+def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` atomically as ``directory/checkpoint.pt``; the last good one survives."""
+    directory = Path(directory)
+    return atomic_torch_save({"format": FORMAT, **state}, directory / CHECKPOINT, previous=directory / PREVIOUS)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -25,7 +25,9 @@ from .errors import CheckpointError, ConfigError, FrostlineError, ModelError
 from .policies.base import FreezePolicy, Progress
 from .units import GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, freeze_units, units_from_names
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+#: Versions :meth:`Freezer.load_state_dict` still reads (1: no original optimizer layout).
+READABLE_VERSIONS = (1, 2)
 #: Signals the Freezer computes itself; others come from collectors (frostline.signals).
 BUILTIN_SIGNALS = frozenset({"grad_norm"})
 
@@ -104,6 +106,14 @@ class Freezer:
         self._extra_signals = dict(signals or {})
         self._collectors: dict[str, Any] = {}
         self._param_name = {id(p): n for n, p in model.named_parameters()}
+        #: The optimizer's layout as the user's code creates it: parameter names and
+        #: hyperparameters per original group (what a fresh optimizer/scheduler expects).
+        self.original_param_groups = [
+            {**{k: v for k, v in g.items() if k != "params"},
+             "params": [self._param_name[id(p)] for p in g["params"] if id(p) in self._param_name]}
+            for g in optimizer.param_groups
+        ]
+        self._schedulers: list = []
         if units is not None:
             self._setup(units_from_names(model, [[u] if isinstance(u, str) else list(u) for u in units]))
         elif example_input is not None:
@@ -141,15 +151,96 @@ class Freezer:
         own learning rate. Parameters outside every unit keep their original group."""
         unit_of = {id(p): i for i, u in enumerate(self.units) for p in u.params}
         new_groups = []
-        for group in self.optimizer.param_groups:
+        for index, group in enumerate(self.optimizer.param_groups):
             buckets: dict[int | None, list] = {}
             for p in group["params"]:
                 buckets.setdefault(unit_of.get(id(p)), []).append(p)
-            for unit, params in sorted(buckets.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+            # an empty group stays (as one group), so every original group keeps a place
+            for unit, params in sorted(buckets.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)) or [(None, [])]:
                 g = {k: v for k, v in group.items() if k != "params"}
-                g.update(params=params, frostline_unit=unit, frostline_base_lr=group.get("frostline_base_lr", group["lr"]))
+                g.update(params=params, frostline_unit=unit, frostline_base_lr=group.get("frostline_base_lr", group["lr"]),
+                         frostline_group=group.get("frostline_group", index))
                 new_groups.append(g)
         self.optimizer.param_groups[:] = new_groups
+        self._sync_schedulers()
+
+    # -- LR schedulers ---------------------------------------------------------------------
+    def attach_scheduler(self, scheduler) -> None:
+        """Make a torch LR scheduler of this optimizer compose with the policy's per-unit
+        learning rates: a unit's lr becomes (what ``scheduler`` says for its original param
+        group) x (the policy's scale for the unit). Create the scheduler on the optimizer as
+        your code builds it (before the Freezer splits groups: before the first forward, or
+        before ``Freezer(units=...)``); call ``scheduler.step()`` as usual, before or after
+        ``freezer.step()``. Without a scheduler the per-unit lr stays the group's lr at the split.
+
+        Per-group lists of the scheduler (``base_lrs``, ``lr_lambdas``, ...) are expanded when
+        groups are split (so ``zip`` over groups does not silently drop the new ones), and its
+        ``step`` is wrapped (its class becomes a subclass) so that it sees and sets unscaled lrs."""
+        sched = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
+        if any(s is sched for s in self._schedulers):
+            return
+        if getattr(getattr(sched, "optimizer", self.optimizer), "param_groups", None) is not self.optimizer.param_groups:
+            raise ConfigError("the LR scheduler drives a different optimizer than the Freezer's")
+        previous = getattr(type(sched), "_frostline_freezer", None)
+        if previous is not None:  # attached to an earlier Freezer (a second trainer.train()): move it here
+            previous._schedulers = [s for s in previous._schedulers if s is not sched]
+            type(sched)._frostline_freezer = self
+            self._schedulers.append(sched)
+            self._sync_schedulers()
+            return
+        base = type(sched)
+
+        def step(this, *args, **kwargs):
+            freezer = type(this)._frostline_freezer
+            freezer._before_scheduler_step()
+            result = base.step(this, *args, **kwargs)
+            freezer._after_scheduler_step()
+            return result
+
+        sched.__class__ = type(base.__name__, (base,), {
+            "step": step, "_frostline_freezer": self, "__module__": base.__module__,
+            "__qualname__": base.__qualname__})
+        self._schedulers.append(sched)
+        self._sync_schedulers()
+
+    def _group_map(self) -> list[int] | None:
+        """Original group index of every current param group (None when groups are not split)."""
+        groups = self.optimizer.param_groups
+        if not any("frostline_group" in g for g in groups):
+            return None
+        if not all("frostline_group" in g for g in groups):
+            raise FrostlineError("some optimizer param groups were added outside the Freezer after it split them")
+        return [g["frostline_group"] for g in groups]
+
+    def _sync_schedulers(self) -> None:
+        """Expand attached schedulers' per-group lists to the current (split) layout."""
+        mapping = self._group_map()
+        if mapping is None:
+            return
+        for sched in self._schedulers:
+            n = _group_count(vars(sched))
+            if n is None or n == len(mapping):
+                continue
+            if n != len(self.original_param_groups):
+                raise ConfigError(
+                    f"the LR scheduler has {n} param groups, the optimizer {len(mapping)} (split by the Freezer "
+                    f"from {len(self.original_param_groups)}): create the scheduler before the Freezer splits groups")
+            _remap_group_lists(vars(sched), n, mapping)
+
+    def _unit_groups(self):
+        return [g for g in self.optimizer.param_groups if g.get("frostline_unit") is not None]
+
+    def _before_scheduler_step(self) -> None:
+        self._sync_schedulers()
+        for g in self._unit_groups():
+            g["lr"] = g["frostline_base_lr"]  # chainable schedulers must not compound our scale
+
+    def _after_scheduler_step(self) -> None:
+        groups = self._unit_groups()
+        for g in groups:
+            g["frostline_base_lr"] = g["lr"]
+        if groups and self.ready:
+            self._apply_lr(self.progress)
 
     # -- the step --------------------------------------------------------------------------
     @property
@@ -301,6 +392,7 @@ class Freezer:
             "total_steps": self.total_steps,
             "timeline": [asdict(e) for e in self.timeline],
             "policy": self.policy.state_dict(),
+            "original_param_groups": self.original_param_groups,
             "param_groups": [
                 {**{k: v for k, v in g.items() if k != "params"},
                  "params": [self._param_name[id(p)] for p in g["params"]]}
@@ -310,8 +402,10 @@ class Freezer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore units, frozen set, policy and param-group layout. Call this *before*
-        ``optimizer.load_state_dict`` so the optimizer's groups match the saved ones."""
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        ``optimizer.load_state_dict`` so the optimizer's groups match the saved ones, or *after*
+        loading a state converted by :mod:`frostline.integrations.layout` (original layout): the
+        per-parameter state just loaded is kept, and attached schedulers are expanded."""
+        if not isinstance(state, dict) or state.get("version") not in READABLE_VERSIONS:
             raise CheckpointError("not a frostline Freezer state (or from an incompatible version)")
         if state["total_steps"] != self.total_steps:
             raise CheckpointError(
@@ -337,7 +431,10 @@ class Freezer:
         self.frozen = set(state["frozen"])
         for i in self.frozen:
             self._detach_from_training(units[i])
+        if "original_param_groups" in state:
+            self.original_param_groups = state["original_param_groups"]
         self._restore_param_groups(state["param_groups"])
+        self._sync_schedulers()
         self._apply_lr(self.progress)
 
     def _restore_param_groups(self, saved: list[dict[str, Any]]) -> None:
@@ -351,3 +448,28 @@ class Freezer:
             if id(p) not in kept:
                 del self.optimizer.state[p]
         self.optimizer.param_groups[:] = groups
+
+
+#: Scheduler attributes that are lists but not one entry per param group.
+_NOT_PER_GROUP = frozenset({"_milestones", "milestones", "_schedulers"})
+
+
+def _group_count(scheduler_state: dict[str, Any]) -> int | None:
+    """Number of param groups a scheduler's (state) dict is laid out for."""
+    for key in ("base_lrs", "min_lrs", "_last_lr"):
+        if isinstance(scheduler_state.get(key), list):
+            return len(scheduler_state[key])
+    return None
+
+
+def _remap_group_lists(scheduler_state: dict[str, Any], n: int, mapping: Sequence[int]) -> None:
+    """In place: every per-group list of length ``n`` becomes ``[old[i] for i in mapping]``;
+    nested schedulers (SequentialLR, ChainedScheduler) are remapped too."""
+    for key, value in list(scheduler_state.items()):
+        if key in _NOT_PER_GROUP:
+            for sub in value if isinstance(value, list) else ():
+                sub_state = sub if isinstance(sub, dict) else getattr(sub, "__dict__", None)
+                if sub_state is not None and _group_count(sub_state) == n:
+                    _remap_group_lists(sub_state, n, mapping)
+        elif isinstance(value, list) and len(value) == n:
+            scheduler_state[key] = [value[i] for i in mapping]

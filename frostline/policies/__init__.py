@@ -49,7 +49,20 @@ def create_policy(name: str, **kwargs) -> FreezePolicy:
     return cls(**kwargs)
 
 
+def as_policy(policy, **kwargs) -> FreezePolicy:
+    """A policy object as given, or built from a method name with ``kwargs`` (what the
+    framework callbacks accept); anything else is a clear error."""
+    if isinstance(policy, str):
+        return create_policy(policy, **kwargs)
+    if kwargs:
+        raise ConfigError("policy hyperparameters only apply when the policy is given by name")
+    if not isinstance(policy, FreezePolicy):
+        raise ConfigError(f"policy must be a FreezePolicy or a method name, got {type(policy).__name__}")
+    return policy
+
+
 __all__ = [
+    "as_policy",
     "FreezePolicy",
     "NoFreezing",
     "LinearFreezing",

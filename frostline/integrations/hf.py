@@ -1,0 +1,136 @@
+"""Progressive freezing inside the Hugging Face ``Trainer``::
+
+    from frostline.integrations.hf import FrostlineCallback
+    trainer = Trainer(model, args, train_dataset=..., callbacks=[FrostlineCallback(policy="freezeout")])
+
+The callback builds a :class:`frostline.Freezer` on the Trainer's model and optimizer when training
+begins, counts progress in the Trainer's optimizer steps (``state.global_step`` out of
+``state.max_steps``), keeps the Trainer's LR scheduler driving every param group that remains
+(per-unit scales of FreezeOut are multiplied onto it: :meth:`Freezer.attach_scheduler`), and makes
+``trainer.train(resume_from_checkpoint=...)`` exact: every checkpoint folder gets ``frostline.pt``
+and its ``optimizer.pt``/``scheduler.pt`` are rewritten in the layout a fresh Trainer creates.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+try:
+    from transformers import TrainerCallback
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "frostline.integrations.hf needs the Hugging Face transformers and accelerate packages: "
+        "pip install 'frostline[hf]'"
+    ) from e
+
+from ..errors import CheckpointError, FrostlineError
+from ..freezer import Freezer
+from ..policies import FreezePolicy, as_policy
+from ..checkpoint import atomic_torch_save
+from .layout import optimizer_state_in_original_layout, scheduler_state_in_original_layout
+
+#: The Freezer's state inside each ``checkpoint-<step>`` folder.
+STATE_FILE = "frostline.pt"
+_OPTIMIZER_FILE = "optimizer.pt"  # transformers.trainer.OPTIMIZER_NAME
+_SCHEDULER_FILE = "scheduler.pt"  # transformers.trainer.SCHEDULER_NAME
+
+
+class FrostlineCallback(TrainerCallback):
+    """Freeze units of the Trainer's model as ``policy`` decides (a
+    :class:`~frostline.policies.FreezePolicy` or a method name such as ``"freezeout"``).
+
+    ``units``, ``granularity`` and ``freeze_head`` are passed to the :class:`~frostline.Freezer`.
+    On resume the Freezer's state is read from ``<output_dir>/checkpoint-<global_step>/frostline.pt``;
+    ``resume_from`` (a checkpoint folder or a ``frostline.pt`` file) points elsewhere, e.g. when
+    ``resume_from_checkpoint`` is not under ``output_dir``. The live Freezer is ``callback.freezer``
+    (its ``timeline``, ``frozen``, ``frozen_at()``).
+    """
+
+    def __init__(
+        self,
+        policy: FreezePolicy | str,
+        *,
+        units: Sequence | None = None,
+        granularity: str = "block",
+        freeze_head: bool = False,
+        resume_from: str | os.PathLike | None = None,
+    ):
+        self.policy = as_policy(policy)
+        self.units = units
+        self.granularity = granularity
+        self.freeze_head = freeze_head
+        self.resume_from = resume_from
+        self.freezer: Freezer | None = None
+
+    # -- hooks ---------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if model is None or optimizer is None:
+            raise FrostlineError("FrostlineCallback needs the Trainer's model and optimizer at on_train_begin")
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+        self.freezer = Freezer(
+            model, optimizer, copy.deepcopy(self.policy), int(state.max_steps),
+            units=self.units, granularity=self.granularity, freeze_head=self.freeze_head,
+        )
+        if lr_scheduler is not None:
+            self.freezer.attach_scheduler(lr_scheduler)
+        if state.global_step > 0:
+            self._resume(args, state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        freezer = self._require_freezer()
+        if freezer.step_count != state.global_step - 1:
+            warnings.warn(
+                f"the Freezer counted {freezer.step_count} steps but the Trainer is at step {state.global_step - 1}; "
+                "following the Trainer", stacklevel=2)
+            freezer.step_count = state.global_step - 1
+        freezer.step()
+
+    def on_save(self, args, state, control, **kwargs):
+        freezer = self._require_freezer()
+        if not args.should_save:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not folder.is_dir():
+            warnings.warn(f"no checkpoint folder {folder}: the frostline state was not saved", stacklevel=2)
+            return
+        atomic_torch_save(freezer.state_dict(), folder / STATE_FILE)
+        path = folder / _OPTIMIZER_FILE
+        if path.exists():
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+            atomic_torch_save(optimizer_state_in_original_layout(freezer, saved), path)
+        path = folder / _SCHEDULER_FILE
+        if path.exists() and freezer._schedulers:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+            atomic_torch_save(scheduler_state_in_original_layout(freezer, saved), path)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _require_freezer(self) -> Freezer:
+        if self.freezer is None:
+            raise FrostlineError("FrostlineCallback was not started: pass it to Trainer(callbacks=[...])")
+        return self.freezer
+
+    def _resume(self, args, state) -> None:
+        where = Path(self.resume_from) if self.resume_from is not None else (
+            Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        path = where / STATE_FILE if where.is_dir() or where.suffix != ".pt" else where
+        if not path.is_file():
+            raise CheckpointError(
+                f"resuming at step {state.global_step} but there is no frostline state at {path}: pass "
+                "FrostlineCallback(..., resume_from='<checkpoint folder>') when the checkpoint is not "
+                f"{Path(args.output_dir) / f'checkpoint-{state.global_step}'}, or resume from a checkpoint "
+                "saved with the callback")
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+        if isinstance(saved, dict) and saved.get("step") != state.global_step:
+            raise CheckpointError(
+                f"{path} is from step {saved.get('step')}, the Trainer resumed at step {state.global_step}: "
+                "point resume_from at the matching checkpoint")
+        self.freezer.load_state_dict(saved)

@@ -1,0 +1,274 @@
+"""PyTorch Lightning integration: progressive freezing as a ``Callback``.
+
+::
+
+    from frostline.integrations.lightning import FrostlineCallback
+    trainer = L.Trainer(callbacks=[FrostlineCallback(policy="freezeout")])
+
+Hooks (Lightning 2.x; ``pytorch_lightning`` works too):
+
+* ``on_train_start`` -- the optimizer exists, the model is on its device and wrapped, and on a
+  resume Lightning has already loaded the optimizer and scheduler states: the :class:`Freezer` is
+  made here (and a saved Freezer state re-applied). Units are traced during the first training
+  batch (``on_before_backward`` ends the trace, before the first optimizer step) unless
+  ``units=`` names them.
+* ``on_train_batch_end`` -- ``freezer.step()`` once per *optimizer* step: only when
+  ``trainer.global_step`` advanced, so gradient accumulation steps the Freezer once per
+  ``accumulate_grad_batches`` batches.
+* ``state_dict``/``load_state_dict`` -- the Freezer state travels in ``checkpoint["callbacks"]``.
+  ``on_save_checkpoint`` rewrites ``checkpoint["optimizer_states"]`` and ``["lr_schedulers"]``
+  into the optimizer's *original* layout (frozen parameters back in their groups, FreezeOut's
+  per-unit groups merged), because on resume Lightning loads them into a fresh optimizer made by
+  ``configure_optimizers`` before any callback can change it.
+* DDP (``strategy="ddp"``): decisions go through :class:`frostline.distributed.DecisionSync`
+  (rank 0's decision is every rank's; a rank that diverged raises ``DistributedError``) and after
+  each freeze the ``DistributedDataParallel`` wrapper (``trainer.strategy.model``) is rebuilt on
+  every rank over the parameters that still train, so frozen parameters stop being all-reduced
+  and DDP's reducer never waits for a gradient that will not come.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Any, Sequence
+
+from ..errors import ConfigError, FrostlineError
+from ..freezer import Freezer
+from ..policies import FreezePolicy, as_policy
+from ..units import ExecutionOrderRecorder, freeze_units
+
+
+def _import_lightning():
+    try:
+        import lightning.pytorch as pl  # noqa: F401
+
+        return pl
+    except ImportError:
+        pass
+    try:
+        import pytorch_lightning as pl  # noqa: F401
+
+        return pl
+    except ImportError:
+        raise ImportError(
+            "frostline.integrations.lightning needs PyTorch Lightning: pip install 'frostline[lightning]' "
+            "(or pip install lightning)"
+        ) from None
+
+
+_pl = _import_lightning()
+
+
+class FrostlineCallback(_pl.Callback):
+    """Progressive layer freezing inside a Lightning ``Trainer``.
+
+    ``policy``: a :class:`~frostline.FreezePolicy` or a method name for
+    :func:`frostline.create_policy` (then ``policy_kwargs`` are its hyperparameters).
+    ``units``/``granularity``/``freeze_head``/``signals`` go to :class:`~frostline.Freezer`.
+    ``units`` are module names relative to the LightningModule (e.g. ``"net.block1_1"``); without
+    them the units are traced from the first training batch. The run length the policy sees is
+    ``trainer.estimated_stepping_batches`` optimizer steps. One optimizer per LightningModule.
+    ``sync_ranks`` (default: whenever more than one process trains) uses
+    :class:`~frostline.distributed.DecisionSync`; ``rebuild_ddp`` re-wraps DDP after a freeze.
+    """
+
+    def __init__(
+        self,
+        policy: FreezePolicy | str = "linear",
+        *,
+        policy_kwargs: dict[str, Any] | None = None,
+        units: Sequence | None = None,
+        granularity: str = "block",
+        freeze_head: bool = False,
+        signals: dict[str, Any] | None = None,
+        sync_ranks: bool | None = None,
+        rebuild_ddp: bool = True,
+    ):
+        super().__init__()
+        self.policy = as_policy(policy, **(policy_kwargs or {}))
+        self.units = units
+        self.granularity = granularity
+        self.freeze_head = freeze_head
+        self.signals = signals
+        self.sync_ranks = sync_ranks
+        self.rebuild_ddp = rebuild_ddp
+        self.freezer: Freezer | None = None
+        #: DDP wrappers made after freezes (on every rank).
+        self.ddp_rebuilds = 0
+        self._pending_state: dict[str, Any] | None = None
+        self._recorder: ExecutionOrderRecorder | None = None
+        self._last_global_step = 0
+        self._start_step = 0
+        self._deferred = None
+        self._trainer = None
+
+    # -- set-up -----------------------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        return f"FrostlineCallback[{self.policy.name}]"
+
+    def _optimizer(self, trainer):
+        optimizers = trainer.optimizers
+        if len(optimizers) != 1:
+            raise ConfigError(
+                f"FrostlineCallback supports exactly one optimizer, configure_optimizers returned {len(optimizers)}")
+        return optimizers[0]
+
+    def _make_sync(self, trainer):
+        distributed = trainer.world_size > 1
+        if self.sync_ranks is False or not (distributed or self.sync_ranks):
+            return None
+        from ..distributed import DecisionSync
+
+        return DecisionSync(on_freeze=self._on_freeze)
+
+    def _check_strategy(self, trainer) -> None:
+        name = type(trainer.strategy).__name__
+        if any(k in name for k in ("FSDP", "DeepSpeed", "ModelParallel", "XLA")):
+            raise ConfigError(
+                f"FrostlineCallback supports single-device training and DDP, not {name}: sharded strategies "
+                "flatten or shard parameters, so a unit cannot leave the optimizer on its own")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._check_strategy(trainer)
+        self._trainer = trainer
+        self.ddp_rebuilds = 0
+        optimizer = self._optimizer(trainer)
+        total_steps = trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps) or total_steps <= 0:
+            raise ConfigError(
+                "FrostlineCallback needs a known run length: give the Trainer max_epochs or max_steps "
+                f"(estimated_stepping_batches is {total_steps})")
+        total_steps = int(total_steps)
+        self._last_global_step = trainer.global_step
+        # a fresh copy per fit: a policy's history must not leak from one fit into the next
+        policy = copy.deepcopy(self.policy)
+        common = dict(granularity=self.granularity, freeze_head=self.freeze_head,
+                      sync=self._make_sync(trainer), signals=self.signals)
+        self._start_step = 0
+        if self._pending_state is not None:
+            # resume: Lightning has loaded the optimizer and schedulers (original layout, written
+            # by on_save_checkpoint); take the frozen parameters back out, split groups again,
+            # restore the policy.
+            state, self._pending_state = self._pending_state, None
+            self.freezer = Freezer(pl_module, optimizer, policy, total_steps, units=state["units"], **common)
+            self._attach_schedulers(trainer)
+            self.freezer.load_state_dict(state)
+            if self.freezer.step_count != trainer.global_step:
+                raise FrostlineError(
+                    f"the checkpoint's Freezer is at step {self.freezer.step_count} but the trainer at "
+                    f"global step {trainer.global_step}: the checkpoint was not written by this callback's run")
+            if self.freezer.frozen and self.rebuild_ddp:
+                self._rebuild_ddp()
+            return
+        if trainer.global_step > 0:
+            warnings.warn(
+                f"resuming at global step {trainer.global_step} from a checkpoint without frostline state: the "
+                "policy starts there with nothing frozen", stacklevel=2)
+            self._start_step = trainer.global_step
+        if self.units is not None:
+            self.freezer = Freezer(pl_module, optimizer, policy, total_steps, units=self.units, **common)
+            self._started()
+        else:
+            self.freezer = None
+            self._deferred = (policy, total_steps, common)
+            self._recorder = ExecutionOrderRecorder(pl_module, lambda order: None)
+
+    def _started(self) -> None:
+        self.freezer.step_count = self._start_step
+        self._attach_schedulers(self._trainer)
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        # The first training forward has run: its execution order gives the units, and the Freezer
+        # exists before the first optimizer step (FreezeOut's per-unit learning rates apply to it).
+        if self._recorder is None or not trainer.training:
+            return
+        recorder, self._recorder = self._recorder, None
+        recorder.detach()
+        traced = freeze_units(pl_module, self.granularity, execution_order=recorder.order)
+        policy, total_steps, common = self._deferred
+        self.freezer = Freezer(pl_module, self._optimizer(trainer), policy, total_steps,
+                               units=[u.module_names for u in traced], **common)
+        self._started()
+
+    def _attach_schedulers(self, trainer) -> None:
+        for config in trainer.lr_scheduler_configs:
+            self.freezer.attach_scheduler(config.scheduler)
+
+    # -- the step ----------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._last_global_step:
+            return  # accumulating gradients: no optimizer step on this batch
+        steps = trainer.global_step - self._last_global_step
+        self._last_global_step = trainer.global_step
+        if self.freezer is None:
+            raise FrostlineError("FrostlineCallback: an optimizer step ran before any training forward was traced")
+        for _ in range(steps):
+            newly = self.freezer.step()
+            if newly and self.freezer.sync is None:
+                self._on_freeze(newly)  # with a DecisionSync, its applied() called this already
+
+    def _on_freeze(self, newly: list[int]) -> None:
+        if self.rebuild_ddp:
+            self._rebuild_ddp()
+
+    def _rebuild_ddp(self) -> None:
+        """New ``DistributedDataParallel`` over the parameters still training (every rank, same
+        step: the decision is synchronised). The old reducer's autograd hooks go first so it never
+        sees another gradient."""
+        trainer = self._trainer
+        if trainer is None:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        strategy = trainer.strategy
+        wrapper = getattr(strategy, "model", None)
+        if not isinstance(wrapper, DistributedDataParallel) or not hasattr(strategy, "configure_ddp"):
+            return
+        module = strategy.lightning_module
+        if not any(p.requires_grad for p in module.parameters()):
+            return  # nothing left to reduce; never happens with the head kept trainable
+        wrapper.reducer._remove_autograd_hooks()
+        strategy.model = module
+        strategy.configure_ddp()
+        self.ddp_rebuilds += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._recorder is not None:
+            self._recorder.detach()
+            self._recorder = None
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self.freezer is None or not self.freezer.ready:
+            return {}
+        return {"freezer": self.freezer.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_state = state_dict.get("freezer") if state_dict else None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        """Write the optimizer and scheduler states in the layout ``configure_optimizers`` makes,
+        which is what Lightning loads them into on resume (before this callback runs)."""
+        if self.freezer is None or not self.freezer.ready:
+            return
+        from .layout import optimizer_state_in_original_layout, scheduler_state_in_original_layout
+
+        if "optimizer_states" in checkpoint:
+            checkpoint["optimizer_states"] = [
+                optimizer_state_in_original_layout(self.freezer, s) for s in checkpoint["optimizer_states"]]
+        if "lr_schedulers" in checkpoint:
+            checkpoint["lr_schedulers"] = [
+                scheduler_state_in_original_layout(self.freezer, s) for s in checkpoint["lr_schedulers"]]
+
+    @property
+    def frozen_units(self) -> list[str]:
+        """Names of the units frozen so far."""
+        if self.freezer is None or not self.freezer.ready:
+            return []
+        return [self.freezer.unit_names[i] for i in sorted(self.freezer.frozen)]
+
+
+__all__ = ["FrostlineCallback"]

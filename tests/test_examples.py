@@ -1,0 +1,33 @@
+"""The runnable examples in examples/, each in a shortened form (same code path, less data)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_efficientnet_finetune_example_trains_and_freezes():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    result = load("efficientnet_finetune").main(["--epochs", "1", "--train-subset", "256", "--test-subset", "256"])
+    assert result["frozen"] == 17  # linear from 10 %: everything but the head by the end
+    assert result["test_accuracy"] > 20  # pretrained features after 4 steps (about 33 % here); chance is 10 %
+
+
+def test_hf_minilm_example_trains_with_the_callback(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("rdata")
+    result = load("hf_minilm_finefoods").main(["--epochs", "1", "--train-subset", "128", "--test-subset", "128",
+                                               "--max-length", "32", "--out", str(tmp_path)])
+    assert result["frozen"] > 0
+    assert 0 <= result["test_accuracy"] <= 100

@@ -1,0 +1,158 @@
+"""frostline.integrations.hf.FrostlineCallback inside a real Hugging Face Trainer (tiny BERT, CPU)."""
+
+import math
+import shutil
+import zlib
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from frostline import CheckpointError, FreezeOut  # noqa: E402
+from frostline.integrations.hf import STATE_FILE, FrostlineCallback  # noqa: E402
+from frostline.policies.freezeout import freezeout_times  # noqa: E402
+
+torch.set_num_threads(1)
+MAX_STEPS, SAVE_AT, WARMUP, LR, SEQ, VOCAB = 12, 6, 2, 1e-3, 16, 256
+POLICY = dict(t_0=0.3, schedule="linear")
+FALLBACK = [  # used when the fine-food reviews (r-cran-modeldata + rdata) are not installed
+    "great coffee strong and smooth i buy it every month", "the cookies arrived broken and stale",
+    "my dog loves these treats and they are healthy", "too sweet for my taste would not buy again",
+    "excellent tea with a fresh clean flavor", "the package was damaged and half empty",
+    "best pasta sauce i have tried in years", "tastes like cardboard save your money",
+]
+
+
+def _texts(n=32):
+    try:
+        from frostline.finefoods import read_reviews
+
+        texts, labels = read_reviews("train")
+        return list(texts[:n]), [int(v) for v in labels[:n]]
+    except Exception:  # noqa: BLE001 - data not installed: small real-text fallback
+        texts = [FALLBACK[i % len(FALLBACK)] for i in range(n)]
+        return texts, [i % 2 for i in range(n)]
+
+
+class Reviews(torch.utils.data.Dataset):
+    """Reviews as fixed-length token ids from a hashing word tokenizer (deterministic, no downloads)."""
+
+    def __init__(self):
+        texts, labels = _texts()
+        self.items = []
+        for text, label in zip(texts, labels):
+            ids = [1] + [2 + zlib.crc32(w.encode()) % (VOCAB - 2) for w in text.lower().split()][: SEQ - 1]
+            mask = [1] * len(ids) + [0] * (SEQ - len(ids))
+            self.items.append({"input_ids": torch.tensor(ids + [0] * (SEQ - len(ids))),
+                               "attention_mask": torch.tensor(mask), "labels": torch.tensor(label)})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def _model():
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=SEQ, num_labels=2)
+    return transformers.BertForSequenceClassification(config)
+
+
+def _trainer(out, callbacks, model=None):
+    torch.set_num_threads(1)  # every run with the same threads (conftest sets 2 per test), so sums match bit for bit
+    args = transformers.TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=8, max_steps=MAX_STEPS, learning_rate=LR,
+        lr_scheduler_type="linear", warmup_steps=WARMUP, weight_decay=0.01, save_strategy="steps",
+        save_steps=SAVE_AT, use_cpu=True, dataloader_num_workers=0, seed=0, report_to=[], disable_tqdm=True,
+        logging_strategy="no")
+    return transformers.Trainer(model=model or _model(), args=args, train_dataset=Reviews(), callbacks=callbacks)
+
+
+def _hf_linear(step):
+    return step / WARMUP if step < WARMUP else max(0.0, (MAX_STEPS - step) / (MAX_STEPS - WARMUP))
+
+
+class Recorder(transformers.TrainerCallback):
+    """Runs after FrostlineCallback: what the optimizer will use for the next step."""
+
+    def __init__(self, frost):
+        self.frost, self.rows, self.params_at = frost, [], {}
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        freezer = self.frost.freezer
+        groups = [(g.get("frostline_unit"), g["lr"], len(g["params"])) for g in optimizer.param_groups]
+        self.rows.append((state.global_step, set(freezer.frozen), groups, freezer.policy.lr_scales(freezer.progress)))
+        for i in freezer.frozen:
+            self.params_at.setdefault(i, [p.detach().clone() for p in freezer.units[i].params])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hf_run")
+    frost = FrostlineCallback(FreezeOut(**POLICY))
+    recorder = Recorder(frost)
+    trainer = _trainer(out, [frost, recorder])
+    trainer.train()
+    return out, trainer, frost, recorder
+
+
+def test_freezes_at_the_right_steps_and_frozen_params_stay_put(uninterrupted):
+    _, trainer, frost, recorder = uninterrupted
+    freezer = frost.freezer
+    assert freezer.step_count == MAX_STEPS
+    times = freezeout_times(len(freezer.units), **POLICY)
+    want = {i: math.ceil(t * MAX_STEPS - 1e-9) for i, t in enumerate(times[:-1]) if t * MAX_STEPS <= MAX_STEPS}
+    assert {e.index: e.step for e in freezer.timeline} == want
+    head = len(freezer.units) - 1
+    assert head not in freezer.frozen and freezer.units[head].name == "classifier"
+    assert all(p.requires_grad for p in freezer.units[head].params)
+    in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    for i in freezer.frozen:
+        for before, p in zip(recorder.params_at[i], freezer.units[i].params):
+            assert not p.requires_grad and p.grad is None and id(p) not in in_optimizer
+            assert id(p) not in {id(q) for q in trainer.optimizer.state}
+            assert torch.equal(before, p)  # no update after the freeze
+        assert all(not m.training for m in freezer.units[i].modules)  # Trainer's model.train() did not undo it
+    assert frost.freezer.units[0].modules[0].training is False
+
+
+def test_every_group_follows_hf_schedule_times_freezeout_scale(uninterrupted):
+    _, _, frost, recorder = uninterrupted
+    assert len({g[0] for g in recorder.rows[0][2]}) == len(frost.freezer.units)  # split per unit
+    assert len(recorder.rows[0][2]) == 2 * len(frost.freezer.units)  # x (decay, no-decay) groups
+    checked = 0
+    for step, frozen, groups, scales in recorder.rows:
+        for unit, lr, n in groups:
+            want = LR * _hf_linear(step) * (1.0 if unit is None else scales[unit])
+            assert lr == pytest.approx(want, rel=1e-9, abs=1e-15), (step, unit)
+            checked += n > 0 and want > 0
+    assert checked > 20  # the zip() pitfall would leave most groups unscheduled
+
+
+def test_resume_matches_an_uninterrupted_run(uninterrupted):
+    out, trainer, frost, _ = uninterrupted
+    checkpoint = out / f"checkpoint-{SAVE_AT}"
+    saved = torch.load(checkpoint / STATE_FILE, weights_only=False)
+    assert saved["step"] == SAVE_AT and saved["frozen"]  # saved after a freeze
+    assert len(torch.load(checkpoint / "optimizer.pt", weights_only=False)["param_groups"]) == 2  # original layout
+    frost2 = FrostlineCallback(FreezeOut(**POLICY))
+    resumed = _trainer(out, [frost2])
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert frost2.freezer.timeline == frost.freezer.timeline
+    for (name, a), b in zip(trainer.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_resume_without_frostline_state_is_a_clear_error(uninterrupted, tmp_path):
+    out, _, _, _ = uninterrupted
+    checkpoint = tmp_path / f"checkpoint-{SAVE_AT}"
+    shutil.copytree(out / f"checkpoint-{SAVE_AT}", checkpoint)
+    (checkpoint / STATE_FILE).unlink()
+    trainer = _trainer(tmp_path, [FrostlineCallback(FreezeOut(**POLICY))])
+    with pytest.raises(CheckpointError, match="resume_from") as err:
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert str(checkpoint / STATE_FILE) in str(err.value)
