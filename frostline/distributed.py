@@ -27,6 +27,7 @@ Why each piece exists
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from typing import Callable, Iterable
 
@@ -89,9 +90,17 @@ def init_from_env(device_name: str = "auto") -> torch.device | None:
     return device
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group. After a clean run every rank first waits for the others, so none
+    tears its connections down while a peer is still talking to it; the garbage collector then
+    frees DDP reducers left in reference cycles (they hold the group, and a gloo group destroyed
+    during interpreter shutdown can abort the process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if clean and dist.get_world_size() > 1:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 # -- data ------------------------------------------------------------------------------------

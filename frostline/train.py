@@ -301,11 +301,14 @@ def train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
     ``torchrun`` with several processes, it joins their process group (and leaves it at the end);
     see :mod:`frostline.distributed`."""
     owns_group = distributed.launched_by_torchrun() and not distributed.is_distributed()
+    clean = False
     try:
-        return _train(cfg, policy)
+        summary = _train(cfg, policy)
+        clean = True
+        return summary
     finally:
         if owns_group:
-            distributed.shutdown()
+            distributed.shutdown(clean)
 
 
 def _train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
