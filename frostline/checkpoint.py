@@ -1,5 +1,5 @@
 """Crash-safe checkpoints: written to a temporary file, fsynced, then renamed over the old one,
-which is first kept as ``checkpoint.prev.pt``. A torn or corrupted newest file falls back to the
+which is first kept (hard-linked) as ``checkpoint.prev.pt``. A torn or corrupted newest file falls back to the
 previous good one, so a crash at any moment never loses what was already written."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, *, previous: str | os.P
         f.flush()
         os.fsync(f.fileno())
     if previous is not None and path.exists():
-        os.replace(path, previous)
+        _keep_as(path, Path(previous))
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -38,6 +38,21 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, *, previous: str | os.P
     finally:
         os.close(dir_fd)
     return path
+
+
+def _keep_as(path: Path, previous: Path) -> None:
+    """Give ``path``'s current content the name ``previous`` while ``path`` itself stays in
+    place (a hard link, renamed over the old ``previous``): a crash before the new file is renamed
+    in then still finds the old newest file under its own name. Where the file system has no hard
+    links, fall back to a rename, which leaves only ``previous`` for that instant."""
+    link = previous.with_name(previous.name + ".tmp")
+    try:
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+    except OSError:
+        os.replace(path, previous)
+        return
+    os.replace(link, previous)
 
 
 def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
