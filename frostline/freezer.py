@@ -124,6 +124,25 @@ class Freezer:
             )
 
     # -- set-up ----------------------------------------------------------------------------
+    def finish_trace(self) -> None:
+        """Find the units from the modules the first forward ran so far. The trace normally ends
+        by itself when the model's own ``forward`` returns; call this where a framework runs the
+        model's submodules but never its root ``forward`` (a LightningModule's ``training_step``
+        calling ``self.net(x)``). Nothing happens once the units are known."""
+        if self._recorder is None:
+            return
+        recorder = self._recorder
+        recorder.detach()
+        if not recorder.order:
+            raise FrostlineError("the Freezer's unit trace saw no module run: call finish_trace() after a forward pass")
+        self._setup(freeze_units(self.model, self.granularity, execution_order=recorder.order))
+
+    def detach_trace(self) -> None:
+        """Stop waiting for a first forward (training ended before any batch)."""
+        if self._recorder is not None:
+            self._recorder.detach()
+            self._recorder = None
+
     def _setup(self, units: list[FreezeUnit]) -> None:
         self._recorder = None
         self.units = units
@@ -412,9 +431,7 @@ class Freezer:
                 f"saved run had total_steps={state['total_steps']}, this one {self.total_steps}: "
                 "resume with the same epochs, batch size and data"
             )
-        if self._recorder is not None:
-            self._recorder.detach()
-            self._recorder = None
+        self.detach_trace()
         try:
             units = units_from_names(self.model, state["units"])
         except ModelError as e:

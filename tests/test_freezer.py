@@ -114,6 +114,24 @@ def test_units_are_found_lazily_from_the_first_forward(batch):
     assert freezer.unit_names == [n for n, _ in model.named_children()]
 
 
+def test_finish_trace_ends_a_trace_whose_root_forward_never_ran(batch):
+    """Frameworks may run a model's children without its own forward (Lightning's training_step
+    calling self.net(x)): finish_trace() takes the units from what ran."""
+    x, _ = batch
+    model, optimizer, freezer = _setup(LinearFreezing(freeze_start=0.0), total=4)
+    with pytest.raises(FrostlineError, match="saw no module run"):
+        freezer.finish_trace()
+    model, optimizer, freezer = _setup(LinearFreezing(freeze_start=0.0), total=4)
+    out = x
+    for child in model.children():  # the model's layers, called one by one
+        out = child(out)
+    assert not freezer.ready
+    freezer.finish_trace()
+    assert freezer.unit_names == [n for n, _ in model.named_children()]
+    freezer.finish_trace()  # a second call changes nothing
+    assert freezer.unit_names == [n for n, _ in model.named_children()]
+
+
 def test_freezeout_learning_rates_follow_the_per_unit_cosine(batch):
     x, y = batch
     total = 20

@@ -25,16 +25,20 @@ BATCH = 64  # fmnist fixture: 512 training images -> 8 batches an epoch
 
 
 class Net(L.LightningModule):
-    def __init__(self, scheduler: bool = False, lr: float = 0.05):
+    def __init__(self, scheduler: bool = False, lr: float = 0.05, via_forward: bool = False):
         super().__init__()
         torch.manual_seed(0)
         self.net = create_model("resnet", width=8, depth=1)  # units: stem, 3 blocks, head
         self.scheduler = scheduler
         self.lr = lr
+        self.via_forward = via_forward  # training_step calls self(x) rather than self.net(x)
+
+    def forward(self, x):
+        return self.net(x)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        return F.cross_entropy(self.net(x), y)
+        return F.cross_entropy(self(x) if self.via_forward else self.net(x), y)
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -110,11 +114,12 @@ def expected_timeline(policy, unit_names, total):
     return events
 
 
-def test_linear_freezing_acts_at_the_policy_steps(fmnist):
+@pytest.mark.parametrize("via_forward", [False, True], ids=["net-called", "forward-called"])
+def test_linear_freezing_acts_at_the_policy_steps(fmnist, via_forward):
     cb = FrostlineCallback(policy="linear", policy_kwargs={"freeze_start": 0.25})
     probe = Probe(cb)
     t = trainer([cb, probe], limit_val_batches=2)
-    t.fit(Net(), *loaders(fmnist, val=True))
+    t.fit(Net(via_forward=via_forward), *loaders(fmnist, val=True))
     f = cb.freezer
     assert f.unit_names == ["net.stem", "net.block1_1", "net.block2_1", "net.block3_1", "net.head"]
     assert f.total_steps == t.global_step == f.step_count == probe.optimizer_steps == 16

@@ -37,7 +37,6 @@ from typing import Any, Sequence
 from ..errors import ConfigError, FrostlineError
 from ..freezer import Freezer
 from ..policies import FreezePolicy, as_policy
-from ..units import ExecutionOrderRecorder, freeze_units
 
 
 def _import_lightning():
@@ -98,10 +97,9 @@ class FrostlineCallback(_pl.Callback):
         #: DDP wrappers made after freezes (on every rank).
         self.ddp_rebuilds = 0
         self._pending_state: dict[str, Any] | None = None
-        self._recorder: ExecutionOrderRecorder | None = None
         self._last_global_step = 0
+        self._awaiting_trace = False
         self._start_step = 0
-        self._deferred = None
         self._trainer = None
 
     # -- set-up -----------------------------------------------------------------------------
@@ -148,6 +146,7 @@ class FrostlineCallback(_pl.Callback):
         common = dict(granularity=self.granularity, freeze_head=self.freeze_head,
                       sync=self._make_sync(trainer), signals=self.signals)
         self._start_step = 0
+        self._awaiting_trace = False
         if self._pending_state is not None:
             # resume: Lightning has loaded the optimizer and schedulers (original layout, written
             # by on_save_checkpoint); take the frozen parameters back out, split groups again,
@@ -168,13 +167,12 @@ class FrostlineCallback(_pl.Callback):
                 f"resuming at global step {trainer.global_step} from a checkpoint without frostline state: the "
                 "policy starts there with nothing frozen", stacklevel=2)
             self._start_step = trainer.global_step
-        if self.units is not None:
-            self.freezer = Freezer(pl_module, optimizer, policy, total_steps, units=self.units, **common)
+        # without units, the Freezer traces them from the first training forward (finished in
+        # on_before_backward: Lightning may never call the LightningModule's own forward)
+        self.freezer = Freezer(pl_module, optimizer, policy, total_steps, units=self.units, **common)
+        self._awaiting_trace = not self.freezer.ready
+        if not self._awaiting_trace:
             self._started()
-        else:
-            self.freezer = None
-            self._deferred = (policy, total_steps, common)
-            self._recorder = ExecutionOrderRecorder(pl_module, lambda order: None)
 
     def _started(self) -> None:
         self.freezer.step_count = self._start_step
@@ -183,14 +181,10 @@ class FrostlineCallback(_pl.Callback):
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         # The first training forward has run: its execution order gives the units, and the Freezer
         # exists before the first optimizer step (FreezeOut's per-unit learning rates apply to it).
-        if self._recorder is None or not trainer.training:
+        if not self._awaiting_trace or not trainer.training:
             return
-        recorder, self._recorder = self._recorder, None
-        recorder.detach()
-        traced = freeze_units(pl_module, self.granularity, execution_order=recorder.order)
-        policy, total_steps, common = self._deferred
-        self.freezer = Freezer(pl_module, self._optimizer(trainer), policy, total_steps,
-                               units=[u.module_names for u in traced], **common)
+        self._awaiting_trace = False
+        self.freezer.finish_trace()  # no-op when the LightningModule's own forward ended the trace
         self._started()
 
     def _attach_schedulers(self, trainer) -> None:
@@ -203,7 +197,7 @@ class FrostlineCallback(_pl.Callback):
             return  # accumulating gradients: no optimizer step on this batch
         steps = trainer.global_step - self._last_global_step
         self._last_global_step = trainer.global_step
-        if self.freezer is None:
+        if self.freezer is None or self._awaiting_trace:
             raise FrostlineError("FrostlineCallback: an optimizer step ran before any training forward was traced")
         for _ in range(steps):
             newly = self.freezer.step()
@@ -236,9 +230,8 @@ class FrostlineCallback(_pl.Callback):
         self.ddp_rebuilds += 1
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._recorder is not None:
-            self._recorder.detach()
-            self._recorder = None
+        if self.freezer is not None:
+            self.freezer.detach_trace()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
