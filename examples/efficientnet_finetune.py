@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import frostline
-from frostline.data import load_dataset
-from frostline.models import create_model
+from frostline.lab.data import load_dataset
+from frostline.lab.zoo import create_model
 
 
 def main(argv=None) -> dict:

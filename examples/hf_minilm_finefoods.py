@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 import frostline
-from frostline.data import load_dataset
-from frostline.pretrained import minilm_dir
+from frostline.lab.data import load_dataset
+from frostline.lab.pretrained import minilm_dir
 
 
 class Reviews(torch.utils.data.Dataset):

@@ -27,7 +27,8 @@ except ImportError:  # the older package name
     import pytorch_lightning as L
 
 import frostline
-from frostline.data import load_dataset
+from frostline.lab.data import load_dataset
+from frostline.lab.zoo import create_model
 from frostline.integrations.lightning import FrostlineCallback
 
 
@@ -38,7 +39,7 @@ class Classifier(L.LightningModule):
                  num_classes: int = 10, in_channels: int = 1, image_size: int = 28):
         super().__init__()
         self.save_hyperparameters()
-        self.net = frostline.models.create_model(model, width=width, depth=depth, num_classes=num_classes,
+        self.net = create_model(model, width=width, depth=depth, num_classes=num_classes,
                                                  in_channels=in_channels, image_size=image_size)
 
     def forward(self, x):

@@ -5,8 +5,8 @@ pass is skipped, and (with the activation cache) their forward pass too.
 """
 
 from .cka import MinibatchCKA, linear_cka, minibatch_cka
-from .cost import CostModel, UnitCost, estimate_speedup, measure_costs
-from .distributed import DecisionSync, ReplicatedModel
+from .exploit.cost import CostModel, UnitCost, estimate_speedup, measure_costs
+from .exploit.distributed import DecisionSync, ReplicatedModel
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -31,7 +31,7 @@ from .policies import (
     list_policies,
 )
 from .signals import ReferenceCKA, TailoredWeights
-from . import pretrained as _pretrained  # registers minilm / efficientnet-lite0 (imports nothing heavy)
+
 from .units import FreezeUnit, freeze_units, trace_execution_order
 
 __version__ = "0.1.0"

@@ -62,7 +62,7 @@ class Freezer:
     ``example_input`` if given, else from the first forward pass the model runs after the
     Freezer is made.
     ``freeze_head=False`` keeps the last unit trainable whatever the policy says.
-    ``sync`` (e.g. :class:`frostline.distributed.DecisionSync`) makes every rank of a distributed
+    ``sync`` (e.g. :class:`frostline.exploit.distributed.DecisionSync`) makes every rank of a distributed
     run apply the same decision: its ``agree(wanted, frozen, num_units, step)`` returns the set to
     act on, and ``applied(newly)`` hears about units frozen by it (to rebuild DDP).
     ``signals`` maps signal names to collectors (:mod:`frostline.signals`); they override the

@@ -23,7 +23,7 @@ from torch import nn
 
 from .cka import centered_gram, cka_from_grams
 from .errors import CheckpointError, ModelError
-from .smartfrz.tailor import Tailor
+from .policies.smartfrz.tailor import Tailor
 from .units import FreezeUnit, units_from_names
 
 
@@ -119,7 +119,7 @@ class ReferenceCKA:
 
 class TailoredWeights:
     """Signal ``"tailored_weights"``: for each active unit a float32 CPU vector of ``size`` of its
-    parameter values at fixed seeded positions (:class:`frostline.smartfrz.Tailor`); ``None`` for
+    parameter values at fixed seeded positions (:class:`frostline.policies.smartfrz.Tailor`); ``None`` for
     frozen units. A gather of ``size`` numbers per unit: no copy of the weights."""
 
     def __init__(self, size: int = 1024, seed: int = 0):

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import torch
 
-from frostline.policies.cka_oracle import cka_ready
-from frostline.smartfrz.collect import load_collected
+from frostline.policies.cka_oracle.cka_oracle import cka_ready
+from frostline.lab.predictor.collect import load_collected
 
 
 def sweep(paths):

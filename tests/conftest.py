@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from frostline.data import load_dataset
+from frostline.lab.data import load_dataset
 
 
 @pytest.fixture(autouse=True)

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from frostline import CheckpointError, ConfigError, Freezer, FrostlineError, NoFreezing, Progress, create_policy
-from frostline.models import create_model
+from frostline.lab.zoo import create_model
 from frostline.policies import POLICIES, AutoFreeze
-from frostline.policies.autofreeze import autofreeze_depth, change_rates, percentile_linear
+from frostline.policies.autofreeze.autofreeze import autofreeze_depth, change_rates, percentile_linear
 
 UNITS = ["stem", "b1", "b2", "b3", "head"]
 

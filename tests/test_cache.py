@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from frostline import ConfigError, Freezer, FreezeOut
-from frostline.cache import ActivationCache, CachedPrefixModel, fingerprint, is_deterministic
-from frostline.cli import main
-from frostline.data import AugmentedDataset
-from frostline.models import create_model
-from frostline.train import iterate_batches
+from frostline.exploit.cache import ActivationCache, CachedPrefixModel, fingerprint, is_deterministic
+from frostline.lab.cli import main
+from frostline.lab.data import AugmentedDataset
+from frostline.lab.zoo import create_model
+from frostline.lab.recipe import iterate_batches
 
 TINY = ["--train-subset", "200", "--val-size", "100", "--test-subset", "100", "--batch-size", "32", "--no-progress"]
 

@@ -5,8 +5,8 @@ import os
 
 import torch
 
-from frostline import checkpoint
-from frostline.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint, save_checkpoint
+from frostline import atomic
+from frostline.lab.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint, save_checkpoint
 
 
 def _state(step):
@@ -22,7 +22,7 @@ def test_newest_checkpoint_exists_at_every_rename_and_previous_keeps_the_old_one
         seen.append((os.path.basename(src), os.path.basename(dst), (tmp_path / CHECKPOINT).exists()))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    monkeypatch.setattr(atomic.os, "replace", replace)
     save_checkpoint(tmp_path, _state(2))
     save_checkpoint(tmp_path, _state(3))
     assert seen and all(present for _, _, present in seen), seen
@@ -37,7 +37,7 @@ def test_without_hard_links_the_previous_checkpoint_is_still_kept(tmp_path, monk
         raise OSError("this file system has no hard links")
 
     save_checkpoint(tmp_path, _state(1))
-    monkeypatch.setattr(checkpoint.os, "link", no_links)
+    monkeypatch.setattr(atomic.os, "link", no_links)
     save_checkpoint(tmp_path, _state(2))
     assert load_checkpoint(tmp_path)["loop"]["step"] == 2
     assert torch.load(tmp_path / PREVIOUS, weights_only=False)["loop"]["step"] == 1

@@ -6,8 +6,8 @@ from torch import nn
 
 from frostline import CheckpointError, ConfigError, Freezer, NoFreezing, Progress, linear_cka
 from frostline.cka import centered_gram, cka_from_grams
-from frostline.cli import main
-from frostline.models import create_model
+from frostline.lab.cli import main
+from frostline.lab.zoo import create_model
 from frostline.policies import POLICIES, CKAOracle, cka_ready, create_policy
 from frostline.signals import ReferenceCKA, quiet_eval
 

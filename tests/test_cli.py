@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from frostline.cli import main
+from frostline.lab.cli import main
 
 TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "--batch-size", "64", "--no-progress"]
 
@@ -136,7 +136,7 @@ def test_report_compares_runs_against_the_baseline(tmp_path, capsys):
 
 
 def test_estimate_plans_a_schedule_before_training(capsys):
-    from frostline.cli import main as cli_main
+    from frostline.lab.cli import main as cli_main
 
     assert cli_main(["estimate", "--model", "resnet", "--method", "freezeout", "--width", "8"]) == 0
     out = capsys.readouterr().out

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from frostline.cli import main
-from frostline.compare import Suite, results_markers, run_suite, update_readme, suite_cells, SUITES
+from frostline.lab.cli import main
+from frostline.lab.compare import Suite, results_markers, run_suite, update_readme, suite_cells, SUITES
 from frostline.errors import ConfigError, FrostlineError
 
 TINY = {"epochs": 1, "train_subset": 384, "val_size": 64, "test_subset": 256, "batch_size": 64, "width": 8,

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from frostline import ConfigError
-from frostline.compat import freeze_layers
+from frostline.integrations.composer import freeze_layers
 
 
 def _model():

@@ -10,10 +10,10 @@ import json
 
 import torch
 
-from frostline.cli import main
-from frostline.compiling import compile_stats, compile_units
+from frostline.lab.cli import main
+from frostline.exploit.compiling import compile_stats, compile_units
 from frostline.freezer import Freezer
-from frostline.models import create_model
+from frostline.lab.zoo import create_model
 from frostline.policies import create_policy
 from frostline.units import freeze_units
 

@@ -4,7 +4,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from frostline import Freezer, NoFreezing, estimate_speedup, freeze_units, freezeout_times, measure_costs
-from frostline.models import create_model
+from frostline.lab.zoo import create_model
 
 
 def _measured_step(model, x, y):

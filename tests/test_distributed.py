@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from frostline.cli import main
+from frostline.lab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 # a tiny ViT (no BatchNorm, so per-rank batch statistics play no part) and FreezeOut freezing
@@ -63,8 +63,8 @@ def test_torchrun_trains_the_single_process_model_on_both_ranks(runs):
     # freezing decided identically, at the same steps, as in one process
     assert s2["frozen_at"] == s1["frozen_at"] and sum(v is not None for v in s2["frozen_at"].values()) == 3
     # both ranks hold the same model, and it is the one rank 0 saved
-    from frostline.distributed import state_digests
-    from frostline.models import create_model
+    from frostline.exploit.distributed import state_digests
+    from frostline.lab.zoo import create_model
 
     digests = s2["distributed"]["state_sha256_per_rank"]
     assert len(digests) == 2 and digests[0] == digests[1]
@@ -90,7 +90,7 @@ def test_torchrun_trains_the_single_process_model_on_both_ranks(runs):
 def test_allreduced_bytes_shrink_to_the_trainable_parameters_after_each_freeze(runs):
     _, ddp, _ = runs
     s = json.loads((ddp / "summary.json").read_text())
-    from frostline.models import create_model
+    from frostline.lab.zoo import create_model
 
     model = create_model("vit", width=16, depth=2)
     unit_bytes = [sum(p.numel() * 4 for p in child.parameters()) for child in model.children()]
@@ -128,7 +128,7 @@ def test_torchrun_resumes_a_killed_run_from_the_checkpoint_rank_0_wrote(runs, tm
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
     # DDP was built over what the checkpoint left trainable, not over the whole model
-    from frostline.models import create_model
+    from frostline.lab.zoo import create_model
 
     unit_bytes = [sum(p.numel() * 4 for p in c.parameters()) for c in create_model("vit", width=16, depth=2).children()]
     frozen_then = sum(e["step"] <= s["resumed_from_step"] for e in s["timeline"])
@@ -141,7 +141,7 @@ def _desync_worker(rank, port, outdir):
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), FROSTLINE_DIST_TIMEOUT="10")
     torch.set_num_threads(1)
-    from frostline import distributed
+    from frostline.exploit import distributed
     from frostline.errors import DistributedError
     from frostline.freezer import Freezer
     from frostline.policies import create_policy
@@ -181,7 +181,7 @@ def test_a_unit_frozen_on_one_rank_only_fails_loudly_on_every_rank(tmp_path):
 
 
 def test_every_global_batch_must_feed_every_rank():
-    from frostline.distributed import check_global_batches, loss_weight, shard
+    from frostline.exploit.distributed import check_global_batches, loss_weight, shard
     from frostline.errors import ConfigError
 
     check_global_batches(100, 32, 2)  # last batch 4 >= 2

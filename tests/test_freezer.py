@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from frostline import ConfigError, Freezer, FreezeOut, FrostlineError, LinearFreezing, NoFreezing
-from frostline.models import create_model
+from frostline.lab.zoo import create_model
 from frostline.policies import FreezePolicy
 
 

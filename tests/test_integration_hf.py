@@ -12,7 +12,7 @@ pytest.importorskip("accelerate")
 
 from frostline import CheckpointError, FreezeOut  # noqa: E402
 from frostline.integrations.hf import STATE_FILE, FrostlineCallback  # noqa: E402
-from frostline.policies.freezeout import freezeout_times  # noqa: E402
+from frostline.policies.freezeout.freezeout import freezeout_times  # noqa: E402
 
 torch.set_num_threads(1)
 MAX_STEPS, SAVE_AT, WARMUP, LR, SEQ, VOCAB = 12, 6, 2, 1e-3, 16, 256
@@ -27,7 +27,7 @@ FALLBACK = [  # used when the fine-food reviews (r-cran-modeldata + rdata) are n
 
 def _texts(n=32):
     try:
-        from frostline.finefoods import read_reviews
+        from frostline.lab.finefoods import read_reviews
 
         texts, labels = read_reviews("train")
         return list(texts[:n]), [int(v) for v in labels[:n]]

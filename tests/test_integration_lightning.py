@@ -18,7 +18,7 @@ L = pytest.importorskip("lightning.pytorch")
 
 from frostline import FreezeOut, LinearFreezing, Progress  # noqa: E402
 from frostline.integrations.lightning import FrostlineCallback  # noqa: E402
-from frostline.models import create_model  # noqa: E402
+from frostline.lab.zoo import create_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 64  # fmnist fixture: 512 training images -> 8 batches an epoch
@@ -203,7 +203,7 @@ sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
 import lightning.pytorch as L
 from torch.utils.data import DataLoader
-from frostline.data import load_dataset
+from frostline.lab.data import load_dataset
 from frostline.integrations.lightning import FrostlineCallback
 from test_integration_lightning import Net
 

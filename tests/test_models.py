@@ -1,4 +1,4 @@
-"""Tests for the model zoo (frostline.models): registry, shapes, the freeze-unit contract."""
+"""Tests for the model zoo (frostline.lab.zoo): registry, shapes, the freeze-unit contract."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from frostline.errors import ConfigError
-from frostline.models import MODELS, create_model, list_models, register_model
+from frostline.lab.zoo import MODELS, create_model, list_models, register_model
 
 NAMES = ["mobilenetv2", "resnet", "vgg", "vit"]
-PRETRAINED = ["efficientnet-lite0", "minilm"]  # frostline.pretrained; tested in test_pretrained.py
+PRETRAINED = ["efficientnet-lite0", "minilm"]  # frostline.lab.pretrained; tested in test_pretrained.py
 # (smaller, larger) sizes per model for the width / depth scaling checks
 WIDTHS = {"resnet": (8, 16), "vgg": (8, 16), "mobilenetv2": (8, 16), "vit": (32, 64)}
 DEPTHS = {"resnet": (1, 2), "vgg": (1, 3), "mobilenetv2": (1, 2), "vit": (2, 4)}

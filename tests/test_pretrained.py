@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from frostline import freeze_units
-from frostline.data import load_dataset
+from frostline.lab.data import load_dataset
 from frostline.errors import DatasetNotFoundError, ModelError
-from frostline.models import create_model
+from frostline.lab.zoo import create_model
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("rdata")
@@ -29,7 +29,7 @@ def reviews():
 
 
 def test_fine_foods_splits_are_the_real_reviews():
-    from frostline import finefoods
+    from frostline.lab import finefoods
 
     train_text, train_y = finefoods.read_reviews("train")
     test_text, test_y = finefoods.read_reviews("test")
@@ -65,7 +65,7 @@ def test_missing_fine_foods_names_the_install_command(tmp_path, monkeypatch):
 def test_minilm_units_follow_the_zoo_contract_and_match_hugging_face(reviews):
     from transformers import BertModel
 
-    from frostline.pretrained import minilm_dir
+    from frostline.lab.pretrained import minilm_dir
 
     torch.manual_seed(0)
     model = create_model("minilm", num_classes=2, image_size=48).eval()
@@ -112,7 +112,7 @@ def test_block_units_of_a_hugging_face_model_are_its_layers():
 @pytest.mark.parametrize("model,dataset", [("minilm", "fashion-mnist"), ("resnet", "fine-foods"),
                                            ("efficientnet-lite0", "fine-foods")])
 def test_text_and_image_pairs_that_do_not_fit_are_refused(model, dataset, tmp_path, capsys):
-    from frostline.cli import main
+    from frostline.lab.cli import main
 
     assert main(["train", "--model", model, "--dataset", dataset, "--out", str(tmp_path)]) == 2
     assert "does not fit" in capsys.readouterr().err
@@ -121,7 +121,7 @@ def test_text_and_image_pairs_that_do_not_fit_are_refused(model, dataset, tmp_pa
 def test_a_missing_weights_package_names_the_install_command(monkeypatch):
     import importlib.util
 
-    from frostline import pretrained
+    from frostline.lab import pretrained
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from frostline.cli import main
+from frostline.lab.cli import main
 
 ARGS = ["--method", "freezeout", "--t-0", "0.3", "--schedule", "linear", "--epochs", "2", "--train-subset", "512",
         "--val-size", "64", "--test-subset", "64", "--batch-size", "32", "--threads", "1", "--cache", "off",

@@ -5,12 +5,12 @@ import torch
 from torch import nn
 
 from frostline import CheckpointError, ConfigError, Freezer, Progress
-from frostline.cli import main
-from frostline.models import create_model
+from frostline.lab.cli import main
+from frostline.lab.zoo import create_model
 from frostline.policies import POLICIES, SmartFRZ, create_policy
-from frostline.smartfrz import SmartFRZPredictor, Tailor, batch_windows, load_predictor, save_predictor, window_features
-from frostline.smartfrz.collect import load_collected
-from frostline.smartfrz.predictor import SHIPPED
+from frostline.policies.smartfrz import SmartFRZPredictor, Tailor, batch_windows, load_predictor, save_predictor, window_features
+from frostline.lab.predictor.collect import load_collected
+from frostline.policies.smartfrz.predictor import SHIPPED
 
 TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "--batch-size", "64",
         "--no-progress", "--threads", "1", "--width", "8"]

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from frostline import ModelError, freeze_units
-from frostline.models import create_model
+from frostline.lab.zoo import create_model
 
 
 class OutOfOrder(nn.Module):

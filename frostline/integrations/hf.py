@@ -32,7 +32,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from ..errors import CheckpointError, FrostlineError
 from ..freezer import Freezer
 from ..policies import FreezePolicy, as_policy
-from ..checkpoint import atomic_torch_save
+from ..atomic import atomic_torch_save
 from .layout import optimizer_state_in_original_layout, scheduler_state_in_original_layout
 
 #: The Freezer's state inside each ``checkpoint-<step>`` folder.

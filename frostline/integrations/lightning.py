@@ -20,7 +20,7 @@ Hooks (Lightning 2.x; ``pytorch_lightning`` works too):
   into the optimizer's *original* layout (frozen parameters back in their groups, FreezeOut's
   per-unit groups merged), because on resume Lightning loads them into a fresh optimizer made by
   ``configure_optimizers`` before any callback can change it.
-* DDP (``strategy="ddp"``): decisions go through :class:`frostline.distributed.DecisionSync`
+* DDP (``strategy="ddp"``): decisions go through :class:`frostline.exploit.distributed.DecisionSync`
   (rank 0's decision is every rank's; a rank that diverged raises ``DistributedError``) and after
   each freeze the ``DistributedDataParallel`` wrapper (``trainer.strategy.model``) is rebuilt on
   every rank over the parameters that still train, so frozen parameters stop being all-reduced
@@ -70,7 +70,7 @@ class FrostlineCallback(_pl.Callback):
     them the units are traced from the first training batch. The run length the policy sees is
     ``trainer.estimated_stepping_batches`` optimizer steps. One optimizer per LightningModule.
     ``sync_ranks`` (default: whenever more than one process trains) uses
-    :class:`~frostline.distributed.DecisionSync`; ``rebuild_ddp`` re-wraps DDP after a freeze.
+    :class:`~frostline.exploit.distributed.DecisionSync`; ``rebuild_ddp`` re-wraps DDP after a freeze.
     """
 
     def __init__(
@@ -118,7 +118,7 @@ class FrostlineCallback(_pl.Callback):
         distributed = trainer.world_size > 1
         if self.sync_ranks is False or not (distributed or self.sync_ranks):
             return None
-        from ..distributed import DecisionSync
+        from ..exploit.distributed import DecisionSync
 
         return DecisionSync(on_freeze=self._on_freeze)
 

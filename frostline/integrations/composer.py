@@ -1,0 +1,63 @@
+"""Drop-in replacement for Composer's functional ``freeze_layers``.
+
+Same semantics as ``composer.algorithms.layer_freezing.freeze_layers``: layers are the leaf
+modules that own parameters, depth-first in registration order; the last one is never frozen;
+``freeze_depth = floor(f * (N - 1))`` with ``f = freeze_level * (d - freeze_start) / (1 -
+freeze_start)`` once ``d > freeze_start``; freezing is cumulative and calling again is safe.
+The difference: frozen parameters leave the optimizer *with their state*, so
+``optimizer.state_dict()`` keeps working (Composer's leaves the state behind and raises KeyError).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..policies.linear.linear import check_linear_args, linear_freeze_depth, linear_freeze_fraction
+
+
+def _leaf_layers(module: nn.Module) -> list[nn.Module]:
+    """Leaf modules that own parameters, depth-first in registration order (Composer's order)."""
+    children = list(module.children())
+    if not children:
+        return [module] if next(module.parameters(recurse=False), None) is not None else []
+    layers = []
+    for child in children:
+        layers.extend(_leaf_layers(child))
+    return layers
+
+
+def _remove_from_optimizers(params: list[nn.Parameter], optimizers: Iterable[torch.optim.Optimizer]) -> None:
+    gone = {id(p) for p in params}
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in gone]
+        for p in params:
+            opt.state.pop(p, None)
+
+
+def freeze_layers(
+    model: nn.Module,
+    optimizers,
+    current_duration: float,
+    freeze_start: float = 0.5,
+    freeze_level: float = 1.0,
+) -> tuple[int, float]:
+    """Freeze the first ``freeze_depth`` layers for training progress ``current_duration`` in
+    [0, 1]. Returns ``(freeze_depth, freeze_percentage)`` as Composer does."""
+    check_linear_args(freeze_start, freeze_level)
+    if isinstance(optimizers, torch.optim.Optimizer):
+        optimizers = [optimizers]
+    optimizers = list(optimizers or [])
+    layers = _leaf_layers(model)
+    freeze_percentage = linear_freeze_fraction(float(current_duration), freeze_start, freeze_level)
+    freeze_depth = linear_freeze_depth(freeze_percentage, len(layers))
+    for layer in layers[:-1][:freeze_depth]:
+        params = list(layer.parameters())
+        _remove_from_optimizers(params, optimizers)
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+    return freeze_depth, freeze_percentage

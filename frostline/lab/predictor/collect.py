@@ -1,0 +1,185 @@
+"""Training data for the SmartFRZ predictor, from real runs, labelled by the CKA oracle.
+
+``collect`` trains a *reference* run to the end, then trains the same configuration again while a
+:class:`Recorder` (a policy that never freezes) receives, through the Freezer, every unit's
+tailored weights ``snapshots_per_epoch`` times per epoch and, ``label_stages_per_epoch`` times per
+epoch, every unit's CKA to the reference on a fixed probe batch. Each (unit, stage) is labelled
+*freeze* when the CKA-oracle rule (:func:`frostline.policies.cka_ready`) holds for the CKA history
+up to that stage. With the same seed the second run retraces the first exactly (the collectors do
+not disturb training), so the labels say "this unit's representation has already settled where it
+ends up", the labelling of the SmartFRZ paper. The raw snapshots and CKA values are kept, so the
+data can be relabelled with another rule without retraining.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...atomic import atomic_torch_save
+from ...errors import DataError
+from ...policies.base import FreezePolicy, Progress
+from ...policies.cka_oracle.cka_oracle import DEFAULT_EPSILON, DEFAULT_FLOOR, DEFAULT_WINDOW, cka_ready
+from ...policies.stages import StageClock
+
+FORMAT = "frostline-smartfrz-dataset-1"
+DATASET_FILE = "dataset.pt"
+
+
+class Recorder(FreezePolicy):
+    """Never freezes; keeps every tailored snapshot and every CKA measurement it is given."""
+
+    name = "record"
+    requires = frozenset({"tailored_weights", "cka"})
+
+    def __init__(self, reference, probe, steps_per_epoch: int, tailor_size: int = 1024, seed: int = 0,
+                 snapshots_per_epoch: int = 30, label_stages_per_epoch: int = 4):
+        super().__init__()
+        self.reference, self.probe, self.tailor_size, self.seed = reference, probe, tailor_size, seed
+        self.snap_clock = StageClock(snapshots_per_epoch, steps_per_epoch, None, what="snapshots_per_epoch")
+        self.label_clock = StageClock(label_stages_per_epoch, steps_per_epoch, None, what="label_stages_per_epoch")
+        self.snapshot_steps: list[int] = []
+        self.snapshots: list[torch.Tensor] = []
+        self.stage_steps: list[int] = []
+        self.cka: list[list[float]] = []
+
+    def collectors(self):
+        from ...signals import ReferenceCKA, TailoredWeights
+
+        return {"tailored_weights": TailoredWeights(self.tailor_size, self.seed),
+                "cka": ReferenceCKA(self.reference, self.probe)}
+
+    def wants(self, progress: Progress) -> frozenset[str]:
+        want = set()
+        label = self.label_clock.is_stage_end(progress.step)
+        if label or self.snap_clock.is_stage_end(progress.step):
+            want.add("tailored_weights")
+        if label:
+            want.add("cka")
+        return frozenset(want)
+
+    def observe(self, progress: Progress, signals: dict[str, Any]) -> None:
+        self.snapshot_steps.append(progress.step)
+        self.snapshots.append(torch.stack(signals["tailored_weights"]))
+        if "cka" in signals:
+            self.stage_steps.append(progress.step)
+            self.cka.append([float("nan") if v is None else float(v) for v in signals["cka"]])
+
+
+def label_stages(cka: torch.Tensor, window: int, epsilon: float, floor: float) -> torch.Tensor:
+    """(stages, units) CKA -> (stages, units) labels: 1 freeze, 0 keep training, -1 for the head."""
+    labels = torch.zeros(cka.shape, dtype=torch.long)
+    for u in range(cka.shape[1]):
+        for k in range(cka.shape[0]):
+            labels[k, u] = int(cka_ready(cka[: k + 1, u].tolist(), window, epsilon, floor))
+    labels[:, -1] = -1
+    return labels
+
+
+def collect(cfg, out, *, tailor_size: int = 1024, snapshots_per_epoch: int = 30, label_stages_per_epoch: int = 4,
+            probe_size: int = 256, rule: tuple[int, float, float] = (DEFAULT_WINDOW, DEFAULT_EPSILON, DEFAULT_FLOOR),
+            record_seed: int | None = None) -> Path:
+    """Reference run + recording run for ``cfg`` (a :class:`frostline.lab.recipe.TrainConfig`; its
+    method is ignored), then ``out/dataset.pt``. A finished reference in ``out/reference`` is reused."""
+    from ... import __version__
+    from ..data import load_dataset
+    from ..zoo import create_model
+    from ..reference import load_reference
+    from ..recipe import probe_batch, train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = replace(cfg, method="none", cache="off", resume=None, const_time=False)
+    ref_dir = out / "reference"
+    ref_summary_path = ref_dir / "summary.json"
+    reused = ref_summary_path.exists() and (ref_dir / "model.pt").exists() and \
+        json.loads(ref_summary_path.read_text()).get("status") == "finished"
+    if reused:
+        ref_summary = json.loads(ref_summary_path.read_text())
+    else:
+        ref_summary = train(replace(base, out=str(ref_dir)))
+
+    seed = cfg.seed if record_seed is None else record_seed
+    rec_cfg = replace(base, out=str(out / "recording"), seed=seed)
+    data = load_dataset(rec_cfg.dataset, val_size=rec_cfg.val_size, train_subset=rec_cfg.train_subset,
+                        test_subset=rec_cfg.test_subset, seed=rec_cfg.seed, max_length=rec_cfg.max_length)
+    like = create_model(rec_cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                        image_size=data.image_size, width=rec_cfg.width, depth=rec_cfg.depth)
+    reference = load_reference(ref_dir, like, rec_cfg.model)
+    steps_per_epoch = math.ceil(len(data.train) / rec_cfg.batch_size)
+    recorder = Recorder(reference, probe_batch(data.train, probe_size, rec_cfg.seed), steps_per_epoch,
+                        tailor_size=tailor_size, seed=rec_cfg.seed, snapshots_per_epoch=snapshots_per_epoch,
+                        label_stages_per_epoch=label_stages_per_epoch)
+    rec_summary = train(rec_cfg, policy=recorder)
+
+    cka = torch.tensor(recorder.cka, dtype=torch.float64)
+    window, epsilon, floor = rule
+    dataset = {
+        "format": FORMAT,
+        "unit_names": rec_summary["units"],
+        "snapshot_steps": torch.tensor(recorder.snapshot_steps),
+        "snapshots": torch.stack(recorder.snapshots),
+        "stage_steps": torch.tensor(recorder.stage_steps),
+        "cka": cka,
+        "labels": label_stages(cka, window, epsilon, floor),
+        "provenance": {
+            "model": rec_cfg.model, "dataset": rec_cfg.dataset, "epochs": rec_cfg.epochs, "seed": rec_cfg.seed,
+            "train_subset": rec_cfg.train_subset, "batch_size": rec_cfg.batch_size, "width": rec_cfg.width,
+            "depth": rec_cfg.depth, "lr": rec_cfg.lr, "optimizer": rec_cfg.optimizer,
+            "steps_per_epoch": steps_per_epoch, "tailor_size": tailor_size,
+            "snapshots_per_epoch": snapshots_per_epoch, "label_stages_per_epoch": label_stages_per_epoch,
+            "probe_size": probe_size, "rule": {"window": window, "epsilon": epsilon, "floor": floor},
+            "reference": {"out": str(ref_dir), "seed": cfg.seed, "test_accuracy": ref_summary.get("test_accuracy"),
+                          "reused": reused},
+            "recording_test_accuracy": rec_summary.get("test_accuracy"),
+            "train_config": asdict(rec_cfg), "frostline": __version__, "torch": str(torch.__version__),
+            "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    }
+    return atomic_torch_save(dataset, out / DATASET_FILE)
+
+
+def load_collected(path) -> dict[str, Any]:
+    """A dataset written by :func:`collect` (``path`` is the file or its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / DATASET_FILE
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: pass folders written by `frostline predictor collect`")
+    try:
+        ds = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"{path} is unreadable ({type(e).__name__}): collect it again") from None
+    if not isinstance(ds, dict) or ds.get("format") != FORMAT:
+        raise DataError(f"{path} is not a frostline SmartFRZ dataset: collect it with `frostline predictor collect`")
+    ds["path"] = str(path)
+    return ds
+
+
+def samples(ds: dict[str, Any], window: int = 30, rule: tuple[int, float, float] | None = None
+            ) -> list[tuple[torch.Tensor, int, int]]:
+    """(feature window (T, D), label, unit) for every labelled (unit, stage) of a dataset:
+    the last ``window`` snapshots taken at or before the stage. ``rule`` (window, epsilon, floor)
+    relabels from the recorded CKA; None keeps the labels the dataset was collected with."""
+    from ...policies.smartfrz.predictor import window_features
+
+    labels = ds["labels"] if rule is None else label_stages(ds["cka"], *rule)
+    out = []
+    steps = ds["snapshot_steps"]
+    for k, step in enumerate(ds["stage_steps"].tolist()):
+        end = int((steps <= step).sum())
+        start = max(0, end - window)
+        if end - start < 2:
+            continue
+        for u in range(labels.shape[1]):
+            label = int(labels[k, u])
+            if label >= 0:
+                out.append((window_features(ds["snapshots"][start:end, u]), label, u))
+    return out

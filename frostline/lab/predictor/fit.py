@@ -1,0 +1,151 @@
+"""Offline training and evaluation of the SmartFRZ predictor on collected runs.
+
+Held-out data is split *by run*: every (unit, stage) sample of a held-out run stays out of
+training, so the reported precision/recall/F1 say how the predictor does on a training run it has
+never seen, not on neighbouring snapshots of runs it has. Training is class-balanced (the loss
+weights each class by the inverse of its frequency), because most (unit, stage) pairs of a short
+run are "keep training".
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import ConfigError
+from ...policies.cka_oracle.cka_oracle import DEFAULT_EPSILON, DEFAULT_FLOOR, DEFAULT_WINDOW
+from .collect import load_collected, samples
+
+#: Labels come from the recorded CKA with the CKA oracle's current default rule.
+RULE = (DEFAULT_WINDOW, DEFAULT_EPSILON, DEFAULT_FLOOR)
+from ...policies.smartfrz.predictor import SmartFRZPredictor, batch_windows, save_predictor
+
+
+def run_name(ds: dict[str, Any]) -> str:
+    p = ds["provenance"]
+    return f"{p['model']}/{p['dataset']}/seed{p['seed']}"
+
+
+def metrics(pred: list[int], true: list[int]) -> dict[str, Any]:
+    """Precision, recall and F1 of the *freeze* class, accuracy, and the counts behind them."""
+    tp = sum(1 for p, t in zip(pred, true) if p == 1 and t == 1)
+    fp = sum(1 for p, t in zip(pred, true) if p == 1 and t == 0)
+    fn = sum(1 for p, t in zip(pred, true) if p == 0 and t == 1)
+    correct = sum(1 for p, t in zip(pred, true) if p == t)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "accuracy": correct / len(true) if true else 0.0,
+            "samples": len(true), "positives": sum(true), "predicted_positives": sum(pred)}
+
+
+@torch.no_grad()
+def predict(model: SmartFRZPredictor, data: list[tuple[torch.Tensor, int, int]], batch: int = 256) -> list[int]:
+    model.eval()
+    out: list[int] = []
+    for i in range(0, len(data), batch):
+        x, mask = batch_windows([w for w, _, _ in data[i:i + batch]])
+        out += model(x, mask).argmax(1).tolist()
+    return out
+
+
+def evaluate_runs(model: SmartFRZPredictor, datasets: list[dict[str, Any]], window: int = 30) -> dict[str, Any]:
+    per_run, all_pred, all_true = {}, [], []
+    for ds in datasets:
+        data = samples(ds, window, RULE)
+        pred = predict(model, data)
+        true = [t for _, t, _ in data]
+        per_run[run_name(ds)] = metrics(pred, true)
+        all_pred += pred
+        all_true += true
+    return {"overall": metrics(all_pred, all_true), "runs": per_run}
+
+
+def fit_predictor(train_sets: list[dict[str, Any]], *, epochs: int = 40, lr: float = 1e-3, batch: int = 64,
+                  seed: int = 0, window: int = 30, progress: bool = True) -> SmartFRZPredictor:
+    from tqdm.auto import tqdm
+
+    data = [s for ds in train_sets for s in samples(ds, window, RULE)]
+    labels = torch.tensor([t for _, t, _ in data])
+    counts = torch.bincount(labels, minlength=2).double()
+    if (counts == 0).any():
+        raise ConfigError(f"the training runs have {int(counts[0])} keep / {int(counts[1])} freeze samples: both "
+                          "classes are needed (collect longer runs, or more of them)")
+    sizes = {ds["snapshots"].shape[-1] for ds in train_sets}
+    if len(sizes) != 1:
+        raise ConfigError(f"the runs were collected with different tailor sizes {sorted(sizes)}: train on one size")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    feats = torch.cat([w.reshape(-1) for w, _, _ in data])
+    model = SmartFRZPredictor(sizes.pop(), input_scale=float(1.0 / feats.std().clamp_min(1e-12)))
+    weight = (counts.sum() / (2 * counts)).float()
+    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    order = list(range(len(data)))
+    bar = tqdm(range(epochs), desc="predictor", unit="epoch", disable=not progress, file=sys.stderr)
+    for _ in bar:
+        model.train()
+        rng.shuffle(order)
+        total = 0.0
+        for i in range(0, len(order), batch):
+            chunk = [data[j] for j in order[i:i + batch]]
+            x, mask = batch_windows([w for w, _, _ in chunk])
+            y = torch.tensor([t for _, t, _ in chunk])
+            loss = loss_fn(model(x, mask), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(chunk)
+        bar.set_postfix(loss=f"{total / len(data):.4f}")
+    model.eval()
+    return model
+
+
+def train_from_dirs(dirs: list[str], out, *, holdout: list[str] | None = None, epochs: int = 40, seed: int = 0,
+                    window: int = 30, progress: bool = True) -> dict[str, Any]:
+    """Load collected runs, hold some out *by run*, train, report, save. ``holdout`` names folders
+    (among ``dirs``) to hold out; by default one run, chosen by ``seed``."""
+    datasets = [load_collected(d) for d in dirs]
+    if holdout is None:
+        if len(datasets) < 2:
+            raise ConfigError("need at least 2 collected runs to hold one out (or pass --holdout with another folder)")
+        held_idx = {random.Random(seed).randrange(len(datasets))}
+    else:
+        held_paths = {str(load_collected(h)["path"]) for h in holdout}
+        held_idx = {i for i, ds in enumerate(datasets) if ds["path"] in held_paths}
+        extra = [load_collected(h) for h in holdout if str(load_collected(h)["path"]) not in {d["path"] for d in datasets}]
+        datasets += extra
+        held_idx |= set(range(len(datasets) - len(extra), len(datasets)))
+    train_sets = [ds for i, ds in enumerate(datasets) if i not in held_idx]
+    held_sets = [ds for i, ds in enumerate(datasets) if i in held_idx]
+    if not train_sets:
+        raise ConfigError("every run is held out: leave at least one to train on")
+    model = fit_predictor(train_sets, epochs=epochs, seed=seed, window=window, progress=progress)
+    report = {"train": evaluate_runs(model, train_sets, window),
+              "heldout": evaluate_runs(model, held_sets, window) if held_sets else None}
+    meta = {"trained_on": [ds["provenance"] | {"name": run_name(ds)} for ds in train_sets],
+            "heldout": [run_name(ds) for ds in held_sets], "report": report, "epochs": epochs, "seed": seed,
+            "window": window, "label_rule": {"window": RULE[0], "epsilon": RULE[1], "floor": RULE[2]}}
+    for m in meta["trained_on"]:
+        m.pop("train_config", None)
+    save_predictor(model, out, meta)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = ["| split | run | samples | freeze (true) | freeze (predicted) | precision | recall | F1 | accuracy |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for split in ("train", "heldout"):
+        part = report.get(split)
+        if not part:
+            continue
+        rows = list(part["runs"].items()) + [("all", part["overall"])]
+        for name, m in rows:
+            lines.append(f"| {split} | {name} | {m['samples']} | {m['positives']} | {m['predicted_positives']} | "
+                         f"{m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['accuracy']:.3f} |")
+    return "\n".join(lines)

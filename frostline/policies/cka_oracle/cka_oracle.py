@@ -1,0 +1,158 @@
+"""The CKA oracle: freeze a unit once its representation has settled where a finished run's did.
+
+Given a *reference* model of the same architecture (the end of an earlier, complete training run),
+at each freezing stage the Freezer measures, for every active unit, the linear CKA (Kornblith et
+al. 2019) between the unit's output in the training model and in the reference, on a fixed probe
+batch (signal ``"cka"``, :class:`frostline.signals.ReferenceCKA`). A unit is *ready* when
+
+* its CKA over the last ``window`` stages varies by less than ``epsilon`` (population variance),
+  i.e. the representation stopped moving relative to where training ends up, and
+* its latest CKA is at least ``floor``, i.e. it stopped *near* the reference, not on a plateau
+  far from it.
+
+:func:`cka_ready` is this rule alone; it also labels SmartFRZ's training data
+(:mod:`frostline.lab.predictor.collect`). It is an oracle: it needs a finished run of the same model,
+so it is a yardstick and a labeller rather than a way to save time on a first training.
+
+With ``prefix_only`` only a growing prefix is frozen (a unit freezes when it and every unit
+before it are ready), which is what the activation cache and the backward savings need;
+otherwise any ready unit freezes. The head never freezes. Decisions are permanent.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from ...errors import CheckpointError, ConfigError, FrostlineError
+from ..base import FreezePolicy, Progress
+from ..stages import StageClock
+
+DEFAULT_WINDOW = 3
+DEFAULT_EPSILON = 1e-3
+DEFAULT_FLOOR = 0.9
+
+
+def check_rule(window, epsilon, floor) -> None:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+        raise ConfigError(f"the CKA window must be an integer >= 2 stages (a variance needs two values), got {window!r}")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0:
+        raise ConfigError(f"cka_epsilon must be > 0, got {epsilon!r}")
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not (0.0 <= floor <= 1.0):
+        raise ConfigError(f"cka_floor must be in [0, 1], got {floor!r}")
+
+
+def cka_ready(history: Sequence[float], window: int, epsilon: float, floor: float) -> bool:
+    """The readiness rule: at least ``window`` values, all finite, the last ``window`` of them
+    with population variance < ``epsilon`` and the last one >= ``floor``."""
+    if len(history) < window:
+        return False
+    last = [float(v) for v in history[-window:]]
+    if not all(math.isfinite(v) for v in last):
+        return False
+    mean = sum(last) / window
+    variance = sum((v - mean) ** 2 for v in last) / window
+    return variance < epsilon and last[-1] >= floor
+
+
+class CKAOracle(FreezePolicy):
+    """Freeze units whose CKA to a reference model has stabilised above a floor; decides at
+    ``stages_per_epoch`` stages per epoch of ``steps_per_epoch`` steps (or every ``stage_steps``).
+
+    ``reference`` (an ``nn.Module`` with the trained model's architecture and the finished run's
+    weights) and ``probe`` (a batch of inputs) build the default ``"cka"`` collector; without them,
+    pass ``Freezer(..., signals={"cka": ReferenceCKA(reference, probe)})``.
+    """
+
+    name = "cka-oracle"
+    requires = frozenset({"cka"})
+
+    def __init__(self, reference=None, probe=None, stages_per_epoch: int = 4, steps_per_epoch: int | None = None,
+                 stage_steps: int | None = None, window: int = DEFAULT_WINDOW, epsilon: float = DEFAULT_EPSILON,
+                 floor: float = DEFAULT_FLOOR, prefix_only: bool = False):
+        super().__init__()
+        check_rule(window, epsilon, floor)
+        self.clock = StageClock(stages_per_epoch, steps_per_epoch, stage_steps)
+        self.reference, self.probe = reference, probe
+        self.window, self.epsilon, self.floor = int(window), float(epsilon), float(floor)
+        self.prefix_only = bool(prefix_only)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.history: list[list[float]] = [[] for _ in range(self.num_units)]
+        self.frozen: set[int] = set()
+        self.stages_done = 0
+        self._reasons: dict[int, dict[str, Any]] = {}
+
+    def bind(self, unit_names):
+        super().bind(unit_names)
+        self._reset()
+
+    def collectors(self):
+        if self.reference is None or self.probe is None:
+            return {}
+        from ...signals import ReferenceCKA
+
+        return {"cka": ReferenceCKA(self.reference, self.probe)}
+
+    def wants(self, progress: Progress) -> frozenset[str]:
+        return self.requires if self.clock.is_stage_end(progress.step) else frozenset()
+
+    def observe(self, progress: Progress, signals: dict[str, Any]) -> None:
+        values = signals["cka"]
+        if len(values) != self.num_units:
+            raise FrostlineError(f"CKAOracle got {len(values)} CKA values for {self.num_units} units")
+        self.stages_done += 1
+        for i, v in enumerate(values):
+            if v is not None and i not in self.frozen:
+                self.history[i].append(float(v))
+        head = self.num_units - 1
+        ready = [i in self.frozen or cka_ready(self.history[i], self.window, self.epsilon, self.floor)
+                 for i in range(head)]
+        if self.prefix_only:
+            chosen = set()
+            for i in range(head):
+                if not ready[i]:
+                    break
+                chosen.add(i)
+        else:
+            chosen = {i for i in range(head) if ready[i]}
+        for i in sorted(chosen - self.frozen):
+            last = self.history[i][-self.window:]
+            mean = sum(last) / len(last)
+            self._reasons[i] = {"cka": last[-1], "cka_window": last,
+                                "cka_variance": sum((v - mean) ** 2 for v in last) / len(last),
+                                "epsilon": self.epsilon, "floor": self.floor, "stage": self.stages_done,
+                                "step": progress.step}
+        self.frozen |= chosen
+
+    def decide(self, progress: Progress) -> set[int]:
+        return set(self.frozen)
+
+    def reason(self, unit: int):
+        return self._reasons.get(unit)
+
+    def config(self):
+        return {"stages_per_epoch": self.clock.per_epoch, "steps_per_epoch": self.clock.steps_per_epoch,
+                "stage_steps": self.clock.every_steps, "window": self.window, "epsilon": self.epsilon,
+                "floor": self.floor, "prefix_only": self.prefix_only}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(history=[list(h) for h in self.history], frozen=sorted(self.frozen),
+                     stages_done=self.stages_done, reasons=[[i, dict(r)] for i, r in sorted(self._reasons.items())])
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        try:
+            history = [[float(v) for v in h] for h in state["history"]]
+            if len(history) != self.num_units:
+                raise CheckpointError(f"saved CKA-oracle state is for {len(history)} units, this model has "
+                                      f"{self.num_units}: resume the same model")
+            self.history = history
+            self.frozen = {int(i) for i in state["frozen"]}
+            self.stages_done = int(state["stages_done"])
+            self._reasons = {int(i): dict(r) for i, r in state["reasons"]}
+        except KeyError as e:
+            raise CheckpointError(f"saved CKA-oracle state lacks {e}: it is not from this version") from None

@@ -1,0 +1,117 @@
+"""SmartFRZ's attention-based predictor (Li, Yuan, Dai et al., ICLR 2023) and its file format.
+
+The network, as the paper describes it: three MLPs of three linear layers (``input → 256 → 256 →
+64``, ReLU between) encode every snapshot of a unit's history window into a key, a query and a
+value; the query of the *newest* snapshot attends over the keys of every snapshot in the window
+(dot product, softmax); the attention-weighted sum of the values goes through a final MLP
+(``64 → 32 → 2``) whose two logits are ``[keep training, freeze]``. One predictor serves every
+unit of every model, because a unit is seen only through its tailored weights.
+
+Input features (our choice; the paper leaves it open): snapshot ``t`` of a window whose newest
+snapshot is ``w_T`` becomes ``(w_t - w_T) / rms(w_T) * input_scale``: how far the sampled weights
+were from where they are now, relative to their size. It is the same for a conv and a linear
+layer of any scale, zero for a unit that stopped moving, and ``input_scale`` (fitted on the
+training data, stored in the file) brings it to unit variance. Windows shorter than the maximum
+are left-padded and masked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...atomic import atomic_torch_save
+from ...errors import CheckpointError
+
+FORMAT = "frostline-smartfrz-predictor-1"
+SHIPPED = Path(__file__).with_name("predictor.pt")
+
+
+def _mlp(*sizes: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+class SmartFRZPredictor(nn.Module):
+    def __init__(self, input_size: int = 1024, input_scale: float = 1.0):
+        super().__init__()
+        self.input_size = input_size
+        self.input_scale = float(input_scale)
+        self.key = _mlp(input_size, 256, 256, 64)
+        self.query = _mlp(input_size, 256, 256, 64)
+        self.value = _mlp(input_size, 256, 256, 64)
+        self.head = _mlp(64, 32, 2)
+
+    def forward(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``windows`` (B, T, input_size) of features, newest snapshot last; ``mask`` (B, T) True
+        where a snapshot is real (padding on the left). Returns (B, 2) logits."""
+        x = windows * self.input_scale
+        k, v = self.key(x), self.value(x)
+        q = self.query(x[:, -1])
+        scores = torch.einsum("btd,bd->bt", k, q)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        attn = torch.softmax(scores, dim=1)
+        return self.head(torch.einsum("bt,btd->bd", attn, v))
+
+
+def window_features(snapshots: torch.Tensor) -> torch.Tensor:
+    """(T, D) raw tailored snapshots, oldest first -> (T, D) features (see the module docstring)."""
+    newest = snapshots[-1]
+    rms = newest.square().mean().sqrt().clamp_min(1e-12)
+    return (snapshots - newest) / rms
+
+
+def batch_windows(windows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature windows of different lengths -> left-padded (B, T, D) batch and (B, T) mask."""
+    t = max(w.shape[0] for w in windows)
+    d = windows[0].shape[1]
+    out = torch.zeros(len(windows), t, d)
+    mask = torch.zeros(len(windows), t, dtype=torch.bool)
+    for b, w in enumerate(windows):
+        out[b, t - w.shape[0]:] = w
+        mask[b, t - w.shape[0]:] = True
+    return out, mask
+
+
+def save_predictor(model: SmartFRZPredictor, path, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (weights in float16: half the size, no measurable change in its answers)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.half() for k, v in model.state_dict().items()}
+    return atomic_torch_save({"format": FORMAT, "input_size": model.input_size, "input_scale": model.input_scale,
+                              "state_dict": state, "meta": meta or {}}, path)
+
+
+def load_predictor(path=None) -> tuple[SmartFRZPredictor, dict[str, Any]]:
+    """The predictor in ``path`` (None: the one shipped with frostline) and its metadata, with a
+    clear :class:`CheckpointError` for a missing, corrupted or wrongly shaped file."""
+    path = Path(path) if path is not None else SHIPPED
+    how = ("rebuild it with `python scripts/build_predictor.py`" if path == SHIPPED
+           else "train one with `frostline predictor train`, or leave --predictor unset to use the shipped one")
+    if not path.is_file():
+        raise CheckpointError(f"SmartFRZ predictor {path} does not exist: {how}")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"SmartFRZ predictor {path} is unreadable or corrupted ({type(e).__name__}): {how}") from None
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT or "state_dict" not in saved:
+        raise CheckpointError(f"{path} is not a frostline SmartFRZ predictor file: {how}")
+    try:
+        model = SmartFRZPredictor(int(saved["input_size"]), float(saved["input_scale"]))
+        model.load_state_dict({k: v.float() for k, v in saved["state_dict"].items()})
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise CheckpointError(f"SmartFRZ predictor {path} has the wrong shape or contents ({first}): {how}") from None
+    model.eval()
+    meta = dict(saved.get("meta") or {})
+    meta["path"] = str(path)
+    meta["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return model, meta
