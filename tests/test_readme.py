@@ -50,6 +50,9 @@ def test_the_docs_have_runnable_blocks_and_only_known_fence_infos():
     blocks = [b for path in DOCS for b in python_blocks(path)]
     unknown = [(block_id, info) for block_id, info, _ in blocks if info not in ("", "no-run")]
     assert not unknown, f"python fences may only be plain or 'no-run': {unknown}"
+    for path in DOCS:  # an indented fence (inside a list item) would be skipped silently
+        indented = re.findall(r"^[ \t]+```python", path.read_text(), re.M)
+        assert not indented, f"{path.name}: move indented python blocks out of lists so they are run"
 
 
 @pytest.mark.parametrize("code", _params())
