@@ -1,9 +1,11 @@
-"""Every ```python block of README.md and docs/guide*.md runs, so the documentation cannot rot.
+"""Every ```python block of README.md, docs/guide*.md and the method cards
+(frostline/policies/<method>/README.md) runs, so the documentation cannot rot.
 
 A block fenced ```python no-run is shown, not run (a placeholder, a multi-process launch). Blocks
 run in a fresh namespace, in a temporary working folder; a block that imports a framework the
-environment lacks is skipped, and framework blocks (Hugging Face, Lightning) are integration tests
-because importing the framework alone takes seconds.
+environment lacks is skipped. The README's plain-torch quickstart stays in the fast tests; the
+framework blocks (importing Hugging Face or Lightning alone takes seconds) and the guides' and cards'
+blocks (about 20 s together on two CPU cores) are integration tests.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("guide*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("guide*.md")),
+        *sorted((ROOT / "frostline" / "policies").glob("*/README.md"))]
 FENCE = re.compile(r"^```python([^\n]*)\n(.*?)^```", re.S | re.M)
 FRAMEWORKS = {"transformers": "transformers", "lightning": "lightning"}  # import name -> module to require
 
@@ -39,7 +42,8 @@ def _params():
         for block_id, info, code in python_blocks(path):
             if info == "no-run":
                 continue
-            marks = [pytest.mark.integration] if _frameworks(code) else []
+            slow = _frameworks(code) or path.name != "README.md" or path.parent != ROOT
+            marks = [pytest.mark.integration] if slow else []
             params.append(pytest.param(code, id=block_id, marks=marks))
     return params
 
