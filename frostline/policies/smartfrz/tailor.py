@@ -40,10 +40,6 @@ class Tailor:
                 start += n
             self.plan.append(plan)
 
-    def taken(self, unit: int) -> int:
-        """How many real (not padding) values unit ``unit`` contributes."""
-        return sum(len(ix) for _, ix in self.plan[unit])
-
     @torch.no_grad()
     def sample(self, unit: int, params) -> torch.Tensor:
         """The unit's tailored vector now: float32 on the CPU, length ``size``."""
