@@ -7,14 +7,12 @@ from typing import Any
 
 import torch
 
-from ...errors import ConfigError
+from ...errors import check_int
 
 
 class History:
     def __init__(self, num_units: int, window: int = 30):
-        if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
-            raise ConfigError(f"the SmartFRZ history window must be a positive integer, got {window!r}")
-        self.window = window
+        self.window = check_int(window, "the SmartFRZ history window", low=1)
         self.snapshots: list[deque] = [deque(maxlen=window) for _ in range(num_units)]
 
     def add(self, samples: list[torch.Tensor | None]) -> None:
