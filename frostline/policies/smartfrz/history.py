@@ -28,9 +28,6 @@ class History:
         h = self.snapshots[unit]
         return torch.stack(list(h)) if h else None
 
-    def __len__(self) -> int:
-        return len(self.snapshots)
-
     def state_dict(self) -> dict[str, Any]:
         return {"window": self.window, "snapshots": [torch.stack(list(h)) if h else None for h in self.snapshots]}
 
