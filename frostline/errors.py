@@ -1,4 +1,7 @@
-"""Errors for bad input. Each message says what to do about it; the CLI prints it and exits 2."""
+"""Errors for bad input, and the one integer check that raises them. Each message says what to do
+about it; the CLI prints it and exits 2."""
+
+import numbers
 
 
 class FrostlineError(Exception):
@@ -27,3 +30,18 @@ class DistributedError(FrostlineError):
 
 class DataError(FrostlineError):
     """A data file (e.g. a collected SmartFRZ dataset) is missing, unreadable or of the wrong kind."""
+
+
+def check_int(value, what: str, *, low: int, high: int | None = None, allow_none: bool = False) -> int | None:
+    """``value`` as an ``int`` if it is an integer in ``[low, high]``, else a :class:`ConfigError`
+    naming ``what``. One helper, so every option reports a bad integer the same way. ``True`` is not
+    an integer here (a flag passed where a count belongs is a mistake); numpy integers are."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{what} must be an integer, got {value!r}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ConfigError(f"{what} must be {bound}, got {value}")
+    return value

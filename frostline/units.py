@@ -47,48 +47,16 @@ def _is_leaf(module: nn.Module) -> bool:
     return next(module.children(), None) is None
 
 
-def trace_execution_order(model: nn.Module, example_input) -> list[str]:
-    """Names of the modules of ``model`` in the order their forward first starts, from one pass.
-
-    The pass runs under ``no_grad`` in eval mode so that it changes nothing (no BatchNorm
-    statistics move, no dropout draws); training mode is restored afterwards.
-    """
-    order: list[str] = []
-    seen: set[str] = set()
-    handles = []
-    for name, module in model.named_modules():
-
-        def hook(_module, _args, _name=name):
-            if _name not in seen:
-                seen.add(_name)
-                order.append(_name)
-
-        handles.append(module.register_forward_pre_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            if isinstance(example_input, dict):
-                model(**example_input)
-            elif isinstance(example_input, (tuple, list)):
-                model(*example_input)
-            else:
-                model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return order
-
-
 class ExecutionOrderRecorder:
-    """Records module execution order during the *next* forward of ``model``, then detaches.
+    """Records module execution order during the *next* forward of ``model``, then detaches and
+    calls ``on_done(order)`` (if given) when the model's own ``forward`` returns.
 
     Lets :class:`~frostline.Freezer` find units lazily from the user's own first training batch,
-    so plain-PyTorch use needs no example input.
+    so plain-PyTorch use needs no example input; :func:`trace_execution_order` is the same
+    recorder around one pass on an example batch.
     """
 
-    def __init__(self, model: nn.Module, on_done):
+    def __init__(self, model: nn.Module, on_done=None):
         self.order: list[str] = []
         self._seen: set[str] = set()
         self._handles = []
@@ -107,12 +75,36 @@ class ExecutionOrderRecorder:
 
     def _finish(self, _module, _args, _output):
         self.detach()
-        self._on_done(self.order)
+        if self._on_done is not None:
+            self._on_done(self.order)
 
     def detach(self):
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def trace_execution_order(model: nn.Module, example_input) -> list[str]:
+    """Names of the modules of ``model`` in the order their forward first starts, from one pass.
+
+    The pass runs under ``no_grad`` in eval mode so that it changes nothing (no BatchNorm
+    statistics move, no dropout draws); training mode is restored afterwards.
+    """
+    recorder = ExecutionOrderRecorder(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if isinstance(example_input, dict):
+                model(**example_input)
+            elif isinstance(example_input, (tuple, list)):
+                model(*example_input)
+            else:
+                model(example_input)
+    finally:
+        recorder.detach()
+        model.train(was_training)
+    return recorder.order
 
 
 def _split_leaf_sequence(prefix: str, module: nn.Module) -> list[list[str]]:

@@ -64,10 +64,12 @@ def test_registered_and_validated():
 
 def test_intervals_split_each_epoch_into_m_parts():
     p = AutoFreeze(intervals_per_epoch=4, steps_per_epoch=10)
-    ids = [p.interval_of(s) for s in range(1, 21)]
+    ids = [p.clock.index(s) for s in range(1, 21)]
     assert ids == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4, 5, 5, 5, 6, 6, 7, 7, 7]
+    assert [s for s in range(1, 21) if p.clock.is_stage_end(s)] == [2, 5, 7, 10, 12, 15, 17, 20]
     q = AutoFreeze(interval_steps=3)
-    assert [q.interval_of(s) for s in range(1, 8)] == [0, 0, 0, 1, 1, 1, 2]
+    assert [q.clock.index(s) for s in range(1, 8)] == [0, 0, 0, 1, 1, 1, 2]
+    assert [s for s in range(0, 8) if q.clock.is_stage_end(s)] == [3, 6]
 
 
 def test_percentile_matches_numpy_and_rates():

@@ -56,6 +56,14 @@ class FreezePolicy:
     def observe(self, progress: Progress, signals: dict[str, Any]) -> None:
         """See the signals returned by :meth:`wants` after an optimizer step."""
 
+    def _per_unit(self, values, what: str):
+        """``values`` (a signal) if there is one per unit, else a clear error (a collector out of step)."""
+        if len(values) != self.num_units:
+            from ..errors import FrostlineError
+
+            raise FrostlineError(f"{type(self).__name__} got {len(values)} {what} for {self.num_units} units")
+        return values
+
     def decide(self, progress: Progress) -> set[int]:
         """Indices of the units that should be frozen now. Freezing is permanent: the Freezer
         keeps the union of every answer."""

@@ -3,45 +3,153 @@
 ``per_epoch`` stages per epoch of ``steps_per_epoch`` steps, evenly spread (the k-th stage of an
 epoch ends after ``k * steps_per_epoch // per_epoch`` of its steps), or one stage every
 ``every_steps`` steps. A function of the step count alone, so a resumed run meets the same stages.
+
+:class:`StagedPolicy` is the bookkeeping shared by the policies that decide at stage ends from a
+per-unit readiness rule (the CKA oracle, SmartFRZ); each method keeps only its rule in its file.
 """
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from bisect import bisect_right
+from typing import Any
 
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+from ..errors import CheckpointError, ConfigError, check_int
+from .base import FreezePolicy, Progress
 
 
 class StageClock:
-    def __init__(self, per_epoch: int, steps_per_epoch: int | None, every_steps: int | None, what: str = "stages_per_epoch"):
-        if not _is_int(per_epoch) or per_epoch < 1:
-            raise ConfigError(f"{what} must be an integer >= 1, got {per_epoch!r}")
+    """Where the stage boundaries fall. ``per_epoch_name`` and ``every_name`` are the option
+    names the caller exposes (``intervals_per_epoch``, ``snapshot_steps``...), for error messages."""
+
+    def __init__(self, per_epoch: int, steps_per_epoch: int | None, every_steps: int | None,
+                 per_epoch_name: str = "stages_per_epoch", every_name: str = "stage_steps"):
+        check_int(per_epoch, per_epoch_name, low=1)
         if steps_per_epoch is None and every_steps is None:
-            raise ConfigError("the stage length is unknown: pass steps_per_epoch (optimizer steps per epoch, "
-                              "e.g. len(train_loader)) or stage_steps")
+            raise ConfigError("the length of a stage is unknown: pass steps_per_epoch (optimizer steps per epoch, "
+                              f"e.g. len(train_loader)) with {per_epoch_name}, or {every_name}")
         if steps_per_epoch is not None and every_steps is not None:
-            raise ConfigError(f"pass steps_per_epoch (with {what}) or stage_steps, not both")
+            raise ConfigError(f"pass steps_per_epoch (with {per_epoch_name}) or {every_name}, not both")
         if steps_per_epoch is not None:
-            if not _is_int(steps_per_epoch) or steps_per_epoch <= 0:
-                raise ConfigError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+            check_int(steps_per_epoch, "steps_per_epoch", low=1)
             if per_epoch > steps_per_epoch:
-                raise ConfigError(f"{what}={per_epoch} is more than the {steps_per_epoch} steps of an epoch: "
-                                  "use at most one stage per step")
-        if every_steps is not None and (not _is_int(every_steps) or every_steps <= 0):
-            raise ConfigError(f"stage_steps must be a positive integer, got {every_steps!r}")
+                raise ConfigError(f"{per_epoch_name}={per_epoch} is more than the {steps_per_epoch} steps of an "
+                                  "epoch: use at most one per step")
+        if every_steps is not None:
+            check_int(every_steps, every_name, low=1)
         self.per_epoch = per_epoch
         self.steps_per_epoch = steps_per_epoch
         self.every_steps = every_steps
         if steps_per_epoch is not None:
-            self._ends = {k * steps_per_epoch // per_epoch for k in range(1, per_epoch + 1)}
+            # steps (0-based, within an epoch) at which the 2nd, 3rd, ... stage of the epoch begins
+            self._starts = [k * steps_per_epoch // per_epoch for k in range(1, per_epoch)]
+
+    def index(self, step: int) -> int:
+        """Which stage (0-based, counted from the start of training) optimizer step ``step``
+        (1-based) belongs to."""
+        s = step - 1
+        if self.every_steps is not None:
+            return s // self.every_steps
+        epoch, within = divmod(s, self.steps_per_epoch)
+        return epoch * self.per_epoch + bisect_right(self._starts, within)
 
     def is_stage_end(self, step: int) -> bool:
         """Whether optimizer step ``step`` (1-based) closes a stage."""
-        if step <= 0:
-            return False
-        if self.every_steps is not None:
-            return step % self.every_steps == 0
-        within = step % self.steps_per_epoch or self.steps_per_epoch
-        return within in self._ends
+        return step > 0 and self.index(step + 1) != self.index(step)
+
+
+class StagedPolicy(FreezePolicy):
+    """A policy that records a per-unit signal and, at the end of each stage of :attr:`clock`,
+    freezes the units its rule finds ready, for good. The head never freezes. With
+    ``prefix_only`` a ready unit waits until every unit before it is frozen or ready, so the
+    frozen units stay a prefix (what the activation cache and the backward savings need).
+
+    A subclass gives the rule: :meth:`_record` (keep the signals of one step),
+    :meth:`_ready` (the units ready at this stage end, with the reason for each), and its
+    histories' ``_reset``/:meth:`_own_state`/:meth:`_load_own_state`.
+    """
+
+    def __init__(self, stages_per_epoch: int, steps_per_epoch: int | None, stage_steps: int | None,
+                 prefix_only: bool):
+        super().__init__()
+        self.clock = StageClock(stages_per_epoch, steps_per_epoch, stage_steps)
+        self.prefix_only = bool(prefix_only)
+
+    def _reset(self) -> None:
+        self.frozen: set[int] = set()
+        self.stages_done = 0
+        self._reasons: dict[int, dict[str, Any]] = {}
+
+    def bind(self, unit_names):
+        super().bind(unit_names)
+        self._reset()
+
+    def wants(self, progress: Progress) -> frozenset[str]:
+        return self.requires if self.clock.is_stage_end(progress.step) else frozenset()
+
+    # -- the rule (subclasses) ---------------------------------------------------------------
+    def _record(self, progress: Progress, signals: dict[str, Any]) -> None:
+        """Keep what the signals of an observed step say (every observed step, stage end or not)."""
+        raise NotImplementedError
+
+    def _ready(self, progress: Progress) -> dict[int, dict[str, Any]]:
+        """Units below the head, not frozen yet, that the rule finds ready now -> the reason."""
+        raise NotImplementedError
+
+    def _own_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_own_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # -- the shared part ---------------------------------------------------------------------
+    def _check_units(self, saved: int) -> None:
+        if saved != self.num_units:
+            raise CheckpointError(f"saved {type(self).__name__} state is for {saved} units, this model has "
+                                  f"{self.num_units}: resume the same model")
+
+    def observe(self, progress: Progress, signals: dict[str, Any]) -> None:
+        self._record(progress, signals)
+        if not self.clock.is_stage_end(progress.step):
+            return
+        self.stages_done += 1
+        ready = self._ready(progress)
+        new = self._prefix(ready) if self.prefix_only else set(ready)
+        for i in sorted(new):
+            self._reasons[i] = ready[i]
+        self._freeze(new)
+
+    def _prefix(self, ready) -> set[int]:
+        """The ready units that extend the frozen prefix: up to the first unit neither frozen nor ready."""
+        new, i = set(), 0
+        while i < self.num_units - 1 and (i in self.frozen or i in ready):
+            if i not in self.frozen:
+                new.add(i)
+            i += 1
+        return new
+
+    def _freeze(self, units: set[int]) -> None:
+        self.frozen |= units
+
+    def decide(self, progress: Progress) -> set[int]:
+        return set(self.frozen)
+
+    def reason(self, unit: int):
+        return self._reasons.get(unit)
+
+    # -- resume ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(self._own_state())
+        state.update(frozen=sorted(self.frozen), stages_done=self.stages_done,
+                     reasons=[[i, dict(r)] for i, r in sorted(self._reasons.items())])
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        try:
+            self._load_own_state(state)
+            self.frozen = {int(i) for i in state["frozen"]}
+            self.stages_done = int(state["stages_done"])
+            self._reasons = {int(i): dict(r) for i, r in state["reasons"]}
+        except KeyError as e:
+            raise CheckpointError(f"saved {type(self).__name__} state lacks {e}: it is not from this version") from None

@@ -43,8 +43,9 @@ class Recorder(FreezePolicy):
                  snapshots_per_epoch: int = 30, label_stages_per_epoch: int = 4):
         super().__init__()
         self.reference, self.probe, self.tailor_size, self.seed = reference, probe, tailor_size, seed
-        self.snap_clock = StageClock(snapshots_per_epoch, steps_per_epoch, None, what="snapshots_per_epoch")
-        self.label_clock = StageClock(label_stages_per_epoch, steps_per_epoch, None, what="label_stages_per_epoch")
+        self.snap_clock = StageClock(snapshots_per_epoch, steps_per_epoch, None, per_epoch_name="snapshots_per_epoch")
+        self.label_clock = StageClock(label_stages_per_epoch, steps_per_epoch, None,
+                                      per_epoch_name="label_stages_per_epoch")
         self.snapshot_steps: list[int] = []
         self.snapshots: list[torch.Tensor] = []
         self.stage_steps: list[int] = []

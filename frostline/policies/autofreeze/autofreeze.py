@@ -47,40 +47,20 @@ same intervals with the same sums and decides identically.
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from typing import Any, Sequence
 
-from ...errors import CheckpointError, ConfigError, FrostlineError
+from ...errors import CheckpointError, ConfigError
 from ..base import FreezePolicy, Progress
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+from ..stages import StageClock
 
 
 def check_autofreeze_args(percentile: float, intervals_per_epoch: int, steps_per_epoch: int | None,
-                          interval_steps: int | None) -> None:
+                          interval_steps: int | None) -> StageClock:
+    """Checks AutoFreeze's settings; returns the clock of evaluation intervals they describe."""
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not (0.0 < percentile <= 100.0):
         raise ConfigError(f"percentile must be in (0, 100], got {percentile!r}")
-    if not _is_int(intervals_per_epoch) or intervals_per_epoch < 1:
-        raise ConfigError(f"intervals_per_epoch must be an integer >= 1, got {intervals_per_epoch!r}")
-    if steps_per_epoch is None and interval_steps is None:
-        raise ConfigError(
-            "AutoFreeze needs the interval length: pass steps_per_epoch (optimizer steps per epoch, "
-            "e.g. len(train_loader)) or interval_steps"
-        )
-    if steps_per_epoch is not None and interval_steps is not None:
-        raise ConfigError("pass steps_per_epoch (with intervals_per_epoch) or interval_steps, not both")
-    if steps_per_epoch is not None:
-        if not _is_int(steps_per_epoch) or steps_per_epoch <= 0:
-            raise ConfigError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
-        if intervals_per_epoch > steps_per_epoch:
-            raise ConfigError(
-                f"intervals_per_epoch={intervals_per_epoch} is more than the {steps_per_epoch} steps of an "
-                "epoch: use at most one interval per step"
-            )
-    if interval_steps is not None and (not _is_int(interval_steps) or interval_steps <= 0):
-        raise ConfigError(f"interval_steps must be a positive integer, got {interval_steps!r}")
+    return StageClock(intervals_per_epoch, steps_per_epoch, interval_steps,
+                      per_epoch_name="intervals_per_epoch", every_name="interval_steps")
 
 
 def percentile_linear(values: Sequence[float], q: float) -> float:
@@ -146,14 +126,11 @@ class AutoFreeze(FreezePolicy):
     def __init__(self, percentile: float = 50, intervals_per_epoch: int = 4,
                  steps_per_epoch: int | None = None, interval_steps: int | None = None):
         super().__init__()
-        check_autofreeze_args(percentile, intervals_per_epoch, steps_per_epoch, interval_steps)
+        self.clock = check_autofreeze_args(percentile, intervals_per_epoch, steps_per_epoch, interval_steps)
         self.percentile = float(percentile)
         self.intervals_per_epoch = int(intervals_per_epoch)
         self.steps_per_epoch = steps_per_epoch
         self.interval_steps = interval_steps
-        if steps_per_epoch is not None:
-            m = self.intervals_per_epoch
-            self._bounds = [k * steps_per_epoch // m for k in range(1, m)]
         self._reset()
 
     def _reset(self) -> None:
@@ -173,20 +150,10 @@ class AutoFreeze(FreezePolicy):
         self._reset()
 
     # -- intervals -------------------------------------------------------------------------
-    def interval_of(self, step: int) -> int:
-        """Id of the evaluation interval that optimizer step ``step`` (1-based) belongs to."""
-        s = step - 1
-        if self.interval_steps is not None:
-            return s // self.interval_steps
-        epoch, within = divmod(s, self.steps_per_epoch)
-        return epoch * self.intervals_per_epoch + bisect_right(self._bounds, within)
-
     def observe(self, progress: Progress, signals: dict[str, Any]) -> None:
-        norms = signals["grad_norm"]
-        if len(norms) != self.num_units:
-            raise FrostlineError(f"AutoFreeze got {len(norms)} gradient norms for {self.num_units} units")
+        norms = self._per_unit(signals["grad_norm"], "gradient norms")
         step = progress.step
-        k = self.interval_of(step)
+        k = self.clock.index(step)
         if self._interval is not None and k != self._interval:
             self._close(step - 1)  # the last step of the previous interval was never observed
         self._interval = k
@@ -197,7 +164,7 @@ class AutoFreeze(FreezePolicy):
             if math.isfinite(g):
                 self._sums[i] += g
                 self._counts[i] += 1
-        if self.interval_of(step + 1) != k:
+        if self.clock.is_stage_end(step):
             self._close(step)
 
     def _close(self, step: int) -> None:

@@ -24,9 +24,9 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from ...errors import CheckpointError, ConfigError, FrostlineError
-from ..base import FreezePolicy, Progress
-from ..stages import StageClock
+from ...errors import ConfigError, check_int
+from ..base import Progress
+from ..stages import StagedPolicy
 
 DEFAULT_WINDOW = 3
 DEFAULT_EPSILON = 1e-3
@@ -34,8 +34,7 @@ DEFAULT_FLOOR = 0.9
 
 
 def check_rule(window, epsilon, floor) -> None:
-    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
-        raise ConfigError(f"the CKA window must be an integer >= 2 stages (a variance needs two values), got {window!r}")
+    check_int(window, "the CKA window (stages; a variance needs two values)", low=2)
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0:
         raise ConfigError(f"cka_epsilon must be > 0, got {epsilon!r}")
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not (0.0 <= floor <= 1.0):
@@ -55,7 +54,7 @@ def cka_ready(history: Sequence[float], window: int, epsilon: float, floor: floa
     return variance < epsilon and last[-1] >= floor
 
 
-class CKAOracle(FreezePolicy):
+class CKAOracle(StagedPolicy):
     """Freeze units whose CKA to a reference model has stabilised above a floor; decides at
     ``stages_per_epoch`` stages per epoch of ``steps_per_epoch`` steps (or every ``stage_steps``).
 
@@ -70,23 +69,15 @@ class CKAOracle(FreezePolicy):
     def __init__(self, reference=None, probe=None, stages_per_epoch: int = 4, steps_per_epoch: int | None = None,
                  stage_steps: int | None = None, window: int = DEFAULT_WINDOW, epsilon: float = DEFAULT_EPSILON,
                  floor: float = DEFAULT_FLOOR, prefix_only: bool = False):
-        super().__init__()
         check_rule(window, epsilon, floor)
-        self.clock = StageClock(stages_per_epoch, steps_per_epoch, stage_steps)
+        super().__init__(stages_per_epoch, steps_per_epoch, stage_steps, prefix_only)
         self.reference, self.probe = reference, probe
         self.window, self.epsilon, self.floor = int(window), float(epsilon), float(floor)
-        self.prefix_only = bool(prefix_only)
         self._reset()
 
     def _reset(self) -> None:
+        super()._reset()
         self.history: list[list[float]] = [[] for _ in range(self.num_units)]
-        self.frozen: set[int] = set()
-        self.stages_done = 0
-        self._reasons: dict[int, dict[str, Any]] = {}
-
-    def bind(self, unit_names):
-        super().bind(unit_names)
-        self._reset()
 
     def collectors(self):
         if self.reference is None or self.probe is None:
@@ -95,64 +86,33 @@ class CKAOracle(FreezePolicy):
 
         return {"cka": ReferenceCKA(self.reference, self.probe)}
 
-    def wants(self, progress: Progress) -> frozenset[str]:
-        return self.requires if self.clock.is_stage_end(progress.step) else frozenset()
-
-    def observe(self, progress: Progress, signals: dict[str, Any]) -> None:
-        values = signals["cka"]
-        if len(values) != self.num_units:
-            raise FrostlineError(f"CKAOracle got {len(values)} CKA values for {self.num_units} units")
-        self.stages_done += 1
-        for i, v in enumerate(values):
+    def _record(self, progress: Progress, signals: dict[str, Any]) -> None:
+        for i, v in enumerate(self._per_unit(signals["cka"], "CKA values")):
             if v is not None and i not in self.frozen:
                 self.history[i].append(float(v))
-        head = self.num_units - 1
-        ready = [i in self.frozen or cka_ready(self.history[i], self.window, self.epsilon, self.floor)
-                 for i in range(head)]
-        if self.prefix_only:
-            chosen = set()
-            for i in range(head):
-                if not ready[i]:
-                    break
-                chosen.add(i)
-        else:
-            chosen = {i for i in range(head) if ready[i]}
-        for i in sorted(chosen - self.frozen):
+
+    def _ready(self, progress: Progress) -> dict[int, dict[str, Any]]:
+        ready = {}
+        for i in range(self.num_units - 1):
+            if i in self.frozen or not cka_ready(self.history[i], self.window, self.epsilon, self.floor):
+                continue
             last = self.history[i][-self.window:]
             mean = sum(last) / len(last)
-            self._reasons[i] = {"cka": last[-1], "cka_window": last,
-                                "cka_variance": sum((v - mean) ** 2 for v in last) / len(last),
-                                "epsilon": self.epsilon, "floor": self.floor, "stage": self.stages_done,
-                                "step": progress.step}
-        self.frozen |= chosen
-
-    def decide(self, progress: Progress) -> set[int]:
-        return set(self.frozen)
-
-    def reason(self, unit: int):
-        return self._reasons.get(unit)
+            ready[i] = {"cka": last[-1], "cka_window": last,
+                        "cka_variance": sum((v - mean) ** 2 for v in last) / len(last),
+                        "epsilon": self.epsilon, "floor": self.floor, "stage": self.stages_done,
+                        "step": progress.step}
+        return ready
 
     def config(self):
         return {"stages_per_epoch": self.clock.per_epoch, "steps_per_epoch": self.clock.steps_per_epoch,
                 "stage_steps": self.clock.every_steps, "window": self.window, "epsilon": self.epsilon,
                 "floor": self.floor, "prefix_only": self.prefix_only}
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state.update(history=[list(h) for h in self.history], frozen=sorted(self.frozen),
-                     stages_done=self.stages_done, reasons=[[i, dict(r)] for i, r in sorted(self._reasons.items())])
-        return state
+    def _own_state(self) -> dict[str, Any]:
+        return {"history": [list(h) for h in self.history]}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        try:
-            history = [[float(v) for v in h] for h in state["history"]]
-            if len(history) != self.num_units:
-                raise CheckpointError(f"saved CKA-oracle state is for {len(history)} units, this model has "
-                                      f"{self.num_units}: resume the same model")
-            self.history = history
-            self.frozen = {int(i) for i in state["frozen"]}
-            self.stages_done = int(state["stages_done"])
-            self._reasons = {int(i): dict(r) for i, r in state["reasons"]}
-        except KeyError as e:
-            raise CheckpointError(f"saved CKA-oracle state lacks {e}: it is not from this version") from None
+    def _load_own_state(self, state: dict[str, Any]) -> None:
+        history = [[float(v) for v in h] for h in state["history"]]
+        self._check_units(len(history))
+        self.history = history

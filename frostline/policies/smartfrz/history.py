@@ -7,14 +7,12 @@ from typing import Any
 
 import torch
 
-from ...errors import ConfigError
+from ...errors import check_int
 
 
 class History:
     def __init__(self, num_units: int, window: int = 30):
-        if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
-            raise ConfigError(f"the SmartFRZ history window must be a positive integer, got {window!r}")
-        self.window = window
+        self.window = check_int(window, "the SmartFRZ history window", low=1)
         self.snapshots: list[deque] = [deque(maxlen=window) for _ in range(num_units)]
 
     def add(self, samples: list[torch.Tensor | None]) -> None:
@@ -29,9 +27,6 @@ class History:
     def stacked(self, unit: int) -> torch.Tensor | None:
         h = self.snapshots[unit]
         return torch.stack(list(h)) if h else None
-
-    def __len__(self) -> int:
-        return len(self.snapshots)
 
     def state_dict(self) -> dict[str, Any]:
         return {"window": self.window, "snapshots": [torch.stack(list(h)) if h else None for h in self.snapshots]}

@@ -19,31 +19,28 @@ from typing import Any
 
 import torch
 
-from ...errors import CheckpointError, ConfigError, FrostlineError
+from ...errors import ConfigError, check_int
 from .history import History
 from .predictor import SmartFRZPredictor, load_predictor, window_features
-from .tailor import check_size
-from ..base import FreezePolicy, Progress
-from ..stages import StageClock
+from ..base import Progress
+from ..stages import StageClock, StagedPolicy
 
 MIN_SNAPSHOTS = 2
 
 
-class SmartFRZ(FreezePolicy):
+class SmartFRZ(StagedPolicy):
     name = "smartfrz"
     requires = frozenset({"tailored_weights"})
 
     def __init__(self, predictor=None, window: int = 30, tailor_size: int = 1024, snapshots_per_epoch: int = 30,
                  stages_per_epoch: int = 1, steps_per_epoch: int | None = None, stage_steps: int | None = None,
                  snapshot_steps: int | None = None, prefix_only: bool = False, seed: int = 0):
-        super().__init__()
-        if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
-            raise ConfigError(f"the SmartFRZ history window must be a positive integer, got {window!r}")
-        check_size(tailor_size)
+        window = check_int(window, "the SmartFRZ history window", low=1)
+        tailor_size = check_int(tailor_size, "tailor size", low=1)
+        super().__init__(stages_per_epoch, steps_per_epoch, stage_steps, prefix_only)
         self.window, self.tailor_size, self.seed = window, tailor_size, int(seed)
-        self.stages = StageClock(stages_per_epoch, steps_per_epoch, stage_steps)
-        self.snapshots = StageClock(snapshots_per_epoch, steps_per_epoch, snapshot_steps, what="snapshots_per_epoch")
-        self.prefix_only = bool(prefix_only)
+        self.snapshots = StageClock(snapshots_per_epoch, steps_per_epoch, snapshot_steps,
+                                    per_epoch_name="snapshots_per_epoch", every_name="snapshot_steps")
         if isinstance(predictor, SmartFRZPredictor):
             self.predictor, self.predictor_meta = predictor.eval(), {"path": None, "sha256": None}
         else:
@@ -55,15 +52,9 @@ class SmartFRZ(FreezePolicy):
         self._reset()
 
     def _reset(self) -> None:
+        super()._reset()
         self.history = History(self.num_units, self.window)
-        self.frozen: set[int] = set()
-        self.stages_done = 0
-        self._reasons: dict[int, dict[str, Any]] = {}
         self.last_stage: dict[str, Any] | None = None
-
-    def bind(self, unit_names):
-        super().bind(unit_names)
-        self._reset()
 
     def collectors(self):
         from ...signals import TailoredWeights
@@ -71,8 +62,7 @@ class SmartFRZ(FreezePolicy):
         return {"tailored_weights": TailoredWeights(self.tailor_size, self.seed)}
 
     def wants(self, progress: Progress) -> frozenset[str]:
-        s = progress.step
-        return self.requires if self.snapshots.is_stage_end(s) or self.stages.is_stage_end(s) else frozenset()
+        return self.requires if self.snapshots.is_stage_end(progress.step) else super().wants(progress)
 
     @torch.no_grad()
     def freeze_probabilities(self) -> dict[int, float]:
@@ -87,62 +77,34 @@ class SmartFRZ(FreezePolicy):
         probs = torch.softmax(self.predictor(x, mask), dim=1)[:, 1].tolist()
         return dict(zip(units, probs))
 
-    def observe(self, progress: Progress, signals: dict[str, Any]) -> None:
-        samples = signals["tailored_weights"]
-        if len(samples) != self.num_units:
-            raise FrostlineError(f"SmartFRZ got {len(samples)} snapshots for {self.num_units} units")
+    def _record(self, progress: Progress, signals: dict[str, Any]) -> None:
+        samples = self._per_unit(signals["tailored_weights"], "snapshots")
         self.history.add([None if i in self.frozen else s for i, s in enumerate(samples)])
-        if not self.stages.is_stage_end(progress.step):
-            return
-        self.stages_done += 1
+
+    def _ready(self, progress: Progress) -> dict[int, dict[str, Any]]:
         probs = self.freeze_probabilities()
-        ready = {i for i, p in probs.items() if p > 0.5}
-        if self.prefix_only:
-            chosen, i = set(), 0
-            while i < self.num_units - 1 and (i in self.frozen or i in ready):
-                chosen.add(i)
-                i += 1
-            chosen -= self.frozen
-        else:
-            chosen = ready
-        for i in sorted(chosen):
-            self._reasons[i] = {"freeze_probability": probs[i], "snapshots": len(self.history.snapshots[i]),
-                                "stage": self.stages_done, "step": progress.step,
-                                "predictor": self.predictor_meta.get("sha256")}
-            self.history.drop(i)
-        self.frozen |= chosen
         self.last_stage = {"stage": self.stages_done, "step": progress.step,
                            "freeze_probability": {self.unit_names[i]: round(p, 4) for i, p in probs.items()}}
+        return {i: {"freeze_probability": p, "snapshots": len(self.history.snapshots[i]), "stage": self.stages_done,
+                    "step": progress.step, "predictor": self.predictor_meta.get("sha256")}
+                for i, p in probs.items() if p > 0.5}
 
-    def decide(self, progress: Progress) -> set[int]:
-        return set(self.frozen)
-
-    def reason(self, unit: int):
-        return self._reasons.get(unit)
+    def _freeze(self, units: set[int]) -> None:
+        super()._freeze(units)
+        for i in units:
+            self.history.drop(i)  # a frozen unit's weights no longer change
 
     def config(self):
         return {"window": self.window, "tailor_size": self.tailor_size, "seed": self.seed,
                 "snapshots_per_epoch": self.snapshots.per_epoch, "snapshot_steps": self.snapshots.every_steps,
-                "stages_per_epoch": self.stages.per_epoch, "stage_steps": self.stages.every_steps,
-                "steps_per_epoch": self.stages.steps_per_epoch, "prefix_only": self.prefix_only,
+                "stages_per_epoch": self.clock.per_epoch, "stage_steps": self.clock.every_steps,
+                "steps_per_epoch": self.clock.steps_per_epoch, "prefix_only": self.prefix_only,
                 "predictor_sha256": self.predictor_meta.get("sha256")}
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state.update(history=self.history.state_dict(), frozen=sorted(self.frozen), stages_done=self.stages_done,
-                     reasons=[[i, dict(r)] for i, r in sorted(self._reasons.items())], last_stage=self.last_stage)
-        return state
+    def _own_state(self) -> dict[str, Any]:
+        return {"history": self.history.state_dict(), "last_stage": self.last_stage}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        try:
-            if len(state["history"]["snapshots"]) != self.num_units:
-                raise CheckpointError(f"saved SmartFRZ state is for {len(state['history']['snapshots'])} units, "
-                                      f"this model has {self.num_units}: resume the same model")
-            self.history.load_state_dict(state["history"])
-            self.frozen = {int(i) for i in state["frozen"]}
-            self.stages_done = int(state["stages_done"])
-            self._reasons = {int(i): dict(r) for i, r in state["reasons"]}
-            self.last_stage = state.get("last_stage")
-        except KeyError as e:
-            raise CheckpointError(f"saved SmartFRZ state lacks {e}: it is not from this version") from None
+    def _load_own_state(self, state: dict[str, Any]) -> None:
+        self._check_units(len(state["history"]["snapshots"]))
+        self.history.load_state_dict(state["history"])
+        self.last_stage = state.get("last_stage")

@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import ConfigError
-
-
-def check_size(size, what: str = "tailor size") -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ConfigError(f"{what} must be a positive integer, got {size!r}")
-    return size
+from ...errors import check_int
 
 
 class Tailor:
     """Fixed sampling positions for every unit; :meth:`sample` reads them from live parameters."""
 
     def __init__(self, unit_params: list[list[torch.nn.Parameter]], size: int = 1024, seed: int = 0):
-        self.size = check_size(size)
+        self.size = check_int(size, "tailor size", low=1)
         self.seed = seed
         #: per unit: list of (parameter position in the unit, local flat indices)
         self.plan: list[list[tuple[int, torch.Tensor]]] = []
@@ -39,10 +33,6 @@ class Tailor:
                     plan.append((k, local))
                 start += n
             self.plan.append(plan)
-
-    def taken(self, unit: int) -> int:
-        """How many real (not padding) values unit ``unit`` contributes."""
-        return sum(len(ix) for _, ix in self.plan[unit])
 
     @torch.no_grad()
     def sample(self, unit: int, params) -> torch.Tensor:
