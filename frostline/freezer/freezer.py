@@ -1,4 +1,4 @@
-"""The Freezer: the only code that *acts* on a freezing decision.
+"""The :class:`Freezer`: applies a policy's decisions to a model and its optimizer.
 
 It flips ``requires_grad``, takes frozen parameters (and their optimizer state) out of the
 optimizer, keeps frozen modules in eval mode even after ``model.train()``, applies per-unit
@@ -14,22 +14,23 @@ Plain PyTorch use is two lines::
 from __future__ import annotations
 
 import time
-import types
 from dataclasses import dataclass, asdict
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, FrostlineError, ModelError
-from .policies.base import FreezePolicy, Progress
-from .units import GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, freeze_units, units_from_names
+from ..errors import CheckpointError, ConfigError, FrostlineError, ModelError
+from ..policies.base import FreezePolicy, Progress
+from ..signals import STANDARD as STANDARD_COLLECTORS
+from ..units import GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, freeze_units, units_from_names
+from . import param_groups
+from .eval_mode import pin_eval, unpin
+from .schedulers import SchedulerBridge
 
 STATE_VERSION = 2
 #: Versions :meth:`Freezer.load_state_dict` still reads (1: no original optimizer layout).
 READABLE_VERSIONS = (1, 2)
-#: Signals the Freezer computes itself; others come from collectors (frostline.signals).
-BUILTIN_SIGNALS = frozenset({"grad_norm"})
 
 
 @dataclass
@@ -41,18 +42,6 @@ class FreezeEvent:
     step: int
     fraction: float
     signal: dict[str, Any] | None = None
-
-
-def _train_keeps_eval(self: nn.Module, mode: bool = True) -> nn.Module:
-    """Replacement ``train`` for a frozen module: whatever the caller asks, stay in eval mode so
-    BatchNorm statistics stop moving and dropout is off."""
-    return nn.Module.train(self, False)
-
-
-def _pin_eval(module: nn.Module) -> None:
-    for m in module.modules():
-        m.train = types.MethodType(_train_keeps_eval, m)
-    nn.Module.train(module, False)
 
 
 class Freezer:
@@ -102,18 +91,17 @@ class Freezer:
         self.step_count = 0
         #: Seconds spent collecting signals and deciding (the method's own overhead).
         self.decision_time_s = 0.0
+        #: Parameter name by ``id(parameter)``: how saved layouts name parameters.
+        self.param_name_by_id = {id(p): n for n, p in model.named_parameters()}
+        #: The optimizer's layout as the user's code creates it: parameter names and
+        #: hyperparameters per original group (what a fresh optimizer/scheduler expects).
+        self.original_param_groups = param_groups.layout_by_name(optimizer, self.param_name_by_id)
+        #: LR schedulers attached with :meth:`attach_scheduler` (``.attached``).
+        self.schedulers = SchedulerBridge(self)
         self._recorder = None
         self._extra_signals = dict(signals or {})
         self._collectors: dict[str, Any] = {}
-        self._param_name = {id(p): n for n, p in model.named_parameters()}
-        #: The optimizer's layout as the user's code creates it: parameter names and
-        #: hyperparameters per original group (what a fresh optimizer/scheduler expects).
-        self.original_param_groups = [
-            {**{k: v for k, v in g.items() if k != "params"},
-             "params": [self._param_name[id(p)] for p in g["params"] if id(p) in self._param_name]}
-            for g in optimizer.param_groups
-        ]
-        self._schedulers: list = []
+        self._eval_pins: dict[int, list] = {}  # unit index -> its forward pre-hook handles
         if units is not None:
             self._setup(units_from_names(model, [[u] if isinstance(u, str) else list(u) for u in units]))
         elif example_input is not None:
@@ -145,17 +133,19 @@ class Freezer:
 
     def _setup(self, units: list[FreezeUnit]) -> None:
         self._recorder = None
+        self._bind(units)
+        if self.policy.scales_lr:
+            param_groups.split_per_unit(self.optimizer, [u.params for u in units])
+            self.schedulers.sync()
+        self._apply_lr()
+
+    def _bind(self, units: list[FreezeUnit]) -> None:
+        """Take ``units``; bind the policy to them and find a collector for every signal it needs."""
         self.units = units
         self.policy.bind([u.name for u in units])
-        self._bind_collectors()
-        if self.policy.scales_lr:
-            self._split_param_groups()
-        self._apply_lr(self.progress)
-
-    def _bind_collectors(self) -> None:
-        """Find a collector for every signal the policy needs, and let each check the model."""
-        self._collectors = {**self.policy.collectors(), **self._extra_signals}
-        missing = sorted(n for n in self.policy.requires if n not in BUILTIN_SIGNALS and n not in self._collectors)
+        standard = {name: make() for name, make in STANDARD_COLLECTORS.items()}
+        self._collectors = {**standard, **self.policy.collectors(), **self._extra_signals}
+        missing = sorted(n for n in self.policy.requires if n not in self._collectors)
         if missing:
             raise ConfigError(
                 f"method {self.policy.name!r} needs signal(s) {missing} that nothing collects: pass "
@@ -165,25 +155,6 @@ class Freezer:
             if hasattr(collector, "bind"):
                 collector.bind(self)
 
-    def _split_param_groups(self) -> None:
-        """Give every (original group, unit) pair its own param group so each unit can have its
-        own learning rate. Parameters outside every unit keep their original group."""
-        unit_of = {id(p): i for i, u in enumerate(self.units) for p in u.params}
-        new_groups = []
-        for index, group in enumerate(self.optimizer.param_groups):
-            buckets: dict[int | None, list] = {}
-            for p in group["params"]:
-                buckets.setdefault(unit_of.get(id(p)), []).append(p)
-            # an empty group stays (as one group), so every original group keeps a place
-            for unit, params in sorted(buckets.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)) or [(None, [])]:
-                g = {k: v for k, v in group.items() if k != "params"}
-                g.update(params=params, frostline_unit=unit, frostline_base_lr=group.get("frostline_base_lr", group["lr"]),
-                         frostline_group=group.get("frostline_group", index))
-                new_groups.append(g)
-        self.optimizer.param_groups[:] = new_groups
-        self._sync_schedulers()
-
-    # -- LR schedulers ---------------------------------------------------------------------
     def attach_scheduler(self, scheduler) -> None:
         """Make a torch LR scheduler of this optimizer compose with the policy's per-unit
         learning rates: a unit's lr becomes (what ``scheduler`` says for its original param
@@ -191,75 +162,8 @@ class Freezer:
         your code builds it (before the Freezer splits groups: before the first forward, or
         before ``Freezer(units=...)``); call ``scheduler.step()`` as usual, before or after
         ``freezer.step()``. Without a scheduler the per-unit lr stays the group's lr at the split.
-
-        Per-group lists of the scheduler (``base_lrs``, ``lr_lambdas``, ...) are expanded when
-        groups are split (so ``zip`` over groups does not silently drop the new ones), and its
-        ``step`` is wrapped (its class becomes a subclass) so that it sees and sets unscaled lrs."""
-        sched = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
-        if any(s is sched for s in self._schedulers):
-            return
-        if getattr(getattr(sched, "optimizer", self.optimizer), "param_groups", None) is not self.optimizer.param_groups:
-            raise ConfigError("the LR scheduler drives a different optimizer than the Freezer's")
-        previous = getattr(type(sched), "_frostline_freezer", None)
-        if previous is not None:  # attached to an earlier Freezer (a second trainer.train()): move it here
-            previous._schedulers = [s for s in previous._schedulers if s is not sched]
-            type(sched)._frostline_freezer = self
-            self._schedulers.append(sched)
-            self._sync_schedulers()
-            return
-        base = type(sched)
-
-        def step(this, *args, **kwargs):
-            freezer = type(this)._frostline_freezer
-            freezer._before_scheduler_step()
-            result = base.step(this, *args, **kwargs)
-            freezer._after_scheduler_step()
-            return result
-
-        sched.__class__ = type(base.__name__, (base,), {
-            "step": step, "_frostline_freezer": self, "__module__": base.__module__,
-            "__qualname__": base.__qualname__})
-        self._schedulers.append(sched)
-        self._sync_schedulers()
-
-    def _group_map(self) -> list[int] | None:
-        """Original group index of every current param group (None when groups are not split)."""
-        groups = self.optimizer.param_groups
-        if not any("frostline_group" in g for g in groups):
-            return None
-        if not all("frostline_group" in g for g in groups):
-            raise FrostlineError("some optimizer param groups were added outside the Freezer after it split them")
-        return [g["frostline_group"] for g in groups]
-
-    def _sync_schedulers(self) -> None:
-        """Expand attached schedulers' per-group lists to the current (split) layout."""
-        mapping = self._group_map()
-        if mapping is None:
-            return
-        for sched in self._schedulers:
-            n = _group_count(vars(sched))
-            if n is None or n == len(mapping):
-                continue
-            if n != len(self.original_param_groups):
-                raise ConfigError(
-                    f"the LR scheduler has {n} param groups, the optimizer {len(mapping)} (split by the Freezer "
-                    f"from {len(self.original_param_groups)}): create the scheduler before the Freezer splits groups")
-            _remap_group_lists(vars(sched), n, mapping)
-
-    def _unit_groups(self):
-        return [g for g in self.optimizer.param_groups if g.get("frostline_unit") is not None]
-
-    def _before_scheduler_step(self) -> None:
-        self._sync_schedulers()
-        for g in self._unit_groups():
-            g["lr"] = g["frostline_base_lr"]  # chainable schedulers must not compound our scale
-
-    def _after_scheduler_step(self) -> None:
-        groups = self._unit_groups()
-        for g in groups:
-            g["frostline_base_lr"] = g["lr"]
-        if groups and self.ready:
-            self._apply_lr(self.progress)
+        How (and why this way): :mod:`frostline.freezer.schedulers`."""
+        self.schedulers.attach(scheduler)
 
     # -- the step --------------------------------------------------------------------------
     @property
@@ -296,7 +200,7 @@ class Freezer:
             self.freeze(i, signal=self.policy.reason(i))
         if newly and self.sync is not None:
             self.sync.applied(newly)
-        self._apply_lr(progress)
+        self._apply_lr()
         return newly
 
     def _admissible(self, wanted: set[int]) -> list[int]:
@@ -304,41 +208,11 @@ class Freezer:
         return sorted(i for i in wanted if i not in self.frozen and 0 <= i <= last and (self.freeze_head or i != last))
 
     def collect_signals(self, names) -> dict[str, Any]:
-        """Signals a policy asked for, computed from the live model (extended by later policies)."""
-        signals: dict[str, Any] = {}
-        for name in names:
-            if name in self._collectors:
-                signals[name] = self._collectors[name](self)
-            elif name == "grad_norm":
-                signals[name] = self.grad_norms()
-            else:
-                raise FrostlineError(f"the Freezer cannot collect signal {name!r}")
-        return signals
-
-    def grad_norms(self) -> list[float | None]:
-        """L2 norm of each active unit's current gradient (None for frozen units or units without
-        gradients): one fused norm per device and a single host transfer per step."""
-        units = self._require_units()
-        by_device: dict[torch.device, tuple[list, list]] = {}
-        for i, u in enumerate(units):
-            if i in self.frozen:
-                continue
-            for p in u.params:
-                if p.grad is not None:
-                    grads, owners = by_device.setdefault(p.grad.device, ([], []))
-                    grads.append(p.grad)
-                    owners.append(i)
-        if not by_device:
-            return [None] * len(units)
-        total = None
-        for device, (grads, owners) in by_device.items():
-            sq = torch.stack(torch._foreach_norm(grads)).to(torch.float32).square()
-            part = torch.zeros(len(units), dtype=torch.float32, device=device).index_add_(
-                0, torch.tensor(owners, device=device), sq)
-            total = part if total is None else total + part.to(total.device)
-        values = total.sqrt().tolist()
-        has = {i for _, owners in by_device.values() for i in owners}
-        return [values[i] if i in has else None for i in range(len(units))]
+        """Signals a policy asked for, computed from the live model by their collectors."""
+        unknown = sorted(n for n in names if n not in self._collectors)
+        if unknown:
+            raise FrostlineError(f"nothing collects signal(s) {unknown}: pass Freezer(..., signals={{name: collector}})")
+        return {name: self._collectors[name](self) for name in names}
 
     # -- acting ----------------------------------------------------------------------------
     def freeze(self, index: int, signal: dict[str, Any] | None = None) -> None:
@@ -346,39 +220,27 @@ class Freezer:
         unit = self._require_units()[index]
         if index in self.frozen:
             return
-        self._detach_from_training(unit)
-        self._remove_from_optimizer(unit.params)
+        self._stop_training(index)
+        param_groups.remove_params(self.optimizer, unit.params)
         self.frozen.add(index)
         self.timeline.append(
             FreezeEvent(unit.name, index, self.step_count, self.step_count / self.total_steps, signal)
         )
 
-    @staticmethod
-    def _detach_from_training(unit: FreezeUnit) -> None:
+    def _stop_training(self, index: int) -> None:
+        """No gradients for unit ``index`` and its modules run in eval mode from now on."""
+        unit = self.units[index]
         for p in unit.params:
             p.requires_grad_(False)
             p.grad = None
-        for m in unit.modules:
-            _pin_eval(m)
+        if index not in self._eval_pins:
+            self._eval_pins[index] = [h for m in unit.modules for h in pin_eval(m)]
 
-    def _remove_from_optimizer(self, params) -> None:
-        """Drop ``params`` from every group and drop their state, so ``optimizer.state_dict()``
-        keeps working (Composer's version leaves the state behind and state_dict() raises).
-        Groups that become empty stay, so LR schedulers keep their per-group lists aligned."""
-        gone = {id(p) for p in params}
-        for group in self.optimizer.param_groups:
-            group["params"] = [p for p in group["params"] if id(p) not in gone]
-        for p in params:
-            self.optimizer.state.pop(p, None)
-
-    def _apply_lr(self, progress: Progress) -> None:
-        scales = self.policy.lr_scales(progress)
-        if scales is None:
-            return
-        for group in self.optimizer.param_groups:
-            unit = group.get("frostline_unit")
-            if unit is not None:
-                group["lr"] = group["frostline_base_lr"] * scales[unit]
+    def _apply_lr(self) -> None:
+        """Unit groups' lr = unscaled lr x the policy's scale now (nothing for policies without scales)."""
+        scales = self.policy.lr_scales(self.progress)
+        if scales is not None:
+            param_groups.scale_unit_lrs(self.optimizer, scales)
 
     # -- views -----------------------------------------------------------------------------
     @property
@@ -401,6 +263,10 @@ class Freezer:
     # -- resume ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         units = self._require_units()
+        strays = sum(id(p) not in self.param_name_by_id for g in self.optimizer.param_groups for p in g["params"])
+        if strays:
+            raise CheckpointError(f"the optimizer holds {strays} parameter(s) that are not the model's: "
+                                  "the Freezer can save only an optimizer over the model's own parameters")
         return {
             "version": STATE_VERSION,
             "units": [list(u.module_names) for u in units],
@@ -412,11 +278,7 @@ class Freezer:
             "timeline": [asdict(e) for e in self.timeline],
             "policy": self.policy.state_dict(),
             "original_param_groups": self.original_param_groups,
-            "param_groups": [
-                {**{k: v for k, v in g.items() if k != "params"},
-                 "params": [self._param_name[id(p)] for p in g["params"]]}
-                for g in self.optimizer.param_groups
-            ],
+            "param_groups": param_groups.layout_by_name(self.optimizer, self.param_name_by_id),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -438,55 +300,19 @@ class Freezer:
             raise CheckpointError(f"saved freeze units do not match this model: {e}") from None
         for u, name in zip(units, state["unit_names"]):
             u.name = name
-        self.units = units
-        self.policy.bind([u.name for u in units])
-        self._bind_collectors()
+        self._bind(units)
         self.policy.load_state_dict(state["policy"])
         self.step_count = int(state["step"])
         self.decision_time_s = float(state.get("decision_time_s", 0.0))
         self.timeline = [FreezeEvent(**e) for e in state["timeline"]]
+        for handles in self._eval_pins.values():  # units (and so the modules to pin) may differ
+            unpin(handles)
+        self._eval_pins = {}
         self.frozen = set(state["frozen"])
         for i in self.frozen:
-            self._detach_from_training(units[i])
+            self._stop_training(i)
         if "original_param_groups" in state:
             self.original_param_groups = state["original_param_groups"]
-        self._restore_param_groups(state["param_groups"])
-        self._sync_schedulers()
-        self._apply_lr(self.progress)
-
-    def _restore_param_groups(self, saved: list[dict[str, Any]]) -> None:
-        by_name = dict(self.model.named_parameters())
-        missing = [n for g in saved for n in g["params"] if n not in by_name]
-        if missing:
-            raise CheckpointError(f"saved optimizer layout names parameters the model lacks: {missing[:5]}")
-        groups = [{**g, "params": [by_name[n] for n in g["params"]]} for g in saved]
-        kept = {id(p) for g in groups for p in g["params"]}
-        for p in list(self.optimizer.state):
-            if id(p) not in kept:
-                del self.optimizer.state[p]
-        self.optimizer.param_groups[:] = groups
-
-
-#: Scheduler attributes that are lists but not one entry per param group.
-_NOT_PER_GROUP = frozenset({"_milestones", "milestones", "_schedulers"})
-
-
-def _group_count(scheduler_state: dict[str, Any]) -> int | None:
-    """Number of param groups a scheduler's (state) dict is laid out for."""
-    for key in ("base_lrs", "min_lrs", "_last_lr"):
-        if isinstance(scheduler_state.get(key), list):
-            return len(scheduler_state[key])
-    return None
-
-
-def _remap_group_lists(scheduler_state: dict[str, Any], n: int, mapping: Sequence[int]) -> None:
-    """In place: every per-group list of length ``n`` becomes ``[old[i] for i in mapping]``;
-    nested schedulers (SequentialLR, ChainedScheduler) are remapped too."""
-    for key, value in list(scheduler_state.items()):
-        if key in _NOT_PER_GROUP:
-            for sub in value if isinstance(value, list) else ():
-                sub_state = sub if isinstance(sub, dict) else getattr(sub, "__dict__", None)
-                if sub_state is not None and _group_count(sub_state) == n:
-                    _remap_group_lists(sub_state, n, mapping)
-        elif isinstance(value, list) and len(value) == n:
-            scheduler_state[key] = [value[i] for i in mapping]
+        param_groups.restore_layout(self.optimizer, self.model, state["param_groups"])
+        self.schedulers.sync()
+        self._apply_lr()
