@@ -30,7 +30,7 @@ from .policies import (
     freezeout_times,
     list_policies,
 )
-from .signals import ReferenceCKA, TailoredWeights
+from .signals import GradNorms, ReferenceCKA, TailoredWeights
 
 from .units import FreezeUnit, freeze_units, trace_execution_order
 
@@ -52,6 +52,7 @@ __all__ = [
     "FreezeUnit",
     "Freezer",
     "FrostlineError",
+    "GradNorms",
     "LinearFreezing",
     "MinibatchCKA",
     "ModelError",

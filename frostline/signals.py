@@ -1,12 +1,13 @@
 """Signal collectors: what the Freezer reads from the live model for policies that decide from it.
 
-A policy names the signals it needs in ``requires``; the Freezer computes them (built in:
-``grad_norm``) or asks a *collector* for them. Collectors live here so that policies stay pure
-deciders: they never run the model, never look at its weights. A collector is any object with
-``bind(freezer)`` (called once the units are known, to check and prepare) and ``__call__(freezer)``
-(returns the signal for this step). A policy can offer default collectors (``policy.collectors()``,
-built from its own hyperparameters); ``Freezer(..., signals={...})`` overrides them.
+A policy names the signals it needs in ``requires``; the Freezer asks a *collector* for each.
+Collectors live here so that policies stay pure deciders: they never run the model, never look at
+its weights. A collector is any object with ``bind(freezer)`` (called once the units are known, to
+check and prepare) and ``__call__(freezer)`` (returns the signal for this step). Signals that need
+no settings have a collector in :data:`STANDARD`; a policy can offer its own (``policy.collectors()``,
+built from its hyperparameters); ``Freezer(..., signals={...})`` overrides both.
 
+* :class:`GradNorms` (signal ``"grad_norm"``): per unit, the L2 norm of its current gradient.
 * :class:`ReferenceCKA` (signal ``"cka"``): per unit, linear CKA between the unit's output in the
   training model and in a reference model, on a fixed probe batch.
 * :class:`TailoredWeights` (signal ``"tailored_weights"``): per unit, a fixed seeded sample of its
@@ -29,19 +30,18 @@ from .units import FreezeUnit, units_from_names
 
 @contextlib.contextmanager
 def quiet_eval(modules: list[nn.Module]):
-    """Run ``modules`` in eval mode under ``no_grad`` and put everything back afterwards: the
-    training flags (set directly, so a frozen module's pinned ``train`` is not involved) and the
-    CPU/CUDA RNG state. A probe forward then neither moves BatchNorm statistics nor consumes
-    random numbers the training run would have used."""
+    """Run ``modules`` in eval mode under ``no_grad`` and put everything back afterwards: every
+    module's training flag and the CPU/CUDA RNG state. A probe forward then neither moves
+    BatchNorm statistics nor consumes random numbers the training run would have used."""
     flags = [(m, m.training) for root in modules for m in root.modules()]
     devices = [d for d in {p.device for root in modules for p in root.parameters()} if d.type == "cuda"]
     with torch.random.fork_rng(devices=devices), torch.no_grad():
-        for m, _ in flags:
-            m.training = False
+        for root in modules:
+            root.eval()
         try:
             yield
         finally:
-            for m, was in flags:
+            for m, was in flags:  # per module: the modes may be mixed (frozen units)
                 m.training = was
 
 
@@ -61,6 +61,34 @@ def unit_outputs(model: nn.Module, units: list[FreezeUnit], x: torch.Tensor, wan
         for h in handles:
             h.remove()
     return caught
+
+
+class GradNorms:
+    """Signal ``"grad_norm"``: the L2 norm of each active unit's current gradient (None for frozen
+    units or units without gradients). One fused norm per device and a single host transfer."""
+
+    def __call__(self, freezer) -> list[float | None]:
+        units = freezer.units
+        by_device: dict[torch.device, tuple[list, list]] = {}
+        for i, u in enumerate(units):
+            if i in freezer.frozen:
+                continue
+            for p in u.params:
+                if p.grad is not None:
+                    grads, owners = by_device.setdefault(p.grad.device, ([], []))
+                    grads.append(p.grad)
+                    owners.append(i)
+        if not by_device:
+            return [None] * len(units)
+        total = None
+        for device, (grads, owners) in by_device.items():
+            sq = torch.stack(torch._foreach_norm(grads)).to(torch.float32).square()
+            part = torch.zeros(len(units), dtype=torch.float32, device=device).index_add_(
+                0, torch.tensor(owners, device=device), sq)
+            total = part if total is None else total + part.to(total.device)
+        values = total.sqrt().tolist()
+        has = {i for _, owners in by_device.values() for i in owners}
+        return [values[i] if i in has else None for i in range(len(units))]
 
 
 class ReferenceCKA:
@@ -135,3 +163,7 @@ class TailoredWeights:
             self.bind(freezer)
         units = freezer.units
         return [None if i in freezer.frozen else self.tailor.sample(i, units[i].params) for i in range(len(units))]
+
+
+#: Collectors for the signals that need no settings (name -> factory).
+STANDARD = {"grad_norm": GradNorms}

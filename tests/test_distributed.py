@@ -63,7 +63,7 @@ def test_torchrun_trains_the_single_process_model_on_both_ranks(runs):
     # freezing decided identically, at the same steps, as in one process
     assert s2["frozen_at"] == s1["frozen_at"] and sum(v is not None for v in s2["frozen_at"].values()) == 3
     # both ranks hold the same model, and it is the one rank 0 saved
-    from frostline.exploit.distributed import state_digests
+    from frostline.lab.launch import state_digests
     from frostline.lab.zoo import create_model
 
     digests = s2["distributed"]["state_sha256_per_rank"]
@@ -143,12 +143,13 @@ def _desync_worker(rank, port, outdir):
     torch.set_num_threads(1)
     from frostline.exploit import distributed
     from frostline.errors import DistributedError
+    from frostline.lab import launch
     from frostline.freezer import Freezer
     from frostline.policies import create_policy
 
     result = {}
     try:
-        device = distributed.init_from_env("cpu")
+        device = launch.init_from_env("cpu")
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2))
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -169,7 +170,7 @@ def _desync_worker(rank, port, outdir):
             result["error"] = str(e)
     finally:
         torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
-        distributed.shutdown()
+        launch.shutdown()
 
 
 def test_a_unit_frozen_on_one_rank_only_fails_loudly_on_every_rank(tmp_path):
@@ -181,7 +182,7 @@ def test_a_unit_frozen_on_one_rank_only_fails_loudly_on_every_rank(tmp_path):
 
 
 def test_every_global_batch_must_feed_every_rank():
-    from frostline.exploit.distributed import check_global_batches, loss_weight, shard
+    from frostline.lab.launch import check_global_batches, loss_weight, shard
     from frostline.errors import ConfigError
 
     check_global_batches(100, 32, 2)  # last batch 4 >= 2

@@ -66,15 +66,37 @@ def test_frozen_batchnorm_stays_in_eval_after_model_train(batch):
     _train_step(model, optimizer, x, y)
     freezer.step()
     model.train()  # what every training loop does at the start of an epoch
-    bns = [m for m in freezer.units[0].modules[0].modules() if isinstance(m, nn.BatchNorm2d)]
-    assert bns and all(not m.training for m in bns)
+    _check_frozen_bn_stays_put(model, optimizer, freezer.units[0], x, y)
+    # an active unit's BN is still training
+    assert model[2].training
+
+
+def _check_frozen_bn_stays_put(model, optimizer, unit, x, y):
+    """A training step leaves the BatchNorm statistics of a frozen ``unit`` as they were."""
+    bns = [m for m in unit.modules[0].modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns
     stats = [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for m in bns]
     _train_step(model, optimizer, x, y)
     for m, (mean, var, n) in zip(bns, stats):
         assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
         assert int(m.num_batches_tracked) == n
-    # an active unit's BN is still training
-    assert model[2].training
+        assert not m.training  # it ran in eval mode
+
+
+def test_eval_pinning_is_reapplied_on_resume(batch):
+    x, y = batch
+    model, optimizer, freezer = _setup(FreezeList(1, [0]))
+    _train_step(model, optimizer, x, y)
+    freezer.step()
+    state = freezer.state_dict()
+    model2, optimizer2, freezer2 = _setup(FreezeList(1, [0]), units=freezer.unit_names)
+    freezer2.load_state_dict(state)
+    freezer2.load_state_dict(state)  # loading twice pins once: the hooks of the first load go
+    assert sum(len(m._forward_pre_hooks) for m in freezer2.units[0].modules[0].modules()) == \
+        len(list(freezer2.units[0].modules[0].modules()))
+    model2.train()
+    _check_frozen_bn_stays_put(model2, optimizer2, freezer2.units[0], x, y)
+    assert model2[2].training
 
 
 def test_frozen_dropout_is_off(batch):

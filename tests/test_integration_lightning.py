@@ -58,6 +58,7 @@ class Probe(L.Callback):
     def __init__(self, frostline: FrostlineCallback):
         self.fl = frostline
         self.snap: dict[str, torch.Tensor] = {}
+        self.buffer_snap: dict[str, torch.Tensor] = {}
         self.optimizer_steps = 0
         self.bn_checked = 0
 
@@ -67,10 +68,12 @@ class Probe(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         assert pl_module.training
-        for unit in self._frozen_units():  # Lightning called model.train() (epoch start, after val)
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        for unit in self._frozen_units():  # whatever mode Lightning set (epoch start, after val), they ran in eval
             for m in unit.modules:
                 for sub in m.modules():
-                    assert not sub.training, f"{unit.name} is back in train mode"
+                    assert not sub.training, f"{unit.name} ran in train mode"
                     self.bn_checked += isinstance(sub, nn.BatchNorm2d)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
@@ -83,6 +86,7 @@ class Probe(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         names = dict((id(p), n) for n, p in pl_module.named_parameters())
+        buffer_names = dict((id(b), n) for n, b in pl_module.named_buffers())
         for unit in self._frozen_units():
             for p in unit.params:
                 n = names[id(p)]
@@ -90,6 +94,12 @@ class Probe(L.Callback):
                     assert torch.equal(self.snap[n], p), f"frozen {n} changed"
                 else:
                     self.snap[n] = p.detach().clone()
+            for b in (b for m in unit.modules for b in m.buffers()):  # BatchNorm statistics stay put too
+                n = buffer_names[id(b)]
+                if n in self.buffer_snap:
+                    assert torch.equal(self.buffer_snap[n], b), f"frozen buffer {n} changed"
+                else:
+                    self.buffer_snap[n] = b.detach().clone()
 
 
 def trainer(callbacks, **kw):
@@ -127,6 +137,7 @@ def test_linear_freezing_acts_at_the_policy_steps(fmnist, via_forward):
     assert cb.frozen_units == f.unit_names[:-1]  # everything but the head by the end
     assert all(p.requires_grad for p in f.units[-1].params)
     assert probe.bn_checked > 0 and len(probe.snap) == sum(len(u.params) for u in f.units[:-1])
+    assert len(probe.buffer_snap) > 0
 
 
 def test_freezeout_with_a_scheduler_and_explicit_units(fmnist):

@@ -10,11 +10,10 @@ The difference: frozen parameters leave the optimizer *with their state*, so
 
 from __future__ import annotations
 
-from typing import Iterable
-
 import torch
 from torch import nn
 
+from ..freezer.param_groups import remove_params
 from ..policies.linear.linear import check_linear_args, linear_freeze_depth, linear_freeze_fraction
 
 
@@ -27,15 +26,6 @@ def _leaf_layers(module: nn.Module) -> list[nn.Module]:
     for child in children:
         layers.extend(_leaf_layers(child))
     return layers
-
-
-def _remove_from_optimizers(params: list[nn.Parameter], optimizers: Iterable[torch.optim.Optimizer]) -> None:
-    gone = {id(p) for p in params}
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["params"] = [p for p in group["params"] if id(p) not in gone]
-        for p in params:
-            opt.state.pop(p, None)
 
 
 def freeze_layers(
@@ -56,7 +46,7 @@ def freeze_layers(
     freeze_depth = linear_freeze_depth(freeze_percentage, len(layers))
     for layer in layers[:-1][:freeze_depth]:
         params = list(layer.parameters())
-        _remove_from_optimizers(params, optimizers)
+        remove_params(optimizers, params)
         for p in params:
             p.requires_grad_(False)
             p.grad = None

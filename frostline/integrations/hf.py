@@ -105,7 +105,7 @@ class FrostlineCallback(TrainerCallback):
             saved = torch.load(path, map_location="cpu", weights_only=False)
             atomic_torch_save(optimizer_state_in_original_layout(freezer, saved), path)
         path = folder / _SCHEDULER_FILE
-        if path.exists() and freezer._schedulers:
+        if path.exists() and freezer.schedulers.attached:
             saved = torch.load(path, map_location="cpu", weights_only=False)
             atomic_torch_save(scheduler_state_in_original_layout(freezer, saved), path)
 

@@ -26,15 +26,15 @@ from typing import Any
 
 
 from ..errors import CheckpointError
-from ..freezer import Freezer, _group_count, _remap_group_lists
-
-_FROSTLINE_KEYS = ("frostline_unit", "frostline_base_lr", "frostline_group")
+from ..freezer import Freezer
+from ..freezer.param_groups import FROSTLINE_KEYS, group_map
+from ..freezer.schedulers import group_count, remap_group_lists
 
 
 def _original_hyperparameters(saved_group: dict[str, Any]) -> dict[str, Any]:
     """A saved (possibly split) group's hyperparameters as its original group had them: the
     unscaled lr, no frostline bookkeeping."""
-    hyper = {k: v for k, v in saved_group.items() if k != "params" and k not in _FROSTLINE_KEYS}
+    hyper = {k: v for k, v in saved_group.items() if k != "params" and k not in FROSTLINE_KEYS}
     if "frostline_base_lr" in saved_group:
         hyper["lr"] = saved_group["frostline_base_lr"]
     return hyper
@@ -59,7 +59,7 @@ def optimizer_state_in_original_layout(freezer: Freezer, optimizer_state_dict: d
     hyper: dict[int, dict[str, Any]] = {}
     for index, (s, g) in enumerate(zip(saved, live)):
         for pid, p in zip(s["params"], g["params"]):
-            saved_id[freezer._param_name[id(p)]] = pid
+            saved_id[freezer.param_name_by_id[id(p)]] = pid
         hyper.setdefault(s.get("frostline_group", index), _original_hyperparameters(s))
     known = {n for g in original for n in g["params"]}
     stray = sorted(set(saved_id) - known)
@@ -85,8 +85,8 @@ def scheduler_state_in_original_layout(freezer: Freezer, scheduler_state_dict: d
     per-group lists (``base_lrs``, ``_last_lr``, ``_lr_lambdas``, ...) back to one entry per original
     param group. A state already in that layout is returned unchanged (as a copy)."""
     state = copy.copy(scheduler_state_dict)
-    mapping = freezer._group_map()
-    n = _group_count(state)
+    mapping = group_map(freezer.optimizer)
+    n = group_count(state)
     if mapping is None or n is None or (n == len(freezer.original_param_groups) and n != len(mapping)):
         return state
     if n != len(mapping):
@@ -104,5 +104,5 @@ def scheduler_state_in_original_layout(freezer: Freezer, scheduler_state_dict: d
     for key in ("_schedulers",):
         if isinstance(state.get(key), list):
             state[key] = [copy.copy(s) if isinstance(s, dict) else s for s in state[key]]
-    _remap_group_lists(state, n, pick)
+    remap_group_lists(state, n, pick)
     return state

@@ -210,12 +210,14 @@ class FrostlineCallback(_pl.Callback):
 
     def _rebuild_ddp(self) -> None:
         """New ``DistributedDataParallel`` over the parameters still training (every rank, same
-        step: the decision is synchronised). The old reducer's autograd hooks go first so it never
-        sees another gradient."""
+        step: the decision is synchronised). The old wrapper is retired first so it never sees
+        another gradient."""
         trainer = self._trainer
         if trainer is None:
             return
         from torch.nn.parallel import DistributedDataParallel
+
+        from ..exploit.distributed import retire_ddp
 
         strategy = trainer.strategy
         wrapper = getattr(strategy, "model", None)
@@ -224,7 +226,7 @@ class FrostlineCallback(_pl.Callback):
         module = strategy.lightning_module
         if not any(p.requires_grad for p in module.parameters()):
             return  # nothing left to reduce; never happens with the head kept trainable
-        wrapper.reducer._remove_autograd_hooks()
+        retire_ddp(wrapper)
         strategy.model = module
         strategy.configure_ddp()
         self.ddp_rebuilds += 1

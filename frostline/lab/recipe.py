@@ -25,6 +25,7 @@ from torch.utils.data import default_collate
 from ..exploit.cache import DTYPES, ActivationCache, CachedPrefixModel, is_deterministic
 from .checkpoint import load_checkpoint, save_checkpoint
 from ..exploit import distributed
+from . import launch
 from ..exploit.cost import estimate_speedup, measure_costs
 from .data import TEXT_DATASETS, AugmentedDataset, load_dataset
 from ..atomic import atomic_write_json
@@ -195,7 +196,7 @@ def iterate_batches(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, s
     for start in range(skip * batch_size, n, batch_size):
         idx = order[start : start + batch_size]
         if shard is not None:
-            idx = distributed.shard(idx, *shard)
+            idx = launch.shard(idx, *shard)
         if hasattr(dataset, "get_batch"):
             x, y = dataset.get_batch(idx)
         else:
@@ -210,14 +211,14 @@ def evaluate(model: nn.Module, dataset, batch_size: int, device: torch.device) -
     every rank."""
     was_training = model.training
     model.eval()
-    distributed.broadcast_buffers(model)
+    launch.broadcast_buffers(model)
     shard = (distributed.rank(), distributed.world_size()) if distributed.is_distributed() else None
     correct = 0
     for _, x, y in iterate_batches(dataset, max(batch_size, 256), shuffle=False, shard=shard):
         if len(y):
             correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
     model.train(was_training)
-    (correct,) = distributed.all_reduce_values([correct], device=device)
+    (correct,) = launch.all_reduce_values([correct], device=device)
     return 100.0 * correct / len(dataset)
 
 
@@ -300,8 +301,8 @@ def train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
     with the settings it was started with. ``policy`` replaces the one ``cfg.method`` names (for
     tools that observe a run through a policy, like ``frostline predictor collect``). Launched by
     ``torchrun`` with several processes, it joins their process group (and leaves it at the end);
-    see :mod:`frostline.exploit.distributed`."""
-    owns_group = distributed.launched_by_torchrun() and not distributed.is_distributed()
+    see :mod:`frostline.lab.launch`."""
+    owns_group = launch.launched_by_torchrun() and not distributed.is_distributed()
     clean = False
     try:
         summary = _train(cfg, policy)
@@ -309,7 +310,7 @@ def train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
         return summary
     finally:
         if owns_group:
-            distributed.shutdown(clean)
+            launch.shutdown(clean)
 
 
 def _train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
@@ -318,8 +319,8 @@ def _train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
         cfg = _resumed_config(cfg)
         checkpoint = load_checkpoint(cfg.out)  # every rank reads the same file rank 0 wrote
     validate(cfg)
-    device = distributed.init_from_env(cfg.device) or pick_device(cfg.device)
-    world, main = distributed.world_size(), distributed.is_main()
+    device = launch.init_from_env(cfg.device) or pick_device(cfg.device)
+    world, main = distributed.world_size(), launch.is_main()
     shard = (distributed.rank(), world) if world > 1 else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -343,7 +344,7 @@ def _train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
     x0, y0 = x0.to(device), y0.to(device)
     units = freeze_units(model, example_input=x0)
     cost = measure_costs(model, units, x0, y0)
-    distributed.check_global_batches(len(train_set), cfg.batch_size, world)
+    launch.check_global_batches(len(train_set), cfg.batch_size, world)
     if cfg.compile:  # after the FLOP count, which needs the eager modules
         from ..exploit.compiling import compile_stats, compile_units, eager
 
@@ -408,7 +409,7 @@ def _train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
             return evaluate(model, dataset, cfg.batch_size, device)
 
     def flush_loss():
-        loop["running"] += distributed.all_reduce_values(pending_loss, device=device)[0]
+        loop["running"] += launch.all_reduce_values(pending_loss, device=device)[0]
         pending_loss[0] = 0.0
 
     def save():
@@ -452,7 +453,7 @@ def _train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
                 loss = loss_fn(net(idx, x) if cached else net(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 if world > 1:  # DDP averages gradients: weight so the average is the global batch's mean
-                    (loss * distributed.loss_weight(len(y), n_global, world)).backward()
+                    (loss * launch.loss_weight(len(y), n_global, world)).backward()
                 else:
                     loss.backward()
                 optimizer.step()
@@ -500,14 +501,14 @@ def _train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
             save()
         bar.close()
         # the run took as long as its slowest rank
-        slowest_train_time = distributed.all_reduce_values([loop["train_time"]], "max", device=device)[0]
+        slowest_train_time = launch.all_reduce_values([loop["train_time"]], "max", device=device)[0]
         if cached and world > 1:  # each rank filled its own cache: its fill forwards are part of the cost
             names = list(range(len(units)))
-            runs = distributed.all_reduce_values([cached.cache.unit_runs.get(u, 0) for u in names], device=device)
+            runs = launch.all_reduce_values([cached.cache.unit_runs.get(u, 0) for u in names], device=device)
             cache_unit_runs = {u: int(n) for u, n in zip(names, runs) if n}
         if world > 1:  # every rank must end with the same model (rank 0's buffers, as evaluated and saved)
-            distributed.broadcast_buffers(model)
-            digests = distributed.state_digests(model, device)
+            launch.broadcast_buffers(model)
+            digests = launch.state_digests(model, device)
             if len(set(digests)) != 1:
                 raise distributed.DistributedError(
                     f"ranks finished with different models (state SHA-256 per rank: {digests}); this is a bug, please report it")

@@ -1,0 +1,12 @@
+"""The Freezer: the only code that *acts* on a freezing decision.
+
+* :mod:`.freezer` -- :class:`Freezer` (set-up, step, freeze, views, save/restore) and :class:`FreezeEvent`.
+* :mod:`.param_groups` -- param groups per unit, removing parameters and their optimizer state,
+  saved layouts.
+* :mod:`.schedulers` -- the LR-scheduler bridge (per-unit lr = scheduler's lr x policy's scale).
+* :mod:`.eval_mode` -- frozen modules run in eval mode whatever ``model.train()`` said.
+"""
+
+from .freezer import READABLE_VERSIONS, STATE_VERSION, FreezeEvent, Freezer
+
+__all__ = ["FreezeEvent", "Freezer", "READABLE_VERSIONS", "STATE_VERSION"]

@@ -1,0 +1,318 @@
+"""The :class:`Freezer`: applies a policy's decisions to a model and its optimizer.
+
+It flips ``requires_grad``, takes frozen parameters (and their optimizer state) out of the
+optimizer, keeps frozen modules in eval mode even after ``model.train()``, applies per-unit
+learning rates, records the timeline, and saves/restores all of it for an exact resume.
+
+Plain PyTorch use is two lines::
+
+    freezer = Freezer(model, optimizer, FreezeOut(), total_steps=len(loader) * epochs)
+    ...  # after each optimizer.step():
+    freezer.step()
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, asdict
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError, FrostlineError, ModelError
+from ..policies.base import FreezePolicy, Progress
+from ..signals import STANDARD as STANDARD_COLLECTORS
+from ..units import GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, freeze_units, units_from_names
+from . import param_groups
+from .eval_mode import pin_eval, unpin
+from .schedulers import SchedulerBridge
+
+STATE_VERSION = 2
+#: Versions :meth:`Freezer.load_state_dict` still reads (1: no original optimizer layout).
+READABLE_VERSIONS = (1, 2)
+
+
+@dataclass
+class FreezeEvent:
+    """One entry of the freezing timeline."""
+
+    unit: str
+    index: int
+    step: int
+    fraction: float
+    signal: dict[str, Any] | None = None
+
+
+class Freezer:
+    """Applies a :class:`~frostline.policies.FreezePolicy` to a model and its optimizer.
+
+    Units come from ``units`` (module names, taken in the order given) or are traced: from
+    ``example_input`` if given, else from the first forward pass the model runs after the
+    Freezer is made.
+    ``freeze_head=False`` keeps the last unit trainable whatever the policy says.
+    ``sync`` (e.g. :class:`frostline.exploit.distributed.DecisionSync`) makes every rank of a distributed
+    run apply the same decision: its ``agree(wanted, frozen, num_units, step)`` returns the set to
+    act on, and ``applied(newly)`` hears about units frozen by it (to rebuild DDP).
+    ``signals`` maps signal names to collectors (:mod:`frostline.signals`); they override the
+    policy's own ``collectors()``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        policy: FreezePolicy,
+        total_steps: int,
+        *,
+        units: Sequence | None = None,
+        granularity: str = "block",
+        example_input=None,
+        freeze_head: bool = False,
+        sync=None,
+        signals: dict[str, Any] | None = None,
+    ):
+        if not isinstance(total_steps, int) or total_steps <= 0:
+            raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ModelError("the model has no trainable parameters: there is nothing to train or freeze")
+        if granularity not in GRANULARITIES:
+            raise ConfigError(f"unknown granularity {granularity!r}; use one of {list(GRANULARITIES)}")
+        self.model = model
+        self.optimizer = optimizer
+        self.policy = policy
+        self.total_steps = total_steps
+        self.freeze_head = freeze_head
+        self.granularity = granularity
+        self.sync = sync
+        self.units: list[FreezeUnit] | None = None
+        self.frozen: set[int] = set()
+        self.timeline: list[FreezeEvent] = []
+        self.step_count = 0
+        #: Seconds spent collecting signals and deciding (the method's own overhead).
+        self.decision_time_s = 0.0
+        #: Parameter name by ``id(parameter)``: how saved layouts name parameters.
+        self.param_name_by_id = {id(p): n for n, p in model.named_parameters()}
+        #: The optimizer's layout as the user's code creates it: parameter names and
+        #: hyperparameters per original group (what a fresh optimizer/scheduler expects).
+        self.original_param_groups = param_groups.layout_by_name(optimizer, self.param_name_by_id)
+        #: LR schedulers attached with :meth:`attach_scheduler` (``.attached``).
+        self.schedulers = SchedulerBridge(self)
+        self._recorder = None
+        self._extra_signals = dict(signals or {})
+        self._collectors: dict[str, Any] = {}
+        self._eval_pins: dict[int, list] = {}  # unit index -> its forward pre-hook handles
+        if units is not None:
+            self._setup(units_from_names(model, [[u] if isinstance(u, str) else list(u) for u in units]))
+        elif example_input is not None:
+            self._setup(freeze_units(model, granularity, example_input=example_input))
+        else:
+            self._recorder = ExecutionOrderRecorder(
+                model, lambda order: self._setup(freeze_units(model, granularity, execution_order=order))
+            )
+
+    # -- set-up ----------------------------------------------------------------------------
+    def finish_trace(self) -> None:
+        """Find the units from the modules the first forward ran so far. The trace normally ends
+        by itself when the model's own ``forward`` returns; call this where a framework runs the
+        model's submodules but never its root ``forward`` (a LightningModule's ``training_step``
+        calling ``self.net(x)``). Nothing happens once the units are known."""
+        if self._recorder is None:
+            return
+        recorder = self._recorder
+        recorder.detach()
+        if not recorder.order:
+            raise FrostlineError("the Freezer's unit trace saw no module run: call finish_trace() after a forward pass")
+        self._setup(freeze_units(self.model, self.granularity, execution_order=recorder.order))
+
+    def detach_trace(self) -> None:
+        """Stop waiting for a first forward (training ended before any batch)."""
+        if self._recorder is not None:
+            self._recorder.detach()
+            self._recorder = None
+
+    def _setup(self, units: list[FreezeUnit]) -> None:
+        self._recorder = None
+        self._bind(units)
+        if self.policy.scales_lr:
+            param_groups.split_per_unit(self.optimizer, [u.params for u in units])
+            self.schedulers.sync()
+        self._apply_lr()
+
+    def _bind(self, units: list[FreezeUnit]) -> None:
+        """Take ``units``; bind the policy to them and find a collector for every signal it needs."""
+        self.units = units
+        self.policy.bind([u.name for u in units])
+        standard = {name: make() for name, make in STANDARD_COLLECTORS.items()}
+        self._collectors = {**standard, **self.policy.collectors(), **self._extra_signals}
+        missing = sorted(n for n in self.policy.requires if n not in self._collectors)
+        if missing:
+            raise ConfigError(
+                f"method {self.policy.name!r} needs signal(s) {missing} that nothing collects: pass "
+                "Freezer(..., signals={name: collector}) (see frostline.signals) or the policy's own settings "
+                "(e.g. CKAOracle(reference=..., probe=...))")
+        for collector in self._collectors.values():
+            if hasattr(collector, "bind"):
+                collector.bind(self)
+
+    def attach_scheduler(self, scheduler) -> None:
+        """Make a torch LR scheduler of this optimizer compose with the policy's per-unit
+        learning rates: a unit's lr becomes (what ``scheduler`` says for its original param
+        group) x (the policy's scale for the unit). Create the scheduler on the optimizer as
+        your code builds it (before the Freezer splits groups: before the first forward, or
+        before ``Freezer(units=...)``); call ``scheduler.step()`` as usual, before or after
+        ``freezer.step()``. Without a scheduler the per-unit lr stays the group's lr at the split.
+        How (and why this way): :mod:`frostline.freezer.schedulers`."""
+        self.schedulers.attach(scheduler)
+
+    # -- the step --------------------------------------------------------------------------
+    @property
+    def progress(self) -> Progress:
+        return Progress(self.step_count, self.total_steps)
+
+    @property
+    def ready(self) -> bool:
+        return self.units is not None
+
+    def _require_units(self) -> list[FreezeUnit]:
+        if self.units is None:
+            raise FrostlineError(
+                "the Freezer has not seen a forward pass yet: call freezer.step() after the "
+                "optimizer step of a batch that ran through the model (or pass example_input=)"
+            )
+        return self.units
+
+    def step(self) -> list[int]:
+        """Call after each ``optimizer.step()``. Returns the indices of units frozen now."""
+        self._require_units()
+        self.step_count += 1
+        progress = self.progress
+        t0 = time.perf_counter()
+        wanted_signals = self.policy.wants(progress)
+        if wanted_signals:
+            self.policy.observe(progress, self.collect_signals(wanted_signals))
+        wanted = self.policy.decide(progress)
+        self.decision_time_s += time.perf_counter() - t0
+        if self.sync is not None:
+            wanted = self.sync.agree(wanted, self.frozen, len(self.units), self.step_count)
+        newly = self._admissible(wanted)
+        for i in newly:
+            self.freeze(i, signal=self.policy.reason(i))
+        if newly and self.sync is not None:
+            self.sync.applied(newly)
+        self._apply_lr()
+        return newly
+
+    def _admissible(self, wanted: set[int]) -> list[int]:
+        last = len(self.units) - 1
+        return sorted(i for i in wanted if i not in self.frozen and 0 <= i <= last and (self.freeze_head or i != last))
+
+    def collect_signals(self, names) -> dict[str, Any]:
+        """Signals a policy asked for, computed from the live model by their collectors."""
+        unknown = sorted(n for n in names if n not in self._collectors)
+        if unknown:
+            raise FrostlineError(f"nothing collects signal(s) {unknown}: pass Freezer(..., signals={{name: collector}})")
+        return {name: self._collectors[name](self) for name in names}
+
+    # -- acting ----------------------------------------------------------------------------
+    def freeze(self, index: int, signal: dict[str, Any] | None = None) -> None:
+        """Freeze unit ``index`` now: no gradients, out of the optimizer, pinned to eval mode."""
+        unit = self._require_units()[index]
+        if index in self.frozen:
+            return
+        self._stop_training(index)
+        param_groups.remove_params(self.optimizer, unit.params)
+        self.frozen.add(index)
+        self.timeline.append(
+            FreezeEvent(unit.name, index, self.step_count, self.step_count / self.total_steps, signal)
+        )
+
+    def _stop_training(self, index: int) -> None:
+        """No gradients for unit ``index`` and its modules run in eval mode from now on."""
+        unit = self.units[index]
+        for p in unit.params:
+            p.requires_grad_(False)
+            p.grad = None
+        if index not in self._eval_pins:
+            self._eval_pins[index] = [h for m in unit.modules for h in pin_eval(m)]
+
+    def _apply_lr(self) -> None:
+        """Unit groups' lr = unscaled lr x the policy's scale now (nothing for policies without scales)."""
+        scales = self.policy.lr_scales(self.progress)
+        if scales is not None:
+            param_groups.scale_unit_lrs(self.optimizer, scales)
+
+    # -- views -----------------------------------------------------------------------------
+    @property
+    def frozen_prefix(self) -> int:
+        """Number of leading units that are frozen (what an activation cache can skip)."""
+        k = 0
+        while k in self.frozen:
+            k += 1
+        return k
+
+    @property
+    def unit_names(self) -> list[str]:
+        return [u.name for u in self._require_units()]
+
+    def frozen_at(self) -> dict[str, float | None]:
+        """Unit name -> training fraction when it was frozen (None if never)."""
+        when = {e.unit: e.fraction for e in self.timeline}
+        return {u.name: when.get(u.name) for u in self._require_units()}
+
+    # -- resume ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        units = self._require_units()
+        strays = sum(id(p) not in self.param_name_by_id for g in self.optimizer.param_groups for p in g["params"])
+        if strays:
+            raise CheckpointError(f"the optimizer holds {strays} parameter(s) that are not the model's: "
+                                  "the Freezer can save only an optimizer over the model's own parameters")
+        return {
+            "version": STATE_VERSION,
+            "units": [list(u.module_names) for u in units],
+            "unit_names": [u.name for u in units],
+            "frozen": sorted(self.frozen),
+            "step": self.step_count,
+            "decision_time_s": self.decision_time_s,
+            "total_steps": self.total_steps,
+            "timeline": [asdict(e) for e in self.timeline],
+            "policy": self.policy.state_dict(),
+            "original_param_groups": self.original_param_groups,
+            "param_groups": param_groups.layout_by_name(self.optimizer, self.param_name_by_id),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore units, frozen set, policy and param-group layout. Call this *before*
+        ``optimizer.load_state_dict`` so the optimizer's groups match the saved ones, or *after*
+        loading a state converted by :mod:`frostline.integrations.layout` (original layout): the
+        per-parameter state just loaded is kept, and attached schedulers are expanded."""
+        if not isinstance(state, dict) or state.get("version") not in READABLE_VERSIONS:
+            raise CheckpointError("not a frostline Freezer state (or from an incompatible version)")
+        if state["total_steps"] != self.total_steps:
+            raise CheckpointError(
+                f"saved run had total_steps={state['total_steps']}, this one {self.total_steps}: "
+                "resume with the same epochs, batch size and data"
+            )
+        self.detach_trace()
+        try:
+            units = units_from_names(self.model, state["units"])
+        except ModelError as e:
+            raise CheckpointError(f"saved freeze units do not match this model: {e}") from None
+        for u, name in zip(units, state["unit_names"]):
+            u.name = name
+        self._bind(units)
+        self.policy.load_state_dict(state["policy"])
+        self.step_count = int(state["step"])
+        self.decision_time_s = float(state.get("decision_time_s", 0.0))
+        self.timeline = [FreezeEvent(**e) for e in state["timeline"]]
+        for handles in self._eval_pins.values():  # units (and so the modules to pin) may differ
+            unpin(handles)
+        self._eval_pins = {}
+        self.frozen = set(state["frozen"])
+        for i in self.frozen:
+            self._stop_training(i)
+        if "original_param_groups" in state:
+            self.original_param_groups = state["original_param_groups"]
+        param_groups.restore_layout(self.optimizer, self.model, state["param_groups"])
+        self.schedulers.sync()
+        self._apply_lr()

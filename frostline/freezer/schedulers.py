@@ -1,0 +1,122 @@
+"""The LR-scheduler bridge: a user's torch LR scheduler and the policy's per-unit scales, composed.
+
+A unit's lr is (what the scheduler says for the unit's original param group) x (the policy's
+scale for the unit). Two things stand in the way, and this module handles both:
+
+* **Group count.** The Freezer splits every param group per unit, but a scheduler keeps per-group
+  lists (``base_lrs``, ``lr_lambdas``, ...) and ``zip``s them with the groups, silently leaving the
+  new groups unscheduled. :meth:`SchedulerBridge.sync` expands those lists to the split layout
+  (:func:`remap_group_lists`); :mod:`frostline.integrations.layout` folds a saved state back.
+* **Scaled lrs.** A scheduler must see the *unscaled* lr when it steps (a chainable scheduler
+  computes the next lr from ``group["lr"]`` and would compound the scale), while the optimizer and
+  everyone who reads ``param_groups`` between steps (loggers, the HF and Lightning callbacks) must
+  see the scaled lr. So the bridge runs around the scheduler's ``step``: unscaled lrs in, record
+  what the scheduler set, scaled lrs out.
+
+Why ``step`` is wrapped by changing the scheduler's class (to a subclass that adds only
+``step``): torch schedulers have no step hooks; an instance attribute ``step`` would land in
+``scheduler.state_dict()`` (it returns ``vars(self)``); optimizer step pre/post hooks could apply
+the scale only *during* ``optimizer.step()``, so ``param_groups`` would show unscaled lrs to every
+reader between steps; a proxy ``scheduler.optimizer`` would show them to Lightning's LR monitor.
+The subclass keeps ``isinstance`` and ``state_dict`` as they were; the bridge the wrapped ``step``
+reports to lives on that class, so the scheduler's own state stays untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..errors import ConfigError
+from .param_groups import group_map, unit_groups
+
+#: Scheduler attributes that are lists but not one entry per param group.
+_NOT_PER_GROUP = frozenset({"_milestones", "milestones", "_schedulers"})
+
+
+def group_count(scheduler_state: dict[str, Any]) -> int | None:
+    """Number of param groups a scheduler's (state) dict is laid out for."""
+    for key in ("base_lrs", "min_lrs", "_last_lr"):
+        if isinstance(scheduler_state.get(key), list):
+            return len(scheduler_state[key])
+    return None
+
+
+def remap_group_lists(scheduler_state: dict[str, Any], n: int, mapping: Sequence[int]) -> None:
+    """In place: every per-group list of length ``n`` becomes ``[old[i] for i in mapping]``;
+    nested schedulers (SequentialLR, ChainedScheduler) are remapped too."""
+    for key, value in list(scheduler_state.items()):
+        if key in _NOT_PER_GROUP:
+            for sub in value if isinstance(value, list) else ():
+                sub_state = sub if isinstance(sub, dict) else getattr(sub, "__dict__", None)
+                if sub_state is not None and group_count(sub_state) == n:
+                    remap_group_lists(sub_state, n, mapping)
+        elif isinstance(value, list) and len(value) == n:
+            scheduler_state[key] = [value[i] for i in mapping]
+
+
+class SchedulerBridge:
+    """The LR schedulers attached to one :class:`~frostline.Freezer`."""
+
+    def __init__(self, freezer):
+        self.freezer = freezer
+        self.attached: list = []
+
+    def attach(self, scheduler) -> None:
+        """See :meth:`frostline.Freezer.attach_scheduler`."""
+        sched = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
+        if any(s is sched for s in self.attached):
+            return
+        optimizer = self.freezer.optimizer
+        if getattr(getattr(sched, "optimizer", optimizer), "param_groups", None) is not optimizer.param_groups:
+            raise ConfigError("the LR scheduler drives a different optimizer than the Freezer's")
+        previous = getattr(type(sched), "_frostline_bridge", None)
+        if previous is None:
+            _wrap_step(sched)
+        else:  # attached to an earlier Freezer (a second trainer.train()): move it here
+            previous.attached = [s for s in previous.attached if s is not sched]
+        type(sched)._frostline_bridge = self
+        self.attached.append(sched)
+        self.sync()
+
+    def sync(self) -> None:
+        """Expand attached schedulers' per-group lists to the current (split) layout."""
+        mapping = group_map(self.freezer.optimizer)
+        if mapping is None:
+            return
+        original = len(self.freezer.original_param_groups)
+        for sched in self.attached:
+            n = group_count(vars(sched))
+            if n is None or n == len(mapping):
+                continue
+            if n != original:
+                raise ConfigError(
+                    f"the LR scheduler has {n} param groups, the optimizer {len(mapping)} (split by the Freezer "
+                    f"from {original}): create the scheduler before the Freezer splits groups")
+            remap_group_lists(vars(sched), n, mapping)
+
+    def before_step(self) -> None:
+        self.sync()
+        for g in unit_groups(self.freezer.optimizer):
+            g["lr"] = g["frostline_base_lr"]  # chainable schedulers must not compound our scale
+
+    def after_step(self) -> None:
+        groups = unit_groups(self.freezer.optimizer)
+        for g in groups:
+            g["frostline_base_lr"] = g["lr"]
+        if groups and self.freezer.ready:
+            self.freezer._apply_lr()
+
+
+def _wrap_step(sched) -> None:
+    """Give ``sched`` a class whose ``step`` runs inside its bridge (see the module docstring)."""
+    base = type(sched)
+
+    def step(this, *args, **kwargs):
+        bridge = type(this)._frostline_bridge
+        bridge.before_step()
+        result = base.step(this, *args, **kwargs)
+        bridge.after_step()
+        return result
+
+    sched.__class__ = type(base.__name__, (base,), {
+        "step": step, "_frostline_bridge": None, "__module__": base.__module__, "__qualname__": base.__qualname__})
