@@ -24,11 +24,23 @@ from .history import History
 from .predictor import SmartFRZPredictor, load_predictor, window_features
 from .tailor import check_size
 from ..base import FreezePolicy, Progress
+from ..registry import Hyperparameter, register_policy
 from ..stages import StageClock
 
 MIN_SNAPSHOTS = 2
 
 
+@register_policy(
+    "smartfrz",
+    Hyperparameter("predictor", "predictor file from `frostline predictor train` (default: the one shipped with frostline)",
+                   type=str),
+    Hyperparameter("window", "snapshots per unit the predictor looks at", field="history_window"),
+    Hyperparameter("tailor_size", "sampled weights per unit per snapshot (must match the predictor)"),
+    Hyperparameter("snapshots_per_epoch", "weight snapshots per epoch"),
+    Hyperparameter("stages_per_epoch", "freezing stages (decisions) per epoch"),
+    Hyperparameter("prefix_only", "freeze only a growing prefix of units (otherwise any ready unit)"),
+    runtime=("steps_per_epoch", "seed"),
+)
 class SmartFRZ(FreezePolicy):
     name = "smartfrz"
     requires = frozenset({"tailored_weights"})
