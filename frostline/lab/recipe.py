@@ -160,8 +160,8 @@ def _train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
 
 # -- set up ---------------------------------------------------------------------------------------
 def set_up(cfg: TrainConfig, policy=None, checkpoint: dict[str, Any] | None = None) -> Run:
-    """Everything a run needs, in an order that keeps resumed runs exact (model initialisation
-    and the first batch draw from torch's generator before a checkpoint restores it)."""
+    """Everything a run needs. The order keeps runs repeatable: the model (and the CKA reference)
+    draw from torch's generator right after it is seeded, and a checkpoint restores it last."""
     device = _environment(cfg, fresh=checkpoint is None)
     data, train_set, model = _data_and_model(cfg, device)
     units, cost = _units_and_costs(cfg, model, data.train, len(train_set), device)
