@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from frostline.lab.cli import main
+from frostline.lab.cli import COMMANDS, build_parser, main
 
 TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "--batch-size", "64", "--no-progress"]
 
@@ -145,3 +145,14 @@ def test_estimate_plans_a_schedule_before_training(capsys):
     assert saved[1] > saved[0] > 0  # the cache also skips the frozen prefix's forward
     assert cli_main(["estimate", "--model", "resnet", "--method", "autofreeze"]) == 2
     assert "cannot be planned" in capsys.readouterr().err
+
+
+def test_every_command_dispatches_to_one_handler():
+    def leaves(parser):
+        sub = parser._subparsers
+        if sub is None:
+            return [parser.get_default("command_name")]
+        return [name for choice in sub._group_actions[0].choices.values() for name in leaves(choice)]
+
+    found = leaves(build_parser())
+    assert None not in found and sorted(found) == sorted(COMMANDS)

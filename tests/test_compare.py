@@ -6,7 +6,8 @@ import json
 import pytest
 
 from frostline.lab.cli import main
-from frostline.lab.compare import Suite, results_markers, run_suite, update_readme, suite_cells, SUITES
+from frostline.lab.compare import (FROM_SCRATCH, SUITES, VARIANTS, Goal, Suite, goal_lines, publish_results, results_markers,
+                                   run_suite, suite_cells, summary_markers)
 from frostline.errors import ConfigError, FrostlineError
 
 TINY = {"epochs": 1, "train_subset": 384, "val_size": 64, "test_subset": 256, "batch_size": 64, "width": 8,
@@ -16,7 +17,8 @@ TINY = {"epochs": 1, "train_subset": 384, "val_size": 64, "test_subset": 256, "b
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    suite = Suite("test", ("resnet",), ("fashion-mnist",), 1, ("none", "freezeout+cache"), TINY, "tiny test suite")
+    suite = Suite("test", ("resnet",), ("fashion-mnist",), 1, ("none", "freezeout+cache"), TINY, "tiny test suite",
+                  goals=(FROM_SCRATCH,))
     data = run_suite(suite, root, progress=False, jobs=2)
     return suite, root, data
 
@@ -56,20 +58,51 @@ def test_finished_cells_are_reused_and_a_broken_one_is_rerun(bench):
     assert json.loads(broken.read_text())["status"] == "finished"  # rebuilt from its checkpoint
 
 
-def test_readme_block_is_regenerated_from_the_report(bench, tmp_path):
+def test_publish_writes_full_results_to_docs_and_a_short_summary_to_the_readme(bench, tmp_path):
     suite, root, _ = bench
-    readme = tmp_path / "README.md"
-    begin, end = results_markers("test")
-    other = "\n".join(results_markers("quick"))
+    readme, docs = tmp_path / "README.md", tmp_path / "docs" / "benchmarks.md"
+    begin, end = summary_markers("test")
+    other = "\n".join(summary_markers("quick"))
     readme.write_text(f"# x\n\nbefore\n{begin}\nold numbers\n{end}\nafter\n{other}\n")
-    update_readme(root, readme)
+    publish_results(root, readme, docs)  # docs/benchmarks.md does not exist yet: created
     text = readme.read_text()
-    assert "old numbers" not in text and "| freezeout+cache |" in text
+    assert "old numbers" not in text and "| freezeout+cache |" not in text  # the summary, not the tables
+    assert "Adaptive methods from scratch" in text  # the suite's goal line
+    assert "](docs/bench/test/accuracy_vs_time_saved.png)" in text and "](docs/benchmarks.md)" in text
     assert text.startswith("# x\n\nbefore\n") and text.endswith(f"after\n{other}\n")  # other suites' blocks stay
+    page = docs.read_text()
+    assert "| freezeout+cache |" in page and results_markers("test")[0] in page
+    assert "](bench/test/accuracy_vs_time_saved.png)" in page  # relative to docs/
     assert (tmp_path / "docs/bench/test/accuracy_vs_time_saved.png").exists()
+    docs.write_text(page.replace("| freezeout+cache |", "| stale |") + "\nkept\n")
+    publish_results(root, readme, docs)  # the section is replaced, the rest of the page stays
+    page = docs.read_text()
+    assert "| stale |" not in page and page.count(results_markers("test")[0]) == 1 and "\nkept\n" in page
     readme.write_text("no markers here\n")
-    with pytest.raises(FrostlineError, match="no results block"):
-        update_readme(root, readme)
+    with pytest.raises(FrostlineError, match="no summary block"):
+        publish_results(root, readme, docs)
+
+
+def test_goals_are_the_suites_data():
+    rows = [{"dataset": "d", "model": "resnet", "variant": v, "method": m, "time_saved": t, "delta_accuracy": a}
+            for v, m, t, a in [("autofreeze+cache", "autofreeze", 0.35, -0.1), ("smartfrz+cache", "smartfrz", 0.5, -1.0)]]
+    line = goal_lines(FROM_SCRATCH, rows)[0]
+    assert "**autofreeze+cache**" in line and "**met**" in line  # smartfrz saves more but loses too much
+    strict = Goal("Strict", min_time_saved=0.4, methods=("autofreeze", "smartfrz"))
+    assert "**not met**" in goal_lines(strict, rows)[0] and "≥ 40% time saved" in goal_lines(strict, rows)[0]
+    assert "no run of this bench" in goal_lines(Goal("Tuning", 0.5, pretrained=True), rows)[0]
+    assert all(s.goals for s in SUITES.values())
+
+
+def test_variants_name_only_what_differs_from_the_registered_defaults():
+    from frostline.lab.config import method_settings
+
+    for name, variant in VARIANTS.items():
+        defaults = method_settings(variant["method"])
+        assert all(defaults[k] != v for k, v in variant.items() if k in defaults), name
+    cells, _ = suite_cells(SUITES["quick"], ["none", "linear", "freezeout", "autofreeze", "cka-oracle", "smartfrz"])
+    linear = dict(next(c for c in cells if c.variant == "linear").settings)
+    assert linear["freeze_start"] == 0.5 and linear["freeze_level"] == 1.0  # the cell records the full settings
 
 
 def test_bad_suites_are_refused_clearly(tmp_path, capsys):

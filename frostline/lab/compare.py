@@ -30,24 +30,64 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError, FrostlineError
 
-#: Method variants: the label in the tables, the settings on top of the suite's. Hyperparameters are
-#: the authors' recommendations (FreezeOut: t_0 = 0.8 cubic; AutoFreeze: N = 50 %, M = 4; Composer:
-#: freeze_start 0.5, freeze_level 1.0), recorded in the report.
+#: Method variants: the label in the tables, its method, and only the settings that differ from the
+#: method's registered defaults (the authors' recommendations: FreezeOut t_0 = 0.8 cubic; AutoFreeze
+#: N = 50 %, M = 4; Composer freeze_start 0.5, freeze_level 1.0), on top of the suite's settings.
 VARIANTS: dict[str, dict[str, Any]] = {
     "none": {"method": "none", "cache": "off"},
-    "linear": {"method": "linear", "freeze_start": 0.5, "freeze_level": 1.0},
-    "freezeout": {"method": "freezeout", "t_0": 0.8, "schedule": "cubic", "cache": "off"},
-    "freezeout+cache": {"method": "freezeout", "t_0": 0.8, "schedule": "cubic", "cache": "memory"},
+    "linear": {"method": "linear"},
+    "freezeout": {"method": "freezeout", "cache": "off"},
+    "freezeout+cache": {"method": "freezeout", "cache": "memory"},
     "freezeout-lin0.5+cache": {"method": "freezeout", "t_0": 0.5, "schedule": "linear", "cache": "memory"},
-    "autofreeze+cache": {"method": "autofreeze", "percentile": 50.0, "intervals_per_epoch": 4, "cache": "memory"},
+    "autofreeze+cache": {"method": "autofreeze", "cache": "memory"},
     "cka-oracle+cache": {"method": "cka-oracle", "cache": "memory"},
     "smartfrz+cache": {"method": "smartfrz", "cache": "memory"},
 }
 
-#: Methods that are adaptive (decide from training signals); the goals are stated for them.
+#: Methods that are adaptive (decide from training signals).
 ADAPTIVE = ("autofreeze", "cka-oracle", "smartfrz")
-#: Pretrained models: their rows answer the fine-tuning goal, not the from-scratch one.
+#: Pretrained models: their rows are fine-tuning, not training from scratch.
 PRETRAINED = ("minilm", "efficientnet-lite0")
+
+
+def variant_settings(variant: str) -> dict[str, Any]:
+    """A variant's full settings: its method's hyperparameters at their defaults, then its own."""
+    from ..policies import list_policies
+    from .config import method_settings
+
+    method = VARIANTS[variant]["method"]
+    defaults = method_settings(method) if method in list_policies() else {}
+    return {"method": method, **defaults, **VARIANTS[variant]}
+
+
+@dataclass(frozen=True)
+class Goal:
+    """An acceptance target a suite states and its report checks: among the rows it covers, the best
+    variant (averaged over model/dataset pairs, or judged per model) saves at least
+    ``min_time_saved`` of the training time while losing at most ``max_accuracy_loss`` points."""
+
+    title: str
+    min_time_saved: float
+    max_accuracy_loss: float = 0.3
+    methods: tuple[str, ...] = ()  # methods covered (empty: every freezing method)
+    pretrained: bool = False  # fine-tuning rows (pretrained models) instead of from-scratch ones
+    cached_only: bool = False  # only variants with the activation cache
+    per_model: bool = False  # judge each model on its own
+
+    def covers(self, row: dict[str, Any]) -> bool:
+        return (row["method"] != "none" and (not self.methods or row["method"] in self.methods)
+                and (row["model"] in PRETRAINED) == self.pretrained
+                and (not self.cached_only or "cache" in row["variant"]) and not math.isnan(row["time_saved"]))
+
+    def target(self) -> str:
+        speedup = 1 / (1 - self.min_time_saved)
+        return (f"≥ {100 * self.min_time_saved:.0f}% time saved ({speedup:.3g}× faster) at "
+                f"≤ {self.max_accuracy_loss:g} points accuracy lost")
+
+
+#: The project's acceptance targets, stated by the suites that measure them.
+FROM_SCRATCH = Goal("Adaptive methods from scratch", min_time_saved=0.30, methods=ADAPTIVE)
+FINE_TUNING = Goal("Fine-tuning with the cache", min_time_saved=0.50, pretrained=True, cached_only=True, per_model=True)
 
 
 @dataclass(frozen=True)
@@ -64,6 +104,7 @@ class Suite:
     settings: dict[str, Any] = field(default_factory=dict)
     about: str = ""
     pairs: tuple[tuple[str, str, dict[str, Any]], ...] = ()
+    goals: tuple[Goal, ...] = ()
 
     def combos(self) -> list[tuple[str, str, dict[str, Any]]]:
         if self.pairs:
@@ -77,12 +118,14 @@ SUITES: dict[str, Suite] = {
         ("none", "linear", "freezeout", "freezeout+cache", "autofreeze+cache", "cka-oracle+cache", "smartfrz+cache"),
         {"epochs": 4, "train_subset": 6000, "val_size": 1000, "batch_size": 128, "threads": 1, "log_every": 5},
         "from scratch on a 6,000-sample subset of Fashion-MNIST, 4 epochs, evaluated on the full 10,000-image test "
-        "set, one thread per run; sized for about 30 minutes on 2 CPU cores with `--jobs 2`"),
+        "set, one thread per run; sized for about 30 minutes on 2 CPU cores with `--jobs 2`",
+        goals=(FROM_SCRATCH,)),
     "smoke": Suite(
         "smoke", ("resnet",), ("fashion-mnist",), 2, ("none", "freezeout+cache", "autofreeze+cache"),
         {"epochs": 1, "train_subset": 640, "val_size": 128, "test_subset": 512, "batch_size": 64, "width": 8,
          "threads": 1, "log_every": 2},
-        "a one-minute check that the bench runs end to end (tiny model and data: its numbers mean nothing)"),
+        "a one-minute check that the bench runs end to end (tiny model and data: its numbers mean nothing)",
+        goals=(FROM_SCRATCH,)),
     "finetune": Suite(
         "finetune", (), (), 2, ("none", "linear", "freezeout+cache", "autofreeze+cache", "smartfrz+cache"),
         {"epochs": 2, "optimizer": "adamw", "weight_decay": 0.01, "threads": 1, "log_every": 5},
@@ -94,12 +137,14 @@ SUITES: dict[str, Suite] = {
                                        "val_size": 400}),
             ("fashion-mnist", "efficientnet-lite0", {"lr": 1e-3, "batch_size": 64, "train_subset": 3000,
                                                      "val_size": 1000, "test_subset": 2000}),
-        )),
+        ),
+        goals=(FINE_TUNING,)),
     "full": Suite(
         "full", ("resnet", "vgg", "mobilenetv2", "vit"), ("fashion-mnist", "mnist"), 3, tuple(VARIANTS),
         {"epochs": 10},
         "from scratch on the full training sets (55,000 after the validation hold-out), 10 epochs; for a long "
-        "run or a GPU"),
+        "run or a GPU",
+        goals=(FROM_SCRATCH,)),
 }
 
 
@@ -129,13 +174,14 @@ def suite_cells(suite: Suite, methods_available: Sequence[str]) -> tuple[list[Ce
             if variant in skipped:
                 continue
             for seed in range(suite.seeds):
-                settings = {**suite.settings, **extra, **VARIANTS[variant], "model": model, "dataset": dataset, "seed": seed}
+                settings = {**suite.settings, **extra, **variant_settings(variant), "model": model, "dataset": dataset,
+                            "seed": seed}
                 cells.append(Cell(dataset, model, variant, seed, tuple(sorted(settings.items()))))
     return cells, skipped
 
 
 def _train_argv(cell: Cell, out: Path, root: Path) -> list[str]:
-    from .recipe import config_fields
+    from .config import config_fields
 
     fields = set(config_fields())
     argv = [sys.executable, "-m", "frostline", "train", "--out", str(out), "--no-progress"]
@@ -148,6 +194,8 @@ def _train_argv(cell: Cell, out: Path, root: Path) -> list[str]:
         if name not in fields:
             raise ConfigError(f"suite setting {name!r} is not a `frostline train` option")
         flag = "--" + name.replace("_", "-")
+        if value is None:  # the default of every field that takes None ("the method's own"): nothing to pass
+            continue
         if isinstance(value, bool):
             argv.append(flag if value else "--no-" + name.replace("_", "-"))
         else:
@@ -313,42 +361,29 @@ def aggregate(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str,
     return rows
 
 
-def goals(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Plain statements of which goals were met in this bench."""
+def goal_lines(goal: Goal, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Plain statements of whether ``goal`` was met in this bench."""
+    covered = [r for r in rows if goal.covers(r)]
+    if not covered:
+        return [f"- {goal.title} (goal: {goal.target()}): no run of this bench is covered."]
+    groups = {r["model"]: [] for r in covered} if goal.per_model else {"": []}
+    for r in covered:
+        groups[r["model"] if goal.per_model else ""].append(r)
     lines = []
-    by_variant: dict[str, list[dict]] = {}
-    scratch = [r for r in rows if r["model"] not in PRETRAINED]
-    for r in scratch:
-        if r["method"] in ADAPTIVE and not math.isnan(r["time_saved"]):
+    for model, group in groups.items():
+        by_variant: dict[str, list[dict]] = {}
+        for r in group:
             by_variant.setdefault(r["variant"], []).append(r)
-    if scratch and not by_variant:
-        lines.append("- Adaptive methods from scratch (goal: ≥ 30% time saved at ≤ 0.3 points accuracy loss): "
-                     "no adaptive method ran in this bench.")
-    elif by_variant:
         avg = {v: (statistics.fmean(r["time_saved"] for r in rs), statistics.fmean(r["delta_accuracy"] for r in rs))
                for v, rs in by_variant.items()}
-        within = {v: a for v, a in avg.items() if a[1] >= -0.3}
+        within = [v for v, (_, delta) in avg.items() if delta >= -goal.max_accuracy_loss]
         best = max(within or avg, key=lambda v: avg[v][0])
         saved, delta = avg[best]
-        met = saved >= 0.30 and delta >= -0.3
-        lines.append(f"- Best adaptive method from scratch: **{best}**, {100 * saved:.1f}% time saved at "
-                     f"{delta:+.2f} points accuracy on average over {len(by_variant[best])} model/dataset pairs — "
-                     f"goal (≥ 30% saved, ≤ 0.3 points lost) **{'met' if met else 'not met'}**.")
-        for v, (s, d) in sorted(avg.items()):
-            if v != best:
-                lines.append(f"  - {v}: {100 * s:.1f}% saved, {d:+.2f} points.")
-    tuned = [r for r in rows if r["model"] in PRETRAINED and "cache" in r["variant"] and not math.isnan(r["time_saved"])]
-    if not tuned:
-        lines.append("- Fine-tuning with the cache (goal: ≥ 2× faster at ≤ 0.3 points loss): not part of this suite "
-                     "(see `--suite finetune`).")
-    for model in dict.fromkeys(r["model"] for r in tuned):
-        mine = [r for r in tuned if r["model"] == model]
-        ok = [r for r in mine if r["delta_accuracy"] >= -0.3] or mine
-        best = max(ok, key=lambda r: r["time_saved"])
-        speedup = 1 / max(1e-9, 1 - best["time_saved"])
-        met = speedup >= 2 and best["delta_accuracy"] >= -0.3
-        lines.append(f"- Fine-tuning {model} with the cache: best **{best['variant']}**, {speedup:.2f}× faster at "
-                     f"{best['delta_accuracy']:+.2f} points — goal (≥ 2×, ≤ 0.3 points lost) **{'met' if met else 'not met'}**.")
+        met = saved >= goal.min_time_saved and delta >= -goal.max_accuracy_loss
+        lines.append(f"- {goal.title}{f' ({model})' if model else ''}: best **{best}**, {100 * saved:.1f}% time saved "
+                     f"({1 / max(1e-9, 1 - saved):.2f}× faster) at {delta:+.2f} points on average over "
+                     f"{len(by_variant[best])} model/dataset pairs — goal ({goal.target()}) **{'met' if met else 'not met'}**.")
+        lines += [f"  - {v}: {100 * s:.1f}% saved, {d:+.2f} points." for v, (s, d) in sorted(avg.items()) if v != best]
     return lines
 
 
@@ -359,8 +394,13 @@ def _fmt_pct(x: float, std: float | None = None) -> str:
 
 
 def results_markers(suite: str) -> tuple[str, str]:
-    """The README lines between which a suite's results block lives (one block per suite)."""
+    """The lines of ``docs/benchmarks.md`` between which a suite's full results block lives."""
     return f"<!-- frostline-bench-results:{suite}:begin -->", f"<!-- frostline-bench-results:{suite}:end -->"
+
+
+def summary_markers(suite: str) -> tuple[str, str]:
+    """The README lines between which a suite's short summary lives."""
+    return f"<!-- frostline-bench-summary:{suite}:begin -->", f"<!-- frostline-bench-summary:{suite}:end -->"
 
 
 def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str, machine: dict[str, Any],
@@ -396,7 +436,8 @@ def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str,
         out += [f"**{model} on {dataset}**", "", markdown_table(
             ["method", "test acc %", "Δ acc", "train s", "time saved", "FLOPs saved", "predicted", "peak MB",
              "cache MB", "frozen", "seeds"], table), ""]
-    out += ["Goals:", "", *goals(rows), ""]
+    if suite.goals:
+        out += ["Goals:", "", *[line for goal in suite.goals for line in goal_lines(goal, rows)], ""]
     for name, caption in PLOTS:
         out.append(f"![{caption}]({image_prefix}{name})")
     out += ["", end]
@@ -417,7 +458,8 @@ def write_report(root: Path, suite: Suite, cells: Sequence[Cell], results: dict[
 
     rows = aggregate(cells, results)
     machine = machine_info()
-    hyper = {v: {k: val for k, val in VARIANTS[v].items() if k not in ("method",)} for v in suite.variants}
+    hyper = {v: {k: val for k, val in (VARIANTS[v] if v in skipped else variant_settings(v)).items() if k != "method"}
+             for v in suite.variants}
     text = ["# frostline bench", "", results_markdown(suite, rows, command, machine), "",
             "## Settings", "", f"Suite settings: `{json.dumps(suite.settings)}`", "",
             "Method variants (hyperparameters as their authors recommend; nothing was tuned on the test set):", ""]
@@ -430,40 +472,85 @@ def write_report(root: Path, suite: Suite, cells: Sequence[Cell], results: dict[
         text += ["", f"## Not run yet ({len(missing)})", ""] + [f"- `{k}`" for k in missing]
     (root / "report.md").write_text("\n".join(text) + "\n")
     plot_bench(root, cells, results, rows)
-    data = {"suite": suite.name, "seeds": suite.seeds, "about": suite.about, "command": command, "machine": machine, "rows": rows, "failed": failed,
-            "skipped": list(skipped), "cells": len(cells), "finished": len(results)}
+    data = {"suite": suite.name, "seeds": suite.seeds, "about": suite.about,
+            "goals": [dataclasses.asdict(g) for g in suite.goals], "command": command, "machine": machine, "rows": rows,
+            "failed": failed, "skipped": list(skipped), "cells": len(cells), "finished": len(results)}
     (root / "results.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     return data
 
 
-def update_readme(bench_dir: str | os.PathLike, readme: str | os.PathLike = "README.md",
-                  images: str | os.PathLike | None = None) -> Path:
-    """Replace the README's results block of the bench's suite with the bench's, and copy its plots
-    beside the README (``docs/bench/<suite>`` unless ``images`` says otherwise)."""
-    import shutil
-
-    root, readme = Path(bench_dir), Path(readme)
-    try:
-        data = json.loads((root / "results.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise FrostlineError(f"{root / 'results.json'} is missing or unreadable ({e}): run `frostline bench compare --out {root}` first") from None
+def publish_results(bench_dir: str | os.PathLike, readme: str | os.PathLike = "README.md",
+                    docs: str | os.PathLike = "docs/benchmarks.md") -> tuple[Path, Path]:
+    """Publish a finished bench: its full results block into ``docs`` (the file and the suite's
+    section are created when missing) with its plots beside it under ``bench/<suite>/``, and a short
+    summary (the suite's goals and the accuracy-against-time-saved plot) into the README's summary
+    block of that suite. Returns the two files written."""
+    root, readme, docs = Path(bench_dir), Path(readme), Path(docs)
+    data = _read_results(root)
+    suite = _suite_of(data)
     if not readme.exists():
         raise FrostlineError(f"{readme} does not exist: pass --readme PATH")
-    text = readme.read_text()
-    begin, end = results_markers(data["suite"])
-    if begin not in text or end not in text:
-        raise FrostlineError(f"{readme} has no results block for suite {data['suite']!r}: add the lines {begin} and "
+    begin, end = summary_markers(suite.name)
+    readme_text = readme.read_text()
+    if begin not in readme_text or end not in readme_text:
+        raise FrostlineError(f"{readme} has no summary block for suite {suite.name!r}: add the lines {begin} and "
                              f"{end} where it goes")
-    image_dir = Path(images if images is not None else f"docs/bench/{data['suite']}")
-    target = readme.parent / image_dir
+    images = docs.parent / "bench" / suite.name
+    _copy_plots(root, images)
+    block = results_markdown(suite, data["rows"], data["command"], data["machine"], image_prefix=f"bench/{suite.name}/")
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    docs_text = docs.read_text() if docs.exists() else "# Benchmarks\n"
+    docs.write_text(_replace_block(docs_text, *results_markers(suite.name), block))
+    summary = summary_markdown(suite, data, plot=_relative(images / PLOTS[0][0], readme.parent),
+                               details=_relative(docs, readme.parent))
+    readme.write_text(_replace_block(readme_text, begin, end, summary))
+    return readme, docs
+
+
+def summary_markdown(suite: Suite, data: dict[str, Any], plot: str, details: str) -> str:
+    """The README's short block for a suite: what ran, the goals, the headline plot."""
+    begin, end = summary_markers(suite.name)
+    machine = data["machine"]
+    goals = [line for goal in suite.goals for line in goal_lines(goal, data["rows"])]
+    return "\n".join([begin, "", f"Suite `{suite.name}`: {suite.about} ({suite.seeds} seed{'s' if suite.seeds != 1 else ''} per cell; "
+                       f"{machine['cpu']}, {machine['date']}).", "", *goals, *([""] if goals else []),
+                       f"![{PLOTS[0][1]}]({plot})", "", f"Full tables, machine and command: [{details}]({details}).",
+                       "", end])
+
+
+def _read_results(root: Path) -> dict[str, Any]:
+    try:
+        return json.loads((root / "results.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise FrostlineError(f"{root / 'results.json'} is missing or unreadable ({e}): run `frostline bench compare --out {root}` first") from None
+
+
+def _suite_of(data: dict[str, Any]) -> Suite:
+    """The suite a results.json describes (goals from the file; older files: the suite's own)."""
+    if "goals" in data:
+        goals = tuple(Goal(**{**g, "methods": tuple(g["methods"])}) for g in data["goals"])
+    else:
+        goals = SUITES[data["suite"]].goals if data["suite"] in SUITES else ()
+    return Suite(data["suite"], (), (), data["seeds"], (), about=data["about"], goals=goals)
+
+
+def _copy_plots(root: Path, target: Path) -> None:
+    import shutil
+
     target.mkdir(parents=True, exist_ok=True)
     for name, _ in PLOTS:
         if (root / name).exists():
             shutil.copyfile(root / name, target / name)
-    suite = Suite(data["suite"], (), (), data["seeds"], (), about=data["about"])
-    block = results_markdown(suite, data["rows"], data["command"], data["machine"],
-                             image_prefix=image_dir.as_posix().rstrip("/") + "/")
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def _replace_block(text: str, begin: str, end: str, block: str) -> str:
+    """``text`` with the lines from ``begin`` to ``end`` replaced by ``block`` (appended when absent)."""
+    if begin not in text or end not in text:
+        return text.rstrip("\n") + "\n\n" + block + "\n"
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(head + block + tail)
-    return readme
+    return head + block + tail

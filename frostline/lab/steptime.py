@@ -27,7 +27,7 @@ from ..freezer import Freezer
 from .zoo import create_model
 from ..policies import NoFreezing
 from .report import markdown_table
-from .recipe import iterate_batches, pick_device
+from .loop import iterate_batches, pick_device
 from ..units import freeze_units
 
 

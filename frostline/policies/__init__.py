@@ -1,52 +1,18 @@
-"""Freezing policies by name (timm-style registry). One small module per method."""
+"""Freezing policies by name (timm-style registry). One small module per method; each registers
+itself with its hyperparameters (:func:`register_policy`, :class:`Hyperparameter`)."""
 
 from __future__ import annotations
 
-import inspect
-from typing import Callable
-
 from ..errors import ConfigError
+from .registry import POLICIES, SPECS, Hyperparameter, PolicySpec, create_policy, list_policies, policy_spec, register_policy
+from .base import FreezePolicy, NoFreezing, Progress
 from .autofreeze import AutoFreeze
 from .cka_oracle import CKAOracle, cka_ready
-from .base import FreezePolicy, NoFreezing, Progress
 from .freezeout import FreezeOut, freezeout_times
 from .linear import LinearFreezing
 from .smartfrz import SmartFRZ
 
-POLICIES: dict[str, Callable[..., FreezePolicy]] = {
-    "none": NoFreezing,
-    "linear": LinearFreezing,
-    "freezeout": FreezeOut,
-    "autofreeze": AutoFreeze,
-    "cka-oracle": CKAOracle,
-    "smartfrz": SmartFRZ,
-}
-
-
-def register_policy(name: str):
-    def wrap(cls):
-        POLICIES[name] = cls
-        return cls
-
-    return wrap
-
-
-def list_policies() -> list[str]:
-    return sorted(POLICIES)
-
-
-def create_policy(name: str, **kwargs) -> FreezePolicy:
-    """Build a policy by name; hyperparameters the policy does not take are an error."""
-    if name not in POLICIES:
-        raise ConfigError(f"unknown method {name!r}; choose one of {list_policies()}")
-    cls = POLICIES[name]
-    accepted = set(inspect.signature(cls).parameters)
-    unknown = set(kwargs) - accepted
-    if unknown:
-        raise ConfigError(
-            f"method {name!r} does not take {sorted(unknown)}; it takes {sorted(accepted) or 'nothing'}"
-        )
-    return cls(**kwargs)
+register_policy("none")(NoFreezing)  # the baseline is the base class itself: nothing to declare
 
 
 def as_policy(policy, **kwargs) -> FreezePolicy:
@@ -73,8 +39,12 @@ __all__ = [
     "cka_ready",
     "Progress",
     "POLICIES",
+    "SPECS",
+    "Hyperparameter",
+    "PolicySpec",
     "create_policy",
     "list_policies",
+    "policy_spec",
     "register_policy",
     "freezeout_times",
 ]

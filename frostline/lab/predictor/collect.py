@@ -87,13 +87,14 @@ def label_stages(cka: torch.Tensor, window: int, epsilon: float, floor: float) -
 def collect(cfg, out, *, tailor_size: int = 1024, snapshots_per_epoch: int = 30, label_stages_per_epoch: int = 4,
             probe_size: int = 256, rule: tuple[int, float, float] = (DEFAULT_WINDOW, DEFAULT_EPSILON, DEFAULT_FLOOR),
             record_seed: int | None = None) -> Path:
-    """Reference run + recording run for ``cfg`` (a :class:`frostline.lab.recipe.TrainConfig`; its
+    """Reference run + recording run for ``cfg`` (a :class:`frostline.lab.config.TrainConfig`; its
     method is ignored), then ``out/dataset.pt``. A finished reference in ``out/reference`` is reused."""
     from ... import __version__
     from ..data import load_dataset
     from ..zoo import create_model
     from ..reference import load_reference
-    from ..recipe import probe_batch, train
+    from ..loop import probe_batch
+    from ..recipe import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,7 @@ from typing import Any, Sequence
 from ...errors import CheckpointError, ConfigError
 from ..base import FreezePolicy, Progress
 from ..stages import StageClock
+from ..registry import Hyperparameter, register_policy
 
 
 def check_autofreeze_args(percentile: float, intervals_per_epoch: int, steps_per_epoch: int | None,
@@ -115,6 +116,12 @@ def autofreeze_depth(rates: Sequence[float | None], observed: Sequence[bool], de
     return new, p
 
 
+@register_policy(
+    "autofreeze",
+    Hyperparameter("percentile", "freeze the units before the first whose gradient-norm change rate reaches this percentile"),
+    Hyperparameter("intervals_per_epoch", "evaluation intervals per epoch"),
+    runtime=("steps_per_epoch",),
+)
 class AutoFreeze(FreezePolicy):
     """Freeze the prefix of units whose gradient-norm change rate fell below the ``percentile``-th
     percentile, checked ``intervals_per_epoch`` times per epoch of ``steps_per_epoch`` steps (or

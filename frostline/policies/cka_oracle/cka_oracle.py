@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from ...errors import ConfigError, check_int
 from ..base import Progress
 from ..stages import StagedPolicy
+from ..registry import Hyperparameter, register_policy
 
 DEFAULT_WINDOW = 3
 DEFAULT_EPSILON = 1e-3
@@ -54,6 +55,16 @@ def cka_ready(history: Sequence[float], window: int, epsilon: float, floor: floa
     return variance < epsilon and last[-1] >= floor
 
 
+@register_policy(
+    "cka-oracle",
+    Hyperparameter("stages_per_epoch", "freezing stages (decisions) per epoch"),
+    Hyperparameter("window", "stages over which the CKA must be stable", field="cka_window"),
+    Hyperparameter("epsilon", "a unit is stable when the variance of its CKA over the window is below this",
+                   field="cka_epsilon"),
+    Hyperparameter("floor", "... and its latest CKA to the reference is at least this", field="cka_floor"),
+    Hyperparameter("prefix_only", "freeze only a growing prefix of units (otherwise any ready unit)"),
+    runtime=("reference", "probe", "steps_per_epoch"),
+)
 class CKAOracle(StagedPolicy):
     """Freeze units whose CKA to a reference model has stabilised above a floor; decides at
     ``stages_per_epoch`` stages per epoch of ``steps_per_epoch`` steps (or every ``stage_steps``).

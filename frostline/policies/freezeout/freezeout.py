@@ -14,6 +14,7 @@ import math
 
 from ...errors import ConfigError
 from ..base import FreezePolicy, Progress
+from ..registry import Hyperparameter, register_policy
 
 SCHEDULES = {"linear": 1, "squared": 2, "cubic": 3}
 
@@ -34,6 +35,12 @@ def check_freezeout_args(t_0: float, schedule: str) -> None:
         raise ConfigError(f"unknown FreezeOut schedule {schedule!r}; use one of {list(SCHEDULES)}")
 
 
+@register_policy(
+    "freezeout",
+    Hyperparameter("t_0", "fraction at which the first unit freezes, before the schedule is applied"),
+    Hyperparameter("schedule", "linear, squared or cubic spacing of freezing times"),
+    Hyperparameter("scale_lr", "start unit i at lr / t_i"),
+)
 class FreezeOut(FreezePolicy):
     """Per-unit cosine annealing to zero, then freezing. ``scale_lr`` starts unit ``i`` at
     ``lr / t_i`` so that every unit gets about the same total learning rate ("area")."""

@@ -12,6 +12,7 @@ import math
 
 from ...errors import ConfigError
 from ..base import FreezePolicy, Progress
+from ..registry import Hyperparameter, register_policy
 
 
 def check_linear_args(freeze_start: float, freeze_level: float) -> None:
@@ -33,6 +34,11 @@ def linear_freeze_depth(fraction: float, num_layers: int) -> int:
     return int(math.floor(fraction * (num_layers - 1)))
 
 
+@register_policy(
+    "linear",
+    Hyperparameter("freeze_start", "fraction of training before freezing starts"),
+    Hyperparameter("freeze_level", "fraction of units frozen at the end"),
+)
 class LinearFreezing(FreezePolicy):
     """Freeze a prefix of ``floor(f(t) * (N - 1))`` units, ``f`` as in :func:`linear_freeze_fraction`."""
 

@@ -24,10 +24,22 @@ from .history import History
 from .predictor import SmartFRZPredictor, load_predictor, window_features
 from ..base import Progress
 from ..stages import StageClock, StagedPolicy
+from ..registry import Hyperparameter, register_policy
 
 MIN_SNAPSHOTS = 2
 
 
+@register_policy(
+    "smartfrz",
+    Hyperparameter("predictor", "predictor file from `frostline predictor train` (default: the one shipped with frostline)",
+                   type=str),
+    Hyperparameter("window", "snapshots per unit the predictor looks at", field="history_window"),
+    Hyperparameter("tailor_size", "sampled weights per unit per snapshot (must match the predictor)"),
+    Hyperparameter("snapshots_per_epoch", "weight snapshots per epoch"),
+    Hyperparameter("stages_per_epoch", "freezing stages (decisions) per epoch"),
+    Hyperparameter("prefix_only", "freeze only a growing prefix of units (otherwise any ready unit)"),
+    runtime=("steps_per_epoch", "seed"),
+)
 class SmartFRZ(StagedPolicy):
     name = "smartfrz"
     requires = frozenset({"tailored_weights"})
