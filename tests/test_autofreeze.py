@@ -222,8 +222,9 @@ def _fresh(policy, x, total):
     return model, optimizer, Freezer(model, optimizer, policy, total, example_input=x)
 
 
-def test_end_to_end_freezes_a_growing_prefix_and_resumes_exactly(batch):
-    x, y = batch
+@pytest.mark.integration
+def test_end_to_end_freezes_a_growing_prefix_and_resumes_exactly(fmnist_batch):
+    x, y = fmnist_batch
     total = 30
     model, optimizer, freezer = _fresh(AutoFreeze(interval_steps=5), x, total)
     prefixes = []
@@ -259,6 +260,7 @@ def test_end_to_end_freezes_a_growing_prefix_and_resumes_exactly(batch):
         assert torch.equal(p, q), n
 
 
+@pytest.mark.integration
 def test_overhead_of_gradient_norms_is_small(batch):
     """Time Freezer.step() with autofreeze against the `none` policy, both after the same real
     training steps (default resnet, batch 64), and compare the extra time with the step time.

@@ -37,6 +37,7 @@ def _run(fmnist, *, cache: ActivationCache | None, epochs=3, batch=24):
     return model, losses
 
 
+@pytest.mark.integration
 def test_cached_run_equals_uncached_run(fmnist, tmp_path):
     ref_model, ref_losses = _run(fmnist, cache=None)
     cache = ActivationCache(len(fmnist.train))
@@ -51,6 +52,7 @@ def test_cached_run_equals_uncached_run(fmnist, tmp_path):
     assert all(st.count > 0 for st in cache.stores.values())
 
 
+@pytest.mark.integration
 def test_disk_tier_gives_the_same_run(fmnist, tmp_path):
     _, ref_losses = _run(fmnist, cache=ActivationCache(len(fmnist.train)))
     disk = ActivationCache(len(fmnist.train), memory_budget_bytes=0, directory=tmp_path / "cache")
@@ -60,41 +62,42 @@ def test_disk_tier_gives_the_same_run(fmnist, tmp_path):
     assert list((tmp_path / "cache").glob("boundary*.bin"))
 
 
+@pytest.mark.integration
 def test_half_precision_storage_is_close_not_exact(fmnist):
     _, ref_losses = _run(fmnist, cache=None, epochs=2)
     _, losses = _run(fmnist, cache=ActivationCache(len(fmnist.train), dtype="bfloat16"), epochs=2)
     assert losses[-1] == pytest.approx(ref_losses[-1], rel=0.05)
 
 
-def _filled_cache(fmnist, directory):
+def _filled_cache(synthetic, directory):
     torch.manual_seed(0)
     model = create_model("resnet").eval()
-    cache = ActivationCache(len(fmnist.train), directory=directory)
-    x, _ = fmnist.train.get_batch(torch.arange(len(fmnist.train)))
+    cache = ActivationCache(len(synthetic.train), directory=directory)
+    x, _ = synthetic.train.get_batch(torch.arange(len(synthetic.train)))
     run = lambda h, a, b: model[a:b](h)
     prefix = lambda k: fingerprint(list(model[:k]))
-    out = cache.prefix_output(torch.arange(len(fmnist.train)), x, 3, run, prefix)
+    out = cache.prefix_output(torch.arange(len(synthetic.train)), x, 3, run, prefix)
     return model, cache, x, run, prefix, out
 
 
-def test_saved_cache_reloads_and_serves(fmnist, tmp_path):
-    model, cache, x, run, prefix, out = _filled_cache(fmnist, tmp_path / "c")
+def test_saved_cache_reloads_and_serves(synthetic, tmp_path):
+    model, cache, x, run, prefix, out = _filled_cache(synthetic, tmp_path / "c")
     cache.save(tmp_path / "c")
-    again = ActivationCache.load(tmp_path / "c", prefix_fingerprint=prefix, num_samples=len(fmnist.train))
+    again = ActivationCache.load(tmp_path / "c", prefix_fingerprint=prefix, num_samples=len(synthetic.train))
     assert set(again.stores) == {3}
     served = again.prefix_output(torch.arange(10), x[:10], 3, run, prefix)
     assert torch.equal(served, out[:10]) and again.stats["hits"] == 10
 
 
-def test_corrupted_or_stale_cache_is_rebuilt_not_served(fmnist, tmp_path):
-    model, cache, x, run, prefix, out = _filled_cache(fmnist, tmp_path / "c")
+def test_corrupted_or_stale_cache_is_rebuilt_not_served(synthetic, tmp_path):
+    model, cache, x, run, prefix, out = _filled_cache(synthetic, tmp_path / "c")
     cache.save(tmp_path / "c")
     data = tmp_path / "c" / "boundary3.bin"
     raw = bytearray(data.read_bytes())
     raw[1000] ^= 0xFF
     data.write_bytes(bytes(raw))
     with pytest.warns(UserWarning, match="checksum"):
-        again = ActivationCache.load(tmp_path / "c", prefix_fingerprint=prefix, num_samples=len(fmnist.train))
+        again = ActivationCache.load(tmp_path / "c", prefix_fingerprint=prefix, num_samples=len(synthetic.train))
     assert not again.stores and not again.levels.any()
     served = again.prefix_output(torch.arange(10), x[:10], 3, run, prefix)
     assert again.stats["computed"] == 10 and torch.allclose(served, out[:10], atol=1e-6)
@@ -104,28 +107,29 @@ def test_corrupted_or_stale_cache_is_rebuilt_not_served(fmnist, tmp_path):
         model[0][0].weight.add_(0.01)
     with pytest.warns(UserWarning, match="weights differ"):
         stale = ActivationCache.load(tmp_path / "c", prefix_fingerprint=lambda k: fingerprint(list(model[:k])),
-                                     num_samples=len(fmnist.train))
+                                     num_samples=len(synthetic.train))
     assert not stale.stores
 
 
-def test_cache_errors_are_clear(fmnist):
+def test_cache_errors_are_clear(synthetic):
     with pytest.raises(ConfigError, match="dtype"):
         ActivationCache(10, dtype="int8")
-    tiny = ActivationCache(len(fmnist.train), memory_budget_bytes=1000)
+    tiny = ActivationCache(len(synthetic.train), memory_budget_bytes=1000)
     model = create_model("resnet").eval()
-    x, _ = fmnist.train.get_batch(torch.arange(4))
+    x, _ = synthetic.train.get_batch(torch.arange(4))
     with pytest.raises(ConfigError, match="budget"):
         tiny.prefix_output(torch.arange(4), x, 2, lambda h, a, b: model[a:b](h))
     with pytest.raises(ConfigError, match="out of range"):
         ActivationCache(3).prefix_output(torch.tensor([5]), x[:1], 1, lambda h, a, b: model[a:b](h))
 
 
-def test_augmentation_is_detected_and_fixed_augmentation_is_cacheable(fmnist):
-    assert is_deterministic(fmnist.train)
-    assert not is_deterministic(AugmentedDataset(fmnist.train), probe=(0, 1, 2))
-    assert is_deterministic(AugmentedDataset(fmnist.train, fixed=True))
+def test_augmentation_is_detected_and_fixed_augmentation_is_cacheable(synthetic):
+    assert is_deterministic(synthetic.train)
+    assert not is_deterministic(AugmentedDataset(synthetic.train), probe=(0, 1, 2))
+    assert is_deterministic(AugmentedDataset(synthetic.train, fixed=True))
 
 
+@pytest.mark.integration
 def test_trainer_refuses_cache_with_random_augmentation(tmp_path, capsys):
     args = ["train", "--method", "freezeout", "--t-0", "0.2", "--schedule", "linear", "--epochs", "2", *TINY]
     assert main([*args, "--augment", "--out", str(tmp_path / "aug")]) == 0
@@ -137,6 +141,7 @@ def test_trainer_refuses_cache_with_random_augmentation(tmp_path, capsys):
     assert cache["computed"] > 0
 
 
+@pytest.mark.integration
 def test_trainer_cache_on_and_off_agree(tmp_path):
     args = ["train", "--method", "freezeout", "--t-0", "0.2", "--schedule", "linear", "--epochs", "3", *TINY]
     assert main([*args, "--cache", "off", "--out", str(tmp_path / "off")]) == 0

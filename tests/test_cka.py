@@ -84,7 +84,7 @@ def test_both_forms_of_the_gram_inner_product_agree():
 
 
 def test_linear_cka_flattens_conv_shaped_activations_and_is_one_on_itself(batch):
-    x, _ = batch  # real Fashion-MNIST images, (64, 1, 28, 28): 784 features > 64 samples
+    x, _ = batch  # images, (64, 1, 28, 28): 784 features > 64 samples
     conv = torch.nn.Conv2d(1, 4, 3, padding=1)
     torch.manual_seed(0)
     with torch.no_grad():

@@ -72,7 +72,7 @@ def test_probe_leaves_bn_stats_rng_and_modes_alone(batch):
     assert all(m.training for m in model.modules())
 
 
-def test_collecting_does_not_change_training(fmnist):
+def test_collecting_does_not_change_training(synthetic):
     """A run with the CKA oracle that never freezes (floor 1.0 is never reached exactly) ends with
     the same weights, bit for bit, as a run without any freezing: the probe forwards leave BN
     statistics, dropout RNG and the data order alone."""
@@ -80,11 +80,11 @@ def test_collecting_does_not_change_training(fmnist):
         torch.manual_seed(1)
         model = create_model("vit", width=32, depth=2, drop=0.1)  # dropout consumes the RNG
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        x0 = fmnist.train.get_batch(torch.arange(16))[0]
+        x0 = synthetic.train.get_batch(torch.arange(16))[0]
         freezer = Freezer(model, opt, policy_factory(model, x0), 8, example_input=x0)
         model.train()
         for s in range(8):
-            x, y = fmnist.train.get_batch(torch.arange(s * 32, s * 32 + 32))
+            x, y = synthetic.train.get_batch(torch.arange(s * 32, s * 32 + 32))
             loss = nn.functional.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()
@@ -138,6 +138,7 @@ def test_freezer_needs_a_reference(batch):
                 example_input=batch[0][:4])
 
 
+@pytest.mark.integration
 def test_train_end_to_end_and_bad_references(tmp_path, capsys):
     ref = tmp_path / "ref"
     assert main(["train", "--model", "resnet", "--width", "8", "--method", "none", "--epochs", "1", *TINY,

@@ -13,7 +13,7 @@ TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "-
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--model", "alexnet"], "unknown model"),
+    pytest.param(["--model", "alexnet"], "unknown model", marks=pytest.mark.integration),  # checked after loading data
     (["--dataset", "cifar"], "unknown dataset"),
     (["--method", "magic"], "unknown method"),
     (["--method", "freezeout", "--t-0", "1.0"], "t_0"),
@@ -44,6 +44,7 @@ def test_missing_dataset_names_the_install_command(capsys, tmp_path, monkeypatch
     assert code == 2 and "apt-get install dataset-fashion-mnist" in err
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("method", ["none", "linear", "freezeout", "autofreeze"])
 def test_train_writes_summary_metrics_and_timeline(method, tmp_path, capsys):
     out = tmp_path / method
@@ -69,6 +70,7 @@ def test_train_writes_summary_metrics_and_timeline(method, tmp_path, capsys):
     assert (out / "timeline.png").stat().st_size > 1000
 
 
+@pytest.mark.integration
 def test_const_time_lengthens_training(tmp_path):
     code = main(["train", "--method", "freezeout", "--const-time", "--epochs", "1", *TINY, "--batch-size", "8",
                  "--out", str(tmp_path / "c")])
@@ -79,6 +81,7 @@ def test_const_time_lengthens_training(tmp_path):
     assert summary["train_flops"] == pytest.approx(summary["steps_per_epoch"] * summary["full_step_flops"], rel=0.05)
 
 
+@pytest.mark.integration
 def test_interrupted_run_leaves_readable_results(tmp_path):
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -103,6 +106,7 @@ def test_interrupted_run_leaves_readable_results(tmp_path):
     assert len(rows) >= 3
 
 
+@pytest.mark.integration  # reads the dataset
 def test_bench_steptime_writes_a_row_per_frozen_depth(tmp_path, capsys):
     out = tmp_path / "bench"
     code = main(["bench", "steptime", "--model", "vit", "--batch-size", "16", "--repeats", "3", "--warmup", "0",
@@ -121,6 +125,7 @@ def test_bench_rejects_too_few_repeats(tmp_path, capsys):
     assert "repeats" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_report_compares_runs_against_the_baseline(tmp_path, capsys):
     for method in ["none", "linear"]:
         assert main(["train", "--method", method, "--epochs", "1", "--freeze-start", "0.1", *TINY,
@@ -135,6 +140,7 @@ def test_report_compares_runs_against_the_baseline(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # reads the dataset
 def test_estimate_plans_a_schedule_before_training(capsys):
     from frostline.lab.cli import main as cli_main
 

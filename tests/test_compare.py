@@ -23,6 +23,7 @@ def bench(tmp_path_factory):
     return suite, root, data
 
 
+@pytest.mark.integration
 def test_every_cell_is_a_finished_training_with_the_suite_settings(bench):
     suite, root, data = bench
     assert data["finished"] == data["cells"] == 2 and not data["failed"]
@@ -32,6 +33,7 @@ def test_every_cell_is_a_finished_training_with_the_suite_settings(bench):
     assert summary["status"] == "finished" and summary["cache"] is not None
 
 
+@pytest.mark.integration
 def test_time_saved_is_paired_with_the_same_seed_baseline(bench):
     suite, root, data = bench
     cell = lambda v: json.loads((root / f"cells/fashion-mnist/resnet/{v}/seed0/summary.json").read_text())
@@ -46,6 +48,7 @@ def test_time_saved_is_paired_with_the_same_seed_baseline(bench):
         assert (root / png).stat().st_size > 1000
 
 
+@pytest.mark.integration
 def test_finished_cells_are_reused_and_a_broken_one_is_rerun(bench):
     suite, root, _ = bench
     kept = root / "cells/fashion-mnist/resnet/none/seed0/summary.json"
@@ -58,6 +61,7 @@ def test_finished_cells_are_reused_and_a_broken_one_is_rerun(bench):
     assert json.loads(broken.read_text())["status"] == "finished"  # rebuilt from its checkpoint
 
 
+@pytest.mark.integration
 def test_publish_writes_full_results_to_docs_and_a_short_summary_to_the_readme(bench, tmp_path):
     suite, root, _ = bench
     readme, docs = tmp_path / "README.md", tmp_path / "docs" / "benchmarks.md"

@@ -8,6 +8,7 @@ C++ code generation, which takes tens of seconds per graph on this 2-core CPU.""
 import copy
 import json
 
+import pytest
 import torch
 
 from frostline.lab.cli import main
@@ -18,6 +19,7 @@ from frostline.policies import create_policy
 from frostline.units import freeze_units
 
 
+@pytest.mark.integration  # dynamo tracing: about 5 s
 def test_compiled_units_after_a_freeze_match_eager_and_recompile_only_what_changed(batch):
     torch.set_num_threads(1)  # tiny ops: a second thread only adds contention
     x, y = batch
@@ -70,6 +72,7 @@ def test_compiled_units_after_a_freeze_match_eager_and_recompile_only_what_chang
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
 
 
+@pytest.mark.integration
 def test_train_with_compile_reports_graph_counts(tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "run"

@@ -6,6 +6,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from frostline import Freezer, NoFreezing, estimate_speedup, freeze_units, freezeout_times, measure_costs
 from frostline.lab.zoo import create_model
 
+# every test measures full-size models under FlopCounterMode: 3-10 s each on 2 idle cores
+pytestmark = pytest.mark.integration
+
 
 def _measured_step(model, x, y):
     """FLOPs and saved-for-backward bytes of one real training step."""

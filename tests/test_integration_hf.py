@@ -14,6 +14,9 @@ from frostline import CheckpointError, FreezeOut  # noqa: E402
 from frostline.integrations.hf import STATE_FILE, FrostlineCallback  # noqa: E402
 from frostline.policies.freezeout.freezeout import freezeout_times  # noqa: E402
 
+# every test reads a module fixture that runs Hugging Face Trainers
+pytestmark = pytest.mark.integration
+
 torch.set_num_threads(1)
 MAX_STEPS, SAVE_AT, WARMUP, LR, SEQ, VOCAB = 12, 6, 2, 1e-3, 16, 256
 POLICY = dict(t_0=0.3, schedule="linear")

@@ -124,6 +124,7 @@ def expected_timeline(policy, unit_names, total):
     return events
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("via_forward", [False, True], ids=["net-called", "forward-called"])
 def test_linear_freezing_acts_at_the_policy_steps(fmnist, via_forward):
     cb = FrostlineCallback(policy="linear", policy_kwargs={"freeze_start": 0.25})
@@ -140,6 +141,7 @@ def test_linear_freezing_acts_at_the_policy_steps(fmnist, via_forward):
     assert len(probe.buffer_snap) > 0
 
 
+@pytest.mark.integration
 def test_freezeout_with_a_scheduler_and_explicit_units(fmnist):
     units = ["net.stem", "net.block1_1", "net.block2_1", "net.block3_1", "net.head"]
     cb = FrostlineCallback(policy=FreezeOut(t_0=0.5), units=units)
@@ -152,6 +154,7 @@ def test_freezeout_with_a_scheduler_and_explicit_units(fmnist):
     assert t.optimizers[0].param_groups[-1]["frostline_unit"] == 4  # per-unit groups, head last
 
 
+@pytest.mark.integration
 def test_gradient_accumulation_steps_the_freezer_once_per_optimizer_step(fmnist):
     cb = FrostlineCallback(policy="linear", policy_kwargs={"freeze_start": 0.0})
     probe = Probe(cb)
@@ -166,6 +169,7 @@ def _params(module):
     return {n: p.detach().clone() for n, p in module.state_dict().items()}
 
 
+@pytest.mark.integration
 def test_resume_from_a_lightning_checkpoint_after_a_freeze_matches_an_uninterrupted_run(fmnist, tmp_path):
     def run(ckpt_path=None, save=False):
         cb = FrostlineCallback(policy=FreezeOut(t_0=0.5))
@@ -198,6 +202,7 @@ def test_resume_from_a_lightning_checkpoint_after_a_freeze_matches_an_uninterrup
     assert la == [g["lr"] for g in full_cb.freezer.optimizer.param_groups]
 
 
+@pytest.mark.integration
 def test_example_runs_shortened():
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "lightning_fashion_mnist.py"), "--max-steps", "4",
@@ -249,6 +254,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.integration
 def test_lightning_ddp_two_processes_freeze_identically_and_resume(tmp_path):
     """Lightning's own strategy="ddp" (gloo, 2 CPU processes, find_unused_parameters=False): the DDP
     wrapper is rebuilt at each freeze, both ranks end bit-identical, and a resume from a checkpoint
@@ -284,6 +290,7 @@ def test_lightning_ddp_two_processes_freeze_identically_and_resume(tmp_path):
         assert torch.equal(q0["state"][k], r0["state"][k]), k
 
 
+@pytest.mark.integration
 def test_lightning_is_imported_only_by_the_integration():
     code = ("import sys, frostline, frostline.integrations; "
             "assert not any(m.split('.')[0] in ('lightning', 'pytorch_lightning') for m in sys.modules)")
@@ -300,10 +307,10 @@ def test_missing_lightning_says_how_to_install(monkeypatch):
         integration._import_lightning()
 
 
-def test_bad_configuration_is_reported(fmnist):
+def test_bad_configuration_is_reported(synthetic):
     from frostline import ConfigError
 
     with pytest.raises(ConfigError):
         FrostlineCallback(policy="no-such-method")
     with pytest.raises(ConfigError, match="known run length"):
-        trainer([FrostlineCallback()], max_epochs=-1, max_steps=-1).fit(Net(), *loaders(fmnist))
+        trainer([FrostlineCallback()], max_epochs=-1, max_steps=-1).fit(Net(), *loaders(synthetic))

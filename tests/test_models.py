@@ -226,6 +226,7 @@ def test_bad_sizes_and_options_raise_config_error(kwargs, match):
             create_model(name, **kwargs)
 
 
+@pytest.mark.integration  # times every model at batch 128
 def test_print_size_and_speed_table():
     """Not a check: prints params and batch-128 fwd+bwd time (see with pytest -s)."""
     old_threads = torch.get_num_threads()

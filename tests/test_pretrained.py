@@ -28,6 +28,7 @@ def reviews():
     return load_dataset("fine-foods", train_subset=64, test_subset=64, max_length=48, seed=0)
 
 
+@pytest.mark.integration
 def test_fine_foods_splits_are_the_real_reviews():
     from frostline.lab import finefoods
 
@@ -40,6 +41,7 @@ def test_fine_foods_splits_are_the_real_reviews():
     assert all(isinstance(t, str) and len(t) > 10 for t in train_text[:50])
 
 
+@pytest.mark.integration
 def test_fine_foods_dataset_is_deterministic_tokens(reviews):
     full = load_dataset("fine-foods", max_length=48, seed=0, test_subset=1)
     assert len(full.val) == 400 and len(full.train) == 3600  # default hold-out for 4,000 reviews
@@ -62,6 +64,7 @@ def test_missing_fine_foods_names_the_install_command(tmp_path, monkeypatch):
         load_dataset("fine-foods")
 
 
+@pytest.mark.integration
 def test_minilm_units_follow_the_zoo_contract_and_match_hugging_face(reviews):
     from transformers import BertModel
 
@@ -85,6 +88,7 @@ def test_minilm_units_follow_the_zoo_contract_and_match_hugging_face(reviews):
         model(torch.randn(2, 48))
 
 
+@pytest.mark.integration
 def test_efficientnet_lite0_is_pretrained_and_splits_into_units():
     torch.manual_seed(0)
     model = create_model("efficientnet-lite0", num_classes=10).eval()

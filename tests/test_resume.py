@@ -13,6 +13,8 @@ import torch
 
 from frostline.lab.cli import main
 
+pytestmark = pytest.mark.integration  # real trainings, killed subprocesses
+
 ARGS = ["--method", "freezeout", "--t-0", "0.3", "--schedule", "linear", "--epochs", "2", "--train-subset", "512",
         "--val-size", "64", "--test-subset", "64", "--batch-size", "32", "--threads", "1", "--cache", "off",
         "--log-every", "1", "--checkpoint-every", "1", "--no-progress"]

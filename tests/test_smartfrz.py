@@ -100,15 +100,15 @@ def test_validation():
             SmartFRZ(predictor=pred, steps_per_epoch=30, **kw)
 
 
-def _run(policy, fmnist, steps=8):
+def _run(policy, data, steps=8):
     torch.manual_seed(0)
     model = create_model("resnet", width=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    x0 = fmnist.train.get_batch(torch.arange(16))[0]
+    x0 = data.train.get_batch(torch.arange(16))[0]
     freezer = Freezer(model, opt, policy, 100, example_input=x0)
     model.train()
     for s in range(steps):
-        x, y = fmnist.train.get_batch(torch.arange(s * 32, s * 32 + 32))
+        x, y = data.train.get_batch(torch.arange(s * 32, s * 32 + 32))
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -117,15 +117,16 @@ def _run(policy, fmnist, steps=8):
     return freezer
 
 
-def test_policy_mechanics_on_real_training(fmnist):
+@pytest.mark.integration  # 16 resnet steps
+def test_policy_mechanics_on_real_training(synthetic):
     # snapshot every step, a stage every 4: the always-freeze predictor freezes every unit but the head
-    fz = _run(SmartFRZ(predictor=_biased(True), stage_steps=4, snapshot_steps=1), fmnist)
+    fz = _run(SmartFRZ(predictor=_biased(True), stage_steps=4, snapshot_steps=1), synthetic)
     assert fz.frozen == set(range(len(fz.units) - 1))
     first = fz.timeline[0]
     assert first.step == 4 and first.signal["freeze_probability"] > 0.99 and first.signal["snapshots"] == 4
     assert all(len(h) == 0 for h in fz.policy.history.snapshots[:-1])  # frozen units' histories dropped
     assert len(fz.policy.history.snapshots[-1]) == 8  # the head keeps its window
-    never = _run(SmartFRZ(predictor=_biased(False), stage_steps=4, snapshot_steps=1, window=3), fmnist)
+    never = _run(SmartFRZ(predictor=_biased(False), stage_steps=4, snapshot_steps=1, window=3), synthetic)
     assert not never.frozen and all(len(h) == 3 for h in never.policy.history.snapshots)  # window caps history
     # prefix_only: a unit that is not ready blocks every unit after it
     p = SmartFRZ(predictor=_biased(True), stage_steps=2, snapshot_steps=1, prefix_only=True)
@@ -155,6 +156,7 @@ def test_shipped_predictor_loads():
     assert ("vgg", "fashion-mnist") not in trained  # kept out for the generalisation test
 
 
+@pytest.mark.integration
 def test_pipeline_end_to_end(tmp_path, capsys):
     runs = []
     for seed in (0, 1):
