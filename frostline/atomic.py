@@ -41,10 +41,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode()))
-
-
 def _keep_as(path: Path, previous: Path) -> None:
     """Give ``path``'s current content the name ``previous`` while ``path`` itself stays in
     place (a hard link, renamed over the old ``previous``). Where the file system has no hard

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from frostline.errors import ConfigError, DatasetNotFoundError
+from frostline.errors import ConfigError, DatasetNotFoundError, check_int
 
 __all__ = [
     "DATASETS",
@@ -518,18 +518,6 @@ class DataSplits:
     name: str
 
 
-def _check_int(value, what: str, *, low: int, high: int | None = None, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{what} must be an integer, got {value!r}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ConfigError(f"{what} must be {bound}, got {value}")
-    return value
-
-
 def load_dataset(
     name: str = "fashion-mnist",
     *,
@@ -557,15 +545,15 @@ def load_dataset(
     spec = _spec(name)
     if val_size is None:
         val_size = DEFAULT_VAL_SIZE
-    seed = _check_int(seed, "seed", low=0)
-    channels = _check_int(channels, "channels", low=1)
+    seed = check_int(seed, "seed", low=0)
+    channels = check_int(channels, "channels", low=1)
     if channels not in (1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {channels}")
-    image_size = _check_int(image_size, "image_size", low=1)
-    val_size = _check_int(val_size, "val_size", low=0, high=spec.train_size - 1)
+    image_size = check_int(image_size, "image_size", low=1)
+    val_size = check_int(val_size, "val_size", low=0, high=spec.train_size - 1)
     rest = spec.train_size - val_size
-    train_subset = _check_int(train_subset, "train_subset", low=1, high=rest, allow_none=True)
-    test_subset = _check_int(test_subset, "test_subset", low=1, high=spec.test_size, allow_none=True)
+    train_subset = check_int(train_subset, "train_subset", low=1, high=rest, allow_none=True)
+    test_subset = check_int(test_subset, "test_subset", low=1, high=spec.test_size, allow_none=True)
 
     train_x, train_y = load_arrays(spec.name, "train", data_dir)
     test_x, test_y = load_arrays(spec.name, "test", data_dir)
@@ -599,11 +587,11 @@ def _load_text(name: str, *, val_size, train_subset, test_subset, seed, max_leng
     from . import finefoods
 
     num_classes, train_size, default_val = TEXT_DATASETS[name]
-    seed = _check_int(seed, "seed", low=0)
-    max_length = _check_int(max_length, "max_length", low=2, high=512)
-    val_size = _check_int(default_val if val_size is None else val_size, "val_size", low=0, high=train_size - 1)
-    train_subset = _check_int(train_subset, "train_subset", low=1, high=train_size - val_size, allow_none=True)
-    test_subset = _check_int(test_subset, "test_subset", low=1, high=finefoods.SIZES["test"], allow_none=True)
+    seed = check_int(seed, "seed", low=0)
+    max_length = check_int(max_length, "max_length", low=2, high=512)
+    val_size = check_int(default_val if val_size is None else val_size, "val_size", low=0, high=train_size - 1)
+    train_subset = check_int(train_subset, "train_subset", low=1, high=train_size - val_size, allow_none=True)
+    test_subset = check_int(test_subset, "test_subset", low=1, high=finefoods.SIZES["test"], allow_none=True)
     train_text, train_y = finefoods.read_reviews("train")
     test_text, test_y = finefoods.read_reviews("test")
     perm = np.random.default_rng(seed).permutation(len(train_y))

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from frostline.errors import ConfigError
+from frostline.errors import ConfigError, check_int
 
 __all__ = [
     "MODELS",
@@ -77,15 +77,6 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ConfigError(f"{name} must be in {rng}, got {value}")
-    return value
-
-
 def create_model(
     name: str,
     *,
@@ -105,13 +96,13 @@ def create_model(
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    _check_int("num_classes", num_classes, 1)
-    _check_int("in_channels", in_channels, 1)
-    _check_int("image_size", image_size, 1)
+    check_int(num_classes, "num_classes", low=1)
+    check_int(in_channels, "in_channels", low=1)
+    check_int(image_size, "image_size", low=1)
     if width is not None:
-        _check_int("width", width, *WIDTH_RANGE)
+        check_int(width, "width", low=WIDTH_RANGE[0], high=WIDTH_RANGE[1])
     if depth is not None:
-        _check_int("depth", depth, *DEPTH_RANGE)
+        check_int(depth, "depth", low=DEPTH_RANGE[0], high=DEPTH_RANGE[1])
     fn = MODELS[name]
     call = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
     if width is not None:
@@ -394,8 +385,8 @@ def resnet(
 
     Units: ``stem``, ``block{stage}_{i}`` (stage 1..3, i 1..depth), ``head``.
     """
-    _check_int("width", width, *WIDTH_RANGE)
-    _check_int("depth", depth, *DEPTH_RANGE)
+    check_int(width, "width", low=WIDTH_RANGE[0], high=WIDTH_RANGE[1])
+    check_int(depth, "depth", low=DEPTH_RANGE[0], high=DEPTH_RANGE[1])
     units: OrderedDict[str, nn.Module] = OrderedDict()
     units["stem"] = ConvBNAct(in_channels, width, 3)
     in_ch = width
@@ -426,8 +417,8 @@ def vgg(
 
     Units: ``conv1`` .. ``convN`` (a stage's pool lives inside its last conv unit), ``head``.
     """
-    _check_int("width", width, *WIDTH_RANGE)
-    _check_int("depth", depth, *DEPTH_RANGE)
+    check_int(width, "width", low=WIDTH_RANGE[0], high=WIDTH_RANGE[1])
+    check_int(depth, "depth", low=DEPTH_RANGE[0], high=DEPTH_RANGE[1])
     stage_widths = [width * m for m in (1, 2, 4, 8, 8)]
     stage_convs = [max(1, depth - 1)] * 2 + [depth] * 3
     units: OrderedDict[str, nn.Module] = OrderedDict()
@@ -465,9 +456,9 @@ def mobilenetv2(
 
     Units: ``stem``, ``block{stage}_{i}``, ``conv_last``, ``head``.
     """
-    _check_int("width", width, *WIDTH_RANGE)
-    _check_int("depth", depth, *DEPTH_RANGE)
-    _check_int("expand_ratio", expand_ratio, 1, 16)
+    check_int(width, "width", low=WIDTH_RANGE[0], high=WIDTH_RANGE[1])
+    check_int(depth, "depth", low=DEPTH_RANGE[0], high=DEPTH_RANGE[1])
+    check_int(expand_ratio, "expand_ratio", low=1, high=16)
     settings = [  # (expansion, width multiple, blocks, first stride)
         (1, 1.0, 1, 1),
         (expand_ratio, 1.5, depth, 2),
@@ -523,14 +514,14 @@ def vit(
 
     Units: ``embed``, ``block1`` .. ``block{depth}``, ``head``.
     """
-    _check_int("width", width, *WIDTH_RANGE)
-    _check_int("depth", depth, *DEPTH_RANGE)
-    _check_int("num_heads", num_heads, 1)
+    check_int(width, "width", low=WIDTH_RANGE[0], high=WIDTH_RANGE[1])
+    check_int(depth, "depth", low=DEPTH_RANGE[0], high=DEPTH_RANGE[1])
+    check_int(num_heads, "num_heads", low=1)
     if width % num_heads:
         raise ConfigError(f"vit width (embedding dim) {width} must be divisible by num_heads={num_heads}")
     if patch_size is None:
         patch_size = _default_patch_size(image_size)
-    _check_int("patch_size", patch_size, 1)
+    check_int(patch_size, "patch_size", low=1)
     if patch_size > image_size or image_size % patch_size:
         valid = [p for p in range(1, image_size + 1) if image_size % p == 0]
         raise ConfigError(
