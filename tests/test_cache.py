@@ -69,14 +69,14 @@ def test_half_precision_storage_is_close_not_exact(fmnist):
     assert losses[-1] == pytest.approx(ref_losses[-1], rel=0.05)
 
 
-def _filled_cache(synthetic, directory):
+def _filled_cache(data, directory):
     torch.manual_seed(0)
     model = create_model("resnet").eval()
-    cache = ActivationCache(len(synthetic.train), directory=directory)
-    x, _ = synthetic.train.get_batch(torch.arange(len(synthetic.train)))
+    cache = ActivationCache(len(data.train), directory=directory)
+    x, _ = data.train.get_batch(torch.arange(len(data.train)))
     run = lambda h, a, b: model[a:b](h)
     prefix = lambda k: fingerprint(list(model[:k]))
-    out = cache.prefix_output(torch.arange(len(synthetic.train)), x, 3, run, prefix)
+    out = cache.prefix_output(torch.arange(len(data.train)), x, 3, run, prefix)
     return model, cache, x, run, prefix, out
 
 
