@@ -9,7 +9,6 @@ are timed round-robin so machine noise hits all three alike.
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..atomic import atomic_write_json
 from ..exploit.cache import ActivationCache, CachedPrefixModel
 from ..exploit.cost import measure_costs
 from .data import load_dataset
@@ -98,6 +98,26 @@ def steptime(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    base, units, x, y = _model_and_batch(cfg, device)
+    cost = measure_costs(base, units, x, y)
+    rows = []
+    for k in range(len(units)):  # k frozen units; the head (last) is never frozen
+        steps = _steps(base, units, k, x, y, cache=cfg.cache)
+        rows.append(_row(k, units, cost, _time_round_robin(steps, cfg, device)))
+    table = _table(rows, cfg.cache)
+    result = {
+        "config": asdict(cfg), "device": str(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "rows": rows, "table": table,
+        "worst_frozen_over_ideal": max(r["frozen_over_ideal"] for r in rows),
+        "worst_prediction_gap": max(abs(r["predicted_saving"] - r["measured_saving"]) for r in rows),
+        "cost_model": cost.to_dict(),
+    }
+    _write(cfg, device, result)
+    return result
+
+
+def _model_and_batch(cfg: BenchConfig, device: torch.device):
+    """The zoo model (each child one freeze unit, as the ideal step slices it) and one real batch."""
     data = load_dataset(cfg.dataset, train_subset=cfg.batch_size, test_subset=1, seed=cfg.seed)
     _, x, y = next(iterate_batches(data.train, cfg.batch_size, shuffle=False))
     x, y = x.to(device), y.to(device)
@@ -108,67 +128,80 @@ def steptime(cfg: BenchConfig) -> dict[str, Any]:
     units = freeze_units(base, example_input=x)
     if [u.module_names for u in units] != [[name] for name, _ in base.named_children()]:
         raise ModelError("steptime needs each child of the model to be exactly one freeze unit")
-    cost = measure_costs(base, units, x, y)
+    return base, units, x, y
+
+
+def _frozen_copy(base: nn.Module, units, k: int):
+    """A copy of ``base`` with its first ``k`` units frozen by a Freezer, and its optimizer."""
+    model = copy.deepcopy(base).train()
+    opt = _sgd(model.parameters())
+    freezer = Freezer(model, opt, NoFreezing(), 1, units=[u.module_names for u in units])
+    for i in range(k):
+        freezer.freeze(i)
+    return model, opt, freezer
+
+
+def _steps(base: nn.Module, units, k: int, x, y, *, cache: bool) -> dict[str, Callable[[], None]]:
+    """The training steps to time for boundary ``k``: full, frozen, ideal (and cached, suffix)."""
+    full_model = copy.deepcopy(base).train()
+    frozen_model, opt, _ = _frozen_copy(base, units, k)
+    ideal_model = copy.deepcopy(base).train()
+    prefix, suffix = ideal_model[:k].eval(), ideal_model[k:]
+    steps = {"full": _training_step(full_model, _sgd(full_model.parameters()), x, y),
+             "frozen": _training_step(frozen_model, opt, x, y),
+             "ideal": _ideal_step(prefix, suffix, _sgd(suffix.parameters()), x, y)}
+    if cache and k > 0:
+        # the cache already holds this batch at boundary k (as after its first epoch)
+        cached_model, cached_opt, cached_freezer = _frozen_copy(base, units, k)
+        cached = CachedPrefixModel(cached_model, cached_freezer, ActivationCache(len(y)))
+        indices = torch.arange(len(y))
+        cached(indices, x)
+        steps["cached"] = _training_step(lambda inp: cached(indices, inp), cached_opt, x, y)
+        with torch.no_grad():
+            h = cached_model[:k](x)
+        suffix_only = copy.deepcopy(base)[k:].train()
+        steps["suffix"] = _training_step(suffix_only, _sgd(suffix_only.parameters()), h, y)
+    return steps
+
+
+def _time_round_robin(steps: dict[str, Callable[[], None]], cfg: BenchConfig, device) -> dict[str, list[float]]:
+    """Each step once per round, so machine noise hits all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(cfg.warmup + cfg.repeats):
+        for name, fn in steps.items():
+            t = _timed(fn, device)
+            if r >= cfg.warmup:
+                times[name].append(t)
+    return times
+
+
+def _paired(a: list[float], b: list[float]) -> float:
+    """Median of ratios of steps timed back to back: robust to the machine drifting."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def _row(k: int, units, cost, times: dict[str, list[float]]) -> dict[str, Any]:
+    med = {name: statistics.median(ts) for name, ts in times.items()}
     full_flops = cost.full_step_flops
+    row = {
+        "k": k, "first_trainable": units[k].name,
+        "full_ms": 1000 * med["full"], "frozen_ms": 1000 * med["frozen"], "ideal_ms": 1000 * med["ideal"],
+        "frozen_over_ideal": _paired(times["frozen"], times["ideal"]),
+        "measured_saving": 1 - _paired(times["frozen"], times["full"]),
+        "predicted_saving": 1 - cost.step_flops(range(k)) / full_flops,
+        "saved_bytes_predicted": cost.saved_bytes(range(k)),
+    }
+    if "cached" in times:
+        row.update(
+            cached_ms=1000 * med["cached"], suffix_ms=1000 * med["suffix"],
+            cached_over_suffix=_paired(times["cached"], times["suffix"]),
+            cached_saving=1 - _paired(times["cached"], times["full"]),
+            cached_predicted_saving=1 - cost.step_flops(range(k), cached_prefix=k) / full_flops,
+        )
+    return row
 
-    rows = []
-    for k in range(len(units)):  # k frozen units; the head (last) is never frozen
-        full_model = copy.deepcopy(base).train()
-        full = _training_step(full_model, _sgd(full_model.parameters()), x, y)
 
-        frozen_model = copy.deepcopy(base).train()
-        opt = _sgd(frozen_model.parameters())
-        freezer = Freezer(frozen_model, opt, NoFreezing(), 1, units=[u.module_names for u in units])
-        for i in range(k):
-            freezer.freeze(i)
-        frozen = _training_step(frozen_model, opt, x, y)
-
-        ideal_model = copy.deepcopy(base).train()
-        prefix, suffix = ideal_model[:k].eval(), ideal_model[k:]
-        ideal = _ideal_step(prefix, suffix, _sgd(suffix.parameters()), x, y)
-
-        steps = {"full": full, "frozen": frozen, "ideal": ideal}
-        if cfg.cache and k > 0:
-            # the cache already holds this batch at boundary k (as after its first epoch)
-            cached_model = copy.deepcopy(frozen_model)
-            cached_opt = _sgd([p for p in cached_model.parameters() if p.requires_grad])
-            cached_freezer = Freezer(cached_model, cached_opt, NoFreezing(), 1, units=[u.module_names for u in units])
-            for i in range(k):
-                cached_freezer.freeze(i)
-            cached = CachedPrefixModel(cached_model, cached_freezer, ActivationCache(len(y)))
-            indices = torch.arange(len(y))
-            cached(indices, x)
-            steps["cached"] = _training_step(lambda inp: cached(indices, inp), cached_opt, x, y)
-            with torch.no_grad():
-                h = cached_model[:k](x)
-            suffix_only = copy.deepcopy(base)[k:].train()
-            steps["suffix"] = _training_step(suffix_only, _sgd(suffix_only.parameters()), h, y)
-        times = {name: [] for name in steps}
-        for r in range(cfg.warmup + cfg.repeats):
-            for name, fn in steps.items():
-                t = _timed(fn, device)
-                if r >= cfg.warmup:
-                    times[name].append(t)
-        med = {name: statistics.median(ts) for name, ts in times.items()}
-        # Ratios of steps timed back to back, then the median: robust to the machine drifting.
-        frozen_over_ideal = statistics.median(f / i for f, i in zip(times["frozen"], times["ideal"]))
-        predicted = 1 - cost.step_flops(range(k)) / full_flops
-        measured = 1 - statistics.median(f / u for f, u in zip(times["frozen"], times["full"]))
-        rows.append({
-            "k": k, "first_trainable": units[k].name,
-            "full_ms": 1000 * med["full"], "frozen_ms": 1000 * med["frozen"], "ideal_ms": 1000 * med["ideal"],
-            "frozen_over_ideal": frozen_over_ideal,
-            "measured_saving": measured, "predicted_saving": predicted,
-            "saved_bytes_predicted": cost.saved_bytes(range(k)),
-        })
-        if "cached" in times:
-            rows[-1].update(
-                cached_ms=1000 * med["cached"], suffix_ms=1000 * med["suffix"],
-                cached_over_suffix=statistics.median(c / s for c, s in zip(times["cached"], times["suffix"])),
-                cached_saving=1 - statistics.median(c / u for c, u in zip(times["cached"], times["full"])),
-                cached_predicted_saving=1 - cost.step_flops(range(k), cached_prefix=k) / full_flops,
-            )
-
+def _table(rows: list[dict[str, Any]], cache: bool) -> str:
     headers = ["k frozen", "first trainable", "full ms", "frozen ms", "ideal ms", "frozen/ideal",
                "measured saving", "predicted (FLOPs)", "gap (points)"]
     table = markdown_table(headers, [
@@ -177,32 +210,29 @@ def steptime(cfg: BenchConfig) -> dict[str, Any]:
          f"{100 * (r['predicted_saving'] - r['measured_saving']):+.1f}"]
         for r in rows
     ])
-    if cfg.cache:
+    if cache:
         table += "\n\nWith the activation cache (the batch's prefix output already stored at boundary k):\n\n" + markdown_table(
             ["k frozen", "cached ms", "suffix-only ms", "cached/suffix-only", "measured saving", "predicted (FLOPs)"],
             [[r["k"], f"{r['cached_ms']:.1f}", f"{r['suffix_ms']:.1f}", f"{r['cached_over_suffix']:.3f}",
               f"{100 * r['cached_saving']:.1f}%", f"{100 * r['cached_predicted_saving']:.1f}%"]
              for r in rows if "cached_ms" in r])
-    worst_ratio = max(r["frozen_over_ideal"] for r in rows)
-    worst_gap = max(abs(r["predicted_saving"] - r["measured_saving"]) for r in rows)
-    result = {
-        "config": asdict(cfg), "device": str(device), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "rows": rows, "table": table,
-        "worst_frozen_over_ideal": worst_ratio, "worst_prediction_gap": worst_gap,
-        "cost_model": cost.to_dict(),
-    }
+    return table
+
+
+def _write(cfg: BenchConfig, device: torch.device, result: dict[str, Any]) -> None:
+    rows = result["rows"]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "steptime.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out / "steptime.json", result)
     command = (f"frostline bench steptime --model {cfg.model} --dataset {cfg.dataset} --batch-size {cfg.batch_size}"
                f" --repeats {cfg.repeats}" + (f" --threads {cfg.threads}" if cfg.threads else "")
                + (" --cache" if cfg.cache else ""))
+    cached = [r["cached_over_suffix"] for r in rows if "cached_ms" in r]
     (out / "steptime.md").write_text(
         f"# Step time with the first k units frozen: {cfg.model} on {cfg.dataset}\n\n"
         f"`{command}` on {device} ({torch.get_num_threads()} threads, torch {torch.__version__}); "
-        f"times are medians of {cfg.repeats} steps after {cfg.warmup} warm-up, ratios medians of back-to-back pairs, batch {cfg.batch_size}.\n\n{table}\n\n"
-        f"Worst frozen/ideal: {worst_ratio:.3f} (goal <= 1.05). "
-        f"Worst |predicted - measured| saving: {100 * worst_gap:.1f} points (goal <= 5)."
-        + (f" Worst cached/suffix-only: {max(r['cached_over_suffix'] for r in rows if 'cached_ms' in r):.3f} (goal <= 1.05)."
-           if cfg.cache and len(rows) > 1 else "") + "\n")
-    return result
+        f"times are medians of {cfg.repeats} steps after {cfg.warmup} warm-up, ratios medians of back-to-back pairs, "
+        f"batch {cfg.batch_size}.\n\n{result['table']}\n\n"
+        f"Worst frozen/ideal: {result['worst_frozen_over_ideal']:.3f}. "
+        f"Worst |predicted - measured| saving: {100 * result['worst_prediction_gap']:.1f} points."
+        + (f" Worst cached/suffix-only: {max(cached):.3f}." if cached else "") + "\n")
