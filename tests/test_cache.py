@@ -10,7 +10,7 @@ from frostline.exploit.cache import ActivationCache, CachedPrefixModel, fingerpr
 from frostline.lab.cli import main
 from frostline.lab.data import AugmentedDataset
 from frostline.lab.zoo import create_model
-from frostline.lab.recipe import iterate_batches
+from frostline.lab.loop import iterate_batches
 
 TINY = ["--train-subset", "200", "--val-size", "100", "--test-subset", "100", "--batch-size", "32", "--no-progress"]
 

@@ -13,7 +13,7 @@ TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "-
 
 
 @pytest.mark.parametrize("args,needle", [
-    pytest.param(["--model", "alexnet"], "unknown model", marks=pytest.mark.integration),  # checked after loading data
+    (["--model", "alexnet"], "unknown model"),
     (["--dataset", "cifar"], "unknown dataset"),
     (["--method", "magic"], "unknown method"),
     (["--method", "freezeout", "--t-0", "1.0"], "t_0"),

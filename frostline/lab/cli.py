@@ -14,12 +14,13 @@ import typing
 from typing import Callable
 
 from ..errors import FrostlineError
+from ..policies import list_policies
 
 #: Help of the run settings; the methods' hyperparameters bring their own (from the policy registry).
 HELP = {
     "model": "model: from scratch resnet, vgg, mobilenetv2, vit; pretrained minilm (text), efficientnet-lite0",
     "dataset": "dataset (fashion-mnist, mnist; fine-foods: text reviews, for minilm)",
-    "method": "freezing method (none, linear, freezeout, autofreeze, cka-oracle, smartfrz)",
+    "method": f"freezing method ({', '.join(list_policies())})",
     "epochs": "epochs to train (may be fractional)",
     "batch_size": "samples per step",
     "optimizer": "sgd (Nesterov momentum) or adamw",

@@ -199,6 +199,13 @@ def _check_numbers(cfg: TrainConfig) -> None:
 
 
 def _check_choices(cfg: TrainConfig) -> None:
+    from .data import list_datasets
+    from .zoo import list_models
+
+    if cfg.model not in list_models():
+        raise ConfigError(f"unknown model {cfg.model!r}; known models: {', '.join(list_models())}")
+    if cfg.dataset not in list_datasets():
+        raise ConfigError(f"unknown dataset {cfg.dataset!r}; known datasets: {', '.join(list_datasets())}")
     for name, value, choices in (("optimizer", cfg.optimizer, OPTIMIZERS), ("lr schedule", cfg.lr_schedule, LR_SCHEDULES),
                                  ("cache mode", cfg.cache, CACHE_MODES), ("cache dtype", cfg.cache_dtype, DTYPES)):
         if value not in choices:
