@@ -3,6 +3,7 @@ previous checkpoint is on disk under its own name."""
 
 import os
 
+import pytest
 import torch
 
 from frostline import atomic
@@ -41,3 +42,28 @@ def test_without_hard_links_the_previous_checkpoint_is_still_kept(tmp_path, monk
     save_checkpoint(tmp_path, _state(2))
     assert load_checkpoint(tmp_path)["loop"]["step"] == 2
     assert torch.load(tmp_path / PREVIOUS, weights_only=False)["loop"]["step"] == 1
+
+
+class _RunsCodeWhenUnpickled:
+    """What a malicious file could hold: unpickling it calls ``Path.touch(marker)``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_a_checkpoint_carrying_a_pickled_callable_is_refused_without_running_it(tmp_path):
+    from frostline.errors import CheckpointError
+
+    marker = tmp_path / "code-ran"
+    state = {"format": "frostline-checkpoint-1", **_state(1), "rng": {"evil": _RunsCodeWhenUnpickled(marker)}}
+    torch.save(state, tmp_path / CHECKPOINT)
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_checkpoint(tmp_path)
+    assert not marker.exists()
+    save_checkpoint(tmp_path, _state(2))  # a good newest checkpoint is read as before
+    assert load_checkpoint(tmp_path)["loop"]["step"] == 2

@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-import torch
 
 try:
     from transformers import TrainerCallback
@@ -33,6 +32,7 @@ from ..errors import CheckpointError, FrostlineError
 from ..freezer import Freezer
 from ..policies import FreezePolicy, as_policy
 from ..atomic import atomic_torch_save
+from ..loading import load_plain
 from .layout import optimizer_state_in_original_layout, scheduler_state_in_original_layout
 
 #: The Freezer's state inside each ``checkpoint-<step>`` folder.
@@ -102,11 +102,11 @@ class FrostlineCallback(TrainerCallback):
         atomic_torch_save(freezer.state_dict(), folder / STATE_FILE)
         path = folder / _OPTIMIZER_FILE
         if path.exists():
-            saved = torch.load(path, map_location="cpu", weights_only=False)
+            saved = load_plain(path)
             atomic_torch_save(optimizer_state_in_original_layout(freezer, saved), path)
         path = folder / _SCHEDULER_FILE
         if path.exists() and freezer.schedulers.attached:
-            saved = torch.load(path, map_location="cpu", weights_only=False)
+            saved = load_plain(path)
             atomic_torch_save(scheduler_state_in_original_layout(freezer, saved), path)
 
     # -- helpers -------------------------------------------------------------------------
@@ -126,7 +126,9 @@ class FrostlineCallback(TrainerCallback):
                 f"{Path(args.output_dir) / f'checkpoint-{state.global_step}'}, or resume from a checkpoint "
                 "saved with the callback")
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=False)
+            saved = load_plain(path)
+        except CheckpointError:
+            raise
         except Exception as e:
             raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
         if isinstance(saved, dict) and saved.get("step") != state.global_step:

@@ -9,10 +9,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from ..atomic import atomic_torch_save
 from ..errors import CheckpointError
+from ..loading import load_plain
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -28,7 +28,9 @@ def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_plain(path)
+    except CheckpointError:
+        raise
     except Exception as e:  # torn writes surface as many different exceptions
         raise CheckpointError(f"{path.name} is unreadable ({type(e).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or any(k not in state for k in REQUIRED):
