@@ -1,5 +1,7 @@
 import copy
 
+import frostline
+
 import pytest
 import torch
 from torch import nn
@@ -238,3 +240,19 @@ def test_bad_freezer_arguments():
         p.requires_grad_(False)
     with pytest.raises(FrostlineError, match="no trainable parameters"):
         Freezer(model, optimizer, NoFreezing(), 10)
+
+
+def test_a_policy_by_name_is_built_at_construction_and_a_bad_name_fails_there():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    freezer = Freezer(model, opt, "linear", total_steps=10, example_input=torch.randn(3, 4))
+    assert isinstance(freezer.policy, frostline.LinearFreezing)
+    for _ in range(10):
+        model(torch.randn(3, 4)).sum().backward()
+        opt.step()
+        freezer.step()
+    assert freezer.frozen  # the default linear schedule froze something by the end
+    with pytest.raises(ConfigError, match="unknown method 'freezout'"):
+        Freezer(model, opt, "freezout", total_steps=10)
+    with pytest.raises(ConfigError, match="steps_per_epoch"):
+        Freezer(model, opt, "autofreeze", total_steps=10)  # a staged method says what it needs, at once

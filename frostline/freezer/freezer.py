@@ -20,7 +20,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, FrostlineError, ModelError
+from ..errors import CheckpointError, ConfigError, FrostlineError, ModelError, check_int
+from ..policies import as_policy
 from ..policies.base import FreezePolicy, Progress
 from ..signals import STANDARD as STANDARD_COLLECTORS
 from ..units import GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, freeze_units, units_from_names
@@ -47,6 +48,9 @@ class FreezeEvent:
 class Freezer:
     """Applies a :class:`~frostline.policies.FreezePolicy` to a model and its optimizer.
 
+    ``policy`` is a policy object or a method name (``"freezeout"``: built with its defaults; an
+    unknown name, or a method that needs more, such as ``steps_per_epoch``, fails here).
+
     Units come from ``units`` (module names, taken in the order given) or are traced: from
     ``example_input`` if given, else from the first forward pass the model runs after the
     Freezer is made.
@@ -62,7 +66,7 @@ class Freezer:
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        policy: FreezePolicy,
+        policy: FreezePolicy | str,
         total_steps: int,
         *,
         units: Sequence | None = None,
@@ -72,8 +76,8 @@ class Freezer:
         sync=None,
         signals: dict[str, Any] | None = None,
     ):
-        if not isinstance(total_steps, int) or total_steps <= 0:
-            raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
+        check_int(total_steps, "total_steps", low=1)
+        policy = as_policy(policy)  # a method name is built with its defaults; a bad one fails here
         if not any(p.requires_grad for p in model.parameters()):
             raise ModelError("the model has no trainable parameters: there is nothing to train or freeze")
         if granularity not in GRANULARITIES:
