@@ -162,3 +162,13 @@ def test_every_command_dispatches_to_one_handler():
 
     found = leaves(build_parser())
     assert None not in found and sorted(found) == sorted(COMMANDS)
+
+
+def test_without_the_lab_extra_the_cli_says_which_extra_to_install(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert main(["report", "nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert "matplotlib missing" in err and "frostline[lab]" in err and "Traceback" not in err

@@ -299,10 +299,25 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+#: What the workbench needs beyond the library (the ``lab`` extra).
+LAB_MODULES = ("tqdm", "matplotlib")
+
+
+def check_lab_installed() -> None:
+    """The CLI is the workbench: say which extra to install instead of failing mid-run on an import."""
+    import importlib.util
+
+    missing = [m for m in LAB_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise FrostlineError(f"the frostline command needs the workbench ({', '.join(missing)} missing): "
+                             "pip install 'frostline[lab]' (from a checkout: pip install -e '.[lab]')")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_lab_installed()
         return COMMANDS[args.command_name](args)
     except FrostlineError as e:
         print(f"frostline: error: {e}", file=sys.stderr)
