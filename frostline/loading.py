@@ -19,7 +19,7 @@ def load_plain(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" not in str(e) and "Weights only load failed" not in str(e):
+        if "Unsupported global" not in str(e):  # torn or corrupted, not code: the caller's "unreadable"
             raise
         raise CheckpointError(
             f"{path} holds more than tensors and plain data (a pickled object or callable), and loading it "

@@ -67,3 +67,12 @@ def test_a_checkpoint_carrying_a_pickled_callable_is_refused_without_running_it(
     assert not marker.exists()
     save_checkpoint(tmp_path, _state(2))  # a good newest checkpoint is read as before
     assert load_checkpoint(tmp_path)["loop"]["step"] == 2
+
+
+def test_a_torn_checkpoint_is_reported_unreadable_not_as_carrying_code(tmp_path):
+    from frostline.errors import CheckpointError
+
+    (tmp_path / CHECKPOINT).write_bytes(b"half a checkpoint")
+    with pytest.raises(CheckpointError, match="unreadable") as info:
+        load_checkpoint(tmp_path)
+    assert "could run code" not in str(info.value)

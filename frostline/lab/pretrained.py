@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ModelError
+from ..loading import load_plain
 from .zoo import register_model
 
 #: Models that read token ids (text datasets) rather than images.
@@ -203,7 +204,7 @@ def efficientnet_lite0(*, num_classes: int = 10, in_channels: int = 1, image_siz
         raise ModelError(f"efficientnet-lite0 needs its model code: {EFFICIENTNET_HINT}") from None
     weights = efficientnet_lite0_weights()
     net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = load_plain(weights)
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ModelError(f"{weights} does not match EfficientNet-Lite0 (missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -12,10 +12,10 @@ import copy
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..loading import load_plain
 
 
 def load_reference(run_dir, like: nn.Module, model_name: str | None = None) -> nn.Module:
@@ -36,7 +36,9 @@ def load_reference(run_dir, like: nn.Module, model_name: str | None = None) -> n
     except (FileNotFoundError, json.JSONDecodeError):
         ref_shape = None
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = load_plain(weights)
+    except CheckpointError:
+        raise
     except Exception as e:
         raise CheckpointError(f"reference {weights} is unreadable ({type(e).__name__}): retrain the reference run") from None
     what = f"a {ref_model!r} model" + (f" (width {ref_shape[1]}, depth {ref_shape[2]})" if ref_shape else "")

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from ...atomic import atomic_torch_save
-from ...errors import DataError
+from ...errors import CheckpointError, DataError
+from ...loading import load_plain
 from ...policies.base import FreezePolicy, Progress
 from ...policies.cka_oracle.cka_oracle import DEFAULT_EPSILON, DEFAULT_FLOOR, DEFAULT_WINDOW, cka_ready
 from ...policies.stages import StageClock
@@ -156,7 +157,9 @@ def load_collected(path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path} does not exist: pass folders written by `frostline predictor collect`")
     try:
-        ds = torch.load(path, map_location="cpu", weights_only=True)
+        ds = load_plain(path)
+    except CheckpointError:
+        raise
     except Exception as e:
         raise DataError(f"{path} is unreadable ({type(e).__name__}): collect it again") from None
     if not isinstance(ds, dict) or ds.get("format") != FORMAT:

@@ -27,6 +27,7 @@ from torch import nn
 
 from ...atomic import atomic_torch_save
 from ...errors import CheckpointError
+from ...loading import load_plain
 
 FORMAT = "frostline-smartfrz-predictor-1"
 SHIPPED = Path(__file__).with_name("predictor.pt")
@@ -99,7 +100,9 @@ def load_predictor(path=None) -> tuple[SmartFRZPredictor, dict[str, Any]]:
     if not path.is_file():
         raise CheckpointError(f"SmartFRZ predictor {path} does not exist: {how}")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_plain(path)
+    except CheckpointError:
+        raise
     except Exception as e:
         raise CheckpointError(f"SmartFRZ predictor {path} is unreadable or corrupted ({type(e).__name__}): {how}") from None
     if not isinstance(saved, dict) or saved.get("format") != FORMAT or "state_dict" not in saved:
