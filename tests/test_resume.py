@@ -70,7 +70,12 @@ def test_corrupted_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_
     out = tmp_path / "run"
     _kill_at(out, 12)
     ckpt = out / "checkpoint.pt"
-    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # a torn write
+    # A torn write: a new, half-written file under the newest name. (Truncating in place would also
+    # tear checkpoint.prev.pt when the kill fell between the hard link and the rename, which share
+    # the file for that instant; a real write never touches the old file.)
+    torn = ckpt.read_bytes()[: ckpt.stat().st_size // 2]
+    ckpt.unlink()
+    ckpt.write_bytes(torn)
     with pytest.warns(UserWarning, match="checkpoint.prev.pt"):
         assert main(["train", "--resume", str(out), "--no-progress", "--threads", "1"]) == 0
     assert _same_parameters(out, uninterrupted)
