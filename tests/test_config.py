@@ -26,8 +26,8 @@ BEFORE = {
     "cache_dtype": "float32", "cache_memory_mb": 4096, "t_0": 0.8, "schedule": "cubic", "scale_lr": True,
     "const_time": False, "freeze_start": 0.5, "freeze_level": 1.0, "percentile": 50.0, "intervals_per_epoch": 4,
     "compile": False, "compile_backend": "inductor", "stages_per_epoch": None, "prefix_only": False,
-    "reference": None, "probe_size": 256, "cka_window": 3, "cka_epsilon": 1e-3, "cka_floor": 0.9,
-    "predictor": None, "history_window": 30, "tailor_size": 1024, "snapshots_per_epoch": 30,
+    "reference": None, "probe_size": 256, "cka_window": 5, "cka_tolerance": 0.05, "cka_floor": 0.8,
+    "predictor": None, "freeze_threshold": None, "history_window": 30, "tailor_size": 1024, "snapshots_per_epoch": 30,
 }
 
 
@@ -42,7 +42,7 @@ def _other_value(hp: Hyperparameter):
     if hp.type is int:
         return (hp.default or 1) + 1
     if hp.type is float:
-        return hp.default / 2
+        return 0.25 if hp.default is None else hp.default / 2
     return "other" if hp.default is None else hp.default  # a str: the default is the one valid value we know
 
 
@@ -65,10 +65,10 @@ def test_every_hyperparameter_travels_from_its_declaration_to_the_policy(method)
         args = parser.parse_args(["train", "--method", method, *_flag(hp.config_field, value)])
         cfg = TrainConfig(**{name: getattr(args, name) for name in FIELDS})
         assert getattr(cfg, hp.config_field) == value and policy_kwargs(cfg)[hp.name] == value
-    # the defaults reach the policy as declared
+    # the defaults reach the policy as declared (None: "the policy's own", which it resolves)
     policy = make_policy(TrainConfig(method=method))
     for hp in spec.hyperparameters:
-        if hp.name in policy.config():
+        if hp.name in policy.config() and hp.default is not None:
             assert policy.config()[hp.name] == hp.default, hp.name
     taken = set(inspect.signature(spec.cls).parameters)
     assert set(policy_kwargs(TrainConfig(method=method))) | set(spec.runtime) <= taken

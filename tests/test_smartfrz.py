@@ -10,6 +10,7 @@ from frostline.lab.zoo import create_model
 from frostline.policies import POLICIES, SmartFRZ, create_policy
 from frostline.policies.smartfrz import SmartFRZPredictor, Tailor, batch_windows, load_predictor, save_predictor, window_features
 from frostline.lab.predictor.collect import load_collected
+from frostline.policies.cka_oracle import DEFAULT_FLOOR
 from frostline.policies.smartfrz.predictor import SHIPPED
 
 TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "--batch-size", "64",
@@ -61,7 +62,7 @@ def test_predictor_is_the_papers_network_and_masks_padding():
         assert [(m.in_features, m.out_features) for m in mlp if isinstance(m, nn.Linear)] == [(1024, 256), (256, 256), (256, 64)]
     assert [(m.in_features, m.out_features) for m in p.head if isinstance(m, nn.Linear)] == [(64, 32), (32, 2)]
     w = window_features(torch.randn(5, 1024))
-    assert torch.all(w[-1] == 0)
+    assert torch.allclose(w.mean(0), torch.zeros(1024), atol=1e-5) and w[-1].abs().sum() > 0  # centred
     x, mask = batch_windows([w, window_features(torch.randn(9, 1024))])
     assert x.shape == (2, 9, 1024) and mask[0].tolist() == [False] * 4 + [True] * 5
     alone = p(w.unsqueeze(0))
@@ -69,11 +70,40 @@ def test_predictor_is_the_papers_network_and_masks_padding():
     assert torch.allclose(alone, padded, atol=1e-5)
 
 
+def test_predictor_output_changes_with_window_content():
+    """The query is the newest snapshot's row, which depends on the whole window (not zero by
+    construction): two windows that end at the same weights but got there differently get
+    different answers, and so does a window that is only rescaled by its newest weights' size."""
+    torch.manual_seed(0)
+    p = SmartFRZPredictor(64)
+    newest = torch.randn(64)
+    still = torch.stack([newest + 1e-3 * torch.randn(64) for _ in range(7)] + [newest])
+    drift = torch.stack([newest + (7 - t) * 0.2 * torch.randn(64) for t in range(7)] + [newest])
+    a, b = (p(window_features(w).unsqueeze(0)) for w in (still, drift))
+    assert not torch.allclose(a, b, atol=1e-4)
+    q_still, q_drift = (p.query(window_features(w)[-1]) for w in (still, drift))
+    assert not torch.allclose(q_still, q_drift, atol=1e-4)
+    assert torch.allclose(window_features(3.0 * drift), window_features(drift), atol=1e-5)  # scale-free
+
+
+def test_default_cadences_fit_every_epoch_length():
+    """30 snapshots and 1 stage per epoch by default: an epoch of fewer steps (a small dataset)
+    gets a snapshot every step, never an error."""
+    for steps in (1, 2, 7, 24, 29, 30, 31, 430):
+        policy = SmartFRZ(predictor=_biased(False), steps_per_epoch=steps)
+        policy.bind(["a", "head"])
+        snaps = [s for s in range(1, 3 * steps + 1) if policy.snapshots.is_stage_end(s)]
+        assert len(snaps) == 3 * min(30, steps)
+        assert [s for s in range(1, 3 * steps + 1) if policy.clock.is_stage_end(s)] == [steps, 2 * steps, 3 * steps]
+
+
 def test_predictor_file_roundtrip_and_bad_files(tmp_path):
-    p = SmartFRZPredictor(64, input_scale=3.0)
+    p = SmartFRZPredictor(64, input_scale=3.0, threshold=0.8)
     path = save_predictor(p, tmp_path / "p.pt", {"note": "test"})
     q, meta = load_predictor(path)
-    assert q.input_scale == 3.0 and meta["note"] == "test" and len(meta["sha256"]) == 16
+    assert q.input_scale == 3.0 and q.threshold == 0.8 and meta["note"] == "test" and len(meta["sha256"]) == 16
+    assert SmartFRZ(predictor=path, tailor_size=64, stage_steps=4, snapshot_steps=1).threshold == 0.8
+    assert SmartFRZ(predictor=path, tailor_size=64, threshold=0.6, stage_steps=4, snapshot_steps=1).threshold == 0.6
     x, mask = batch_windows([window_features(torch.randn(6, 64))])
     assert torch.allclose(p(x, mask), q(x, mask), atol=5e-2)
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -81,7 +111,7 @@ def test_predictor_file_roundtrip_and_bad_files(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"\x80not a torch file at all")
     with pytest.raises(CheckpointError, match="corrupted"):
         load_predictor(tmp_path / "junk.pt")
-    torch.save({"format": "frostline-smartfrz-predictor-1", "input_size": 1024, "input_scale": 1.0,
+    torch.save({"format": "frostline-smartfrz-predictor-2", "input_size": 1024, "input_scale": 1.0, "threshold": 0.5,
                 "state_dict": p.state_dict()}, tmp_path / "shape.pt")  # 64-wide weights labelled 1024
     with pytest.raises(CheckpointError, match="wrong shape"):
         load_predictor(tmp_path / "shape.pt")
@@ -95,7 +125,8 @@ def test_predictor_file_roundtrip_and_bad_files(tmp_path):
 def test_validation():
     assert POLICIES["smartfrz"] is SmartFRZ
     pred = _biased(True)
-    for kw in [dict(window=0), dict(window=-3), dict(tailor_size=0), dict(tailor_size=-1), dict(stages_per_epoch=0)]:
+    for kw in [dict(window=0), dict(window=-3), dict(tailor_size=0), dict(tailor_size=-1), dict(stages_per_epoch=0),
+               dict(threshold=0), dict(threshold=1.0), dict(threshold="high")]:
         with pytest.raises(ConfigError):
             SmartFRZ(predictor=pred, steps_per_epoch=30, **kw)
 
@@ -161,24 +192,34 @@ def test_pipeline_end_to_end(tmp_path, capsys):
     runs = []
     for seed in (0, 1):
         out = tmp_path / f"col{seed}"
-        assert main(["predictor", "collect", "--model", "resnet", "--epochs", "1", "--seed", str(seed),
+        chained = ["--reference", str(tmp_path / "col0" / "recording")] if seed else []  # seed 1 against seed 0
+        assert main(["predictor", "collect", "--model", "resnet", "--epochs", "1", "--seed", str(seed), *chained,
                      "--snapshots-per-epoch", "4", "--stages-per-epoch", "4", *TINY, "--out", str(out)]) == 0
         runs.append(str(out))
     ds = load_collected(runs[0])
     assert ds["snapshots"].shape == (4, 8, 1024) and ds["labels"].shape == (4, 8)
-    assert ds["provenance"]["model"] == "resnet" and ds["provenance"]["rule"]["floor"] == 0.9
+    assert ds["cka_init"].shape == (8,) and ds["provenance"]["rule"]["floor"] == DEFAULT_FLOOR
+    assert ds["provenance"]["reference"]["seed"] == 1 and (tmp_path / "col0" / "reference").is_dir()
+    assert load_collected(runs[1])["provenance"]["reference"]["seed"] == 0
+    assert not (tmp_path / "col1" / "reference").exists()  # the chained reference was used, none trained
     assert torch.all(ds["labels"][:, -1] == -1)
-    assert ds["cka"][-1, :-1].min() > 0.999  # same seed: the recording retraces the reference
+    assert ds["cka"][-1, :-1].max() < 0.999  # another seed: the recording does not retrace the reference
+    capsys.readouterr()
+    code = main(["predictor", "collect", "--model", "resnet", "--epochs", "1", "--seed", "0", "--reference",
+                 str(tmp_path / "col0" / "recording"), *TINY, "--out", str(tmp_path / "same")])
+    err = capsys.readouterr().err
+    assert code == 2 and "seed 0, the recording's own" in err, err
     capsys.readouterr()
     pred = tmp_path / "p.pt"
+    loose = ["--cka-window", "2", "--cka-tolerance", "1", "--cka-floor", "0.01"]  # one-epoch runs barely learn
     assert main(["predictor", "train", *runs, "--holdout", runs[1], "--epochs", "3", "--out", str(pred),
-                 "--no-progress"]) == 0
+                 "--no-progress", *loose]) == 0
     text = capsys.readouterr().out
     assert "| heldout | resnet/fashion-mnist/seed1 |" in text and "| train | resnet/fashion-mnist/seed0 |" in text
     assert "heldout | resnet/fashion-mnist/seed0" not in text
     _, meta = load_predictor(pred)
     assert meta["heldout"] == ["resnet/fashion-mnist/seed1"]
-    assert main(["predictor", "eval", runs[1], "--predictor", str(pred)]) == 0
+    assert main(["predictor", "eval", runs[1], "--predictor", str(pred), *loose]) == 0
     assert "F1" in capsys.readouterr().out
     run = tmp_path / "smartfrz"
     assert main(["train", "--model", "resnet", "--method", "smartfrz", "--predictor", str(pred), "--epochs", "1",

@@ -132,8 +132,10 @@ def _predictor_parsers(pred_sub) -> None:
         "method": "ignored (both runs train without freezing)",
         "out": "folder for reference/, recording/ and dataset.pt",
         "stages_per_epoch": "labelled stages per epoch (default 4)",
-        "cka_window": "labelling rule: stages over which the CKA must be stable",
-        "cka_epsilon": "labelling rule: variance bound", "cka_floor": "labelling rule: CKA floor"})
+        "reference": "finished run (same model, another seed) to label against (default: one trained here "
+                     "with --seed + 1)",
+        "cka_window": "labelling rule: stages over which the normalised CKA must be stable",
+        "cka_tolerance": "labelling rule: spread bound", "cka_floor": "labelling rule: normalised CKA floor"})
     p_fit = _command(pred_sub, "train", "predictor train", help="train a predictor on collected runs, report on held-out runs")
     p_fit.add_argument("runs", nargs="+", help="folders written by `frostline predictor collect`")
     p_fit.add_argument("--out", required=True, help="predictor file to write")
@@ -143,10 +145,31 @@ def _predictor_parsers(pred_sub) -> None:
     p_fit.add_argument("--seed", type=int, default=0, help="seed for initialisation, order and the held-out run")
     p_fit.add_argument("--history-window", type=int, default=30, help="snapshots per sample (default: 30)")
     p_fit.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    _add_rule_flags(p_fit)
     p_eval = _command(pred_sub, "eval", "predictor eval", help="precision/recall/F1 of a predictor on collected runs")
     p_eval.add_argument("runs", nargs="+", help="folders written by `frostline predictor collect`")
     p_eval.add_argument("--predictor", default=None, help="predictor file (default: the shipped one)")
     p_eval.add_argument("--history-window", type=int, default=30, help="snapshots per sample (default: 30)")
+    _add_rule_flags(p_eval)
+
+
+def _add_rule_flags(parser: argparse.ArgumentParser) -> None:
+    """The CKA-oracle rule the recorded CKA is labelled with (the oracle's defaults unless given)."""
+    from ..policies.cka_oracle import DEFAULT_FLOOR, DEFAULT_TOLERANCE, DEFAULT_WINDOW
+
+    parser.add_argument("--cka-window", type=int, default=DEFAULT_WINDOW,
+                        help=f"labelling rule: stages the normalised CKA must be stable over (default: {DEFAULT_WINDOW})")
+    parser.add_argument("--cka-tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help=f"labelling rule: its spread bound (default: {DEFAULT_TOLERANCE})")
+    parser.add_argument("--cka-floor", type=float, default=DEFAULT_FLOOR,
+                        help=f"labelling rule: its floor (default: {DEFAULT_FLOOR})")
+
+
+def _rule(args: argparse.Namespace) -> tuple[int, float, float]:
+    from ..policies.cka_oracle import check_rule
+
+    check_rule(args.cka_window, args.cka_tolerance, args.cka_floor)
+    return args.cka_window, args.cka_tolerance, args.cka_floor
 
 
 # -- one function per command ----------------------------------------------------------------------
@@ -229,9 +252,9 @@ def _predictor_collect(args: argparse.Namespace) -> int:
     from .predictor.collect import collect, load_collected
 
     cfg = _config(args, TrainConfig)
-    path = collect(cfg, cfg.out, tailor_size=cfg.tailor_size, snapshots_per_epoch=cfg.snapshots_per_epoch,
+    path = collect(cfg, cfg.out, reference=cfg.reference, tailor_size=cfg.tailor_size, snapshots_per_epoch=cfg.snapshots_per_epoch,
                    label_stages_per_epoch=cfg.stages_per_epoch or 4, probe_size=cfg.probe_size,
-                   rule=(cfg.cka_window, cfg.cka_epsilon, cfg.cka_floor))
+                   rule=(cfg.cka_window, cfg.cka_tolerance, cfg.cka_floor))
     ds = load_collected(path)
     labels = ds["labels"][ds["labels"] >= 0]
     print(f"dataset: {path} | {ds['snapshots'].shape[0]} snapshots x {ds['snapshots'].shape[1]} units | "
@@ -243,7 +266,7 @@ def _predictor_train(args: argparse.Namespace) -> int:
     from .predictor import fit
 
     report = fit.train_from_dirs(args.runs, args.out, holdout=args.holdout, epochs=args.epochs, seed=args.seed,
-                                 window=args.history_window, progress=args.progress)
+                                 window=args.history_window, rule=_rule(args), progress=args.progress)
     print(fit.format_report(report))
     print(f"predictor: {args.out}")
     return 0
@@ -255,7 +278,7 @@ def _predictor_eval(args: argparse.Namespace) -> int:
     from .predictor.collect import load_collected
 
     model, meta = load_predictor(args.predictor)
-    report = fit.evaluate_runs(model, [load_collected(r) for r in args.runs], args.history_window)
+    report = fit.evaluate_runs(model, [load_collected(r) for r in args.runs], args.history_window, _rule(args))
     print(fit.format_report({"eval": None, "heldout": report}).replace("| heldout |", "| eval |"))
     print(f"predictor: {meta['path']} (sha256 {meta['sha256']})")
     return 0

@@ -1,6 +1,6 @@
 """Freezing stages: the steps at which a stage-based policy looks at its signals and decides.
 
-``per_epoch`` stages per epoch of ``steps_per_epoch`` steps, evenly spread (the k-th stage of an
+``per_epoch`` stages per epoch of ``steps_per_epoch`` steps (at most one per step), evenly spread (the k-th stage of an
 epoch ends after ``k * steps_per_epoch // per_epoch`` of its steps), or one stage every
 ``every_steps`` steps. A function of the step count alone, so a resumed run meets the same stages.
 
@@ -31,9 +31,9 @@ class StageClock:
             raise ConfigError(f"pass steps_per_epoch (with {per_epoch_name}) or {every_name}, not both")
         if steps_per_epoch is not None:
             check_int(steps_per_epoch, "steps_per_epoch", low=1)
-            if per_epoch > steps_per_epoch:
-                raise ConfigError(f"{per_epoch_name}={per_epoch} is more than the {steps_per_epoch} steps of an "
-                                  "epoch: use at most one per step")
+            # an epoch shorter than the cadence (a small dataset) gets one stage per step: every
+            # dataset size the data loader accepts is a valid run
+            per_epoch = min(per_epoch, steps_per_epoch)
         if every_steps is not None:
             check_int(every_steps, every_name, low=1)
         self.per_epoch = per_epoch

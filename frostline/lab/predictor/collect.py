@@ -1,14 +1,16 @@
 """Training data for the SmartFRZ predictor, from real runs, labelled by the CKA oracle.
 
-``collect`` trains a *reference* run to the end, then trains the same configuration again while a
-:class:`Recorder` (a policy that never freezes) receives, through the Freezer, every unit's
-tailored weights ``snapshots_per_epoch`` times per epoch and, ``label_stages_per_epoch`` times per
-epoch, every unit's CKA to the reference on a fixed probe batch. Each (unit, stage) is labelled
-*freeze* when the CKA-oracle rule (:func:`frostline.policies.cka_ready`) holds for the CKA history
-up to that stage. With the same seed the second run retraces the first exactly (the collectors do
-not disturb training), so the labels say "this unit's representation has already settled where it
-ends up", the labelling of the SmartFRZ paper. The raw snapshots and CKA values are kept, so the
-data can be relabelled with another rule without retraining.
+``collect`` trains a *reference* run to the end with another seed (or takes a finished run), then
+trains the configuration while a :class:`Recorder` (a policy that never freezes) receives, through
+the Freezer, every unit's tailored weights ``snapshots_per_epoch`` times per epoch and, at the first
+step and ``label_stages_per_epoch`` times per epoch, every unit's CKA to the reference on a fixed
+probe batch. Each (unit, stage) is labelled *freeze* when the CKA-oracle rule
+(:func:`frostline.policies.cka_ready`: init-normalised CKA above a floor and stable over a window)
+holds for the CKA history up to that stage. The reference has another seed so that the labels say
+"this unit has learned what a finished run's unit learns, and stopped moving", not "this run is
+near its own end" (a same-seed reference is retraced exactly and reaches CKA 1 at the end). The raw
+snapshots and CKA values are kept, so the data can be relabelled with another rule without
+retraining.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from ...atomic import atomic_torch_save
 from ...errors import CheckpointError, DataError
 from ...loading import load_plain
 from ...policies.base import FreezePolicy, Progress
-from ...policies.cka_oracle.cka_oracle import DEFAULT_EPSILON, DEFAULT_FLOOR, DEFAULT_WINDOW, cka_ready
+from ...policies.cka_oracle.cka_oracle import DEFAULT_FLOOR, DEFAULT_TOLERANCE, DEFAULT_WINDOW, cka_ready
 from ...policies.stages import StageClock
 
-FORMAT = "frostline-smartfrz-dataset-1"
+FORMAT = "frostline-smartfrz-dataset-2"  # 2: CKA at initialisation, another-seed reference
 DATASET_FILE = "dataset.pt"
 
 
@@ -51,6 +53,7 @@ class Recorder(FreezePolicy):
         self.snapshots: list[torch.Tensor] = []
         self.stage_steps: list[int] = []
         self.cka: list[list[float]] = []
+        self.cka_init: list[float] | None = None
 
     def collectors(self):
         from ...signals import ReferenceCKA, TailoredWeights
@@ -60,7 +63,7 @@ class Recorder(FreezePolicy):
 
     def wants(self, progress: Progress) -> frozenset[str]:
         want = set()
-        label = self.label_clock.is_stage_end(progress.step)
+        label = self.label_clock.is_stage_end(progress.step) or progress.step == 1
         if label or self.snap_clock.is_stage_end(progress.step):
             want.add("tailored_weights")
         if label:
@@ -71,26 +74,48 @@ class Recorder(FreezePolicy):
         self.snapshot_steps.append(progress.step)
         self.snapshots.append(torch.stack(signals["tailored_weights"]))
         if "cka" in signals:
-            self.stage_steps.append(progress.step)
-            self.cka.append([float("nan") if v is None else float(v) for v in signals["cka"]])
+            values = [float("nan") if v is None else float(v) for v in signals["cka"]]
+            if self.cka_init is None:
+                self.cka_init = values
+            if self.label_clock.is_stage_end(progress.step):
+                self.stage_steps.append(progress.step)
+                self.cka.append(values)
 
 
-def label_stages(cka: torch.Tensor, window: int, epsilon: float, floor: float) -> torch.Tensor:
-    """(stages, units) CKA -> (stages, units) labels: 1 freeze, 0 keep training, -1 for the head."""
+def label_stages(cka: torch.Tensor, initial: torch.Tensor, window: int, tolerance: float, floor: float) -> torch.Tensor:
+    """(stages, units) CKA and (units,) CKA at initialisation -> (stages, units) labels: 1 freeze,
+    0 keep training, -1 for the head."""
     labels = torch.zeros(cka.shape, dtype=torch.long)
     for u in range(cka.shape[1]):
+        c0 = float(initial[u])
         for k in range(cka.shape[0]):
-            labels[k, u] = int(cka_ready(cka[: k + 1, u].tolist(), window, epsilon, floor))
+            labels[k, u] = int(cka_ready(cka[: k + 1, u].tolist(), c0, window, tolerance, floor))
     labels[:, -1] = -1
     return labels
 
 
-def collect(cfg, out, *, tailor_size: int = 1024, snapshots_per_epoch: int = 30, label_stages_per_epoch: int = 4,
-            probe_size: int = 256, rule: tuple[int, float, float] = (DEFAULT_WINDOW, DEFAULT_EPSILON, DEFAULT_FLOOR),
-            record_seed: int | None = None) -> Path:
-    """Reference run + recording run for ``cfg`` (a :class:`frostline.lab.config.TrainConfig`; its
-    method is ignored), then ``out/dataset.pt``. A finished reference in ``out/reference`` is reused."""
+#: The reference run's seed is the recording's plus this, unless a finished run is given.
+REFERENCE_SEED_OFFSET = 1
+
+
+def _finished_run(folder: Path) -> dict | None:
+    path = folder / "summary.json"
+    if not (path.exists() and (folder / "model.pt").exists()):
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("status") == "finished" else None
+
+
+def collect(cfg, out, *, reference=None, tailor_size: int = 1024, snapshots_per_epoch: int = 30,
+            label_stages_per_epoch: int = 4, probe_size: int = 256,
+            rule: tuple[int, float, float] = (DEFAULT_WINDOW, DEFAULT_TOLERANCE, DEFAULT_FLOOR)) -> Path:
+    """A recording run of ``cfg`` (a :class:`frostline.lab.config.TrainConfig`; its method is
+    ignored) labelled against a reference, then ``out/dataset.pt``. The reference is the finished
+    run in ``reference`` (any ``frostline train`` folder of the same model, or another collection's
+    ``recording/``), else a run trained here in ``out/reference`` with seed ``cfg.seed + 1`` (a
+    finished one is reused). A reference with the recording's own seed is refused."""
     from ... import __version__
+    from ...errors import ConfigError
     from ..data import load_dataset
     from ..zoo import create_model
     from ..reference import load_reference
@@ -99,31 +124,35 @@ def collect(cfg, out, *, tailor_size: int = 1024, snapshots_per_epoch: int = 30,
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = replace(cfg, method="none", cache="off", resume=None, const_time=False)
-    ref_dir = out / "reference"
-    ref_summary_path = ref_dir / "summary.json"
-    reused = ref_summary_path.exists() and (ref_dir / "model.pt").exists() and \
-        json.loads(ref_summary_path.read_text()).get("status") == "finished"
-    if reused:
-        ref_summary = json.loads(ref_summary_path.read_text())
-    else:
-        ref_summary = train(replace(base, out=str(ref_dir)))
+    base = replace(cfg, method="none", cache="off", resume=None, const_time=False, reference=None)
+    ref_dir = Path(reference) if reference is not None else out / "reference"
+    ref_summary = _finished_run(ref_dir)
+    reused = ref_summary is not None
+    if ref_summary is None:
+        if reference is not None:
+            raise CheckpointError(f"reference {ref_dir} is not a finished run (no summary.json with status "
+                                  "'finished' and model.pt): pass the folder of a finished `frostline train`")
+        ref_summary = train(replace(base, out=str(ref_dir), seed=cfg.seed + REFERENCE_SEED_OFFSET))
+    ref_seed = json.loads((ref_dir / "config.json").read_text()).get("seed")
+    if ref_seed == cfg.seed:
+        raise ConfigError(f"the reference {ref_dir} was trained with seed {ref_seed}, the recording's own: the "
+                          "recording would retrace it and every CKA would reach 1 at the end; use another seed")
 
-    seed = cfg.seed if record_seed is None else record_seed
-    rec_cfg = replace(base, out=str(out / "recording"), seed=seed)
+    rec_cfg = replace(base, out=str(out / "recording"))
     data = load_dataset(rec_cfg.dataset, val_size=rec_cfg.val_size, train_subset=rec_cfg.train_subset,
                         test_subset=rec_cfg.test_subset, seed=rec_cfg.seed, max_length=rec_cfg.max_length)
     like = create_model(rec_cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
                         image_size=data.image_size, width=rec_cfg.width, depth=rec_cfg.depth)
-    reference = load_reference(ref_dir, like, rec_cfg.model)
+    reference_model = load_reference(ref_dir, like, rec_cfg.model)
     steps_per_epoch = math.ceil(len(data.train) / rec_cfg.batch_size)
-    recorder = Recorder(reference, probe_batch(data.train, probe_size, rec_cfg.seed), steps_per_epoch,
+    recorder = Recorder(reference_model, probe_batch(data.train, probe_size, rec_cfg.seed), steps_per_epoch,
                         tailor_size=tailor_size, seed=rec_cfg.seed, snapshots_per_epoch=snapshots_per_epoch,
                         label_stages_per_epoch=label_stages_per_epoch)
     rec_summary = train(rec_cfg, policy=recorder)
 
     cka = torch.tensor(recorder.cka, dtype=torch.float64)
-    window, epsilon, floor = rule
+    cka_init = torch.tensor(recorder.cka_init, dtype=torch.float64)
+    window, tolerance, floor = rule
     dataset = {
         "format": FORMAT,
         "unit_names": rec_summary["units"],
@@ -131,15 +160,16 @@ def collect(cfg, out, *, tailor_size: int = 1024, snapshots_per_epoch: int = 30,
         "snapshots": torch.stack(recorder.snapshots),
         "stage_steps": torch.tensor(recorder.stage_steps),
         "cka": cka,
-        "labels": label_stages(cka, window, epsilon, floor),
+        "cka_init": cka_init,
+        "labels": label_stages(cka, cka_init, window, tolerance, floor),
         "provenance": {
             "model": rec_cfg.model, "dataset": rec_cfg.dataset, "epochs": rec_cfg.epochs, "seed": rec_cfg.seed,
             "train_subset": rec_cfg.train_subset, "batch_size": rec_cfg.batch_size, "width": rec_cfg.width,
             "depth": rec_cfg.depth, "lr": rec_cfg.lr, "optimizer": rec_cfg.optimizer,
             "steps_per_epoch": steps_per_epoch, "tailor_size": tailor_size,
             "snapshots_per_epoch": snapshots_per_epoch, "label_stages_per_epoch": label_stages_per_epoch,
-            "probe_size": probe_size, "rule": {"window": window, "epsilon": epsilon, "floor": floor},
-            "reference": {"out": str(ref_dir), "seed": cfg.seed, "test_accuracy": ref_summary.get("test_accuracy"),
+            "probe_size": probe_size, "rule": {"window": window, "tolerance": tolerance, "floor": floor},
+            "reference": {"out": str(ref_dir), "seed": ref_seed, "test_accuracy": ref_summary.get("test_accuracy"),
                           "reused": reused},
             "recording_test_accuracy": rec_summary.get("test_accuracy"),
             "train_config": asdict(rec_cfg), "frostline": __version__, "torch": str(torch.__version__),
@@ -171,11 +201,11 @@ def load_collected(path) -> dict[str, Any]:
 def samples(ds: dict[str, Any], window: int = 30, rule: tuple[int, float, float] | None = None
             ) -> list[tuple[torch.Tensor, int, int]]:
     """(feature window (T, D), label, unit) for every labelled (unit, stage) of a dataset:
-    the last ``window`` snapshots taken at or before the stage. ``rule`` (window, epsilon, floor)
+    the last ``window`` snapshots taken at or before the stage. ``rule`` (window, tolerance, floor)
     relabels from the recorded CKA; None keeps the labels the dataset was collected with."""
     from ...policies.smartfrz.predictor import window_features
 
-    labels = ds["labels"] if rule is None else label_stages(ds["cka"], *rule)
+    labels = ds["labels"] if rule is None else label_stages(ds["cka"], ds["cka_init"], *rule)
     out = []
     steps = ds["snapshot_steps"]
     for k, step in enumerate(ds["stage_steps"].tolist()):

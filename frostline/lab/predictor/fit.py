@@ -3,8 +3,18 @@
 Held-out data is split *by run*: every (unit, stage) sample of a held-out run stays out of
 training, so the reported precision/recall/F1 say how the predictor does on a training run it has
 never seen, not on neighbouring snapshots of runs it has. Training is class-balanced (the loss
-weights each class by the inverse of its frequency), because most (unit, stage) pairs of a short
-run are "keep training".
+weights each class by the inverse of its frequency).
+
+The tailored positions are a random sample of a unit's weights, so their order means nothing and
+a weight's trajectory says as much about convergence with its sign flipped: every batch is seen
+with its feature columns permuted and sign-flipped at random (the same for every snapshot of a
+window). This teaches the network functions of the trajectory, not of positions, from a corpus of
+a few thousand windows.
+
+A wrong "freeze" costs accuracy, a wrong "keep" only time, so the decision threshold is not 0.5:
+it is the lowest P(freeze) at which the held-out (validation) runs reach a precision of
+:data:`TARGET_PRECISION`, stored in the predictor file. Every report shows the accuracy of the
+constant answer (the majority label) beside the predictor's.
 """
 
 from __future__ import annotations
@@ -18,12 +28,15 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
-from ...policies.cka_oracle.cka_oracle import DEFAULT_EPSILON, DEFAULT_FLOOR, DEFAULT_WINDOW
+from ...policies.cka_oracle.cka_oracle import DEFAULT_FLOOR, DEFAULT_TOLERANCE, DEFAULT_WINDOW
 from .collect import load_collected, samples
 
-#: Labels come from the recorded CKA with the CKA oracle's current default rule.
-RULE = (DEFAULT_WINDOW, DEFAULT_EPSILON, DEFAULT_FLOOR)
 from ...policies.smartfrz.predictor import SmartFRZPredictor, batch_windows, save_predictor
+
+#: Labels come from the recorded CKA, by default with the CKA oracle's current default rule.
+RULE = (DEFAULT_WINDOW, DEFAULT_TOLERANCE, DEFAULT_FLOOR)
+#: Precision of "freeze" the calibrated threshold aims for on held-out runs.
+TARGET_PRECISION = 0.9
 
 
 def run_name(ds: dict[str, Any]) -> str:
@@ -40,24 +53,48 @@ def metrics(pred: list[int], true: list[int]) -> dict[str, Any]:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    majority = max(sum(true), len(true) - sum(true))
     return {"precision": precision, "recall": recall, "f1": f1, "accuracy": correct / len(true) if true else 0.0,
+            "constant_accuracy": majority / len(true) if true else 0.0,
             "samples": len(true), "positives": sum(true), "predicted_positives": sum(pred)}
 
 
 @torch.no_grad()
-def predict(model: SmartFRZPredictor, data: list[tuple[torch.Tensor, int, int]], batch: int = 256) -> list[int]:
+def freeze_probabilities(model: SmartFRZPredictor, data: list[tuple[torch.Tensor, int, int]],
+                         batch: int = 256) -> list[float]:
     model.eval()
-    out: list[int] = []
+    out: list[float] = []
     for i in range(0, len(data), batch):
         x, mask = batch_windows([w for w, _, _ in data[i:i + batch]])
-        out += model(x, mask).argmax(1).tolist()
+        out += torch.softmax(model(x, mask), dim=1)[:, 1].tolist()
     return out
 
 
-def evaluate_runs(model: SmartFRZPredictor, datasets: list[dict[str, Any]], window: int = 30) -> dict[str, Any]:
+def predict(model: SmartFRZPredictor, data: list[tuple[torch.Tensor, int, int]]) -> list[int]:
+    return [int(p > model.threshold) for p in freeze_probabilities(model, data)]
+
+
+def calibrate_threshold(probs: list[float], true: list[int], target: float = TARGET_PRECISION) -> float:
+    """The lowest threshold whose "freeze" answers reach ``target`` precision on (probs, true);
+    if none does, one above every probability (the predictor then never freezes: safe, and the
+    report shows it)."""
+    ranked = sorted(zip(probs, true), reverse=True)
+    best, tp = None, 0
+    for k, (p, t) in enumerate(ranked, start=1):
+        tp += t
+        if tp / k >= target and (k == len(ranked) or ranked[k][0] < p):
+            # "freeze" for exactly the k most confident: a threshold between them and the next
+            best = (p + ranked[k][0]) / 2 if k < len(ranked) else max(0.0, p - 1e-6)
+    if best is None:
+        return min(1.0, max(probs, default=0.5) + 1e-6)
+    return best
+
+
+def evaluate_runs(model: SmartFRZPredictor, datasets: list[dict[str, Any]], window: int = 30,
+                  rule: tuple[int, float, float] = RULE) -> dict[str, Any]:
     per_run, all_pred, all_true = {}, [], []
     for ds in datasets:
-        data = samples(ds, window, RULE)
+        data = samples(ds, window, rule)
         pred = predict(model, data)
         true = [t for _, t, _ in data]
         per_run[run_name(ds)] = metrics(pred, true)
@@ -67,10 +104,11 @@ def evaluate_runs(model: SmartFRZPredictor, datasets: list[dict[str, Any]], wind
 
 
 def fit_predictor(train_sets: list[dict[str, Any]], *, epochs: int = 40, lr: float = 1e-3, batch: int = 64,
-                  seed: int = 0, window: int = 30, progress: bool = True) -> SmartFRZPredictor:
+                  seed: int = 0, window: int = 30, rule: tuple[int, float, float] = RULE,
+                  progress: bool = True) -> SmartFRZPredictor:
     from tqdm.auto import tqdm
 
-    data = [s for ds in train_sets for s in samples(ds, window, RULE)]
+    data = [s for ds in train_sets for s in samples(ds, window, rule)]
     labels = torch.tensor([t for _, t, _ in data])
     counts = torch.bincount(labels, minlength=2).double()
     if (counts == 0).any():
@@ -95,6 +133,7 @@ def fit_predictor(train_sets: list[dict[str, Any]], *, epochs: int = 40, lr: flo
         for i in range(0, len(order), batch):
             chunk = [data[j] for j in order[i:i + batch]]
             x, mask = batch_windows([w for w, _, _ in chunk])
+            x = x[:, :, torch.randperm(x.shape[-1])] * (torch.randint(0, 2, (x.shape[-1],)) * 2 - 1)
             y = torch.tensor([t for _, t, _ in chunk])
             loss = loss_fn(model(x, mask), y)
             opt.zero_grad()
@@ -107,6 +146,7 @@ def fit_predictor(train_sets: list[dict[str, Any]], *, epochs: int = 40, lr: flo
 
 
 def train_from_dirs(dirs: list[str], out, *, holdout: list[str] | None = None, epochs: int = 40, seed: int = 0,
+                    rule: tuple[int, float, float] = RULE,
                     window: int = 30, progress: bool = True) -> dict[str, Any]:
     """Load collected runs, hold some out *by run*, train, report, save. ``holdout`` names folders
     (among ``dirs``) to hold out; by default one run, chosen by ``seed``."""
@@ -125,12 +165,15 @@ def train_from_dirs(dirs: list[str], out, *, holdout: list[str] | None = None, e
     held_sets = [ds for i, ds in enumerate(datasets) if i in held_idx]
     if not train_sets:
         raise ConfigError("every run is held out: leave at least one to train on")
-    model = fit_predictor(train_sets, epochs=epochs, seed=seed, window=window, progress=progress)
-    report = {"train": evaluate_runs(model, train_sets, window),
-              "heldout": evaluate_runs(model, held_sets, window) if held_sets else None}
+    model = fit_predictor(train_sets, epochs=epochs, seed=seed, window=window, rule=rule, progress=progress)
+    calibration = [s for ds in (held_sets or train_sets) for s in samples(ds, window, rule)]
+    model.threshold = calibrate_threshold(freeze_probabilities(model, calibration), [t for _, t, _ in calibration])
+    report = {"train": evaluate_runs(model, train_sets, window, rule),
+              "heldout": evaluate_runs(model, held_sets, window, rule) if held_sets else None}
     meta = {"trained_on": [ds["provenance"] | {"name": run_name(ds)} for ds in train_sets],
             "heldout": [run_name(ds) for ds in held_sets], "report": report, "epochs": epochs, "seed": seed,
-            "window": window, "label_rule": {"window": RULE[0], "epsilon": RULE[1], "floor": RULE[2]}}
+            "window": window, "threshold": model.threshold, "target_precision": TARGET_PRECISION,
+            "calibrated_on": "heldout" if held_sets else "train", "label_rule": {"window": rule[0], "tolerance": rule[1], "floor": rule[2]}}
     for m in meta["trained_on"]:
         m.pop("train_config", None)
     save_predictor(model, out, meta)
@@ -138,8 +181,8 @@ def train_from_dirs(dirs: list[str], out, *, holdout: list[str] | None = None, e
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = ["| split | run | samples | freeze (true) | freeze (predicted) | precision | recall | F1 | accuracy |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| split | run | samples | freeze (true) | freeze (predicted) | precision | recall | F1 | accuracy | "
+             "constant answer |", "|---|---|---|---|---|---|---|---|---|---|"]
     for split in ("train", "heldout"):
         part = report.get(split)
         if not part:
@@ -147,5 +190,6 @@ def format_report(report: dict[str, Any]) -> str:
         rows = list(part["runs"].items()) + [("all", part["overall"])]
         for name, m in rows:
             lines.append(f"| {split} | {name} | {m['samples']} | {m['positives']} | {m['predicted_positives']} | "
-                         f"{m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['accuracy']:.3f} |")
+                         f"{m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['accuracy']:.3f} | "
+                         f"{m['constant_accuracy']:.3f} |")
     return "\n".join(lines)

@@ -1,5 +1,5 @@
 """The CKA oracle: freeze a unit once its CKA to a finished reference run is stable; the method card is ``README.md`` here."""
 
-from .cka_oracle import DEFAULT_EPSILON, DEFAULT_FLOOR, DEFAULT_WINDOW, CKAOracle, check_rule, cka_ready
+from .cka_oracle import DEFAULT_FLOOR, DEFAULT_TOLERANCE, DEFAULT_WINDOW, CKAOracle, check_rule, cka_ready, normalised_cka
 
-__all__ = ["DEFAULT_EPSILON", "DEFAULT_FLOOR", "DEFAULT_WINDOW", "CKAOracle", "check_rule", "cka_ready"]
+__all__ = ["DEFAULT_FLOOR", "DEFAULT_TOLERANCE", "DEFAULT_WINDOW", "CKAOracle", "check_rule", "cka_ready", "normalised_cka"]

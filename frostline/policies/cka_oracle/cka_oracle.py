@@ -1,14 +1,26 @@
 """The CKA oracle: freeze a unit once its representation has settled where a finished run's did.
 
-Given a *reference* model of the same architecture (the end of an earlier, complete training run),
-at each freezing stage the Freezer measures, for every active unit, the linear CKA (Kornblith et
+Given a *reference* model of the same architecture (the end of an earlier, complete training run
+with *another seed*), the Freezer measures, for every active unit, the linear CKA (Kornblith et
 al. 2019) between the unit's output in the training model and in the reference, on a fixed probe
-batch (signal ``"cka"``, :class:`frostline.signals.ReferenceCKA`). A unit is *ready* when
+batch (signal ``"cka"``, :class:`frostline.signals.ReferenceCKA`): once at the first step (the
+unit's value at initialisation, ``c0``) and at each freezing stage.
 
-* its CKA over the last ``window`` stages varies by less than ``epsilon`` (population variance),
-  i.e. the representation stopped moving relative to where training ends up, and
-* its latest CKA is at least ``floor``, i.e. it stopped *near* the reference, not on a plateau
-  far from it.
+Raw CKA cannot tell a learned unit from an untrained one: two independently initialised, untrained
+networks already agree to 0.90–0.99 on early convolutions, because a random convolution of an image
+still looks like the image. So the rule reads the *init-normalised* CKA
+``n = (c - c0) / (1 - c0)``: 0 where the unit started, 1 where it matches the reference exactly.
+A unit is *ready* when, over the last ``window`` stages (at the default four stages per epoch,
+five values spanning one epoch),
+
+* every ``n`` is at least ``floor`` (it went most of the way from where it started to where a
+  finished run ends up), and
+* ``max(n) - min(n)`` is at most ``tolerance`` (it stopped moving).
+
+A unit that has not learned keeps ``c = c0``, so ``n = 0``: it is never ready, whatever its raw CKA.
+A unit whose initial CKA is already (numerically) 1 has nothing to normalise by and is never ready.
+The reference must come from another seed: with the same seed the training run retraces it and
+every unit's CKA reaches exactly 1 at the end, so the rule would encode time-to-end, not learning.
 
 :func:`cka_ready` is this rule alone; it also labels SmartFRZ's training data
 (:mod:`frostline.lab.predictor.collect`). It is an oracle: it needs a finished run of the same model,
@@ -29,66 +41,79 @@ from ..base import Progress
 from ..stages import StagedPolicy
 from ..registry import Hyperparameter, register_policy
 
-DEFAULT_WINDOW = 3
-DEFAULT_EPSILON = 1e-3
-DEFAULT_FLOOR = 0.9
+DEFAULT_WINDOW = 5
+DEFAULT_TOLERANCE = 0.05
+DEFAULT_FLOOR = 0.8
+#: Below this distance from 1 the initial CKA leaves nothing to normalise by.
+MIN_HEADROOM = 1e-6
 
 
-def check_rule(window, epsilon, floor) -> None:
-    check_int(window, "the CKA window (stages; a variance needs two values)", low=2)
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0:
-        raise ConfigError(f"cka_epsilon must be > 0, got {epsilon!r}")
-    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not (0.0 <= floor <= 1.0):
-        raise ConfigError(f"cka_floor must be in [0, 1], got {floor!r}")
+def check_rule(window, tolerance, floor) -> None:
+    check_int(window, "the CKA window (stages; stability needs two values)", low=2)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise ConfigError(f"cka_tolerance must be >= 0, got {tolerance!r}")
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not (0.0 < floor <= 1.0):
+        raise ConfigError(f"cka_floor must be in (0, 1], got {floor!r}")
 
 
-def cka_ready(history: Sequence[float], window: int, epsilon: float, floor: float) -> bool:
-    """The readiness rule: at least ``window`` values, all finite, the last ``window`` of them
-    with population variance < ``epsilon`` and the last one >= ``floor``."""
+def normalised_cka(values: Sequence[float], initial: float | None) -> list[float]:
+    """``(c - c0) / (1 - c0)`` for each value; NaN where it is undefined (no or degenerate ``c0``)."""
+    if initial is None or not math.isfinite(initial) or 1.0 - initial < MIN_HEADROOM:
+        return [math.nan] * len(values)
+    return [(float(v) - initial) / (1.0 - initial) for v in values]
+
+
+def cka_ready(history: Sequence[float], initial: float | None, window: int, tolerance: float, floor: float) -> bool:
+    """The readiness rule on a unit's raw CKA ``history`` (one value per stage) and its CKA at
+    initialisation: at least ``window`` values; the last ``window``, init-normalised, all finite,
+    all >= ``floor`` and within ``tolerance`` of each other."""
     if len(history) < window:
         return False
-    last = [float(v) for v in history[-window:]]
+    last = normalised_cka(history[-window:], initial)
     if not all(math.isfinite(v) for v in last):
         return False
-    mean = sum(last) / window
-    variance = sum((v - mean) ** 2 for v in last) / window
-    return variance < epsilon and last[-1] >= floor
+    return min(last) >= floor and max(last) - min(last) <= tolerance
 
 
 @register_policy(
     "cka-oracle",
     Hyperparameter("stages_per_epoch", "freezing stages (decisions) per epoch"),
-    Hyperparameter("window", "stages over which the CKA must be stable", field="cka_window"),
-    Hyperparameter("epsilon", "a unit is stable when the variance of its CKA over the window is below this",
-                   field="cka_epsilon"),
-    Hyperparameter("floor", "... and its latest CKA to the reference is at least this", field="cka_floor"),
+    Hyperparameter("window", "stages over which the init-normalised CKA must stay above the floor and stable",
+                   field="cka_window"),
+    Hyperparameter("tolerance", "... within this spread (max - min of the normalised CKA over the window)",
+                   field="cka_tolerance"),
+    Hyperparameter("floor", "... and at least this: the share of the way from the unit's initial CKA to the reference",
+                   field="cka_floor"),
     Hyperparameter("prefix_only", "freeze only a growing prefix of units (otherwise any ready unit)"),
     runtime=("reference", "probe", "steps_per_epoch"),
 )
 class CKAOracle(StagedPolicy):
-    """Freeze units whose CKA to a reference model has stabilised above a floor; decides at
-    ``stages_per_epoch`` stages per epoch of ``steps_per_epoch`` steps (or every ``stage_steps``).
+    """Freeze units whose init-normalised CKA to a reference model has settled above a floor;
+    decides at ``stages_per_epoch`` stages per epoch of ``steps_per_epoch`` steps (or every
+    ``stage_steps``).
 
-    ``reference`` (an ``nn.Module`` with the trained model's architecture and the finished run's
-    weights) and ``probe`` (a batch of inputs) build the default ``"cka"`` collector; without them,
-    pass ``Freezer(..., signals={"cka": ReferenceCKA(reference, probe)})``.
+    ``reference`` (an ``nn.Module`` with the trained model's architecture and the weights of a
+    finished run with another seed) and ``probe`` (a batch of inputs) build the default ``"cka"``
+    collector; without them, pass ``Freezer(..., signals={"cka": ReferenceCKA(reference, probe)})``.
     """
 
     name = "cka-oracle"
     requires = frozenset({"cka"})
 
     def __init__(self, reference=None, probe=None, stages_per_epoch: int = 4, steps_per_epoch: int | None = None,
-                 stage_steps: int | None = None, window: int = DEFAULT_WINDOW, epsilon: float = DEFAULT_EPSILON,
+                 stage_steps: int | None = None, window: int = DEFAULT_WINDOW, tolerance: float = DEFAULT_TOLERANCE,
                  floor: float = DEFAULT_FLOOR, prefix_only: bool = False):
-        check_rule(window, epsilon, floor)
+        check_rule(window, tolerance, floor)
         super().__init__(stages_per_epoch, steps_per_epoch, stage_steps, prefix_only)
         self.reference, self.probe = reference, probe
-        self.window, self.epsilon, self.floor = int(window), float(epsilon), float(floor)
+        self.window, self.tolerance, self.floor = int(window), float(tolerance), float(floor)
         self._reset()
 
     def _reset(self) -> None:
         super()._reset()
         self.history: list[list[float]] = [[] for _ in range(self.num_units)]
+        #: Each unit's CKA at the first step, what the rule normalises by.
+        self.initial: list[float | None] = [None] * self.num_units
 
     def collectors(self):
         if self.reference is None or self.probe is None:
@@ -97,33 +122,42 @@ class CKAOracle(StagedPolicy):
 
         return {"cka": ReferenceCKA(self.reference, self.probe)}
 
+    def wants(self, progress: Progress) -> frozenset[str]:
+        first = progress.step == 1 or (self.num_units and all(v is None for v in self.initial))
+        return self.requires if first else super().wants(progress)
+
     def _record(self, progress: Progress, signals: dict[str, Any]) -> None:
+        stage_end = self.clock.is_stage_end(progress.step)
         for i, v in enumerate(self._per_unit(signals["cka"], "CKA values")):
-            if v is not None and i not in self.frozen:
+            if v is None or i in self.frozen:
+                continue
+            if self.initial[i] is None:
+                self.initial[i] = float(v)
+            if stage_end:
                 self.history[i].append(float(v))
 
     def _ready(self, progress: Progress) -> dict[int, dict[str, Any]]:
         ready = {}
         for i in range(self.num_units - 1):
-            if i in self.frozen or not cka_ready(self.history[i], self.window, self.epsilon, self.floor):
+            if i in self.frozen or not cka_ready(self.history[i], self.initial[i], self.window, self.tolerance,
+                                                 self.floor):
                 continue
-            last = self.history[i][-self.window:]
-            mean = sum(last) / len(last)
-            ready[i] = {"cka": last[-1], "cka_window": last,
-                        "cka_variance": sum((v - mean) ** 2 for v in last) / len(last),
-                        "epsilon": self.epsilon, "floor": self.floor, "stage": self.stages_done,
-                        "step": progress.step}
+            last = normalised_cka(self.history[i][-self.window:], self.initial[i])
+            ready[i] = {"cka": self.history[i][-1], "cka_initial": self.initial[i], "normalised_cka": last[-1],
+                        "normalised_window": [round(v, 4) for v in last], "floor": self.floor,
+                        "tolerance": self.tolerance, "stage": self.stages_done, "step": progress.step}
         return ready
 
     def config(self):
         return {"stages_per_epoch": self.clock.per_epoch, "steps_per_epoch": self.clock.steps_per_epoch,
-                "stage_steps": self.clock.every_steps, "window": self.window, "epsilon": self.epsilon,
+                "stage_steps": self.clock.every_steps, "window": self.window, "tolerance": self.tolerance,
                 "floor": self.floor, "prefix_only": self.prefix_only}
 
     def _own_state(self) -> dict[str, Any]:
-        return {"history": [list(h) for h in self.history]}
+        return {"history": [list(h) for h in self.history], "initial": list(self.initial)}
 
     def _load_own_state(self, state: dict[str, Any]) -> None:
         history = [[float(v) for v in h] for h in state["history"]]
         self._check_units(len(history))
         self.history = history
+        self.initial = [None if v is None else float(v) for v in state["initial"]]

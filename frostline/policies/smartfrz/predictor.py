@@ -7,12 +7,18 @@ value; the query of the *newest* snapshot attends over the keys of every snapsho
 (``64 → 32 → 2``) whose two logits are ``[keep training, freeze]``. One predictor serves every
 unit of every model, because a unit is seen only through its tailored weights.
 
-Input features (our choice; the paper leaves it open): snapshot ``t`` of a window whose newest
-snapshot is ``w_T`` becomes ``(w_t - w_T) / rms(w_T) * input_scale``: how far the sampled weights
-were from where they are now, relative to their size. It is the same for a conv and a linear
-layer of any scale, zero for a unit that stopped moving, and ``input_scale`` (fitted on the
-training data, stored in the file) brings it to unit variance. Windows shorter than the maximum
-are left-padded and masked.
+Input features: the paper feeds the tailored weights themselves. Raw weights differ in scale from
+layer to layer and model to model, and their absolute values say nothing about convergence, so
+snapshot ``t`` of a window becomes ``(w_t - mean(w)) / rms(w_T) * input_scale``: the tailored
+weights centred on the window's mean and measured in units of the newest weights' size. What is
+left is the trajectory itself (how far and how consistently the weights moved over the window),
+comparable across layers and models, and the newest snapshot's row (the query) is where the
+weights are now relative to where they have been, so attention depends on the window.
+``input_scale`` (fitted on the training data, stored in the file) brings the features to unit
+variance. Windows shorter than the maximum are left-padded and masked.
+
+The file also stores ``threshold``: the P(freeze) above which the policy freezes, calibrated on
+held-out runs when the predictor was trained (see :mod:`frostline.lab.predictor.fit`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from ...atomic import atomic_torch_save
 from ...errors import CheckpointError
 from ...loading import load_plain
 
-FORMAT = "frostline-smartfrz-predictor-1"
+FORMAT = "frostline-smartfrz-predictor-2"  # 2: window-centred features, calibrated threshold
 SHIPPED = Path(__file__).with_name("predictor.pt")
 
 
@@ -41,10 +47,12 @@ def _mlp(*sizes: int) -> nn.Sequential:
 
 
 class SmartFRZPredictor(nn.Module):
-    def __init__(self, input_size: int = 1024, input_scale: float = 1.0):
+    def __init__(self, input_size: int = 1024, input_scale: float = 1.0, threshold: float = 0.5):
         super().__init__()
         self.input_size = input_size
         self.input_scale = float(input_scale)
+        #: P(freeze) above which a unit freezes (calibrated on held-out runs by training)
+        self.threshold = float(threshold)
         self.key = _mlp(input_size, 256, 256, 64)
         self.query = _mlp(input_size, 256, 256, 64)
         self.value = _mlp(input_size, 256, 256, 64)
@@ -65,9 +73,8 @@ class SmartFRZPredictor(nn.Module):
 
 def window_features(snapshots: torch.Tensor) -> torch.Tensor:
     """(T, D) raw tailored snapshots, oldest first -> (T, D) features (see the module docstring)."""
-    newest = snapshots[-1]
-    rms = newest.square().mean().sqrt().clamp_min(1e-12)
-    return (snapshots - newest) / rms
+    rms = snapshots[-1].square().mean().sqrt().clamp_min(1e-12)
+    return (snapshots - snapshots.mean(dim=0, keepdim=True)) / rms
 
 
 def batch_windows(windows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +95,7 @@ def save_predictor(model: SmartFRZPredictor, path, meta: dict[str, Any] | None =
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.half() for k, v in model.state_dict().items()}
     return atomic_torch_save({"format": FORMAT, "input_size": model.input_size, "input_scale": model.input_scale,
-                              "state_dict": state, "meta": meta or {}}, path)
+                              "threshold": model.threshold, "state_dict": state, "meta": meta or {}}, path)
 
 
 def load_predictor(path=None) -> tuple[SmartFRZPredictor, dict[str, Any]]:
@@ -108,7 +115,7 @@ def load_predictor(path=None) -> tuple[SmartFRZPredictor, dict[str, Any]]:
     if not isinstance(saved, dict) or saved.get("format") != FORMAT or "state_dict" not in saved:
         raise CheckpointError(f"{path} is not a frostline SmartFRZ predictor file: {how}")
     try:
-        model = SmartFRZPredictor(int(saved["input_size"]), float(saved["input_scale"]))
+        model = SmartFRZPredictor(int(saved["input_size"]), float(saved["input_scale"]), float(saved["threshold"]))
         model.load_state_dict({k: v.float() for k, v in saved["state_dict"].items()})
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
         first = str(e).strip().splitlines()[0][:200]

@@ -5,7 +5,8 @@ Every ``1/snapshots_per_epoch`` of an epoch the Freezer hands over each active u
 weights (signal ``"tailored_weights"``: ``tailor_size`` fixed, seeded positions per unit); the
 policy keeps the last ``window`` of them. At each freezing stage (``stages_per_epoch``, default
 one per epoch) the predictor (:mod:`frostline.policies.smartfrz.predictor`) looks at each active unit's
-window and the unit freezes when the "freeze" logit wins. Units may freeze in any order (the
+window and the unit freezes when its P(freeze) exceeds ``threshold`` (by default the one calibrated
+on held-out runs when the predictor was trained). Units may freeze in any order (the
 paper's point); ``prefix_only`` keeps to a growing prefix. A frozen unit's history is dropped.
 The head never freezes.
 
@@ -33,6 +34,8 @@ MIN_SNAPSHOTS = 2
     "smartfrz",
     Hyperparameter("predictor", "predictor file from `frostline predictor train` (default: the one shipped with frostline)",
                    type=str),
+    Hyperparameter("threshold", "P(freeze) above which a unit freezes (default: the predictor's calibrated one)",
+                   type=float, field="freeze_threshold"),
     Hyperparameter("window", "snapshots per unit the predictor looks at", field="history_window"),
     Hyperparameter("tailor_size", "sampled weights per unit per snapshot (must match the predictor)"),
     Hyperparameter("snapshots_per_epoch", "weight snapshots per epoch"),
@@ -44,7 +47,7 @@ class SmartFRZ(StagedPolicy):
     name = "smartfrz"
     requires = frozenset({"tailored_weights"})
 
-    def __init__(self, predictor=None, window: int = 30, tailor_size: int = 1024, snapshots_per_epoch: int = 30,
+    def __init__(self, predictor=None, threshold: float | None = None, window: int = 30, tailor_size: int = 1024, snapshots_per_epoch: int = 30,
                  stages_per_epoch: int = 1, steps_per_epoch: int | None = None, stage_steps: int | None = None,
                  snapshot_steps: int | None = None, prefix_only: bool = False, seed: int = 0):
         window = check_int(window, "the SmartFRZ history window", low=1)
@@ -57,6 +60,10 @@ class SmartFRZ(StagedPolicy):
             self.predictor, self.predictor_meta = predictor.eval(), {"path": None, "sha256": None}
         else:
             self.predictor, self.predictor_meta = load_predictor(predictor)
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or not 0.0 < threshold < 1.0):
+            raise ConfigError(f"the SmartFRZ freeze threshold is a probability in (0, 1), got {threshold!r}")
+        self.threshold = float(self.predictor.threshold if threshold is None else threshold)
         if self.predictor.input_size != tailor_size:
             raise ConfigError(f"the predictor reads {self.predictor.input_size} tailored weights per snapshot, "
                               f"tailor_size is {tailor_size}: use --tailor-size {self.predictor.input_size} "
@@ -99,7 +106,7 @@ class SmartFRZ(StagedPolicy):
                            "freeze_probability": {self.unit_names[i]: round(p, 4) for i, p in probs.items()}}
         return {i: {"freeze_probability": p, "snapshots": len(self.history.snapshots[i]), "stage": self.stages_done,
                     "step": progress.step, "predictor": self.predictor_meta.get("sha256")}
-                for i, p in probs.items() if p > 0.5}
+                for i, p in probs.items() if p > self.threshold}
 
     def _freeze(self, units: set[int]) -> None:
         super()._freeze(units)
@@ -107,7 +114,7 @@ class SmartFRZ(StagedPolicy):
             self.history.drop(i)  # a frozen unit's weights no longer change
 
     def config(self):
-        return {"window": self.window, "tailor_size": self.tailor_size, "seed": self.seed,
+        return {"threshold": self.threshold, "window": self.window, "tailor_size": self.tailor_size, "seed": self.seed,
                 "snapshots_per_epoch": self.snapshots.per_epoch, "snapshot_steps": self.snapshots.every_steps,
                 "stages_per_epoch": self.clock.per_epoch, "stage_steps": self.clock.every_steps,
                 "steps_per_epoch": self.clock.steps_per_epoch, "prefix_only": self.prefix_only,
