@@ -250,7 +250,7 @@ def convergence_label(suite: Suite) -> str:
 
 def check_cells(suite: Suite) -> list[Cell]:
     """The convergence check: the baseline trained ``suite.convergence`` times longer, for the first
-    ``convergence_seeds`` seeds (paired with those seeds' baselines). None without a check."""
+    ``convergence_seeds`` seeds (paired with those seeds' baselines); none without a check."""
     if not suite.convergence:
         return []
     from .config import RunSettings
