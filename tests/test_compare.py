@@ -1,49 +1,82 @@
 """``frostline bench compare``: cells run as real trainings, are reused when finished, and the
-report pairs every run with the baseline of its own seed."""
+report pairs every run with the baseline of its own seed, checks that the baseline converged, and
+never passes a goal on missing runs."""
 
 import json
+import math
 
 import pytest
 
 from frostline.lab.cli import main
-from frostline.lab.compare import (FROM_SCRATCH, SUITES, VARIANTS, Goal, Suite, goal_lines, publish_results, results_markers,
-                                   run_suite, suite_cells, summary_markers)
+from frostline.lab.compare import (ADAPTIVE, FROM_SCRATCH, STANDARD_EPOCHS, SUITES, VARIANTS, Cell, Goal, Suite,
+                                   _finished, _train_argv, aggregate, check_cells, convergence_rows, goal_lines, judge,
+                                   publish_results, reference_cell, results_markers, run_suite, suite_cells,
+                                   summary_markers)
 from frostline.errors import ConfigError, FrostlineError
 
 TINY = {"epochs": 1, "train_subset": 384, "val_size": 64, "test_subset": 256, "batch_size": 64, "width": 8,
         "threads": 1, "log_every": 2}
+METHODS = ["none", "linear", "freezeout", "autofreeze", "cka-oracle", "smartfrz"]
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
+    """The smoke suite itself, end to end: two seeds, a CKA oracle, the convergence check."""
     root = tmp_path_factory.mktemp("bench")
-    suite = Suite("test", ("resnet",), ("fashion-mnist",), 1, ("none", "freezeout+cache"), TINY, "tiny test suite",
-                  goals=(FROM_SCRATCH,))
-    data = run_suite(suite, root, progress=False, jobs=2)
-    return suite, root, data
+    data = run_suite("smoke", root, progress=False, jobs=2)
+    return SUITES["smoke"], root, data
+
+
+def _summary(root, variant, seed=0):
+    return json.loads((root / f"cells/fashion-mnist/resnet/{variant}/seed{seed}/summary.json").read_text())
 
 
 @pytest.mark.integration
 def test_every_cell_is_a_finished_training_with_the_suite_settings(bench):
     suite, root, data = bench
-    assert data["finished"] == data["cells"] == 2 and not data["failed"]
+    assert data["finished"] == data["cells"] == 2 * 4 + 1 and not data["failed"] and not data["missing"]
     cfg = json.loads((root / "cells/fashion-mnist/resnet/freezeout_cache/seed0/config.json").read_text())
-    assert cfg["method"] == "freezeout" and cfg["cache"] == "memory" and cfg["train_subset"] == 384
-    summary = json.loads((root / "cells/fashion-mnist/resnet/freezeout_cache/seed0/summary.json").read_text())
+    assert cfg["method"] == "freezeout" and cfg["cache"] == "memory" and cfg["train_subset"] == 640
+    summary = _summary(root, "freezeout_cache")
     assert summary["status"] == "finished" and summary["cache"] is not None
+    assert summary["cpu_time_s"] > 0 and summary["decision_time_s"] >= 0
+
+
+@pytest.mark.integration
+def test_the_oracle_compares_with_the_other_seeds_baseline(bench):
+    suite, root, data = bench
+    for seed, other in ((0, 1), (1, 0)):
+        cfg = json.loads((root / f"cells/fashion-mnist/resnet/cka-oracle_cache/seed{seed}/config.json").read_text())
+        assert cfg["reference"] == str(root / f"cells/fashion-mnist/resnet/none/seed{other}")
+    assert not (root / "references").exists()  # the reported baselines' weights were there
+
+
+@pytest.mark.integration
+def test_the_convergence_check_ran_and_is_in_the_report(bench):
+    suite, root, data = bench
+    short, long = _summary(root, "none"), _summary(root, "none-1.5x")
+    assert long["epochs"] == 1.5 and long["steps_done"] == round(1.5 * short["steps_done"])
+    (row,) = data["convergence"]
+    assert row["gap"] == pytest.approx(long["test_accuracy"] - short["test_accuracy"])
+    assert row["verdict"] == ("PASS" if abs(row["gap"]) <= 0.5 else "FAIL")
+    assert f"— **{row['verdict']}**" in (root / "report.md").read_text()
 
 
 @pytest.mark.integration
 def test_time_saved_is_paired_with_the_same_seed_baseline(bench):
     suite, root, data = bench
-    cell = lambda v: json.loads((root / f"cells/fashion-mnist/resnet/{v}/seed0/summary.json").read_text())
-    base, frz = cell("none"), cell("freezeout_cache")
+    base, frz = _summary(root, "none"), _summary(root, "freezeout_cache")
     row = next(r for r in data["rows"] if r["variant"] == "freezeout+cache")
-    assert row["time_saved"] == pytest.approx(1 - frz["train_time_s"] / base["train_time_s"])
-    assert row["delta_accuracy"] == pytest.approx(frz["test_accuracy"] - base["test_accuracy"])
-    assert row["flops_saved"] == pytest.approx(frz["flops_saved"]) and row["flops_saved"] > 0
+    frz1, base1 = _summary(root, "freezeout_cache", 1), _summary(root, "none", 1)
+    assert row["time_saved"] == pytest.approx(1 - (frz["train_time_s"] / base["train_time_s"]
+                                                   + frz1["train_time_s"] / base1["train_time_s"]) / 2)
+    assert row["cpu_time_saved"] == pytest.approx(1 - (frz["cpu_time_s"] / base["cpu_time_s"]
+                                                       + frz1["cpu_time_s"] / base1["cpu_time_s"]) / 2)
+    assert row["delta_accuracy"] == pytest.approx((frz["test_accuracy"] - base["test_accuracy"]
+                                                   + frz1["test_accuracy"] - base1["test_accuracy"]) / 2)
+    assert row["flops_saved"] > 0
     report = (root / "report.md").read_text()
-    assert "| freezeout+cache |" in report and results_markers("test")[0] in report
+    assert "| freezeout+cache |" in report and results_markers("smoke")[0] in report
     for png in ("accuracy_vs_time_saved.png", "freezing_moments.png", "memory.png", "predicted_vs_measured.png"):
         assert (root / png).stat().st_size > 1000
 
@@ -56,46 +89,226 @@ def test_finished_cells_are_reused_and_a_broken_one_is_rerun(bench):
     before = kept.stat().st_mtime_ns
     broken.write_text("{not json")
     data = run_suite(suite, root, progress=False)
-    assert data["finished"] == 2
+    assert data["finished"] == data["cells"]
     assert kept.stat().st_mtime_ns == before  # reused, not retrained
     assert json.loads(broken.read_text())["status"] == "finished"  # rebuilt from its checkpoint
+
+
+@pytest.mark.integration
+def test_with_one_seed_the_oracle_compares_with_an_extra_baseline(tmp_path):
+    suite = Suite("one", ("resnet",), ("fashion-mnist",), 1, ("none", "cka-oracle+cache"), TINY, "one seed")
+    data = run_suite(suite, tmp_path, progress=False)
+    assert data["finished"] == data["cells"] == 2 and not data["failed"]
+    extra = tmp_path / "references/fashion-mnist/resnet/none/seed1"
+    assert json.loads((extra / "summary.json").read_text())["seed"] == 1 and (extra / "model.pt").exists()
+    cfg = json.loads((tmp_path / "cells/fashion-mnist/resnet/cka-oracle_cache/seed0/config.json").read_text())
+    assert cfg["reference"] == str(extra)
+    assert [r["variant"] for r in data["rows"]] == ["none", "cka-oracle+cache"]  # the extra run is not reported
 
 
 @pytest.mark.integration
 def test_publish_writes_full_results_to_docs_and_a_short_summary_to_the_readme(bench, tmp_path):
     suite, root, _ = bench
     readme, docs = tmp_path / "README.md", tmp_path / "docs" / "benchmarks.md"
-    begin, end = summary_markers("test")
+    begin, end = summary_markers("smoke")
     other = "\n".join(summary_markers("quick"))
     readme.write_text(f"# x\n\nbefore\n{begin}\nold numbers\n{end}\nafter\n{other}\n")
     publish_results(root, readme, docs)  # docs/benchmarks.md does not exist yet: created
     text = readme.read_text()
     assert "old numbers" not in text and "| freezeout+cache |" not in text  # the summary, not the tables
-    assert "Adaptive methods from scratch" in text  # the suite's goal line
-    assert "](docs/bench/test/accuracy_vs_time_saved.png)" in text and "](docs/benchmarks.md)" in text
+    assert "Adaptive methods from scratch" in text and "Convergence of resnet" in text  # goals, convergence
+    assert "](docs/bench/smoke/accuracy_vs_time_saved.png)" in text and "](docs/benchmarks.md)" in text
     assert text.startswith("# x\n\nbefore\n") and text.endswith(f"after\n{other}\n")  # other suites' blocks stay
     page = docs.read_text()
-    assert "| freezeout+cache |" in page and results_markers("test")[0] in page
-    assert "](bench/test/accuracy_vs_time_saved.png)" in page  # relative to docs/
-    assert (tmp_path / "docs/bench/test/accuracy_vs_time_saved.png").exists()
+    assert "| freezeout+cache |" in page and results_markers("smoke")[0] in page
+    assert "](bench/smoke/accuracy_vs_time_saved.png)" in page  # relative to docs/
+    assert (tmp_path / "docs/bench/smoke/accuracy_vs_time_saved.png").exists()
     docs.write_text(page.replace("| freezeout+cache |", "| stale |") + "\nkept\n")
     publish_results(root, readme, docs)  # the section is replaced, the rest of the page stays
     page = docs.read_text()
-    assert "| stale |" not in page and page.count(results_markers("test")[0]) == 1 and "\nkept\n" in page
+    assert "| stale |" not in page and page.count(results_markers("smoke")[0]) == 1 and "\nkept\n" in page
     readme.write_text("no markers here\n")
     with pytest.raises(FrostlineError, match="no summary block"):
         publish_results(root, readme, docs)
 
 
+def _row(variant, method, saved, delta, model="resnet", seeds=3, overhead=math.nan):
+    return {"dataset": "d", "model": model, "variant": variant, "method": method, "time_saved": saved, "delta_accuracy": delta,
+            "cpu_time_saved": saved, "seeds": seeds, "of_seeds": 3, "paired": seeds, "decision_overhead": overhead}
+
+
 def test_goals_are_the_suites_data():
-    rows = [{"dataset": "d", "model": "resnet", "variant": v, "method": m, "time_saved": t, "delta_accuracy": a}
-            for v, m, t, a in [("autofreeze+cache", "autofreeze", 0.35, -0.1), ("smartfrz+cache", "smartfrz", 0.5, -1.0)]]
+    rows = [_row("autofreeze+cache", "autofreeze", 0.35, -0.1), _row("smartfrz+cache", "smartfrz", 0.5, -1.0)]
     line = goal_lines(FROM_SCRATCH, rows)[0]
     assert "**autofreeze+cache**" in line and "**met**" in line  # smartfrz saves more but loses too much
     strict = Goal("Strict", min_time_saved=0.4, methods=("autofreeze", "smartfrz"))
     assert "**not met**" in goal_lines(strict, rows)[0] and "≥ 40% time saved" in goal_lines(strict, rows)[0]
     assert "no run of this bench" in goal_lines(Goal("Tuning", 0.5, pretrained=True), rows)[0]
-    assert all(s.goals for s in SUITES.values())
+    assert SUITES["standard"].goals and not SUITES["quick"].goals  # no goal is judged on the short regime
+    assert "no goal is judged" in SUITES["quick"].about
+
+
+def test_standard_goals_beat_rivals_bound_the_overhead_and_need_every_run():
+    smartfrz, autofreeze, oracle, overhead = SUITES["standard"].goals
+    rows = [_row("none", "none", math.nan, math.nan), _row("linear", "linear", 0.20, -0.1),
+            _row("autofreeze+cache", "autofreeze", 0.30, -0.2), _row("smartfrz+cache", "smartfrz", 0.35, -0.1, overhead=0.0004),
+            _row("cka-oracle+cache", "cka-oracle", 0.40, -0.5)]
+    verdict = lambda goal, rs, conv=None: [e["verdict"] for e in judge(goal, rs, conv)]  # noqa: E731
+    assert verdict(smartfrz, rows) == ["met"] and verdict(autofreeze, rows) == ["met"]
+    assert verdict(oracle, rows) == ["not met"] and verdict(overhead, rows) == ["met"]
+    (entry,) = judge(smartfrz, rows)
+    assert set(entry["rivals"]) == {"linear", "autofreeze+cache"} and entry["saved"] == 0.35
+    # more time saved than autofreeze, but at worse accuracy: no longer beats it
+    worse = [r if r["method"] != "smartfrz" else {**r, "delta_accuracy": -0.25} for r in rows]
+    assert verdict(smartfrz, worse) == ["not met"] and "does not beat autofreeze+cache" in judge(smartfrz, worse)[0]["why"]
+    costly = [r if r["method"] != "smartfrz" else {**r, "decision_overhead": 0.002} for r in rows]
+    assert verdict(overhead, costly) == ["not met"] and "0.200%" in goal_lines(overhead, costly)[0]
+    # one seed of a rival missing, a variant not run at all: not measured, never a pass
+    assert verdict(smartfrz, [r if r["method"] != "linear" else {**r, "seeds": 2, "paired": 2} for r in rows]) == ["not measured yet"]
+    assert verdict(autofreeze, [r for r in rows if r["method"] != "autofreeze"]) == ["not covered"]
+    assert verdict(autofreeze, [r if r["method"] != "autofreeze" else {**r, "seeds": 0, "paired": 0} for r in rows]) == ["not measured yet"]
+    line = goal_lines(smartfrz, [r for r in rows if r["method"] != "linear"])[0]
+    assert "**not measured yet**" in line and "linear (not in this suite)" in line
+    # the convergence check gates every goal: missing, it is not measured; failed, nothing passes
+    conv = lambda v: [{"dataset": "d", "model": "resnet", "verdict": v}]  # noqa: E731
+    assert verdict(autofreeze, rows, conv("PASS")) == ["met"]
+    assert verdict(autofreeze, rows, conv("not measured yet")) == ["not measured yet"]
+    assert verdict(autofreeze, rows, []) == ["not measured yet"]
+    assert verdict(autofreeze, rows, conv("FAIL")) == ["not met"] and "baseline not converged" in goal_lines(autofreeze, rows, conv("FAIL"))[0]
+
+
+def _fake_summary(cell, accuracy, train_time=100.0):
+    settings = dict(cell.settings)
+    return {"status": "finished", "method": settings["method"], "model": cell.model, "dataset": cell.dataset,
+            "epochs": settings["epochs"], "seed": cell.seed, "test_accuracy": accuracy, "train_time_s": train_time,
+            "cpu_time_s": 2 * train_time, "flops_saved": 0.0, "predicted_saving": 0.0, "peak_memory_mb": 500.0,
+            "frozen_at": {"a": None, "b": None}, "units": ["a", "b"], "cache": None,
+            "decision_overhead": 0.0 if settings["method"] != "none" else None}
+
+
+def test_convergence_verdict_from_summaries():
+    suite = Suite("c", ("resnet", "vgg"), ("fashion-mnist",), 2, ("none",), {"epochs": 8}, convergence=1.5)
+    checks = check_cells(suite)
+    assert [(c.model, c.seed, dict(c.settings)["epochs"]) for c in checks] == [("resnet", 0, 12.0), ("vgg", 0, 12.0)]
+    cells, _ = suite_cells(suite, METHODS)
+    acc = {("resnet", "none"): 92.0, ("resnet", "none@1.5x"): 92.45, ("vgg", "none"): 90.0, ("vgg", "none@1.5x"): 90.6}
+    results = {c.key: _fake_summary(c, acc[c.model, c.variant]) for c in cells + checks if c.seed == 0}
+    resnet, vgg = convergence_rows(checks, results)
+    assert (resnet["verdict"], resnet["epochs"], resnet["long_epochs"]) == ("PASS", 8, 12.0)
+    assert resnet["gap"] == pytest.approx(0.45) and vgg["gap"] == pytest.approx(0.6) and vgg["verdict"] == "FAIL"
+    lower = {**results, checks[0].key: _fake_summary(checks[0], 91.2)}
+    assert convergence_rows(checks, lower)[0]["verdict"] == "FAIL"  # within 0.5 points either way
+    del results[checks[1].key]
+    assert [r["verdict"] for r in convergence_rows(checks, results)] == ["PASS", "not measured yet"]
+
+
+def test_a_partial_bench_reports_from_summaries_on_disk(tmp_path):
+    """Summaries written by hand into a bench folder: the report redraws from them alone, shows the
+    convergence FAIL (also in the README summary) and says what is missing."""
+    suite = Suite("fake", ("resnet",), ("fashion-mnist",), 2, ("none", "autofreeze+cache"), {"epochs": 8},
+                  "hand-made", goals=(SUITES["standard"].goals[1],), convergence=1.5)
+    cells, _ = suite_cells(suite, METHODS)
+    for cell in cells + check_cells(suite):
+        if cell.variant == "autofreeze+cache" and cell.seed == 1:
+            continue  # not run yet
+        folder = cell.folder(tmp_path)
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(dict(cell.settings)))
+        accuracy = 91.0 if cell.variant == "none@1.5x" else 90.0 if cell.variant == "none" else 89.9
+        (folder / "summary.json").write_text(json.dumps(_fake_summary(cell, accuracy, 100 if cell.variant == "none" else 70)))
+    data = run_suite(suite, tmp_path, progress=False, report_only=True)
+    assert data["missing"] == ["fashion-mnist/resnet/autofreeze+cache/seed1"] and data["finished"] == 4
+    assert data["convergence"][0]["verdict"] == "FAIL" and data["convergence"][0]["gap"] == pytest.approx(1.0)
+    report = (tmp_path / "report.md").read_text()
+    assert "90.00% vs 91.00% (+1.00 points) — **FAIL**" in report
+    assert "**not measured yet**: missing autofreeze+cache on resnet (1 of 2 runs)" in report
+    assert "| autofreeze+cache | 89.90 ± 0.00 | -0.10 | 70.0 | 30.0 ± 0.0% | 30.0 ± 0.0% |" in report
+    assert "Partial bench" in report and "`fashion-mnist/resnet/autofreeze+cache/seed1`" in report
+    readme = tmp_path / "README.md"
+    readme.write_text("\n".join(summary_markers("fake")) + "\n")
+    publish_results(tmp_path, readme, tmp_path / "docs.md")
+    summary = readme.read_text()
+    assert "**FAIL**: no goal can pass on this baseline" in summary and "1 of 5 runs not finished" in summary
+
+
+def test_the_standard_suite_is_the_realistic_regime(tmp_path, capsys):
+    suite = SUITES["standard"]
+    cells, skipped = suite_cells(suite, METHODS)
+    assert not skipped and suite.max_jobs == 1
+    assert {c.model for c in cells} == {"resnet", "vgg"} and {c.dataset for c in cells} == {"fashion-mnist"}
+    assert {c.seed for c in cells} == {0, 1, 2} and len(cells) == 2 * 6 * 3
+    assert {c.variant for c in cells} == {"none", "linear", "freezeout", "autofreeze+cache", "cka-oracle+cache",
+                                          "smartfrz+cache"}
+    for cell in cells:
+        settings = dict(cell.settings)
+        assert settings["train_subset"] is None and settings["test_subset"] is None and settings["val_size"] == 5000
+        assert (settings["epochs"], settings["batch_size"], settings["threads"]) == (STANDARD_EPOCHS, 128, 2)
+        assert not {"optimizer", "lr", "width", "depth"} & set(settings)  # SGD and the zoo's models as the defaults
+        assert settings.get("cache") == "memory" or not cell.variant.endswith("+cache")
+    checks = check_cells(suite)
+    assert [(c.model, c.seed, dict(c.settings)["epochs"]) for c in checks] == [("resnet", 0, 1.5 * STANDARD_EPOCHS),
+                                                                            ("vgg", 0, 1.5 * STANDARD_EPOCHS)]
+    base = next(c for c in cells if (c.model, c.variant, c.seed) == ("resnet", "none", 0))
+    assert {k: v for k, v in checks[0].settings if k != "epochs"} == {k: v for k, v in base.settings if k != "epochs"}
+    with pytest.raises(ConfigError, match="one run at a time|1 cell at a time"):
+        run_suite("standard", tmp_path, progress=False, jobs=2)
+    assert main(["bench", "compare", "--suite", "standard", "--jobs", "2", "--out", str(tmp_path)]) == 2
+    assert "drop --jobs 2" in capsys.readouterr().err and not (tmp_path / "cells").exists()
+
+
+def test_the_oracle_reference_is_another_seeds_baseline(tmp_path):
+    for name in ("standard", "quick", "smoke"):
+        suite = SUITES[name]
+        cells, _ = suite_cells(suite, METHODS)
+        oracles = [c for c in cells if c.variant == "cka-oracle+cache"]
+        assert oracles and all(c.reference_seed != c.seed and c.reference_seed < suite.seeds for c in oracles)
+    suite = SUITES["standard"]
+    cells, _ = suite_cells(suite, METHODS)
+    oracle = next(c for c in cells if c.variant == "cka-oracle+cache" and c.model == "vgg" and c.seed == 2)
+    baseline = next(c for c in cells if (c.model, c.variant, c.seed) == ("vgg", "none", 0))
+    baseline.folder(tmp_path).mkdir(parents=True)
+    (baseline.folder(tmp_path) / "model.pt").write_bytes(b"weights")
+    assert reference_cell(suite, oracle, tmp_path) == baseline
+    argv = _train_argv(oracle, oracle.folder(tmp_path), reference_cell(suite, oracle, tmp_path).folder(tmp_path))
+    assert argv[argv.index("--reference") + 1] == str(tmp_path / "cells/fashion-mnist/vgg/none/seed0")
+    # the committed cells keep no weights: the reference is then an extra run of that seed's baseline
+    (baseline.folder(tmp_path) / "model.pt").unlink()
+    extra = reference_cell(suite, oracle, tmp_path)
+    assert extra.extra and extra.settings == baseline.settings
+    assert extra.folder(tmp_path) == tmp_path / "references/fashion-mnist/vgg/none/seed0"
+    with pytest.raises(ConfigError, match="reference"):
+        _train_argv(oracle, oracle.folder(tmp_path))
+    # one seed: an extra baseline of seed 1
+    one = Suite("one", ("resnet",), ("fashion-mnist",), 1, ("none", "cka-oracle+cache"), TINY)
+    (oracle1,) = [c for c in suite_cells(one, METHODS)[0] if c.variant != "none"]
+    ref = reference_cell(one, oracle1, tmp_path)
+    assert (ref.seed, ref.extra, dict(ref.settings)["method"]) == (1, True, "none")
+    # an oracle cell finished against its own seed (older benches) is not reused
+    folder = oracle.folder(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"status": "finished"}))
+    for seed, reused in ((2, False), (0, True)):
+        reference = str(tmp_path / f"cells/fashion-mnist/vgg/none/seed{seed}")
+        (folder / "config.json").write_text(json.dumps({**dict(oracle.settings), "reference": reference}))
+        assert (_finished(folder, oracle) is not None) == reused
+
+
+def test_aggregate_lists_every_variant_and_pairs_cpu_time():
+    suite = Suite("a", ("resnet",), ("fashion-mnist",), 2, ("none", "smartfrz+cache", "linear"), {"epochs": 8})
+    cells, _ = suite_cells(suite, METHODS)
+    results = {}
+    for c in cells:
+        if c.variant == "linear" or (c.variant == "smartfrz+cache" and c.seed == 1):
+            continue
+        results[c.key] = _fake_summary(c, 90.0, 100.0 if c.variant == "none" else 80.0)
+        results[c.key]["cpu_time_s"] = 200.0 if c.variant == "none" else 120.0
+        if c.variant != "none":
+            results[c.key]["decision_overhead"] = 0.0005
+    rows = {r["variant"]: r for r in aggregate(cells, results)}
+    assert rows["smartfrz+cache"]["time_saved"] == pytest.approx(0.2) and rows["smartfrz+cache"]["cpu_time_saved"] == pytest.approx(0.4)
+    assert rows["smartfrz+cache"]["decision_overhead"] == pytest.approx(0.0005) and rows["smartfrz+cache"]["seeds"] == 1
+    assert rows["linear"]["seeds"] == 0 and rows["linear"]["of_seeds"] == 2 and math.isnan(rows["linear"]["time_saved"])
+    assert "smartfrz" in ADAPTIVE
 
 
 def test_variants_name_only_what_differs_from_the_registered_defaults():
@@ -104,7 +317,7 @@ def test_variants_name_only_what_differs_from_the_registered_defaults():
     for name, variant in VARIANTS.items():
         defaults = method_settings(variant["method"])
         assert all(defaults[k] != v for k, v in variant.items() if k in defaults), name
-    cells, _ = suite_cells(SUITES["quick"], ["none", "linear", "freezeout", "autofreeze", "cka-oracle", "smartfrz"])
+    cells, _ = suite_cells(SUITES["quick"], METHODS)
     linear = dict(next(c for c in cells if c.variant == "linear").settings)
     assert linear["freeze_start"] == 0.5 and linear["freeze_level"] == 1.0  # the cell records the full settings
 

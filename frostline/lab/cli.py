@@ -110,9 +110,12 @@ def _bench_parsers(bench_sub) -> None:
         "out": "folder for steptime.json and steptime.md"})
     p_cmp = _command(bench_sub, "compare", "bench compare",
                      help="every method side by side on real data (resumable); writes report.md and plots")
-    p_cmp.add_argument("--suite", default="quick", help="quick (about 30 min on 2 CPU cores) or full (default: quick)")
+    p_cmp.add_argument("--suite", default="quick",
+                       help="standard (the regime goals are judged on: full Fashion-MNIST, converged baseline, one run "
+                            "at a time; hours on 2 CPU cores), quick (about 30 min; no goals), smoke, finetune, full "
+                            "(default: quick)")
     p_cmp.add_argument("--out", default="runs/bench-compare", help="bench folder; finished runs in it are reused (default: runs/bench-compare)")
-    p_cmp.add_argument("--jobs", type=int, default=1, help="runs at once (default: 1); use one per core with the suite's one thread per run")
+    p_cmp.add_argument("--jobs", type=int, default=1, help="runs at once (default: 1); use one per core with the suite's one thread per run (standard allows only 1)")
     p_cmp.add_argument("--report-only", action="store_true", help="redraw report.md and plots from the runs already there")
     p_cmp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     p_readme = _command(bench_sub, "readme", "bench readme",

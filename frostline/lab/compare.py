@@ -2,10 +2,12 @@
 
 A *suite* is a list of cells (model × dataset × method variant × seed). Each cell is one
 ``frostline train`` run in its own subprocess (so its peak memory is its own) under
-``DIR/cells/<dataset>/<model>/<variant>/seed<k>``; cells run one at a time so they do not compete
-for the machine. A finished cell whose settings match is reused, so an interrupted bench continues
-where it stopped. Time saved is paired: each cell against the ``none`` cell of the same model,
-dataset and seed, measured in the same bench.
+``DIR/cells/<dataset>/<model>/<variant>/seed<k>``; by default cells run one at a time so they do not
+compete for the machine. A finished cell whose settings match is reused, so an interrupted bench
+continues where it stopped, also from cells kept in git without their weights. Time saved is
+paired: each cell against the ``none`` cell of the same model, dataset and seed, measured in the
+same bench. A suite may also check that its baseline converged (the same baseline trained longer);
+no goal passes without that check.
 
 The report (``report.md`` + PNG plots) is written from the cells' ``summary.json`` and
 ``metrics.jsonl`` alone, so it can be redrawn at any time (``frostline bench compare --report-only``).
@@ -62,32 +64,58 @@ def variant_settings(variant: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Goal:
-    """An acceptance target a suite states and its report checks: among the rows it covers, the best
-    variant (averaged over model/dataset pairs, or judged per model) saves at least
-    ``min_time_saved`` of the training time while losing at most ``max_accuracy_loss`` points."""
+    """An acceptance target a suite states and its report checks. Among the rows it covers, the best
+    variant (averaged over model/dataset pairs, or judged per model) must meet every target that is
+    set: ``min_time_saved`` of the wall time, at most ``max_accuracy_loss`` points lost, more time
+    saved than each method in ``beats`` at equal or better accuracy, and a decision overhead below
+    ``max_decision_overhead`` on every covered row. A target left at None is reported, not judged."""
 
     title: str
-    min_time_saved: float
-    max_accuracy_loss: float = 0.3
+    min_time_saved: float | None
+    max_accuracy_loss: float | None = 0.3
     methods: tuple[str, ...] = ()  # methods covered (empty: every freezing method)
     pretrained: bool = False  # fine-tuning rows (pretrained models) instead of from-scratch ones
     cached_only: bool = False  # only variants with the activation cache
     per_model: bool = False  # judge each model on its own
+    beats: tuple[str, ...] = ()  # methods the best variant must save more time than, at equal or better accuracy
+    max_decision_overhead: float | None = None  # decision time over training-step time, worst covered row
 
     def covers(self, row: dict[str, Any]) -> bool:
         return (row["method"] != "none" and (not self.methods or row["method"] in self.methods)
                 and (row["model"] in PRETRAINED) == self.pretrained
-                and (not self.cached_only or "cache" in row["variant"]) and not math.isnan(row["time_saved"]))
+                and (not self.cached_only or "cache" in row["variant"]))
+
+    def rival(self, row: dict[str, Any]) -> bool:
+        return row["method"] in self.beats and (row["model"] in PRETRAINED) == self.pretrained
 
     def target(self) -> str:
-        speedup = 1 / (1 - self.min_time_saved)
-        return (f"≥ {100 * self.min_time_saved:.0f}% time saved ({speedup:.3g}× faster) at "
-                f"≤ {self.max_accuracy_loss:g} points accuracy lost")
+        parts = []
+        if self.min_time_saved is not None:
+            speedup = 1 / (1 - self.min_time_saved)
+            parts.append(f"≥ {100 * self.min_time_saved:.0f}% time saved ({speedup:.3g}× faster)")
+        if self.max_accuracy_loss is not None:
+            parts.append(f"≤ {self.max_accuracy_loss:g} points accuracy lost")
+        if self.beats:
+            parts.append(f"more time saved than {' and '.join(self.beats)} at equal or better accuracy")
+        if self.max_decision_overhead is not None:
+            parts.append(f"decision overhead < {100 * self.max_decision_overhead:g}% of training-step time")
+        return ", ".join(parts)
 
 
 #: The project's acceptance targets, stated by the suites that measure them.
 FROM_SCRATCH = Goal("Adaptive methods from scratch", min_time_saved=0.30, methods=ADAPTIVE)
 FINE_TUNING = Goal("Fine-tuning with the cache", min_time_saved=0.50, pretrained=True, cached_only=True, per_model=True)
+#: Judged on the `standard` suite, where the baseline is shown to have converged.
+STANDARD_GOALS = (
+    Goal("SmartFRZ from scratch", min_time_saved=0.25, methods=("smartfrz",), beats=("linear", "autofreeze")),
+    Goal("AutoFreeze keeps accuracy", min_time_saved=None, methods=("autofreeze",)),
+    Goal("CKA oracle keeps accuracy", min_time_saved=None, methods=("cka-oracle",)),
+    Goal("SmartFRZ decision overhead", min_time_saved=None, max_accuracy_loss=None, methods=("smartfrz",),
+         max_decision_overhead=0.001),
+)
+#: A baseline has converged when its test accuracy after ``Suite.convergence`` times the epochs is
+#: within this many points of its accuracy after the suite's epochs.
+CONVERGENCE_TOLERANCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -105,6 +133,9 @@ class Suite:
     about: str = ""
     pairs: tuple[tuple[str, str, dict[str, Any]], ...] = ()
     goals: tuple[Goal, ...] = ()
+    convergence: float | None = None  # also train the baseline this many times longer, to show it converged
+    convergence_seeds: int = 1  # seeds of that longer baseline (paired with the same seeds' baselines)
+    max_jobs: int | None = None  # cells at once it allows (1: each run alone, so its times are honest)
 
     def combos(self) -> list[tuple[str, str, dict[str, Any]]]:
         if self.pairs:
@@ -112,20 +143,35 @@ class Suite:
         return [(d, m, {}) for d in self.datasets for m in self.models]
 
 
+#: Epochs of the `standard` suite; its convergence check shows whether they are enough.
+STANDARD_EPOCHS = 8
+
 SUITES: dict[str, Suite] = {
+    "standard": Suite(
+        "standard", ("resnet", "vgg"), ("fashion-mnist",), 3,
+        ("none", "linear", "freezeout", "autofreeze+cache", "cka-oracle+cache", "smartfrz+cache"),
+        {"epochs": STANDARD_EPOCHS, "train_subset": None, "val_size": 5000, "test_subset": None, "batch_size": 128,
+         "threads": 2, "log_every": 50},
+        f"from scratch on the full Fashion-MNIST train split (55,000 images after the 5,000-image validation "
+        f"hold-out), {STANDARD_EPOCHS} epochs, tested on all 10,000 test images, batch 128, SGD; two threads per "
+        "run and one run at a time, so times are the run's own; the baseline's convergence is checked at 1.5× "
+        "the epochs (seed 0)",
+        goals=STANDARD_GOALS, convergence=1.5, max_jobs=1),
     "quick": Suite(
         "quick", ("resnet", "vgg"), ("fashion-mnist",), 3,
         ("none", "linear", "freezeout", "freezeout+cache", "autofreeze+cache", "cka-oracle+cache", "smartfrz+cache"),
         {"epochs": 4, "train_subset": 6000, "val_size": 1000, "batch_size": 128, "threads": 1, "log_every": 5},
         "from scratch on a 6,000-sample subset of Fashion-MNIST, 4 epochs, evaluated on the full 10,000-image test "
-        "set, one thread per run; sized for about 30 minutes on 2 CPU cores with `--jobs 2`",
-        goals=(FROM_SCRATCH,)),
+        "set, one thread per run; sized for about 30 minutes on 2 CPU cores with `--jobs 2`. A fast check of the "
+        "whole grid, not a regime anyone trains in (its baseline is far from converged and two runs share the "
+        "cores), so no goal is judged on it: see `--suite standard`"),
     "smoke": Suite(
-        "smoke", ("resnet",), ("fashion-mnist",), 2, ("none", "freezeout+cache", "autofreeze+cache"),
+        "smoke", ("resnet",), ("fashion-mnist",), 2, ("none", "freezeout+cache", "autofreeze+cache", "cka-oracle+cache"),
         {"epochs": 1, "train_subset": 640, "val_size": 128, "test_subset": 512, "batch_size": 64, "width": 8,
          "threads": 1, "log_every": 2},
-        "a one-minute check that the bench runs end to end (tiny model and data: its numbers mean nothing)",
-        goals=(FROM_SCRATCH,)),
+        "a one-minute check that the bench runs end to end, convergence check included (tiny model and data: its "
+        "numbers mean nothing)",
+        goals=(FROM_SCRATCH,), convergence=1.5),
     "finetune": Suite(
         "finetune", (), (), 2, ("none", "linear", "freezeout+cache", "autofreeze+cache", "smartfrz+cache"),
         {"epochs": 2, "optimizer": "adamw", "weight_decay": 0.01, "threads": 1, "log_every": 5},
@@ -150,18 +196,37 @@ SUITES: dict[str, Suite] = {
 
 @dataclass(frozen=True)
 class Cell:
+    """One training of a suite. ``reference_seed``: a CKA-oracle cell's reference, the baseline of
+    that seed. ``extra``: a run the report does not show (an oracle's reference that is not one of
+    the reported baselines), kept under ``references/`` instead of ``cells/``."""
+
     dataset: str
     model: str
     variant: str
     seed: int
     settings: tuple[tuple[str, Any], ...]
+    reference_seed: int | None = None
+    extra: bool = False
 
     @property
     def key(self) -> str:
-        return f"{self.dataset}/{self.model}/{self.variant}/seed{self.seed}"
+        return ("references/" if self.extra else "") + f"{self.dataset}/{self.model}/{self.variant}/seed{self.seed}"
 
     def folder(self, root: Path) -> Path:
-        return root / "cells" / self.dataset / self.model / self.variant.replace("+", "_") / f"seed{self.seed}"
+        variant = self.variant.replace("+", "_").replace("@", "-")
+        return root / ("references" if self.extra else "cells") / self.dataset / self.model / variant / f"seed{self.seed}"
+
+
+def _cell(suite: Suite, dataset: str, model: str, extra: dict[str, Any], variant: str, seed: int, **kwargs) -> Cell:
+    settings = {**suite.settings, **extra, **variant_settings(variant), "model": model, "dataset": dataset, "seed": seed}
+    return Cell(dataset, model, variant, seed, tuple(sorted(settings.items())), **kwargs)
+
+
+def reference_seed(seed: int, seeds: int) -> int:
+    """The seed of the baseline a CKA-oracle cell of ``seed`` compares with: another seed, since a
+    reference of the same seed starts from the same weights and draws the same batches, so the
+    oracle's CKA would reach 1.0 by construction. With one seed, an extra baseline of seed 1."""
+    return (seed + 1) % seeds if seeds > 1 else seeds
 
 
 def suite_cells(suite: Suite, methods_available: Sequence[str]) -> tuple[list[Cell], list[str]]:
@@ -174,22 +239,55 @@ def suite_cells(suite: Suite, methods_available: Sequence[str]) -> tuple[list[Ce
             if variant in skipped:
                 continue
             for seed in range(suite.seeds):
-                settings = {**suite.settings, **extra, **variant_settings(variant), "model": model, "dataset": dataset,
-                            "seed": seed}
-                cells.append(Cell(dataset, model, variant, seed, tuple(sorted(settings.items()))))
+                ref = reference_seed(seed, suite.seeds) if VARIANTS[variant]["method"] == "cka-oracle" else None
+                cells.append(_cell(suite, dataset, model, extra, variant, seed, reference_seed=ref))
     return cells, skipped
 
 
-def _train_argv(cell: Cell, out: Path, root: Path) -> list[str]:
+def convergence_label(suite: Suite) -> str:
+    return f"none@{suite.convergence:g}x"
+
+
+def check_cells(suite: Suite) -> list[Cell]:
+    """The convergence check: the baseline trained ``suite.convergence`` times longer, for the first
+    ``convergence_seeds`` seeds (paired with those seeds' baselines); none without a check."""
+    if not suite.convergence:
+        return []
+    from .config import RunSettings
+
+    cells = []
+    for dataset, model, extra in suite.combos():
+        epochs = {**suite.settings, **extra}.get("epochs", RunSettings.epochs) * suite.convergence
+        for seed in range(min(suite.convergence_seeds, suite.seeds)):
+            base = _cell(suite, dataset, model, {**extra, "epochs": epochs}, "none", seed)
+            cells.append(dataclasses.replace(base, variant=convergence_label(suite)))
+    return cells
+
+
+def reference_cell(suite: Suite, cell: Cell, root: Path) -> Cell:
+    """The finished baseline whose ``model.pt`` a CKA-oracle cell compares with: the reported
+    baseline of ``cell.reference_seed`` when its weights are there (weights are not kept in git, so a
+    bench continued from committed cells may lack them), otherwise an extra baseline of that seed
+    under ``references/``, run before the oracle."""
+    combo = next(x for d, m, x in suite.combos() if (d, m) == (cell.dataset, cell.model))
+    seed = cell.reference_seed
+    baseline = _cell(suite, cell.dataset, cell.model, combo, "none", seed)
+    if seed < suite.seeds and (baseline.folder(root) / "model.pt").exists():
+        return baseline
+    return dataclasses.replace(baseline, extra=True)
+
+
+def _train_argv(cell: Cell, out: Path, reference: Path | None = None) -> list[str]:
+    """The ``frostline train`` command of a cell; a CKA-oracle cell compares with ``reference``."""
     from .config import config_fields
 
     fields = set(config_fields())
     argv = [sys.executable, "-m", "frostline", "train", "--out", str(out), "--no-progress"]
     settings = dict(cell.settings)
     if settings["method"] == "cka-oracle":
-        # the oracle's reference is the finished baseline of the same model, dataset and seed
-        base = Cell(cell.dataset, cell.model, "none", cell.seed, ()).folder(root)
-        settings["reference"] = str(base)
+        if reference is None:
+            raise ConfigError(f"{cell.key}: the CKA oracle needs a reference run (another seed's baseline)")
+        settings["reference"] = str(reference)
     for name, value in settings.items():
         if name not in fields:
             raise ConfigError(f"suite setting {name!r} is not a `frostline train` option")
@@ -214,16 +312,17 @@ def _finished(folder: Path, cell: Cell) -> dict | None:
         return None
     if any(config.get(k) != v for k, v in cell.settings):
         return None
+    if cell.reference_seed is not None and Path(config.get("reference") or "").parts[-3:] != (
+            cell.model, "none", f"seed{cell.reference_seed}"):
+        return None  # compared with another reference (older benches used the same seed's)
     return summary
 
 
 def run_suite(suite: str | Suite, out: str | os.PathLike, *, progress: bool = True, report_only: bool = False,
               jobs: int = 1) -> dict[str, Any]:
     """Run (or continue) a suite (by name, or your own :class:`Suite`) and write its report.
-    ``jobs`` cells run at once (each with the suite's ``threads``); every cell, baselines included,
-    then shares the machine alike. Returns the report's data."""
-    from tqdm.auto import tqdm
-
+    ``jobs`` cells run at once (each with the suite's ``threads``; a suite may allow only one);
+    every cell, baselines included, then shares the machine alike. Returns the report's data."""
     from ..policies import list_policies
 
     if isinstance(suite, str):
@@ -235,51 +334,79 @@ def run_suite(suite: str | Suite, out: str | os.PathLike, *, progress: bool = Tr
         raise ConfigError(f"unknown method variants {unknown}; choose from {list(VARIANTS)}")
     if "none" not in suite.variants:
         raise ConfigError("a suite needs the `none` variant: time saved is measured against it")
-    suite_name = suite.name
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}")
+    if suite.max_jobs is not None and jobs > suite.max_jobs:
+        raise ConfigError(f"suite {suite.name!r} runs {suite.max_jobs} cell at a time so that each run has the "
+                          f"machine to itself and its times are honest: drop --jobs {jobs}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     cells, skipped = suite_cells(suite, list_policies())
+    checks = check_cells(suite)
     command = "frostline " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and "frostline" in sys.argv[0] else None
     results: dict[str, dict] = {}
     failed: dict[str, str] = {}
-    bar = tqdm(total=len(cells), desc=f"bench {suite_name}", unit="run", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
     todo = []
-    for cell in cells:
+    for cell in cells + checks:
         summary = _finished(cell.folder(root), cell)
         if summary is not None:
             results[cell.key] = summary
-            bar.update(1)
         elif not report_only:
             todo.append(cell)
-    # baselines first: the oracle's reference and every pairing need them
+    if todo:
+        _run_cells(suite, root, todo, results, failed, jobs, progress)
+    return write_report(root, suite, cells, results, failed, skipped,
+                        command or f"frostline bench compare --suite {suite.name} --out {root}", checks)
+
+
+def _run_cells(suite: Suite, root: Path, todo: list[Cell], results: dict[str, dict], failed: dict[str, str],
+               jobs: int, progress: bool) -> None:
+    """Baselines and convergence checks first (seed by seed, so the check comes early: it says
+    whether the epochs are enough before the rest is spent), then the oracles' references, then the
+    freezing variants."""
+    from tqdm.auto import tqdm
+
+    first = sorted((c for c in todo if c.variant == "none" or c.variant.startswith("none@")), key=lambda c: c.seed)
+    rest = [c for c in todo if c not in first]
+    bar = tqdm(total=len(todo), desc=f"bench {suite.name}", unit="run", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    references: dict[str, Cell] = {}
+
+    def run(pool, wave: list[Cell]) -> None:
+        running = {pool.submit(_run_cell, c, root, references[c.key].folder(root) if c.key in references else None): c
+                   for c in wave}
+        for done in as_completed(running):
+            cell = running[done]
+            summary, error = done.result()
+            if error:
+                failed[cell.key] = error
+            if summary is not None:
+                results[cell.key] = summary
+            bar.set_postfix_str(cell.key)
+            bar.update(1)
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for wave in ([c for c in todo if c.variant == "none"], [c for c in todo if c.variant != "none"]):
-            running = {pool.submit(_run_cell, c, c.folder(root), root): c for c in wave}
-            for done in as_completed(running):
-                cell = running[done]
-                summary, error = done.result()
-                if error:
-                    failed[cell.key] = error
-                if summary is not None:
-                    results[cell.key] = summary
-                bar.set_postfix_str(cell.key)
-                bar.update(1)
+        run(pool, first)
+        for cell in rest:
+            if cell.reference_seed is not None:
+                references[cell.key] = reference_cell(suite, cell, root)
+        extra = [c for c in dict.fromkeys(references.values()) if c.extra and _finished(c.folder(root), c) is None]
+        bar.total += len(extra)
+        run(pool, extra)
+        run(pool, rest)
     bar.close()
-    return write_report(root, suite, cells, results, failed, skipped, command or f"frostline bench compare --suite {suite_name} --out {root}")
 
 
-def _run_cell(cell: Cell, folder: Path, root: Path) -> tuple[dict | None, str | None]:
+def _run_cell(cell: Cell, root: Path, reference: Path | None = None) -> tuple[dict | None, str | None]:
     """Run one cell in a subprocess; resume it if an earlier bench was cut off mid-run."""
     from .checkpoint import CHECKPOINT, PREVIOUS
 
+    folder = cell.folder(root)
     folder.mkdir(parents=True, exist_ok=True)
     if ((folder / CHECKPOINT).exists() or (folder / PREVIOUS).exists()) and (folder / "config.json").exists():
         argv = [sys.executable, "-m", "frostline", "train", "--resume", str(folder), "--no-progress"]
     else:
-        argv = _train_argv(cell, folder, root)
+        argv = _train_argv(cell, folder, reference)
     with open(folder / "bench.log", "a") as log:
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()
@@ -323,74 +450,216 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _paired_saving(s: dict, base: dict, key: str) -> float | None:
+    if s.get(key) is None or not base.get(key):
+        return None
+    return 1 - s[key] / base[key]
+
+
 def aggregate(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str, Any]]:
-    """One row per (dataset, model, variant) over its seeds. Time saved and accuracy change are
-    paired with the baseline of the same seed, then averaged."""
+    """One row per (dataset, model, variant) over its seeds, also for a variant with no finished run
+    yet (``seeds`` 0), so a partial bench says what it lacks. Time saved (wall and CPU) and accuracy
+    change are paired with the baseline of the same seed, then averaged."""
     groups: dict[tuple[str, str, str], list[Cell]] = {}
     for c in cells:
         groups.setdefault((c.dataset, c.model, c.variant), []).append(c)
     rows = []
     for (dataset, model, variant), members in groups.items():
         done = [(c, results[c.key]) for c in members if c.key in results]
-        if not done:
-            continue
-        paired_time, paired_acc = [], []
+        paired_time, paired_cpu, paired_acc = [], [], []
         for c, s in done:
             base = results.get(Cell(dataset, model, "none", c.seed, ()).key)
             if base:
-                paired_time.append(1 - s["train_time_s"] / base["train_time_s"])
+                paired_time.append(_paired_saving(s, base, "train_time_s"))
                 paired_acc.append(s["test_accuracy"] - base["test_accuracy"])
-        acc = _mean_std([s["test_accuracy"] for _, s in done])
-        saved = _mean_std(paired_time)
+                cpu = _paired_saving(s, base, "cpu_time_s")
+                if cpu is not None:
+                    paired_cpu.append(cpu)
+        mean = lambda key: statistics.fmean(s[key] for _, s in done) if done else math.nan  # noqa: E731
+        acc, saved, cpu_saved = _mean_std([s["test_accuracy"] for _, s in done]), _mean_std(paired_time), _mean_std(paired_cpu)
+        overheads = [s["decision_overhead"] for _, s in done if s.get("decision_overhead") is not None]
+        cpu_times = [s["cpu_time_s"] for _, s in done if s.get("cpu_time_s") is not None]
         rows.append({
-            "dataset": dataset, "model": model, "variant": variant, "method": done[0][1]["method"],
-            "seeds": len(done), "of_seeds": len(members),
+            "dataset": dataset, "model": model, "variant": variant, "method": dict(members[0].settings)["method"],
+            "seeds": len(done), "of_seeds": len(members), "paired": len(paired_time),
             "accuracy": acc[0], "accuracy_std": acc[1],
             "delta_accuracy": statistics.fmean(paired_acc) if paired_acc else math.nan,
-            "train_time_s": statistics.fmean(s["train_time_s"] for _, s in done),
+            "train_time_s": mean("train_time_s"),
             "time_saved": saved[0], "time_saved_std": saved[1],
-            "flops_saved": statistics.fmean(s["flops_saved"] for _, s in done),
-            "predicted_saving": statistics.fmean(s["predicted_saving"] for _, s in done),
-            "peak_memory_mb": statistics.fmean(s["peak_memory_mb"] for _, s in done),
-            "peak_memory_source": done[0][1].get("peak_memory_source"),
-            "cache_mb": statistics.fmean(((s.get("cache") or {}).get("peak_memory_mb", 0.0) + (s.get("cache") or {}).get("peak_disk_mb", 0.0)) for _, s in done),
-            "frozen_units": statistics.fmean(sum(v is not None for v in s["frozen_at"].values()) for _, s in done),
-            "units": len(done[0][1]["units"]),
-            "policy": done[0][1].get("policy"),
+            "cpu_time_s": statistics.fmean(cpu_times) if cpu_times else math.nan,
+            "cpu_time_saved": cpu_saved[0], "cpu_time_saved_std": cpu_saved[1],
+            "decision_overhead": statistics.fmean(overheads) if overheads else math.nan,
+            "flops_saved": mean("flops_saved"),
+            "predicted_saving": mean("predicted_saving"),
+            "peak_memory_mb": mean("peak_memory_mb"),
+            "peak_memory_source": done[0][1].get("peak_memory_source") if done else None,
+            "cache_mb": statistics.fmean(((s.get("cache") or {}).get("peak_memory_mb", 0.0) + (s.get("cache") or {}).get("peak_disk_mb", 0.0)) for _, s in done) if done else math.nan,
+            "frozen_units": statistics.fmean(sum(v is not None for v in s["frozen_at"].values()) for _, s in done) if done else math.nan,
+            "units": len(done[0][1]["units"]) if done else 0,
+            "policy": done[0][1].get("policy") if done else None,
         })
     return rows
 
 
-def goal_lines(goal: Goal, rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Plain statements of whether ``goal`` was met in this bench."""
-    covered = [r for r in rows if goal.covers(r)]
-    if not covered:
-        return [f"- {goal.title} (goal: {goal.target()}): no run of this bench is covered."]
-    groups = {r["model"]: [] for r in covered} if goal.per_model else {"": []}
-    for r in covered:
-        groups[r["model"] if goal.per_model else ""].append(r)
+def convergence_rows(checks: Sequence[Cell], results: dict[str, dict],
+                     tolerance: float = CONVERGENCE_TOLERANCE) -> list[dict[str, Any]]:
+    """The convergence check, one row per (dataset, model): the baseline's test accuracy after the
+    suite's epochs against the same seeds trained longer (``checks``). PASS when the two are within
+    ``tolerance`` points; "not measured yet" until every check and its paired baseline finished."""
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for c in checks:
+        groups.setdefault((c.dataset, c.model), []).append(c)
+    rows = []
+    for (dataset, model), members in groups.items():
+        pairs = [(results.get(Cell(dataset, model, "none", c.seed, ()).key), results.get(c.key)) for c in members]
+        pairs = [(short, long) for short, long in pairs if short and long]
+        long_epochs = dict(members[0].settings)["epochs"]
+        row = {"dataset": dataset, "model": model, "seeds": [c.seed for c in members], "paired": len(pairs),
+               "long_epochs": long_epochs, "epochs": pairs[0][0]["epochs"] if pairs else None,
+               "accuracy": None, "long_accuracy": None, "gap": None, "tolerance": tolerance,
+               "verdict": "not measured yet"}
+        if pairs and len(pairs) == len(members):
+            short = statistics.fmean(p[0]["test_accuracy"] for p in pairs)
+            long = statistics.fmean(p[1]["test_accuracy"] for p in pairs)
+            row.update(accuracy=short, long_accuracy=long, gap=long - short,
+                       verdict="PASS" if abs(long - short) <= tolerance else "FAIL")
+        rows.append(row)
+    return rows
+
+
+def convergence_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The convergence criterion, stated, and its verdict per model with the measured numbers."""
     lines = []
-    for model, group in groups.items():
-        by_variant: dict[str, list[dict]] = {}
-        for r in group:
-            by_variant.setdefault(r["variant"], []).append(r)
-        avg = {v: (statistics.fmean(r["time_saved"] for r in rs), statistics.fmean(r["delta_accuracy"] for r in rs))
-               for v, rs in by_variant.items()}
-        within = [v for v, (_, delta) in avg.items() if delta >= -goal.max_accuracy_loss]
-        best = max(within or avg, key=lambda v: avg[v][0])
-        saved, delta = avg[best]
-        met = saved >= goal.min_time_saved and delta >= -goal.max_accuracy_loss
-        lines.append(f"- {goal.title}{f' ({model})' if model else ''}: best **{best}**, {100 * saved:.1f}% time saved "
-                     f"({1 / max(1e-9, 1 - saved):.2f}× faster) at {delta:+.2f} points on average over "
-                     f"{len(by_variant[best])} model/dataset pairs — goal ({goal.target()}) **{'met' if met else 'not met'}**.")
-        lines += [f"  - {v}: {100 * s:.1f}% saved, {d:+.2f} points." for v, (s, d) in sorted(avg.items()) if v != best]
+    for r in rows:
+        seeds = "seed " + ", ".join(str(s) for s in r["seeds"])
+        what = f"{r['model']} on {r['dataset']}"
+        if r["verdict"] == "not measured yet":
+            lines.append(f"- Convergence of {what}: baseline test accuracy within {r['tolerance']:g} points of the "
+                         f"same run at {_epochs(r['long_epochs'])} ({seeds}) — **not measured yet**.")
+            continue
+        lines.append(f"- Convergence of {what}: baseline test accuracy at {_epochs(r['epochs'])} is within "
+                     f"{r['tolerance']:g} points of {_epochs(r['long_epochs'])} ({seeds}): {r['accuracy']:.2f}% vs "
+                     f"{r['long_accuracy']:.2f}% ({r['gap']:+.2f} points) — **{r['verdict']}**"
+                     + (": no goal can pass on this baseline." if r["verdict"] == "FAIL" else "."))
     return lines
 
 
-def _fmt_pct(x: float, std: float | None = None) -> str:
-    if math.isnan(x):
+def _epochs(n: float) -> str:
+    return f"{n:g} epoch{'' if n == 1 else 's'}"
+
+
+def judge(goal: Goal, rows: Sequence[dict[str, Any]], convergence: Sequence[dict[str, Any]] | None = None
+          ) -> list[dict[str, Any]]:
+    """``goal``'s verdict on a bench's rows: one entry per model when ``per_model``, otherwise one
+    over every covered model/dataset pair. The verdict is "met" or "not met" only when every covered
+    run, every run it is compared with and (if the suite checks it) the baseline's convergence are
+    measured; otherwise "not measured yet", never a pass on missing data."""
+    covered = [r for r in rows if goal.covers(r)]
+    if not covered:
+        return [{"group": "", "verdict": "not covered"}]
+    groups: dict[str, list[dict]] = {}
+    for r in covered:
+        groups.setdefault(r["model"] if goal.per_model else "", []).append(r)
+    verdicts = []
+    for model, group in groups.items():
+        pairs = {(r["dataset"], r["model"]) for r in group}
+        rivals = [r for r in rows if goal.rival(r) and (r["dataset"], r["model"]) in pairs]
+        entry: dict[str, Any] = {"group": model, "pairs": len(pairs), "why": []}
+        verdicts.append(entry)
+        short = [r for r in group + rivals if r["seeds"] < r["of_seeds"] or r.get("paired", r["seeds"]) < r["seeds"]
+                 or not r["seeds"]]
+        if short or any(not any(r["method"] == m for r in rivals) for m in goal.beats):
+            entry.update(verdict="not measured yet", missing=[_runs_done(r) for r in short] + [
+                f"{m} (not in this suite)" for m in goal.beats if not any(r["method"] == m for r in rivals)])
+            continue
+        by_variant = _average(group)
+        within = [v for v, a in by_variant.items() if goal.max_accuracy_loss is None or a["delta"] >= -goal.max_accuracy_loss]
+        best = max(within or by_variant, key=lambda v: by_variant[v]["saved"])
+        entry.update(best=best, **by_variant[best], others={v: a for v, a in by_variant.items() if v != best},
+                     rivals=_average(rivals))
+        a, why = by_variant[best], entry["why"]
+        if goal.min_time_saved is not None and not a["saved"] >= goal.min_time_saved:
+            why.append("too little time saved")
+        if goal.max_accuracy_loss is not None and not a["delta"] >= -goal.max_accuracy_loss:
+            why.append("too much accuracy lost")
+        for v, r in entry["rivals"].items():
+            if not (a["saved"] > r["saved"] and a["delta"] >= r["delta"]):
+                why.append(f"does not beat {v}")
+        if goal.max_decision_overhead is not None:
+            overheads = [r.get("decision_overhead", math.nan) for r in group]
+            if any(math.isnan(o) for o in overheads):
+                entry.update(verdict="not measured yet", missing=["the runs' decision overhead"])
+                continue
+            entry["worst_overhead"] = max(overheads)
+            if not entry["worst_overhead"] < goal.max_decision_overhead:
+                why.append("decision overhead too high")
+        checked = [c for c in convergence or () if (c["dataset"], c["model"]) in pairs]
+        if convergence is not None and any(c["verdict"] == "FAIL" for c in checked):
+            why.append("baseline not converged")
+        elif convergence is not None and (len(checked) < len(pairs) or any(c["verdict"] != "PASS" for c in checked)):
+            entry.update(verdict="not measured yet", missing=["the baseline's convergence check"])
+            continue
+        entry["verdict"] = "not met" if why else "met"
+    return verdicts
+
+
+def _runs_done(r: dict[str, Any]) -> str:
+    paired = r.get("paired", r["seeds"])
+    return (f"{r['variant']} on {r['model']} ({r['seeds']} of {r['of_seeds']} runs"
+            + (f", {paired} with their baseline)" if paired < r["seeds"] else ")"))
+
+
+def _average(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per variant, its figures averaged over the model/dataset pairs it ran on."""
+    by_variant: dict[str, list[dict]] = {}
+    for r in rows:
+        by_variant.setdefault(r["variant"], []).append(r)
+    return {v: {"saved": statistics.fmean(r["time_saved"] for r in rs),
+                "cpu_saved": statistics.fmean(r.get("cpu_time_saved", math.nan) for r in rs),
+                "delta": statistics.fmean(r["delta_accuracy"] for r in rs),
+                "overhead": statistics.fmean(r.get("decision_overhead", math.nan) for r in rs)}
+            for v, rs in by_variant.items()}
+
+
+def goal_lines(goal: Goal, rows: Sequence[dict[str, Any]], convergence: Sequence[dict[str, Any]] | None = None) -> list[str]:
+    """Plain statements of whether ``goal`` was met in this bench, with the numbers."""
+    lines = []
+    for e in judge(goal, rows, convergence):
+        head = f"- {goal.title}" + (f" ({e['group']})" if e["group"] else "")
+        if e["verdict"] == "not covered":
+            lines.append(f"- {goal.title} (goal: {goal.target()}): no run of this bench is covered.")
+            continue
+        if e["verdict"] == "not measured yet":
+            lines.append(f"{head}: goal ({goal.target()}) **not measured yet**: missing {', '.join(e['missing'])}.")
+            continue
+        figures = _figures(e)
+        rivals = "".join(f"; {v}: {_figures(r)}" for v, r in e["rivals"].items())
+        overhead = (f"; worst decision overhead {_fmt_overhead(e['worst_overhead'])}"
+                    if "worst_overhead" in e else "")
+        why = f" ({', '.join(e['why'])})" if e["why"] else ""
+        lines.append(f"{head}: best **{e['best']}**, {figures} on average over {e['pairs']} model/dataset pairs"
+                     f"{rivals}{overhead} — goal ({goal.target()}) **{e['verdict']}**{why}.")
+        lines += [f"  - {v}: {_figures(a)}." for v, a in sorted(e["others"].items())]
+    return lines
+
+
+def _figures(a: dict[str, float]) -> str:
+    saved = a["saved"]
+    text = f"{100 * saved:.1f}% time saved ({1 / max(1e-9, 1 - saved):.2f}× faster"
+    if not math.isnan(a.get("cpu_saved", math.nan)):
+        text += f"; CPU time {100 * a['cpu_saved']:.1f}%"
+    return text + f") at {a['delta']:+.2f} points"
+
+
+def _fmt_pct(x: float | None, std: float | None = None) -> str:
+    if x is None or math.isnan(x):
         return "n/a"
     return f"{100 * x:.1f}" + (f" ± {100 * std:.1f}" if std is not None and not math.isnan(std) else "") + "%"
+
+
+def _fmt_overhead(x: float | None) -> str:
+    """A decision overhead: a small fraction of training-step time, so three decimals of a percent."""
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.3f}%"
 
 
 def results_markers(suite: str) -> tuple[str, str]:
@@ -404,8 +673,10 @@ def summary_markers(suite: str) -> tuple[str, str]:
 
 
 def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str, machine: dict[str, Any],
-                     image_prefix: str = "") -> str:
-    """The results block: tables in the shape of SmartFRZ's Tables 2–3, goals, plots."""
+                     image_prefix: str = "", convergence: Sequence[dict[str, Any]] | None = None,
+                     missing: Sequence[str] = ()) -> str:
+    """The results block: the convergence check, tables in the shape of SmartFRZ's Tables 2–3,
+    goals, plots."""
     from .report import markdown_table
 
     begin, end = results_markers(suite.name)
@@ -416,32 +687,45 @@ def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str,
            f"{' @ ' + machine['commit'] if machine.get('commit') else ''}, {machine['date']}.", "",
            f"Command: `{command}`", "",
            "Time saved and Δ accuracy are paired with the `none` run of the same seed in the same bench, then "
-           "averaged; time is training-step time only (evaluation excluded). *Predicted* is the cost model's "
-           "FLOPs-based estimate for the schedule that actually happened; *FLOPs saved* counts the cache's own "
-           "fill and extension forwards as cost.", ""]
+           "averaged; time is training-step time only (evaluation excluded): *time saved* by the wall clock (the "
+           "headline), *CPU saved* by the process's CPU time (less disturbed by another process on the machine). "
+           "*Predicted* is the cost model's FLOPs-based estimate for the schedule that actually happened; *FLOPs "
+           "saved* counts the cache's own fill and extension forwards as cost; *decision* is an adaptive method's "
+           "time spent deciding, over training-step time.", ""]
+    if missing:
+        out += [f"**Partial bench**: {len(missing)} run{'s' if len(missing) != 1 else ''} not finished yet; "
+                "goals that need them say *not measured yet*.", ""]
+    if convergence:
+        out += ["Convergence check:", "", *convergence_lines(convergence), ""]
     for (dataset, model) in dict.fromkeys((r["dataset"], r["model"]) for r in rows):
         group = [r for r in rows if r["dataset"] == dataset and r["model"] == model]
-        table = []
-        for r in group:
-            table.append([
-                r["variant"], f"{r['accuracy']:.2f} ± {r['accuracy_std']:.2f}",
-                "—" if r["method"] == "none" else ("n/a" if math.isnan(r["delta_accuracy"]) else f"{r['delta_accuracy']:+.2f}"),
-                f"{r['train_time_s']:.1f}", "—" if r["method"] == "none" else _fmt_pct(r["time_saved"], r["time_saved_std"]),
-                "—" if r["method"] == "none" else _fmt_pct(r["flops_saved"]),
-                "—" if r["method"] == "none" else _fmt_pct(r["predicted_saving"]),
-                f"{r['peak_memory_mb']:.0f}", f"{r['cache_mb']:.0f}" if r["cache_mb"] else "—",
-                f"{r['frozen_units']:.1f}/{r['units']}",
-                f"{r['seeds']}" + ("" if r["seeds"] == r["of_seeds"] else f" of {r['of_seeds']}"),
-            ])
         out += [f"**{model} on {dataset}**", "", markdown_table(
-            ["method", "test acc %", "Δ acc", "train s", "time saved", "FLOPs saved", "predicted", "peak MB",
-             "cache MB", "frozen", "seeds"], table), ""]
+            ["method", "test acc %", "Δ acc", "train s", "time saved", "CPU saved", "FLOPs saved", "predicted",
+             "decision", "peak MB", "cache MB", "frozen", "seeds"], [_table_row(r) for r in group]), ""]
     if suite.goals:
-        out += ["Goals:", "", *[line for goal in suite.goals for line in goal_lines(goal, rows)], ""]
+        out += ["Goals:", "", *[line for goal in suite.goals for line in goal_lines(goal, rows, convergence)], ""]
     for name, caption in PLOTS:
         out.append(f"![{caption}]({image_prefix}{name})")
     out += ["", end]
     return "\n".join(out)
+
+
+def _table_row(r: dict[str, Any]) -> list[str]:
+    seeds = f"{r['seeds']}" + ("" if r["seeds"] == r["of_seeds"] else f" of {r['of_seeds']}")
+    if not r["seeds"]:
+        return [r["variant"], "not run yet", *[""] * 10, seeds]
+    base = r["method"] == "none"
+    overhead = r.get("decision_overhead", math.nan)
+    return [
+        r["variant"], f"{r['accuracy']:.2f} ± {r['accuracy_std']:.2f}",
+        "—" if base else ("n/a" if math.isnan(r["delta_accuracy"]) else f"{r['delta_accuracy']:+.2f}"),
+        f"{r['train_time_s']:.1f}", "—" if base else _fmt_pct(r["time_saved"], r["time_saved_std"]),
+        "—" if base else _fmt_pct(r.get("cpu_time_saved"), r.get("cpu_time_saved_std")),
+        "—" if base else _fmt_pct(r["flops_saved"]), "—" if base else _fmt_pct(r["predicted_saving"]),
+        _fmt_overhead(overhead) if r["method"] in ADAPTIVE else "—",
+        f"{r['peak_memory_mb']:.0f}", f"{r['cache_mb']:.0f}" if r["cache_mb"] else "—",
+        f"{r['frozen_units']:.1f}/{r['units']}", seeds,
+    ]
 
 
 PLOTS = (
@@ -453,28 +737,36 @@ PLOTS = (
 
 
 def write_report(root: Path, suite: Suite, cells: Sequence[Cell], results: dict[str, dict], failed: dict[str, str],
-                 skipped: Sequence[str], command: str) -> dict[str, Any]:
+                 skipped: Sequence[str], command: str, checks: Sequence[Cell] = ()) -> dict[str, Any]:
     from .report import plot_bench
 
     rows = aggregate(cells, results)
+    convergence = convergence_rows(checks, results) if suite.convergence else None
     machine = machine_info()
+    missing = [c.key for c in [*cells, *checks] if c.key not in results]
     hyper = {v: {k: val for k, val in (VARIANTS[v] if v in skipped else variant_settings(v)).items() if k != "method"}
              for v in suite.variants}
-    text = ["# frostline bench", "", results_markdown(suite, rows, command, machine), "",
+    text = ["# frostline bench", "",
+            results_markdown(suite, rows, command, machine, convergence=convergence, missing=missing), "",
             "## Settings", "", f"Suite settings: `{json.dumps(suite.settings)}`", "",
             "Method variants (hyperparameters as their authors recommend; nothing was tuned on the test set):", ""]
     text += [f"- `{v}`: `{json.dumps(h)}`" + (" — **skipped: method not installed**" if v in skipped else "")
              for v, h in hyper.items()]
+    if any(c.reference_seed is not None for c in cells):
+        text += ["", "The CKA oracle of seed *k* compares with the finished `none` run of another seed "
+                 f"({'the next one' if suite.seeds > 1 else 'an extra baseline of seed 1, not reported'}): a "
+                 "reference of the same seed would start from the same weights and see the same batches."]
     if failed:
         text += ["", "## Failed runs", ""] + [f"- `{k}`: {err} (log: `{k}`/bench.log)" for k, err in failed.items()]
-    missing = [c.key for c in cells if c.key not in results and c.key not in failed]
-    if missing:
-        text += ["", f"## Not run yet ({len(missing)})", ""] + [f"- `{k}`" for k in missing]
+    not_run = [k for k in missing if k not in failed]
+    if not_run:
+        text += ["", f"## Not run yet ({len(not_run)})", ""] + [f"- `{k}`" for k in not_run]
     (root / "report.md").write_text("\n".join(text) + "\n")
-    plot_bench(root, cells, results, rows)
+    plot_bench(root, cells, results, [r for r in rows if r["seeds"]])
     data = {"suite": suite.name, "seeds": suite.seeds, "about": suite.about,
             "goals": [dataclasses.asdict(g) for g in suite.goals], "command": command, "machine": machine, "rows": rows,
-            "failed": failed, "skipped": list(skipped), "cells": len(cells), "finished": len(results)}
+            "convergence": convergence, "failed": failed, "skipped": list(skipped), "missing": missing,
+            "cells": len(cells) + len(checks), "finished": len(cells) + len(checks) - len(missing)}
     (root / "results.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     return data
 
@@ -497,7 +789,8 @@ def publish_results(bench_dir: str | os.PathLike, readme: str | os.PathLike = "R
                              f"{end} where it goes")
     images = docs.parent / "bench" / suite.name
     _copy_plots(root, images)
-    block = results_markdown(suite, data["rows"], data["command"], data["machine"], image_prefix=f"bench/{suite.name}/")
+    block = results_markdown(suite, data["rows"], data["command"], data["machine"], image_prefix=f"bench/{suite.name}/",
+                             convergence=data.get("convergence"), missing=data.get("missing", ()))
     docs.parent.mkdir(parents=True, exist_ok=True)
     docs_text = docs.read_text() if docs.exists() else "# Benchmarks\n"
     docs.write_text(_replace_block(docs_text, *results_markers(suite.name), block))
@@ -508,12 +801,18 @@ def publish_results(bench_dir: str | os.PathLike, readme: str | os.PathLike = "R
 
 
 def summary_markdown(suite: Suite, data: dict[str, Any], plot: str, details: str) -> str:
-    """The README's short block for a suite: what ran, the goals, the headline plot."""
+    """The README's short block for a suite: what ran, whether the baseline converged, the goals,
+    what is missing, the headline plot."""
     begin, end = summary_markers(suite.name)
     machine = data["machine"]
-    goals = [line for goal in suite.goals for line in goal_lines(goal, data["rows"])]
+    convergence = data.get("convergence")
+    lines = [*convergence_lines(convergence or ()),
+             *[line for goal in suite.goals for line in goal_lines(goal, data["rows"], convergence)]]
+    missing = data.get("missing") or ()
+    if missing:
+        lines.append(f"- Partial bench: {len(missing)} of {data['cells']} runs not finished yet.")
     return "\n".join([begin, "", f"Suite `{suite.name}`: {suite.about} ({suite.seeds} seed{'s' if suite.seeds != 1 else ''} per cell; "
-                       f"{machine['cpu']}, {machine['date']}).", "", *goals, *([""] if goals else []),
+                       f"{machine['cpu']}, {machine['date']}).", "", *lines, *([""] if lines else []),
                        f"![{PLOTS[0][1]}]({plot})", "", f"Full tables, machine and command: [{details}]({details}).",
                        "", end])
 
@@ -528,7 +827,7 @@ def _read_results(root: Path) -> dict[str, Any]:
 def _suite_of(data: dict[str, Any]) -> Suite:
     """The suite a results.json describes (goals from the file; older files: the suite's own)."""
     if "goals" in data:
-        goals = tuple(Goal(**{**g, "methods": tuple(g["methods"])}) for g in data["goals"])
+        goals = tuple(Goal(**{k: tuple(v) if isinstance(v, list) else v for k, v in g.items()}) for g in data["goals"])
     else:
         goals = SUITES[data["suite"]].goals if data["suite"] in SUITES else ()
     return Suite(data["suite"], (), (), data["seeds"], (), about=data["about"], goals=goals)

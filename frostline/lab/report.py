@@ -161,7 +161,8 @@ def plot_bench(root: Path, cells, results: dict[str, dict], rows: Sequence[dict[
         axes[0][col].set_ylabel("saved for backward (MB)")
         axes[1][col].set_ylabel("process / device memory (MB)")
         axes[1][col].set_xlabel("fraction of training")
-        axes[0][col].legend(fontsize=7)
+        if axes[0][col].get_legend_handles_labels()[0]:
+            axes[0][col].legend(fontsize=7)
         for ax in axes[:, col]:
             ax.grid(alpha=0.3)
     fig.tight_layout()
