@@ -307,6 +307,27 @@ def test_gradient_accumulation_counts_every_micro_batch():
     assert freezer.policy.last_interval["grad_l1"] == pytest.approx(expected, rel=1e-5)
 
 
+def test_an_overflowed_backward_costs_that_interval_not_the_run():
+    """A backward with inf gradients (what an AMP overflow step looks like to the hooks) makes the
+    interval's sums non-finite: that interval gives no rates and freezes nothing; the next
+    interval compares with the last finite baseline."""
+    model, data = _mlp(), _mlp_data()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay put: only the gradients matter
+    freezer = Freezer(model, optimizer, AutoFreeze(interval_steps=2), 8, example_input=data[0][0])
+    for step in range(1, 9):
+        x, y = data[step % 2]
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        (loss * math.inf if step == 3 else loss).backward()
+        freezer.step()
+        if step == 4:
+            assert all(not math.isfinite(g) for g in freezer.policy.last_interval["grad_l1"])
+            assert freezer.policy.last_interval["threshold"] is None and not freezer.frozen
+            baseline = list(freezer.policy._prev)
+    assert all(b is not None and math.isfinite(b) for b in baseline)  # interval 1's, kept
+    assert all(math.isfinite(g) for g in freezer.policy.last_interval["grad_l1"])
+
+
 def _train(order, steps, policy, data, accumulate=1):
     """Train the MLP with the optimizer's gradients zeroed ``before`` backward or right ``after``
     ``optimizer.step()`` (before ``freezer.step()``, like the Hugging Face Trainer)."""
