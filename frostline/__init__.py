@@ -30,7 +30,7 @@ from .policies import (
     freezeout_times,
     list_policies,
 )
-from .signals import GradNorms, ReferenceCKA, TailoredWeights
+from .signals import ReferenceCKA, SummedGradients, TailoredWeights
 
 from .units import FreezeUnit, freeze_units, trace_execution_order
 
@@ -52,7 +52,6 @@ __all__ = [
     "FreezeUnit",
     "Freezer",
     "FrostlineError",
-    "GradNorms",
     "LinearFreezing",
     "MinibatchCKA",
     "ModelError",
@@ -61,6 +60,7 @@ __all__ = [
     "Progress",
     "ReferenceCKA",
     "SmartFRZ",
+    "SummedGradients",
     "TailoredWeights",
     "UnitCost",
     "create_policy",

@@ -3,11 +3,17 @@
 A policy names the signals it needs in ``requires``; the Freezer asks a *collector* for each.
 Collectors live here so that policies stay pure deciders: they never run the model, never look at
 its weights. A collector is any object with ``bind(freezer)`` (called once the units are known, to
-check and prepare) and ``__call__(freezer)`` (returns the signal for this step). Signals that need
-no settings have a collector in :data:`STANDARD`; a policy can offer its own (``policy.collectors()``,
-built from its hyperparameters); ``Freezer(..., signals={...})`` overrides both.
+check and prepare) and ``__call__(freezer)`` (returns the signal for this step). The Freezer binds
+only the collectors of signals its policy requires, so an unused collector costs nothing. Optional
+methods, for collectors that hold something between calls (hooks, sums): ``on_freeze(index)`` (a
+unit was frozen: let go of what it held), ``close()`` (training is over, or the collector is
+replaced: remove hooks) and ``state_dict()`` / ``load_state_dict(state)`` (saved with the Freezer,
+so a resumed run continues what was collected). Signals that need no settings have a collector in
+:data:`STANDARD`; a policy can offer its own (``policy.collectors()``, built from its
+hyperparameters); ``Freezer(..., signals={...})`` overrides both.
 
-* :class:`GradNorms` (signal ``"grad_norm"``): per unit, the L2 norm of its current gradient.
+* :class:`SummedGradients` (signal ``"grad_sum_l1"``): per unit, the L1 norm of its gradient summed
+  over the backward passes since the last read, caught by hooks as backward runs.
 * :class:`ReferenceCKA` (signal ``"cka"``): per unit, linear CKA between the unit's output in the
   training model and in a reference model, on a fixed probe batch.
 * :class:`TailoredWeights` (signal ``"tailored_weights"``): per unit, a fixed seeded sample of its
@@ -63,32 +69,155 @@ def unit_outputs(model: nn.Module, units: list[FreezeUnit], x: torch.Tensor, wan
     return caught
 
 
-class GradNorms:
-    """Signal ``"grad_norm"``: the L2 norm of each active unit's current gradient (None for frozen
-    units or units without gradients). One fused norm per device and a single host transfer."""
+class SummedGradients:
+    """Signal ``"grad_sum_l1"``: per active unit, the L1 norm of its gradient *summed over every
+    backward pass since the previous read* (AutoFreeze's signal); None for frozen units and units
+    that received no gradient. Each read starts a new sum.
 
-    def __call__(self, freezer) -> list[float | None]:
-        units = freezer.units
-        by_device: dict[torch.device, tuple[list, list]] = {}
-        for i, u in enumerate(units):
+    Why hooks and not ``p.grad``: a tensor hook (``param.register_hook``) receives the gradient of
+    this backward pass for this parameter, before it is added into ``.grad``. The sum is therefore
+    the same whether the user zeroes gradients before backward or right after ``optimizer.step()``
+    (as the Hugging Face ``Trainer`` does before its step-end callbacks), and gradient accumulation
+    counts every micro-batch once. Under DDP the hooks see this rank's local gradients (before the
+    all-reduce); the decisions built on them are made identical across ranks by ``DecisionSync``.
+
+    Cost: one in-place add per parameter per backward (into a sum allocated at the parameter's first
+    gradient of the interval, so a model-sized buffer while accumulating, as in the original
+    AutoFreeze code), and per read one fused L1 reduction per device and one host transfer. Sums
+    are float32 for half-precision parameters (a few hundred fp16 additions lose too much). A sum
+    that overflowed (an AMP step with inf/nan gradients) is reported as it is, non-finite, so the
+    policy can skip it. With a ``GradScaler`` the hooks see gradients times the loss scale (they run
+    before ``unscale_``): every unit is scaled alike within an interval, but a change of scale
+    between two intervals shows up in their ratio. Units frozen by the Freezer lose their hooks and sums at once
+    (:meth:`on_freeze`); :meth:`close` removes every hook.
+    """
+
+    def __init__(self) -> None:
+        self._reset_slots()
+
+    def _reset_slots(self) -> None:
+        self.num_units = 0
+        self._params: list[nn.Parameter] = []  # one slot per distinct trainable parameter
+        self._names: list[str] = []
+        self._owners: list[tuple[int, ...]] = []  # units holding the slot's parameter (tied weights: several)
+        self._handles: list[Any] = []
+        self._sums: list[torch.Tensor | None] = []  # the closures below write into this very list
+        self._released: set[int] = set()  # units whose hooks are gone (frozen)
+        self.bound = False
+
+    def bind(self, freezer) -> None:
+        """Hook every trainable parameter of the units not frozen (replacing earlier hooks)."""
+        self.close()
+        slot_of: dict[int, int] = {}
+        owners: list[list[int]] = []
+        for i, unit in enumerate(freezer.units):
             if i in freezer.frozen:
                 continue
-            for p in u.params:
-                if p.grad is not None:
-                    grads, owners = by_device.setdefault(p.grad.device, ([], []))
-                    grads.append(p.grad)
-                    owners.append(i)
+            for name, p in zip(unit.param_names, unit.params):
+                if not p.requires_grad:
+                    continue
+                if id(p) in slot_of:
+                    owners[slot_of[id(p)]].append(i)
+                    continue
+                slot_of[id(p)] = len(self._params)
+                self._params.append(p)
+                self._names.append(name)
+                owners.append([i])
+        self._owners = [tuple(o) for o in owners]
+        self._sums = [None] * len(self._params)
+        self._handles = [p.register_hook(self._hook(slot, p.dtype)) for slot, p in enumerate(self._params)]
+        self._released = set(freezer.frozen)
+        self.num_units = len(freezer.units)
+        self.bound = True
+
+    def _hook(self, slot: int, dtype: torch.dtype):
+        sums = self._sums
+        acc_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+        def add(grad: torch.Tensor) -> None:
+            # detach: with create_graph=True the gradient carries a graph the sum must not keep alive
+            g = grad.detach()
+            acc = sums[slot]
+            if acc is None:
+                if g.is_sparse:
+                    g = g.to_dense()
+                sums[slot] = g.to(dtype=acc_dtype, copy=True)
+            else:
+                acc.add_(g)
+
+        return add
+
+    def __call__(self, freezer) -> list[float | None]:
+        if not self.bound:
+            self.bind(freezer)  # collected without being bound first: the sums start now
+        n = len(freezer.units)
+        by_device: dict[torch.device, tuple[list, list, list]] = {}
+        seen: set[int] = set()
+        for slot, acc in enumerate(self._sums):
+            if acc is None:
+                continue
+            owners = [u for u in self._owners[slot] if u not in freezer.frozen]
+            if not owners:
+                continue
+            accs, positions, units = by_device.setdefault(acc.device, ([], [], []))
+            for u in owners:
+                positions.append(len(accs))
+                units.append(u)
+            accs.append(acc)
+            seen.update(owners)
+        for slot in range(len(self._sums)):  # a new interval: the next gradient starts each sum again
+            self._sums[slot] = None
         if not by_device:
-            return [None] * len(units)
+            return [None] * n
         total = None
-        for device, (grads, owners) in by_device.items():
-            sq = torch.stack(torch._foreach_norm(grads)).to(torch.float32).square()
-            part = torch.zeros(len(units), dtype=torch.float32, device=device).index_add_(
-                0, torch.tensor(owners, device=device), sq)
+        for device, (accs, positions, units) in by_device.items():
+            norms = torch.stack(torch._foreach_norm(accs, 1)).to(torch.float64)
+            part = torch.zeros(n, dtype=torch.float64, device=device).index_add_(
+                0, torch.tensor(units, device=device), norms[torch.tensor(positions, device=device)])
             total = part if total is None else total + part.to(total.device)
-        values = total.sqrt().tolist()
-        has = {i for _, owners in by_device.values() for i in owners}
-        return [values[i] if i in has else None for i in range(len(units))]
+        values = total.tolist()
+        return [values[i] if i in seen else None for i in range(n)]
+
+    def on_freeze(self, index: int) -> None:
+        """Unit ``index`` was frozen: drop the hooks and sums no other active unit shares."""
+        self._released.add(index)
+        for slot, owners in enumerate(self._owners):
+            if index in owners and all(u in self._released for u in owners):
+                if self._handles[slot] is not None:
+                    self._handles[slot].remove()
+                    self._handles[slot] = None
+                self._sums[slot] = None
+
+    def close(self) -> None:
+        """Remove every hook and free every sum."""
+        for handle in self._handles:
+            if handle is not None:
+                handle.remove()
+        self._reset_slots()
+
+    # -- resume: a sum in progress is part of the run's state -----------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The sums in progress, by parameter name, as CPU copies (later adds do not change them)."""
+        held = [(name, acc) for name, acc in zip(self._names, self._sums) if acc is not None]
+        return {"names": [name for name, _ in held], "sums": [acc.detach().to("cpu", copy=True) for _, acc in held]}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Continue the sums saved by :meth:`state_dict` (call after :meth:`bind`)."""
+        if not state:
+            return
+        slot_of = {name: slot for slot, name in enumerate(self._names) if self._handles[slot] is not None}
+        try:
+            names, sums = list(state["names"]), list(state["sums"])
+        except KeyError as e:
+            raise CheckpointError(f"saved gradient sums lack {e}: not from this version") from None
+        for name, saved in zip(names, sums):
+            slot = slot_of.get(name)
+            if slot is None or tuple(saved.shape) != tuple(self._params[slot].shape):
+                raise CheckpointError(f"saved gradient sum for {name!r} does not fit this model's trainable parameters: "
+                                      "resume the same model")
+            p = self._params[slot]
+            acc_dtype = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+            self._sums[slot] = saved.to(device=p.device, dtype=acc_dtype, copy=True)
 
 
 class ReferenceCKA:
@@ -166,4 +295,4 @@ class TailoredWeights:
 
 
 #: Collectors for the signals that need no settings (name -> factory).
-STANDARD = {"grad_norm": GradNorms}
+STANDARD = {"grad_sum_l1": SummedGradients}

@@ -49,7 +49,7 @@ def test_missing_dataset_names_the_install_command(capsys, tmp_path, monkeypatch
 def test_train_writes_summary_metrics_and_timeline(method, tmp_path, capsys):
     out = tmp_path / method
     extra = {"linear": ["--freeze-start", "0.2"], "freezeout": ["--t-0", "0.3", "--schedule", "linear"],
-             "autofreeze": ["--intervals-per-epoch", "2", "--epochs", "4"]}.get(method, [])
+             "autofreeze": ["--intervals", "8", "--epochs", "4"]}.get(method, [])
     code = main(["train", "--method", method, "--epochs", "2", "--log-every", "2", *TINY, *extra, "--out", str(out)])
     assert code == 0
     assert "summary.json" in capsys.readouterr().out

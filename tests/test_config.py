@@ -24,7 +24,7 @@ BEFORE = {
     "device": "auto", "threads": None, "out": "runs/latest", "log_every": 20, "checkpoint_every": 200,
     "resume": None, "progress": True, "augment": False, "fixed_augmentation": False, "cache": "auto",
     "cache_dtype": "float32", "cache_memory_mb": 4096, "t_0": 0.8, "schedule": "cubic", "scale_lr": True,
-    "const_time": False, "freeze_start": 0.5, "freeze_level": 1.0, "percentile": 50.0, "intervals_per_epoch": 4,
+    "const_time": False, "freeze_start": 0.5, "freeze_level": 1.0, "percentile": 50.0, "intervals": 20,
     "compile": False, "compile_backend": "inductor", "stages_per_epoch": None, "prefix_only": False,
     "reference": None, "probe_size": 256, "cka_window": 5, "cka_tolerance": 0.05, "cka_floor": 0.8,
     "predictor": None, "freeze_threshold": None, "history_window": 30, "tailor_size": 1024, "snapshots_per_epoch": 30,

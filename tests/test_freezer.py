@@ -255,4 +255,6 @@ def test_a_policy_by_name_is_built_at_construction_and_a_bad_name_fails_there():
     with pytest.raises(ConfigError, match="unknown method 'freezout'"):
         Freezer(model, opt, "freezout", total_steps=10)
     with pytest.raises(ConfigError, match="steps_per_epoch"):
-        Freezer(model, opt, "autofreeze", total_steps=10)  # a staged method says what it needs, at once
+        Freezer(model, opt, "smartfrz", total_steps=10)  # a staged method says what it needs, at once
+    # AutoFreeze counts its intervals over the run: the run length is all it needs
+    assert isinstance(Freezer(model, opt, "autofreeze", total_steps=10).policy, frostline.AutoFreeze)

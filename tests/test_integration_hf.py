@@ -1,7 +1,9 @@
 """frostline.integrations.hf.FrostlineCallback inside a real Hugging Face Trainer (tiny BERT, CPU)."""
 
+import copy
 import math
 import shutil
+import warnings
 import zlib
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from frostline import CheckpointError, FreezeOut  # noqa: E402
+from frostline import AutoFreeze, CheckpointError, FreezeOut  # noqa: E402
 from frostline.integrations.hf import STATE_FILE, FrostlineCallback  # noqa: E402
 from frostline.policies.freezeout.freezeout import freezeout_times  # noqa: E402
 
@@ -159,3 +161,65 @@ def test_resume_without_frostline_state_is_a_clear_error(uninterrupted, tmp_path
     with pytest.raises(CheckpointError, match="resume_from") as err:
         trainer.train(resume_from_checkpoint=str(checkpoint))
     assert str(checkpoint / STATE_FILE) in str(err.value)
+
+
+class SignalRecorder(transformers.TrainerCallback):
+    """Runs after FrostlineCallback: what AutoFreeze read at each step end, whether any ``.grad``
+    was left for it to read there, and which units were frozen before the step."""
+
+    def __init__(self, frost):
+        self.frost, self.intervals, self.grads_left, self.frozen_before = frost, [], [], []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.frozen_before.append(set(self.frost.freezer.frozen))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.intervals.append(copy.deepcopy(self.frost.freezer.policy.last_interval))
+        self.grads_left.append(any(p.grad is not None and bool(p.grad.any()) for p in model.parameters()))
+
+
+@pytest.fixture(scope="module")
+def autofreeze_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hf_autofreeze")
+    frost = FrostlineCallback(policy="autofreeze")  # by name, defaults only: no epoch length to supply
+    recorder = SignalRecorder(frost)
+    trainer = _trainer(out, [frost, recorder])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    return trainer, frost, recorder, [str(w.message) for w in caught]
+
+
+def test_autofreeze_gets_its_gradients_although_the_trainer_zeroes_them_before_step_end(autofreeze_run):
+    trainer, frost, recorder, caught = autofreeze_run
+    freezer = frost.freezer
+    assert freezer.policy.interval_length(MAX_STEPS) == 1  # 12 steps, 20 intervals: one step each
+    assert len(recorder.intervals) == MAX_STEPS
+    assert not any(recorder.grads_left)  # .grad is empty at on_step_end: reading it would find nothing
+    for step, (interval, frozen) in enumerate(zip(recorder.intervals, recorder.frozen_before), start=1):
+        assert interval["step"] == step and interval["steps"] == 1
+        for unit, value in enumerate(interval["grad_l1"]):
+            if unit in frozen:
+                assert value is None
+            else:  # every trainable unit's gradient reached the policy, every step
+                assert value is not None and math.isfinite(value) and value > 0, (step, unit)
+    assert sum(i["threshold"] is not None for i in recorder.intervals) >= MAX_STEPS - 2  # rates were compared
+    assert not [m for m in caught if "AutoFreeze saw no gradient" in m]
+    for event in freezer.timeline:  # whatever froze, froze on a rate below the threshold
+        assert event.signal["change_rate"] < event.signal["threshold"]
+    assert not any(p._backward_hooks for p in trainer.model.parameters())  # on_train_end removed the hooks
+
+
+def test_autofreeze_resumes_mid_interval_in_the_trainer(tmp_path):
+    """Intervals of 4 steps: the checkpoint at step 6 falls inside the second, whose gradient sums
+    travel in frostline.pt; the resumed run decides as the uninterrupted one."""
+    full = FrostlineCallback(AutoFreeze(interval_steps=4))
+    _trainer(tmp_path / "full", [full]).train()
+    checkpoint = tmp_path / "full" / f"checkpoint-{SAVE_AT}"
+    saved = torch.load(checkpoint / STATE_FILE, weights_only=True)
+    assert saved["signals"]["grad_sum_l1"]["names"]  # steps 5-6 summed so far
+    resumed = FrostlineCallback(AutoFreeze(interval_steps=4))
+    _trainer(tmp_path / "full", [resumed]).train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.freezer.policy.intervals_done == full.freezer.policy.intervals_done == 3
+    assert resumed.freezer.policy.last_interval == full.freezer.policy.last_interval
+    assert resumed.freezer.timeline == full.freezer.timeline

@@ -144,9 +144,11 @@ class Freezer:
         self._apply_lr()
 
     def _bind(self, units: list[FreezeUnit]) -> None:
-        """Take ``units``; bind the policy to them and find a collector for every signal it needs."""
+        """Take ``units``; bind the policy to them and find a collector for every signal it needs.
+        Only the needed collectors are bound: binding one may hook every parameter."""
         self.units = units
         self.policy.bind([u.name for u in units])
+        self._close_collectors()  # a re-bind (resume) must not leave the old collectors' hooks behind
         standard = {name: make() for name, make in STANDARD_COLLECTORS.items()}
         self._collectors = {**standard, **self.policy.collectors(), **self._extra_signals}
         missing = sorted(n for n in self.policy.requires if n not in self._collectors)
@@ -155,9 +157,25 @@ class Freezer:
                 f"method {self.policy.name!r} needs signal(s) {missing} that nothing collects: pass "
                 "Freezer(..., signals={name: collector}) (see frostline.signals) or the policy's own settings "
                 "(e.g. CKAOracle(reference=..., probe=...))")
-        for collector in self._collectors.values():
+        for name in sorted(self.policy.requires):
+            collector = self._collectors[name]
             if hasattr(collector, "bind"):
                 collector.bind(self)
+
+    def _required_collectors(self) -> dict[str, Any]:
+        return {name: self._collectors[name] for name in sorted(self.policy.requires) if name in self._collectors}
+
+    def _close_collectors(self) -> None:
+        for collector in self._collectors.values():
+            if hasattr(collector, "close"):
+                collector.close()
+
+    def close(self) -> None:
+        """Training is over: remove the hooks signal collectors put on the model (AutoFreeze's
+        gradient hooks) and stop waiting for a first forward. The frozen units stay frozen. The
+        integrations call this when training ends."""
+        self.detach_trace()
+        self._close_collectors()
 
     def attach_scheduler(self, scheduler) -> None:
         """Make a torch LR scheduler of this optimizer compose with the policy's per-unit
@@ -239,6 +257,9 @@ class Freezer:
             p.grad = None
         if index not in self._eval_pins:
             self._eval_pins[index] = [h for m in unit.modules for h in pin_eval(m)]
+        for collector in self._required_collectors().values():
+            if hasattr(collector, "on_freeze"):
+                collector.on_freeze(index)  # e.g. free the gradient sums a frozen unit will never add to
 
     def _apply_lr(self) -> None:
         """Unit groups' lr = unscaled lr x the policy's scale now (nothing for policies without scales)."""
@@ -281,6 +302,8 @@ class Freezer:
             "total_steps": self.total_steps,
             "timeline": [asdict(e) for e in self.timeline],
             "policy": self.policy.state_dict(),
+            "signals": {name: c.state_dict() for name, c in self._required_collectors().items()
+                        if hasattr(c, "state_dict")},
             "original_param_groups": self.original_param_groups,
             "param_groups": param_groups.layout_by_name(self.optimizer, self.param_name_by_id),
         }
@@ -315,6 +338,10 @@ class Freezer:
         self.frozen = set(state["frozen"])
         for i in self.frozen:
             self._stop_training(i)
+        saved_signals = state.get("signals") or {}  # absent from states written before collectors kept any
+        for name, collector in self._required_collectors().items():
+            if hasattr(collector, "load_state_dict"):
+                collector.load_state_dict(saved_signals.get(name))
         if "original_param_groups" in state:
             self.original_param_groups = state["original_param_groups"]
         param_groups.restore_layout(self.optimizer, self.model, state["param_groups"])

@@ -91,6 +91,10 @@ class FrostlineCallback(TrainerCallback):
             freezer.step_count = state.global_step - 1
         freezer.step()
 
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.freezer is not None:
+            self.freezer.close()  # removes signal hooks (AutoFreeze's) from the model; the frozen units stay
+
     def on_save(self, args, state, control, **kwargs):
         freezer = self._require_freezer()
         if not args.should_save:

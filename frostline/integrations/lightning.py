@@ -233,7 +233,7 @@ class FrostlineCallback(_pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.freezer is not None:
-            self.freezer.detach_trace()
+            self.freezer.close()  # stops a pending trace and removes signal hooks (AutoFreeze's)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from ..errors import ConfigError, FrostlineError
 
 #: Method variants: the label in the tables, its method, and only the settings that differ from the
 #: method's registered defaults (the authors' recommendations: FreezeOut t_0 = 0.8 cubic; AutoFreeze
-#: N = 50 %, M = 4; Composer freeze_start 0.5, freeze_level 1.0), on top of the suite's settings.
+#: N = 50 %, 20 intervals over the run; Composer freeze_start 0.5, freeze_level 1.0), on top of the suite's settings.
 VARIANTS: dict[str, dict[str, Any]] = {
     "none": {"method": "none", "cache": "off"},
     "linear": {"method": "linear"},

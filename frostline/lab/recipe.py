@@ -443,6 +443,7 @@ def write_checkpoint(run: Run) -> None:
 def finish(run: Run) -> None:
     """After the last step: the ranks agree on the model, then it is tested and kept."""
     run.bar.close()
+    run.freezer.close()  # no more backward passes: signal collectors' hooks come off the model
     device = run.device
     # the run took as long as its slowest rank
     run.slowest_train_time = launch.all_reduce_values([run.state.train_time], "max", device=device)[0]

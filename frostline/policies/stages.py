@@ -19,7 +19,7 @@ from .base import FreezePolicy, Progress
 
 class StageClock:
     """Where the stage boundaries fall. ``per_epoch_name`` and ``every_name`` are the option
-    names the caller exposes (``intervals_per_epoch``, ``snapshot_steps``...), for error messages."""
+    names the caller exposes (``stages_per_epoch``, ``snapshot_steps``...), for error messages."""
 
     def __init__(self, per_epoch: int, steps_per_epoch: int | None, every_steps: int | None,
                  per_epoch_name: str = "stages_per_epoch", every_name: str = "stage_steps"):
