@@ -7,10 +7,15 @@
    whose finished model is in turn the reference of the recording with the third seed (every
    recording is labelled against a finished run of *another* seed). A finished collection is reused,
    so an interrupted build continues where it stopped.
-2. `frostline predictor train` on every recording except those of HELDOUT_PAIRS, holding out one
-   recording per training pair *by run* for validation (the threshold is calibrated there).
+2. `frostline predictor train` on every recording except those of HELDOUT_PAIRS, holding out the
+   last recording of every three-seed chain *by run* for validation (the threshold is calibrated
+   there), into WORK/candidate.pt.
 3. `frostline predictor eval` on the recordings of HELDOUT_PAIRS, (model, dataset) pairs never seen
    in training.
+4. The gate: the candidate replaces the shipped predictor only if, on the validation runs and on the
+   never-seen pairs alike, its precision of "freeze" is at least 0.9 and its accuracy beats the
+   constant answer by at least 10 points. Otherwise the script says which figure failed and exits 1,
+   leaving the shipped predictor as it was.
 
 Every run is sized for a shared 2-core CPU (one thread each; COMMON); the corpus (17 runs) takes about
 half an hour with --jobs 2 on a quiet machine.
@@ -19,6 +24,7 @@ half an hour with --jobs 2 on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +45,8 @@ CORPUS = {
 }
 #: (model, dataset) pairs kept out of training entirely: the predictor's "never seen" figures.
 HELDOUT_PAIRS = {("vgg", "mnist")}
+#: The bar a predictor must clear to be shipped.
+MIN_PRECISION, MIN_GAIN_OVER_CONSTANT = 0.9, 0.10
 
 
 def frostline(*args: str) -> None:
@@ -87,9 +95,36 @@ def main() -> None:
             validation.append(folders[-1])
         else:
             train += folders
+    candidate = work / "candidate.pt"
     frostline("predictor", "train", *map(str, train + validation), "--holdout", *map(str, validation),
-              "--out", args.out, "--no-progress")
-    frostline("predictor", "eval", *map(str, never_seen), "--predictor", args.out)
+              "--out", str(candidate), "--no-progress")
+    frostline("predictor", "eval", *map(str, never_seen), "--predictor", str(candidate))
+    failures = gate(candidate, validation, never_seen)
+    if failures:
+        sys.exit("not shipped: " + "; ".join(failures))
+    shutil.copyfile(candidate, args.out)
+    print(f"shipped: {args.out}")
+
+
+def gate(candidate: Path, validation: list[Path], never_seen: list[Path]) -> list[str]:
+    """What keeps the candidate from shipping (nothing: it ships)."""
+    sys.path.insert(0, str(ROOT))
+    from frostline.lab.predictor.collect import load_collected
+    from frostline.lab.predictor.fit import evaluate_runs
+    from frostline.policies.smartfrz.predictor import load_predictor
+
+    model, _ = load_predictor(candidate)
+    failures = []
+    for split, folders in (("validation runs", validation), ("never-seen pairs", never_seen)):
+        m = evaluate_runs(model, [load_collected(f) for f in folders])["overall"]
+        print(f"{split}: precision {m['precision']:.3f}, accuracy {m['accuracy']:.3f} "
+              f"(constant answer {m['constant_accuracy']:.3f})", flush=True)
+        if m["precision"] < MIN_PRECISION:
+            failures.append(f"{split}: precision {m['precision']:.3f} < {MIN_PRECISION}")
+        if m["accuracy"] < m["constant_accuracy"] + MIN_GAIN_OVER_CONSTANT:
+            failures.append(f"{split}: accuracy {m['accuracy']:.3f} is not {MIN_GAIN_OVER_CONSTANT:.2f} above "
+                            f"the constant answer's {m['constant_accuracy']:.3f}")
+    return failures
 
 
 if __name__ == "__main__":

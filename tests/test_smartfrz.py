@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -9,8 +10,7 @@ from frostline.lab.cli import main
 from frostline.lab.zoo import create_model
 from frostline.policies import POLICIES, SmartFRZ, create_policy
 from frostline.policies.smartfrz import SmartFRZPredictor, Tailor, batch_windows, load_predictor, save_predictor, window_features
-from frostline.lab.predictor.collect import load_collected
-from frostline.policies.cka_oracle import DEFAULT_FLOOR
+from frostline.lab.predictor.collect import LabelRule, label_stages, load_collected
 from frostline.policies.smartfrz.predictor import SHIPPED
 
 TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "--batch-size", "64",
@@ -97,6 +97,26 @@ def test_default_cadences_fit_every_epoch_length():
         assert [s for s in range(1, 3 * steps + 1) if policy.clock.is_stage_end(s)] == [steps, 2 * steps, 3 * steps]
 
 
+def test_labels_say_settled_and_never_untrained():
+    """Units (columns): one that never learns (its CKA stays at its initial 0.95, as untrained early
+    convolutions do), one that rises to the reference and settles at stage 6, one still rising at
+    the end, and the head."""
+    stages = 16
+    init = torch.tensor([0.95, 0.2, 0.2, 0.1], dtype=torch.float64)
+    cka = torch.zeros(stages, 4, dtype=torch.float64)
+    cka[:, 0] = 0.95
+    cka[:, 1] = torch.tensor([0.2 + 0.7 * min(k, 6) / 6 for k in range(stages)])
+    cka[:, 2] = torch.tensor([0.2 + 0.7 * k / (stages - 1) for k in range(stages)])
+    cka[:, 3] = 0.5
+    labels = label_stages(cka, init, LabelRule())
+    assert torch.all(labels[:, 0] == 0)  # untrained: never converged, however high its raw CKA
+    assert labels[:, 1].tolist() == [0] * 10 + [1] * 6  # settled at stage 6, stable over 5 stages from 10
+    assert labels[:, 2].sum() <= 2  # still moving until (nearly) the end
+    assert torch.all(labels[:, 3] == -1)
+    with pytest.raises(ConfigError):
+        LabelRule(window=1).check()
+
+
 def test_predictor_file_roundtrip_and_bad_files(tmp_path):
     p = SmartFRZPredictor(64, input_scale=3.0, threshold=0.8)
     path = save_predictor(p, tmp_path / "p.pt", {"note": "test"})
@@ -178,13 +198,24 @@ def test_policy_mechanics_on_real_training(synthetic):
         r.load_state_dict(p.state_dict())
 
 
-def test_shipped_predictor_loads():
+def test_shipped_predictor_loads_and_tells_settled_from_moving_weights():
     model, meta = load_predictor()
-    assert meta["path"] == str(SHIPPED) and model.input_size == 1024
+    assert meta["path"] == str(SHIPPED) and model.input_size == 1024 and 0 < model.threshold < 1
     assert SHIPPED.stat().st_size < 5 * 2**20
     assert meta["trained_on"] and meta["heldout"] and meta["report"]["heldout"]["overall"]["samples"] > 0
     trained = {(r["model"], r["dataset"]) for r in meta["trained_on"]}
-    assert ("vgg", "fashion-mnist") not in trained  # kept out for the generalisation test
+    assert ("vgg", "mnist") not in trained  # kept out for the never-seen test
+    # windows of 30 snapshots of 1024 weights of RMS 1: settled (tiny noise around a point) against
+    # still learning (a steady drift of 20-300% of their size over the window, plus noise)
+    g = torch.Generator().manual_seed(0)
+    point = torch.randn(1024, generator=g)
+    settled = [point + 1e-4 * torch.randn(30, 1024, generator=g) for _ in range(8)]
+    direction = torch.randn(1024, generator=g)
+    moving = [point + torch.linspace(-d, 0, 30)[:, None] * direction + 1e-3 * torch.randn(30, 1024, generator=g)
+              for d in (0.2, 0.5, 1.0, 3.0)]
+    x, mask = batch_windows([window_features(w) for w in settled + moving])
+    p = torch.softmax(model(x, mask), dim=1)[:, 1]
+    assert p[:8].min() > p[8:].max(), p
 
 
 @pytest.mark.integration
@@ -198,7 +229,7 @@ def test_pipeline_end_to_end(tmp_path, capsys):
         runs.append(str(out))
     ds = load_collected(runs[0])
     assert ds["snapshots"].shape == (4, 8, 1024) and ds["labels"].shape == (4, 8)
-    assert ds["cka_init"].shape == (8,) and ds["provenance"]["rule"]["floor"] == DEFAULT_FLOOR
+    assert ds["cka_init"].shape == (8,) and ds["provenance"]["rule"] == dataclasses.asdict(LabelRule())
     assert ds["provenance"]["reference"]["seed"] == 1 and (tmp_path / "col0" / "reference").is_dir()
     assert load_collected(runs[1])["provenance"]["reference"]["seed"] == 0
     assert not (tmp_path / "col1" / "reference").exists()  # the chained reference was used, none trained
@@ -211,7 +242,7 @@ def test_pipeline_end_to_end(tmp_path, capsys):
     assert code == 2 and "seed 0, the recording's own" in err, err
     capsys.readouterr()
     pred = tmp_path / "p.pt"
-    loose = ["--cka-window", "2", "--cka-tolerance", "1", "--cka-floor", "0.01"]  # one-epoch runs barely learn
+    loose = ["--label-window", "2", "--label-tolerance", "1", "--label-share", "0"]  # one-epoch runs barely settle
     assert main(["predictor", "train", *runs, "--holdout", runs[1], "--epochs", "3", "--out", str(pred),
                  "--no-progress", *loose]) == 0
     text = capsys.readouterr().out

@@ -136,9 +136,7 @@ def _predictor_parsers(pred_sub) -> None:
         "out": "folder for reference/, recording/ and dataset.pt",
         "stages_per_epoch": "labelled stages per epoch (default 4)",
         "reference": "finished run (same model, another seed) to label against (default: one trained here "
-                     "with --seed + 1)",
-        "cka_window": "labelling rule: stages over which the normalised CKA must be stable",
-        "cka_tolerance": "labelling rule: spread bound", "cka_floor": "labelling rule: normalised CKA floor"})
+                     "with --seed + 1)"})
     p_fit = _command(pred_sub, "train", "predictor train", help="train a predictor on collected runs, report on held-out runs")
     p_fit.add_argument("runs", nargs="+", help="folders written by `frostline predictor collect`")
     p_fit.add_argument("--out", required=True, help="predictor file to write")
@@ -157,22 +155,22 @@ def _predictor_parsers(pred_sub) -> None:
 
 
 def _add_rule_flags(parser: argparse.ArgumentParser) -> None:
-    """The CKA-oracle rule the recorded CKA is labelled with (the oracle's defaults unless given)."""
-    from ..policies.cka_oracle import DEFAULT_FLOOR, DEFAULT_TOLERANCE, DEFAULT_WINDOW
+    """The rule the recorded CKA is labelled with (frostline.lab.predictor.collect.LabelRule)."""
+    from .predictor.collect import LabelRule
 
-    parser.add_argument("--cka-window", type=int, default=DEFAULT_WINDOW,
-                        help=f"labelling rule: stages the normalised CKA must be stable over (default: {DEFAULT_WINDOW})")
-    parser.add_argument("--cka-tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help=f"labelling rule: its spread bound (default: {DEFAULT_TOLERANCE})")
-    parser.add_argument("--cka-floor", type=float, default=DEFAULT_FLOOR,
-                        help=f"labelling rule: its floor (default: {DEFAULT_FLOOR})")
+    rule = LabelRule()
+    parser.add_argument("--label-window", type=int, default=rule.window,
+                        help=f"labels: stages the normalised CKA must be stable over (default: {rule.window})")
+    parser.add_argument("--label-tolerance", type=float, default=rule.tolerance,
+                        help=f"labels: its spread bound over the window (default: {rule.tolerance})")
+    parser.add_argument("--label-share", type=float, default=rule.share,
+                        help=f"labels: share of its end value it must have reached (default: {rule.share})")
 
 
-def _rule(args: argparse.Namespace) -> tuple[int, float, float]:
-    from ..policies.cka_oracle import check_rule
+def _rule(args: argparse.Namespace):
+    from .predictor.collect import LabelRule
 
-    check_rule(args.cka_window, args.cka_tolerance, args.cka_floor)
-    return args.cka_window, args.cka_tolerance, args.cka_floor
+    return LabelRule(args.label_window, args.label_tolerance, args.label_share).check()
 
 
 # -- one function per command ----------------------------------------------------------------------
@@ -256,8 +254,7 @@ def _predictor_collect(args: argparse.Namespace) -> int:
 
     cfg = _config(args, TrainConfig)
     path = collect(cfg, cfg.out, reference=cfg.reference, tailor_size=cfg.tailor_size, snapshots_per_epoch=cfg.snapshots_per_epoch,
-                   label_stages_per_epoch=cfg.stages_per_epoch or 4, probe_size=cfg.probe_size,
-                   rule=(cfg.cka_window, cfg.cka_tolerance, cfg.cka_floor))
+                   label_stages_per_epoch=cfg.stages_per_epoch or 4, probe_size=cfg.probe_size)
     ds = load_collected(path)
     labels = ds["labels"][ds["labels"] >= 0]
     print(f"dataset: {path} | {ds['snapshots'].shape[0]} snapshots x {ds['snapshots'].shape[1]} units | "

@@ -4,13 +4,17 @@
 trains the configuration while a :class:`Recorder` (a policy that never freezes) receives, through
 the Freezer, every unit's tailored weights ``snapshots_per_epoch`` times per epoch and, at the first
 step and ``label_stages_per_epoch`` times per epoch, every unit's CKA to the reference on a fixed
-probe batch. Each (unit, stage) is labelled *freeze* when the CKA-oracle rule
-(:func:`frostline.policies.cka_ready`: init-normalised CKA above a floor and stable over a window)
-holds for the CKA history up to that stage. The reference has another seed so that the labels say
-"this unit has learned what a finished run's unit learns, and stopped moving", not "this run is
-near its own end" (a same-seed reference is retraced exactly and reaches CKA 1 at the end). The raw
-snapshots and CKA values are kept, so the data can be relabelled with another rule without
-retraining.
+probe batch. The labels (:class:`LabelRule`) read the init-normalised CKA ``n = (c - c0) / (1 - c0)``
+with hindsight: a (unit, stage) is *freeze* when the unit has learned (its ``n`` at the end of the
+run is at least ``min_learned``), and over the last ``window`` stages its ``n`` stayed within
+``tolerance`` and at or above ``share`` of where it ends. "It has got where it is going and stopped
+moving." The reference has another seed so that ``n`` says "has learned what a finished run's unit
+learns", not "is near its own end" (a same-seed reference is retraced exactly and reaches CKA 1 at
+the end). An absolute floor on ``n`` (the CKA oracle's online rule) cannot label across models: a
+ViT's units end at n = 0.1-0.2 against another seed, a VGG's at 0.8-0.95, and an early
+convolution whose random initialisation already matched the reference can end below 0. A unit
+that never learns keeps ``n = 0`` and is never labelled *freeze*. The raw snapshots and CKA values
+are kept, so the data can be relabelled with another rule without retraining.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ from ...atomic import atomic_torch_save
 from ...errors import CheckpointError, DataError
 from ...loading import load_plain
 from ...policies.base import FreezePolicy, Progress
-from ...policies.cka_oracle.cka_oracle import DEFAULT_FLOOR, DEFAULT_TOLERANCE, DEFAULT_WINDOW, cka_ready
+from ...policies.cka_oracle.cka_oracle import normalised_cka
 from ...policies.stages import StageClock
 
 FORMAT = "frostline-smartfrz-dataset-2"  # 2: CKA at initialisation, another-seed reference
@@ -82,14 +86,42 @@ class Recorder(FreezePolicy):
                 self.cka.append(values)
 
 
-def label_stages(cka: torch.Tensor, initial: torch.Tensor, window: int, tolerance: float, floor: float) -> torch.Tensor:
+@dataclass(frozen=True)
+class LabelRule:
+    """When a recorded (unit, stage) is labelled *freeze* (see the module docstring). The defaults:
+    one epoch of stability at four stages per epoch, 95% of the way to where the unit ends."""
+
+    window: int = 5
+    tolerance: float = 0.05
+    share: float = 0.95
+    min_learned: float = 0.1
+    final_stages: int = 4  # the unit's end value: the mean over the last stages (an epoch)
+
+    def check(self) -> "LabelRule":
+        from ...errors import ConfigError, check_int
+
+        check_int(self.window, "the label window (stages)", low=2)
+        for name in ("tolerance", "share", "min_learned"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ConfigError(f"label {name} must be a number >= 0, got {value!r}")
+        return self
+
+
+def label_stages(cka: torch.Tensor, initial: torch.Tensor, rule: LabelRule = LabelRule()) -> torch.Tensor:
     """(stages, units) CKA and (units,) CKA at initialisation -> (stages, units) labels: 1 freeze,
     0 keep training, -1 for the head."""
     labels = torch.zeros(cka.shape, dtype=torch.long)
-    for u in range(cka.shape[1]):
-        c0 = float(initial[u])
-        for k in range(cka.shape[0]):
-            labels[k, u] = int(cka_ready(cka[: k + 1, u].tolist(), c0, window, tolerance, floor))
+    for u in range(cka.shape[1] - 1):
+        n = torch.tensor(normalised_cka(cka[:, u].tolist(), float(initial[u])), dtype=torch.float64)
+        end = float(n[-rule.final_stages:].mean())
+        if not math.isfinite(end) or end < rule.min_learned:
+            continue  # never learned (or cannot tell): never labelled converged
+        for k in range(rule.window - 1, cka.shape[0]):
+            w = n[k - rule.window + 1:k + 1]
+            if bool(torch.isfinite(w).all()) and float(w.max() - w.min()) <= rule.tolerance \
+                    and float(w.min()) >= rule.share * end:
+                labels[k, u] = 1
     labels[:, -1] = -1
     return labels
 
@@ -107,8 +139,7 @@ def _finished_run(folder: Path) -> dict | None:
 
 
 def collect(cfg, out, *, reference=None, tailor_size: int = 1024, snapshots_per_epoch: int = 30,
-            label_stages_per_epoch: int = 4, probe_size: int = 256,
-            rule: tuple[int, float, float] = (DEFAULT_WINDOW, DEFAULT_TOLERANCE, DEFAULT_FLOOR)) -> Path:
+            label_stages_per_epoch: int = 4, probe_size: int = 256, rule: LabelRule = LabelRule()) -> Path:
     """A recording run of ``cfg`` (a :class:`frostline.lab.config.TrainConfig`; its method is
     ignored) labelled against a reference, then ``out/dataset.pt``. The reference is the finished
     run in ``reference`` (any ``frostline train`` folder of the same model, or another collection's
@@ -152,7 +183,6 @@ def collect(cfg, out, *, reference=None, tailor_size: int = 1024, snapshots_per_
 
     cka = torch.tensor(recorder.cka, dtype=torch.float64)
     cka_init = torch.tensor(recorder.cka_init, dtype=torch.float64)
-    window, tolerance, floor = rule
     dataset = {
         "format": FORMAT,
         "unit_names": rec_summary["units"],
@@ -161,14 +191,14 @@ def collect(cfg, out, *, reference=None, tailor_size: int = 1024, snapshots_per_
         "stage_steps": torch.tensor(recorder.stage_steps),
         "cka": cka,
         "cka_init": cka_init,
-        "labels": label_stages(cka, cka_init, window, tolerance, floor),
+        "labels": label_stages(cka, cka_init, rule),
         "provenance": {
             "model": rec_cfg.model, "dataset": rec_cfg.dataset, "epochs": rec_cfg.epochs, "seed": rec_cfg.seed,
             "train_subset": rec_cfg.train_subset, "batch_size": rec_cfg.batch_size, "width": rec_cfg.width,
             "depth": rec_cfg.depth, "lr": rec_cfg.lr, "optimizer": rec_cfg.optimizer,
             "steps_per_epoch": steps_per_epoch, "tailor_size": tailor_size,
             "snapshots_per_epoch": snapshots_per_epoch, "label_stages_per_epoch": label_stages_per_epoch,
-            "probe_size": probe_size, "rule": {"window": window, "tolerance": tolerance, "floor": floor},
+            "probe_size": probe_size, "rule": asdict(rule),
             "reference": {"out": str(ref_dir), "seed": ref_seed, "test_accuracy": ref_summary.get("test_accuracy"),
                           "reused": reused},
             "recording_test_accuracy": rec_summary.get("test_accuracy"),
@@ -198,14 +228,14 @@ def load_collected(path) -> dict[str, Any]:
     return ds
 
 
-def samples(ds: dict[str, Any], window: int = 30, rule: tuple[int, float, float] | None = None
+def samples(ds: dict[str, Any], window: int = 30, rule: LabelRule | None = None
             ) -> list[tuple[torch.Tensor, int, int]]:
     """(feature window (T, D), label, unit) for every labelled (unit, stage) of a dataset:
-    the last ``window`` snapshots taken at or before the stage. ``rule`` (window, tolerance, floor)
+    the last ``window`` snapshots taken at or before the stage. ``rule`` (a :class:`LabelRule`)
     relabels from the recorded CKA; None keeps the labels the dataset was collected with."""
     from ...policies.smartfrz.predictor import window_features
 
-    labels = ds["labels"] if rule is None else label_stages(ds["cka"], ds["cka_init"], *rule)
+    labels = ds["labels"] if rule is None else label_stages(ds["cka"], ds["cka_init"], rule)
     out = []
     steps = ds["snapshot_steps"]
     for k, step in enumerate(ds["stage_steps"].tolist()):

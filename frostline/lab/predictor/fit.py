@@ -19,6 +19,7 @@ constant answer (the majority label) beside the predictor's.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 from pathlib import Path
@@ -28,20 +29,22 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
-from ...policies.cka_oracle.cka_oracle import DEFAULT_FLOOR, DEFAULT_TOLERANCE, DEFAULT_WINDOW
-from .collect import load_collected, samples
+from .collect import LabelRule, load_collected, samples
 
 from ...policies.smartfrz.predictor import SmartFRZPredictor, batch_windows, save_predictor
 
-#: Labels come from the recorded CKA, by default with the CKA oracle's current default rule.
-RULE = (DEFAULT_WINDOW, DEFAULT_TOLERANCE, DEFAULT_FLOOR)
+#: Labels come from the recorded CKA, by default with the current default rule.
+RULE = LabelRule()
 #: Precision of "freeze" the calibrated threshold aims for on held-out runs.
-TARGET_PRECISION = 0.9
+TARGET_PRECISION = 0.95
 
 
 def run_name(ds: dict[str, Any]) -> str:
+    """model/dataset[/width, depth, lr when set]/seed: unique within a corpus."""
     p = ds["provenance"]
-    return f"{p['model']}/{p['dataset']}/seed{p['seed']}"
+    extra = [f"{k[0]}{p[k]}" for k in ("width", "depth") if p.get(k) is not None]
+    extra += [f"lr{p['lr']:g}"] if p.get("lr") not in (None, 0.05) else []
+    return "/".join([p["model"], p["dataset"], *extra, f"seed{p['seed']}"])
 
 
 def metrics(pred: list[int], true: list[int]) -> dict[str, Any]:
@@ -91,7 +94,7 @@ def calibrate_threshold(probs: list[float], true: list[int], target: float = TAR
 
 
 def evaluate_runs(model: SmartFRZPredictor, datasets: list[dict[str, Any]], window: int = 30,
-                  rule: tuple[int, float, float] = RULE) -> dict[str, Any]:
+                  rule: LabelRule = RULE) -> dict[str, Any]:
     per_run, all_pred, all_true = {}, [], []
     for ds in datasets:
         data = samples(ds, window, rule)
@@ -104,7 +107,7 @@ def evaluate_runs(model: SmartFRZPredictor, datasets: list[dict[str, Any]], wind
 
 
 def fit_predictor(train_sets: list[dict[str, Any]], *, epochs: int = 40, lr: float = 1e-3, batch: int = 64,
-                  seed: int = 0, window: int = 30, rule: tuple[int, float, float] = RULE,
+                  seed: int = 0, window: int = 30, rule: LabelRule = RULE,
                   progress: bool = True) -> SmartFRZPredictor:
     from tqdm.auto import tqdm
 
@@ -146,7 +149,7 @@ def fit_predictor(train_sets: list[dict[str, Any]], *, epochs: int = 40, lr: flo
 
 
 def train_from_dirs(dirs: list[str], out, *, holdout: list[str] | None = None, epochs: int = 40, seed: int = 0,
-                    rule: tuple[int, float, float] = RULE,
+                    rule: LabelRule = RULE,
                     window: int = 30, progress: bool = True) -> dict[str, Any]:
     """Load collected runs, hold some out *by run*, train, report, save. ``holdout`` names folders
     (among ``dirs``) to hold out; by default one run, chosen by ``seed``."""
@@ -173,7 +176,7 @@ def train_from_dirs(dirs: list[str], out, *, holdout: list[str] | None = None, e
     meta = {"trained_on": [ds["provenance"] | {"name": run_name(ds)} for ds in train_sets],
             "heldout": [run_name(ds) for ds in held_sets], "report": report, "epochs": epochs, "seed": seed,
             "window": window, "threshold": model.threshold, "target_precision": TARGET_PRECISION,
-            "calibrated_on": "heldout" if held_sets else "train", "label_rule": {"window": rule[0], "tolerance": rule[1], "floor": rule[2]}}
+            "calibrated_on": "heldout" if held_sets else "train", "label_rule": dataclasses.asdict(rule)}
     for m in meta["trained_on"]:
         m.pop("train_config", None)
     save_predictor(model, out, meta)

@@ -43,7 +43,7 @@ from ..registry import Hyperparameter, register_policy
 
 DEFAULT_WINDOW = 5
 DEFAULT_TOLERANCE = 0.05
-DEFAULT_FLOOR = 0.8
+DEFAULT_FLOOR = 0.85
 #: Below this distance from 1 the initial CKA leaves nothing to normalise by.
 MIN_HEADROOM = 1e-6
 
