@@ -172,10 +172,13 @@ def set_up(cfg: TrainConfig, policy=None, checkpoint: dict[str, Any] | None = No
         policy = make_policy(cfg, RunContext(steps_per_epoch, model, data.train, device))
     total_steps, planned = _schedule(cfg, units, cost, steps_per_epoch)
     optimizer = _optimizer(cfg, model)
+    scheduler = _lr_scheduler(cfg, optimizer, policy, total_steps)  # on the optimizer as made, before any split
     sync = distributed.DecisionSync(device) if distributed.world_size() > 1 else None
-    freezer = Freezer(model, optimizer, policy, total_steps, units=[u.module_names for u in units], sync=sync)
+    freezer = Freezer(model, optimizer, policy, total_steps, units=[u.module_names for u in units], sync=sync,
+                      cooldown=cfg.cooldown)
+    if scheduler is not None and freezer.per_unit_lr:  # a cooling unit's lr = the cosine's lr x its ramp
+        freezer.attach_scheduler(scheduler)
     cached = _make_cache(cfg, model, freezer, train_set, Path(cfg.out))
-    scheduler = _lr_scheduler(cfg, optimizer, policy, total_steps)
     state = _restore(checkpoint, model, freezer, optimizer, scheduler, device) if checkpoint else LoopState()
     # DDP over what is trainable now (after a resume: what the checkpoint left trainable), rebuilt
     # by the Freezer's sync at every freeze; in one process this is the module itself.
@@ -531,6 +534,9 @@ def plan(cfg: TrainConfig) -> dict[str, Any]:
     validate(cfg)
     if cfg.method == "none":
         raise ConfigError("method none freezes nothing: pass --method linear or freezeout")
+    if cfg.cooldown:
+        raise ConfigError("a cooldown delays every freeze by that many steps, which depend on the data: "
+                          "estimate without --cooldown (the times are the decisions)")
     policy = make_policy(cfg)
     if policy.requires:
         raise ConfigError(f"{cfg.method} decides from training signals, so its schedule cannot be planned "
