@@ -76,18 +76,21 @@ def test_train_writes_summary_metrics_and_timeline(method, tmp_path, capsys):
 
 
 @pytest.mark.integration
-def test_train_with_a_cooldown_freezes_each_unit_that_many_steps_after_its_decision(tmp_path):
+def test_train_with_a_cooldown_freezes_each_unit_that_many_steps_after_its_decision(tmp_path, capsys):
     out = tmp_path / "cool"
     code = main(["train", "--method", "linear", "--freeze-start", "0.2", "--cooldown", "2", "--epochs", "3", *TINY,
                  "--out", str(out)])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["timeline"] and all(e["step"] - e["decided_step"] == 2 for e in summary["timeline"])
-    assert json.loads((out / "config.json").read_text())["cooldown"] == 2
+    assert json.loads((out / "config.json").read_text())["cooldown"] == summary["cooldown"] == 2
     total = summary["total_steps"]  # the run's cosine still drives the (now per-unit) groups: the head's lr follows it
     for row in (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()):
         if row["kind"] == "step":
             assert row["lr"] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * row["step"] / total)), abs=1e-12)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "| linear (cooldown 2) |" in capsys.readouterr().out  # tells it from a run without one
 
 
 @pytest.mark.integration

@@ -276,7 +276,8 @@ def _first_summary(run: Run, policy, steps_per_epoch: int, planned: dict | None)
         "status": "running", "method": policy.name if policy.name != "none" else cfg.method, "model": cfg.model,
         "dataset": run.data.name, "epochs": cfg.epochs, "seed": cfg.seed, "total_steps": run.total_steps,
         "steps_per_epoch": steps_per_epoch, "train_samples": len(run.data.train),
-        "units": [u.name for u in run.units], "policy": policy.config(), "device": str(run.device),
+        "units": [u.name for u in run.units], "policy": policy.config(), "cooldown": cfg.cooldown,
+        "device": str(run.device),
         "full_step_flops": run.cost.full_step_flops, "const_time_plan": planned,
         "distributed": None, "compile": None,
     }
