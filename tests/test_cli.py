@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -27,6 +28,10 @@ TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "-
     (["--method", "autofreeze", "--percentile", "0"], "percentile"),
     (["--cache", "gpu"], "cache"),
     (["--fixed-augmentation"], "augment"),
+    (["--method", "linear", "--cooldown", "-1"], "cooldown"),
+    (["--method", "freezeout", "--cooldown", "5"], "cooldown does not apply"),
+    (["--method", "none", "--cooldown", "5"], "freezes nothing"),
+    (["--method", "linear", "--const-time", "--cooldown", "5"], "cooldown"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(args, needle, capsys, tmp_path):
     code = main(["train", *args, *TINY, "--out", str(tmp_path / "run")])
@@ -69,6 +74,24 @@ def test_train_writes_summary_metrics_and_timeline(method, tmp_path, capsys):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == list(range(int(summary["epochs"])))
     assert (out / "timeline.png").stat().st_size > 1000
+
+
+@pytest.mark.integration
+def test_train_with_a_cooldown_freezes_each_unit_that_many_steps_after_its_decision(tmp_path, capsys):
+    out = tmp_path / "cool"
+    code = main(["train", "--method", "linear", "--freeze-start", "0.2", "--cooldown", "2", "--epochs", "3", *TINY,
+                 "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["timeline"] and all(e["step"] - e["decided_step"] == 2 for e in summary["timeline"])
+    assert json.loads((out / "config.json").read_text())["cooldown"] == summary["cooldown"] == 2
+    total = summary["total_steps"]  # the run's cosine still drives the (now per-unit) groups: the head's lr follows it
+    for row in (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()):
+        if row["kind"] == "step":
+            assert row["lr"] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * row["step"] / total)), abs=1e-12)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "| linear (cooldown 2) |" in capsys.readouterr().out  # tells it from a run without one
 
 
 @pytest.mark.integration
@@ -152,6 +175,11 @@ def test_estimate_plans_a_schedule_before_training(capsys):
     assert saved[1] > saved[0] > 0  # the cache also skips the frozen prefix's forward
     assert cli_main(["estimate", "--model", "resnet", "--method", "autofreeze"]) == 2
     assert "cannot be planned" in capsys.readouterr().err
+
+
+def test_estimate_refuses_a_cooldown_it_cannot_plan(capsys):
+    assert main(["estimate", "--method", "linear", "--cooldown", "3"]) == 2
+    assert "cooldown" in capsys.readouterr().err
 
 
 def test_every_command_dispatches_to_one_handler():

@@ -12,8 +12,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from frostline import AutoFreeze, CheckpointError, FreezeOut  # noqa: E402
+from frostline import AutoFreeze, CheckpointError, ConfigError, FreezeOut, LinearFreezing  # noqa: E402
 from frostline.integrations.hf import STATE_FILE, FrostlineCallback  # noqa: E402
+from frostline.loading import load_plain  # noqa: E402
 from frostline.policies.freezeout.freezeout import freezeout_times  # noqa: E402
 
 # every test reads a module fixture that runs Hugging Face Trainers
@@ -150,6 +151,28 @@ def test_resume_matches_an_uninterrupted_run(uninterrupted):
     assert frost2.freezer.timeline == frost.freezer.timeline
     for (name, a), b in zip(trainer.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(a, b), name
+
+
+def test_a_cooldown_reaches_the_freezer_and_resumes_mid_cooldown(tmp_path):
+    def callback():
+        return FrostlineCallback(LinearFreezing(freeze_start=0.2), cooldown=3)
+
+    frost = callback()
+    trainer = _trainer(tmp_path, [frost])
+    trainer.train()
+    freezer = frost.freezer
+    assert freezer.cooldown == 3 and freezer.timeline
+    assert all(e.step - e.decided_step == 3 for e in freezer.timeline)
+    checkpoint = tmp_path / f"checkpoint-{SAVE_AT}"
+    assert load_plain(checkpoint / STATE_FILE)["cooling"]  # saved while a unit cools
+    frost2 = callback()
+    resumed = _trainer(tmp_path, [frost2])
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert frost2.freezer.timeline == freezer.timeline
+    for (name, a), b in zip(trainer.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ConfigError, match="cooldown does not apply"):
+        FrostlineCallback(FreezeOut(), cooldown=3)
 
 
 def test_resume_without_frostline_state_is_a_clear_error(uninterrupted, tmp_path):

@@ -155,6 +155,18 @@ def test_freezeout_with_a_scheduler_and_explicit_units(fmnist):
 
 
 @pytest.mark.integration
+def test_a_cooldown_delays_each_freeze(fmnist):
+    cb = FrostlineCallback(policy="linear", policy_kwargs={"freeze_start": 0.25}, cooldown=2)
+    probe = Probe(cb)
+    t = trainer([cb, probe])
+    t.fit(Net(scheduler=True), *loaders(fmnist))
+    f = cb.freezer
+    decided = expected_timeline(LinearFreezing(0.25), f.unit_names, 16)
+    assert [(e.index, e.decided_step, e.step) for e in f.timeline] == [(i, s, s + 2) for i, s in decided if s + 2 <= 16]
+    assert t.optimizers[0].param_groups[-1]["frostline_unit"] == 4  # per-unit groups for the ramps
+
+
+@pytest.mark.integration
 def test_gradient_accumulation_steps_the_freezer_once_per_optimizer_step(fmnist):
     cb = FrostlineCallback(policy="linear", policy_kwargs={"freeze_start": 0.0})
     probe = Probe(cb)

@@ -27,9 +27,9 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
-def _kill_at(out, step):
-    """Start a run and SIGKILL it once its metrics show ``step`` steps done."""
-    proc = subprocess.Popen([sys.executable, "-m", "frostline", "train", *ARGS, "--out", str(out)],
+def _kill_at(out, step, extra=()):
+    """Start a run (``ARGS`` then ``extra``) and SIGKILL it once its metrics show ``step`` steps done."""
+    proc = subprocess.Popen([sys.executable, "-m", "frostline", "train", *ARGS, *extra, "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 180
@@ -64,6 +64,25 @@ def test_killed_and_resumed_run_equals_uninterrupted(kill_step, uninterrupted, t
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "step"]
     assert steps == list(range(1, summary["total_steps"] + 1))  # no step logged twice or lost
+
+
+#: linear freezing with a 5-step cool-down: the first unit is decided at step 11 and cools until 16
+COOLING = ["--method", "linear", "--freeze-start", "0.2", "--cooldown", "5"]
+
+
+def test_killed_mid_cooldown_and_resumed_run_equals_uninterrupted(tmp_path):
+    reference = tmp_path / "full"
+    assert main(["train", *ARGS, *COOLING, "--out", str(reference)]) == 0
+    decided = json.loads((reference / "summary.json").read_text())["timeline"][0]["decided_step"]
+    out = tmp_path / "run"
+    _kill_at(out, decided + 2, extra=COOLING)
+    resumed_at = torch.load(out / "checkpoint.pt", weights_only=True)["freezer"]
+    assert resumed_at["cooling"]  # the checkpoint is mid-cool-down
+    assert main(["train", "--resume", str(out), "--no-progress", "--threads", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_step"] >= decided
+    assert _same_parameters(out, reference)
+    assert summary["timeline"] == json.loads((reference / "summary.json").read_text())["timeline"]
 
 
 def test_corrupted_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path):

@@ -4,6 +4,7 @@
 * :mod:`.param_groups` -- param groups per unit, removing parameters and their optimizer state,
   saved layouts.
 * :mod:`.schedulers` -- the LR-scheduler bridge (per-unit lr = scheduler's lr x policy's scale).
+* :mod:`.cooldown` -- anneal, then freeze: the ramp a decided unit's lr follows before it freezes.
 * :mod:`.eval_mode` -- frozen modules run in eval mode whatever ``model.train()`` said.
 """
 

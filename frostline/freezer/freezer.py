@@ -2,7 +2,8 @@
 
 It flips ``requires_grad``, takes frozen parameters (and their optimizer state) out of the
 optimizer, keeps frozen modules in eval mode even after ``model.train()``, applies per-unit
-learning rates, records the timeline, and saves/restores all of it for an exact resume.
+learning rates (and the cool-down ramp before a decided unit freezes: :mod:`.cooldown`), records
+the timeline, and saves/restores all of it for an exact resume.
 
 Plain PyTorch use is two lines::
 
@@ -26,23 +27,27 @@ from ..policies.base import FreezePolicy, Progress
 from ..signals import STANDARD as STANDARD_COLLECTORS
 from ..units import GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, freeze_units, units_from_names
 from . import param_groups
+from .cooldown import Cooling, check_cooldown, cooldown_scale
 from .eval_mode import pin_eval, unpin
 from .schedulers import SchedulerBridge
 
-STATE_VERSION = 2
-#: Versions :meth:`Freezer.load_state_dict` still reads (1: no original optimizer layout).
-READABLE_VERSIONS = (1, 2)
+STATE_VERSION = 3
+#: Versions :meth:`Freezer.load_state_dict` still reads (1: no original optimizer layout; 2: no cool-down).
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @dataclass
 class FreezeEvent:
-    """One entry of the freezing timeline."""
+    """One entry of the freezing timeline: the unit froze after optimizer step ``step``; the policy
+    had decided it at ``decided_step`` (earlier by the cool-down; None in states saved before
+    cool-downs existed)."""
 
     unit: str
     index: int
     step: int
     fraction: float
     signal: dict[str, Any] | None = None
+    decided_step: int | None = None
 
 
 class Freezer:
@@ -60,6 +65,10 @@ class Freezer:
     act on, and ``applied(newly)`` hears about units frozen by it (to rebuild DDP).
     ``signals`` maps signal names to collectors (:mod:`frostline.signals`); they override the
     policy's own ``collectors()``.
+    ``cooldown`` (optimizer steps, default 0: freeze at once) anneals a decided unit's learning
+    rate to zero over that many steps before freezing it (:mod:`frostline.freezer.cooldown`); it
+    gives every unit its own param group, and does not apply to policies that scale learning
+    rates themselves (FreezeOut): a ConfigError.
     """
 
     def __init__(
@@ -75,9 +84,11 @@ class Freezer:
         freeze_head: bool = False,
         sync=None,
         signals: dict[str, Any] | None = None,
+        cooldown: int = 0,
     ):
         check_int(total_steps, "total_steps", low=1)
         policy = as_policy(policy)  # a method name is built with its defaults; a bad one fails here
+        self.cooldown = check_cooldown(cooldown, policy, total_steps)
         if not any(p.requires_grad for p in model.parameters()):
             raise ModelError("the model has no trainable parameters: there is nothing to train or freeze")
         if granularity not in GRANULARITIES:
@@ -91,6 +102,8 @@ class Freezer:
         self.sync = sync
         self.units: list[FreezeUnit] | None = None
         self.frozen: set[int] = set()
+        #: Units decided but still cooling down (unit index -> when it was decided, and why).
+        self.cooling: dict[int, Cooling] = {}
         self.timeline: list[FreezeEvent] = []
         self.step_count = 0
         #: Seconds spent collecting signals and deciding (the method's own overhead).
@@ -138,7 +151,7 @@ class Freezer:
     def _setup(self, units: list[FreezeUnit]) -> None:
         self._recorder = None
         self._bind(units)
-        if self.policy.scales_lr:
+        if self.per_unit_lr:  # only then: a run without per-unit lrs keeps the user's optimizer layout
             param_groups.split_per_unit(self.optimizer, [u.params for u in units])
             self.schedulers.sync()
         self._apply_lr()
@@ -196,6 +209,11 @@ class Freezer:
     def ready(self) -> bool:
         return self.units is not None
 
+    @property
+    def per_unit_lr(self) -> bool:
+        """Whether units get their own learning rates (the policy's scales, or cool-down ramps)."""
+        return self.policy.scales_lr or self.cooldown > 0
+
     def _require_units(self) -> list[FreezeUnit]:
         if self.units is None:
             raise FrostlineError(
@@ -205,7 +223,8 @@ class Freezer:
         return self.units
 
     def step(self) -> list[int]:
-        """Call after each ``optimizer.step()``. Returns the indices of units frozen now."""
+        """Call after each ``optimizer.step()``. Returns the indices of units frozen now (with a
+        cool-down: those whose cool-down ended now, not those decided now)."""
         self._require_units()
         self.step_count += 1
         progress = self.progress
@@ -215,11 +234,13 @@ class Freezer:
             self.policy.observe(progress, self.collect_signals(wanted_signals))
         wanted = self.policy.decide(progress)
         self.decision_time_s += time.perf_counter() - t0
-        if self.sync is not None:
-            wanted = self.sync.agree(wanted, self.frozen, len(self.units), self.step_count)
-        newly = self._admissible(wanted)
+        if self.sync is not None:  # every rank must have decided (frozen or cooling) the same units
+            wanted = self.sync.agree(wanted, self.frozen | set(self.cooling), len(self.units), self.step_count)
+        for i in self._admissible(wanted):
+            self.cooling[i] = Cooling(self.step_count, self.policy.reason(i))
+        newly = sorted(i for i, c in self.cooling.items() if self.step_count - c.decided_step >= self.cooldown)
         for i in newly:
-            self.freeze(i, signal=self.policy.reason(i))
+            self.freeze(i)
         if newly and self.sync is not None:
             self.sync.applied(newly)
         self._apply_lr()
@@ -227,7 +248,8 @@ class Freezer:
 
     def _admissible(self, wanted: set[int]) -> list[int]:
         last = len(self.units) - 1
-        return sorted(i for i in wanted if i not in self.frozen and 0 <= i <= last and (self.freeze_head or i != last))
+        return sorted(i for i in wanted if i not in self.frozen and i not in self.cooling and 0 <= i <= last
+                      and (self.freeze_head or i != last))
 
     def collect_signals(self, names) -> dict[str, Any]:
         """Signals a policy asked for, computed from the live model by their collectors."""
@@ -238,16 +260,17 @@ class Freezer:
 
     # -- acting ----------------------------------------------------------------------------
     def freeze(self, index: int, signal: dict[str, Any] | None = None) -> None:
-        """Freeze unit ``index`` now: no gradients, out of the optimizer, pinned to eval mode."""
+        """Freeze unit ``index`` now: no gradients, out of the optimizer, pinned to eval mode.
+        A unit still cooling down freezes at once (its decision step and signal are kept)."""
         unit = self._require_units()[index]
         if index in self.frozen:
             return
+        decided = self.cooling.pop(index, Cooling(self.step_count, signal))
         self._stop_training(index)
         param_groups.remove_params(self.optimizer, unit.params)
         self.frozen.add(index)
-        self.timeline.append(
-            FreezeEvent(unit.name, index, self.step_count, self.step_count / self.total_steps, signal)
-        )
+        self.timeline.append(FreezeEvent(unit.name, index, self.step_count, self.step_count / self.total_steps,
+                                         signal if signal is not None else decided.signal, decided.decided_step))
 
     def _stop_training(self, index: int) -> None:
         """No gradients for unit ``index`` and its modules run in eval mode from now on."""
@@ -262,8 +285,14 @@ class Freezer:
                 collector.on_freeze(index)  # e.g. free the gradient sums a frozen unit will never add to
 
     def _apply_lr(self) -> None:
-        """Unit groups' lr = unscaled lr x the policy's scale now (nothing for policies without scales)."""
-        scales = self.policy.lr_scales(self.progress)
+        """Unit groups' lr = unscaled lr x the policy's scale now, or x the cool-down ramp (nothing
+        for policies without scales and no cool-down)."""
+        if self.cooldown:
+            scales = [0.0 if i in self.frozen else 1.0 for i in range(len(self.units))]
+            for i, c in self.cooling.items():
+                scales[i] = cooldown_scale(self.step_count - c.decided_step, self.cooldown)
+        else:
+            scales = self.policy.lr_scales(self.progress)
         if scales is not None:
             param_groups.scale_unit_lrs(self.optimizer, scales)
 
@@ -297,6 +326,9 @@ class Freezer:
             "units": [list(u.module_names) for u in units],
             "unit_names": [u.name for u in units],
             "frozen": sorted(self.frozen),
+            "cooldown": self.cooldown,
+            "cooling": [{"index": i, "decided_step": c.decided_step, "signal": c.signal}
+                        for i, c in sorted(self.cooling.items())],
             "step": self.step_count,
             "decision_time_s": self.decision_time_s,
             "total_steps": self.total_steps,
@@ -320,6 +352,10 @@ class Freezer:
                 f"saved run had total_steps={state['total_steps']}, this one {self.total_steps}: "
                 "resume with the same epochs, batch size and data"
             )
+        saved_cooldown = state.get("cooldown", 0)  # states from before cool-downs had none
+        if saved_cooldown != self.cooldown:
+            raise CheckpointError(f"saved run had cooldown={saved_cooldown}, this one {self.cooldown}: "
+                                  "resume with the same cooldown")
         self.detach_trace()
         try:
             units = units_from_names(self.model, state["units"])
@@ -336,6 +372,7 @@ class Freezer:
             unpin(handles)
         self._eval_pins = {}
         self.frozen = set(state["frozen"])
+        self.cooling = {c["index"]: Cooling(c["decided_step"], c["signal"]) for c in state.get("cooling", [])}
         for i in self.frozen:
             self._stop_training(i)
         saved_signals = state.get("signals") or {}  # absent from states written before collectors kept any

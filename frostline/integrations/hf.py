@@ -30,6 +30,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from ..errors import CheckpointError, FrostlineError
 from ..freezer import Freezer
+from ..freezer.cooldown import check_cooldown
 from ..policies import FreezePolicy, as_policy
 from ..atomic import atomic_torch_save
 from ..loading import load_plain
@@ -45,7 +46,8 @@ class FrostlineCallback(TrainerCallback):
     """Freeze units of the Trainer's model as ``policy`` decides (a
     :class:`~frostline.policies.FreezePolicy` or a method name such as ``"freezeout"``).
 
-    ``units``, ``granularity`` and ``freeze_head`` are passed to the :class:`~frostline.Freezer`.
+    ``units``, ``granularity``, ``freeze_head`` and ``cooldown`` (optimizer steps of learning-rate
+    ramp to zero before a decided unit freezes) are passed to the :class:`~frostline.Freezer`.
     On resume the Freezer's state is read from ``<output_dir>/checkpoint-<global_step>/frostline.pt``;
     ``resume_from`` (a checkpoint folder or a ``frostline.pt`` file) points elsewhere, e.g. when
     ``resume_from_checkpoint`` is not under ``output_dir``. The live Freezer is ``callback.freezer``
@@ -60,8 +62,10 @@ class FrostlineCallback(TrainerCallback):
         granularity: str = "block",
         freeze_head: bool = False,
         resume_from: str | os.PathLike | None = None,
+        cooldown: int = 0,
     ):
         self.policy = as_policy(policy)
+        self.cooldown = check_cooldown(cooldown, self.policy)  # a bad one fails here, not at on_train_begin
         self.units = units
         self.granularity = granularity
         self.freeze_head = freeze_head
@@ -75,7 +79,7 @@ class FrostlineCallback(TrainerCallback):
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
         self.freezer = Freezer(
             model, optimizer, copy.deepcopy(self.policy), int(state.max_steps),
-            units=self.units, granularity=self.granularity, freeze_head=self.freeze_head,
+            units=self.units, granularity=self.granularity, freeze_head=self.freeze_head, cooldown=self.cooldown,
         )
         if lr_scheduler is not None:
             self.freezer.attach_scheduler(lr_scheduler)

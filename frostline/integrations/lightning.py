@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError, FrostlineError
 from ..freezer import Freezer
+from ..freezer.cooldown import check_cooldown
 from ..policies import FreezePolicy, as_policy
 
 
@@ -65,7 +66,8 @@ class FrostlineCallback(_pl.Callback):
 
     ``policy``: a :class:`~frostline.FreezePolicy` or a method name for
     :func:`frostline.create_policy` (then ``policy_kwargs`` are its hyperparameters).
-    ``units``/``granularity``/``freeze_head``/``signals`` go to :class:`~frostline.Freezer`.
+    ``units``/``granularity``/``freeze_head``/``signals``/``cooldown`` go to :class:`~frostline.Freezer`
+    (``cooldown``: optimizer steps of learning-rate ramp to zero before a decided unit freezes).
     ``units`` are module names relative to the LightningModule (e.g. ``"net.block1_1"``); without
     them the units are traced from the first training batch. The run length the policy sees is
     ``trainer.estimated_stepping_batches`` optimizer steps. One optimizer per LightningModule.
@@ -84,9 +86,11 @@ class FrostlineCallback(_pl.Callback):
         signals: dict[str, Any] | None = None,
         sync_ranks: bool | None = None,
         rebuild_ddp: bool = True,
+        cooldown: int = 0,
     ):
         super().__init__()
         self.policy = as_policy(policy, **(policy_kwargs or {}))
+        self.cooldown = check_cooldown(cooldown, self.policy)  # a bad one fails here, not at on_train_start
         self.units = units
         self.granularity = granularity
         self.freeze_head = freeze_head
@@ -144,7 +148,7 @@ class FrostlineCallback(_pl.Callback):
         # a fresh copy per fit: a policy's history must not leak from one fit into the next
         policy = copy.deepcopy(self.policy)
         common = dict(granularity=self.granularity, freeze_head=self.freeze_head,
-                      sync=self._make_sync(trainer), signals=self.signals)
+                      sync=self._make_sync(trainer), signals=self.signals, cooldown=self.cooldown)
         self._start_step = 0
         self._awaiting_trace = False
         if self._pending_state is not None:

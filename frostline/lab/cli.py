@@ -44,6 +44,8 @@ HELP = {
     "const_time": "freezeout/linear: lengthen training to the baseline's predicted compute",
     "reference": "cka-oracle: folder of a finished `frostline train` of the same model to compare with",
     "probe_size": "cka-oracle: train samples in the fixed probe batch CKA is measured on",
+    "cooldown": "optimizer steps over which a unit the method decided to freeze anneals its learning rate "
+                "to zero (half a cosine) before it freezes; 0 freezes at once (not for freezeout, which anneals itself)",
     "augment": "random shifts (+ flips, not on mnist) of training samples",
     "fixed_augmentation": "draw each sample's augmentation once, so the cache can serve it (changes training)",
     "cache": "activation cache for the frozen prefix: auto (on when safe), memory (spills to disk past the budget), disk, off",

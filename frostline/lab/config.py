@@ -18,8 +18,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, check_int
 from ..exploit.cache import DTYPES
+from ..freezer.cooldown import check_cooldown
 from ..policies import Hyperparameter, create_policy, list_policies, policy_spec
 from .data import TEXT_DATASETS
 from .pretrained import TEXT_MODELS
@@ -67,6 +68,7 @@ class RunSettings:
     compile_backend: str = "inductor"
     reference: str | None = None  # cka-oracle: the run folder its reference model is loaded from
     probe_size: int = 256  # cka-oracle: samples in the probe batch CKA is measured on
+    cooldown: int = 0  # optimizer steps of learning-rate ramp to zero before a decided unit freezes
 
 
 def _method_field(name: str, declared: list[tuple[str, Hyperparameter]]) -> tuple[str, Any, dataclasses.Field]:
@@ -196,6 +198,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise ConfigError(f"log_every must be > 0, got {cfg.log_every}")
     if cfg.probe_size < 4:
         raise ConfigError(f"probe_size must be >= 4 samples, got {cfg.probe_size}")
+    check_int(cfg.cooldown, "cooldown (optimizer steps)", low=0)
 
 
 def _check_choices(cfg: TrainConfig) -> None:
@@ -230,6 +233,14 @@ def _check_combinations(cfg: TrainConfig) -> None:
     if cfg.const_time and make_policy(cfg).requires:
         raise ConfigError("const_time needs a schedule-driven method (linear, freezeout): this one decides "
                           "from training signals, so its compute cannot be planned")
+    if cfg.cooldown:
+        if cfg.method == "none":
+            raise ConfigError("cooldown anneals a unit before it freezes; method none freezes nothing: "
+                              "pick a freezing method or drop --cooldown")
+        if cfg.const_time:
+            raise ConfigError("const_time plans the run from the schedule's freezing times, which a cooldown "
+                              "delays: drop one of --const-time and --cooldown")
+        check_cooldown(cfg.cooldown, make_policy(cfg))  # FreezeOut anneals by itself: no cooldown
     if cfg.method == "cka-oracle" and not cfg.reference:
         raise ConfigError("cka-oracle compares with a finished run: pass --reference RUN_DIR "
                           "(the --out folder of a finished `frostline train` of the same model)")

@@ -173,10 +173,13 @@ def set_up(cfg: TrainConfig, policy=None, checkpoint: dict[str, Any] | None = No
         policy = make_policy(cfg, RunContext(steps_per_epoch, model, data.train, device))
     total_steps, planned = _schedule(cfg, units, cost, steps_per_epoch)
     optimizer = _optimizer(cfg, model)
+    scheduler = _lr_scheduler(cfg, optimizer, policy, total_steps)  # on the optimizer as made, before any split
     sync = distributed.DecisionSync(device) if distributed.world_size() > 1 else None
-    freezer = Freezer(model, optimizer, policy, total_steps, units=[u.module_names for u in units], sync=sync)
+    freezer = Freezer(model, optimizer, policy, total_steps, units=[u.module_names for u in units], sync=sync,
+                      cooldown=cfg.cooldown)
+    if scheduler is not None and freezer.per_unit_lr:  # a cooling unit's lr = the cosine's lr x its ramp
+        freezer.attach_scheduler(scheduler)
     cached = _make_cache(cfg, model, freezer, train_set, Path(cfg.out))
-    scheduler = _lr_scheduler(cfg, optimizer, policy, total_steps)
     state = _restore(checkpoint, model, freezer, optimizer, scheduler, device) if checkpoint else LoopState()
     # DDP over what is trainable now (after a resume: what the checkpoint left trainable), rebuilt
     # by the Freezer's sync at every freeze; in one process this is the module itself.
@@ -274,7 +277,8 @@ def _first_summary(run: Run, policy, steps_per_epoch: int, planned: dict | None)
         "status": "running", "method": policy.name if policy.name != "none" else cfg.method, "model": cfg.model,
         "dataset": run.data.name, "epochs": cfg.epochs, "seed": cfg.seed, "total_steps": run.total_steps,
         "steps_per_epoch": steps_per_epoch, "train_samples": len(run.data.train),
-        "units": [u.name for u in run.units], "policy": policy.config(), "device": str(run.device),
+        "units": [u.name for u in run.units], "policy": policy.config(), "cooldown": cfg.cooldown,
+        "device": str(run.device),
         "full_step_flops": run.cost.full_step_flops, "const_time_plan": planned,
         "distributed": None, "compile": None,
     }
@@ -536,6 +540,9 @@ def plan(cfg: TrainConfig) -> dict[str, Any]:
     validate(cfg)
     if cfg.method == "none":
         raise ConfigError("method none freezes nothing: pass --method linear or freezeout")
+    if cfg.cooldown:
+        raise ConfigError("a cooldown delays every freeze by that many steps, which depend on the data: "
+                          "estimate without --cooldown (the times are the decisions)")
     policy = make_policy(cfg)
     if policy.requires:
         raise ConfigError(f"{cfg.method} decides from training signals, so its schedule cannot be planned "

@@ -57,7 +57,8 @@ def runs_table(summaries: Sequence[dict[str, Any]]) -> str:
         saved = f"{100 * (1 - s['train_time_s'] / base['train_time_s']):.1f}%" if base else "n/a"
         delta = f"{s['test_accuracy'] - base['test_accuracy']:+.2f}" if base else "n/a"
         frozen = sum(v is not None for v in s["frozen_at"].values())
-        rows.append([s["method"], s["model"], s["dataset"], s["epochs"], s["seed"], f"{s['test_accuracy']:.2f}", delta,
+        method = s["method"] + (f" (cooldown {s['cooldown']})" if s.get("cooldown") else "")  # runs may differ only there
+        rows.append([method, s["model"], s["dataset"], s["epochs"], s["seed"], f"{s['test_accuracy']:.2f}", delta,
                      f"{s['train_time_s']:.1f}", saved, f"{100 * s['flops_saved']:.1f}%",
                      f"{100 * s['predicted_saving']:.1f}%", f"{frozen}/{len(s['units'])}"])
     return markdown_table(["method", "model", "dataset", "epochs", "seed", "test acc %", "Δ acc", "train s",
