@@ -236,15 +236,15 @@ def test_the_standard_suite_is_the_realistic_regime(tmp_path, capsys):
     cells, skipped = suite_cells(suite, METHODS)
     assert not skipped and suite.max_jobs == 1
     assert {c.model for c in cells} == {"resnet", "vgg"} and {c.dataset for c in cells} == {"fashion-mnist"}
-    assert {c.seed for c in cells} == {0, 1, 2} and len(cells) == 2 * 6 * 3
+    assert {c.seed for c in cells} == {0, 1, 2} and len(cells) == 2 * 7 * 3
     assert {c.variant for c in cells} == {"none", "linear", "freezeout", "autofreeze+cache", "cka-oracle+cache",
-                                          "smartfrz+cache"}
+                                          "smartfrz+cache", "smartfrz+cache+cooldown"}
     for cell in cells:
         settings = dict(cell.settings)
         assert settings["train_subset"] is None and settings["test_subset"] is None and settings["val_size"] == 5000
         assert (settings["epochs"], settings["batch_size"], settings["threads"]) == (STANDARD_EPOCHS, 128, 2)
         assert not {"optimizer", "lr", "width", "depth"} & set(settings)  # SGD and the zoo's models as the defaults
-        assert settings.get("cache") == "memory" or not cell.variant.endswith("+cache")
+        assert settings.get("cache") == "memory" or "+cache" not in cell.variant
     checks = check_cells(suite)
     assert [(c.model, c.seed, dict(c.settings)["epochs"]) for c in checks] == [("resnet", 0, 1.5 * STANDARD_EPOCHS),
                                                                             ("vgg", 0, 1.5 * STANDARD_EPOCHS)]
