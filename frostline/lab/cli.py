@@ -119,6 +119,9 @@ def _bench_parsers(bench_sub) -> None:
     p_cmp.add_argument("--out", default="runs/bench-compare", help="bench folder; finished runs in it are reused (default: runs/bench-compare)")
     p_cmp.add_argument("--jobs", type=int, default=1, help="runs at once (default: 1); use one per core with the suite's one thread per run (standard allows only 1)")
     p_cmp.add_argument("--report-only", action="store_true", help="redraw report.md and plots from the runs already there")
+    for what in ("model", "seed", "variant"):
+        p_cmp.add_argument(f"--only-{what}", nargs="+", default=None, metavar=what.upper(),
+                           help=f"run only the cells of these {what}s now (the report still covers the whole suite)")
     p_cmp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     p_readme = _command(bench_sub, "readme", "bench readme",
                         help="publish a bench: its full results into the docs, a short summary into the README")
@@ -216,7 +219,9 @@ def _bench_steptime(args: argparse.Namespace) -> int:
 def _bench_compare(args: argparse.Namespace) -> int:
     from .compare import run_suite
 
-    data = run_suite(args.suite, args.out, progress=args.progress, report_only=args.report_only, jobs=args.jobs)
+    only = {"model": args.only_model, "seed": args.only_seed, "variant": args.only_variant}
+    data = run_suite(args.suite, args.out, progress=args.progress, report_only=args.report_only, jobs=args.jobs,
+                     only=only)
     print(f"{data['finished']}/{data['cells']} runs finished" + (f", {len(data['failed'])} failed" if data["failed"] else ""))
     print(f"report: {args.out}/report.md (plots beside it)")
     return 1 if data["failed"] else 0

@@ -323,10 +323,12 @@ def _finished(folder: Path, cell: Cell) -> dict | None:
 
 
 def run_suite(suite: str | Suite, out: str | os.PathLike, *, progress: bool = True, report_only: bool = False,
-              jobs: int = 1) -> dict[str, Any]:
+              jobs: int = 1, only: dict[str, Sequence] | None = None) -> dict[str, Any]:
     """Run (or continue) a suite (by name, or your own :class:`Suite`) and write its report.
     ``jobs`` cells run at once (each with the suite's ``threads``; a suite may allow only one);
-    every cell, baselines included, then shares the machine alike. Returns the report's data."""
+    every cell, baselines included, then shares the machine alike. ``only`` (``{"model": [...],
+    "seed": [...], "variant": [...]}``) runs just the matching cells now, for a long suite spread
+    over several sessions; the report still covers the whole suite. Returns the report's data."""
     from ..policies import list_policies
 
     if isinstance(suite, str):
@@ -351,11 +353,15 @@ def run_suite(suite: str | Suite, out: str | os.PathLike, *, progress: bool = Tr
     results: dict[str, dict] = {}
     failed: dict[str, str] = {}
     todo = []
+    wanted = {k: {str(v) for v in values} for k, values in (only or {}).items() if values}
+    unknown = sorted(set(wanted) - {"model", "seed", "variant"})
+    if unknown:
+        raise ConfigError(f"cannot select cells by {unknown}: use model, seed or variant")
     for cell in cells + checks:
         summary = _finished(cell.folder(root), cell)
         if summary is not None:
             results[cell.key] = summary
-        elif not report_only:
+        elif not report_only and all(str(getattr(cell, k)) in v for k, v in wanted.items()):
             todo.append(cell)
     if todo:
         _run_cells(suite, root, todo, results, failed, jobs, progress)
