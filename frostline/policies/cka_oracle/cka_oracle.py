@@ -22,9 +22,10 @@ A unit whose initial CKA is already (numerically) 1 has nothing to normalise by 
 The reference must come from another seed: with the same seed the training run retraces it and
 every unit's CKA reaches exactly 1 at the end, so the rule would encode time-to-end, not learning.
 
-:func:`cka_ready` is this rule alone; it also labels SmartFRZ's training data
-(:mod:`frostline.lab.predictor.collect`). It is an oracle: it needs a finished run of the same model,
-so it is a yardstick and a labeller rather than a way to save time on a first training.
+:func:`cka_ready` is this rule alone. SmartFRZ's training labels
+(:mod:`frostline.lab.predictor.collect`) read the same normalised CKA, with hindsight. It is an
+oracle: it needs a finished run of the same model, so it is a yardstick rather than a way to save
+time on a first training.
 
 With ``prefix_only`` only a growing prefix is frozen (a unit freezes when it and every unit
 before it are ready), which is what the activation cache and the backward savings need;
