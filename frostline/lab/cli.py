@@ -170,12 +170,14 @@ def _add_rule_flags(parser: argparse.ArgumentParser) -> None:
                         help=f"labels: its spread bound over the window (default: {rule.tolerance})")
     parser.add_argument("--label-share", type=float, default=rule.share,
                         help=f"labels: share of its end value it must have reached (default: {rule.share})")
+    parser.add_argument("--label-min-learned", type=float, default=rule.min_learned,
+                        help=f"labels: a unit whose end value is below this never learned (default: {rule.min_learned})")
 
 
 def _rule(args: argparse.Namespace):
     from .predictor.collect import LabelRule
 
-    return LabelRule(args.label_window, args.label_tolerance, args.label_share).check()
+    return LabelRule(args.label_window, args.label_tolerance, args.label_share, args.label_min_learned).check()
 
 
 # -- one function per command ----------------------------------------------------------------------
