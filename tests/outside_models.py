@@ -1,0 +1,121 @@
+"""Models frostline did not write, built small and randomly initialised, for tests that use
+frostline the way a user would: torchvision and timm image models, Hugging Face BERT and GPT-2
+(its head tied to its embedding), and a PEFT LoRA BERT.
+
+PyPI's torchvision wheel is linked against CUDA builds of torch: beside the CPU build its import
+dies while registering fake kernels for its C++ detection ops (``torchvision::nms does not
+exist``). Classification models are pure Python and never call those ops, so :func:`torchvision`
+stands an empty module in for ``torchvision._meta_registrations`` before the import (timm imports
+torchvision, so it goes through here too). Tests only: frostline itself never imports either.
+
+Each builder returns ``(model, batch)``: ``batch(n, seed)`` gives the keyword arguments of one
+forward (``labels`` included, so ``model(**batch)`` computes the loss for HF models) and
+:func:`loss_of` turns a forward's output into a scalar loss for every model here.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+NUM_CLASSES, IMAGE, SEQ, VOCAB = 10, 32, 16, 128
+
+
+def torchvision():
+    """The real torchvision, importable beside a CPU torch (see the module docstring); skips the
+    test where it is not installed."""
+    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+    return pytest.importorskip("torchvision")
+
+
+def timm():
+    torchvision()
+    return pytest.importorskip("timm")
+
+
+def _images(n: int, seed: int, channels: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return {"x": torch.randn(n, channels, IMAGE, IMAGE, generator=g),
+            "y": torch.randint(0, NUM_CLASSES, (n,), generator=g)}
+
+
+def _tokens(n: int, seed: int, causal: bool):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (n, SEQ), generator=g)
+    labels = ids.clone() if causal else torch.randint(0, 2, (n,), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def torchvision_resnet18():
+    tv = torchvision()
+    torch.manual_seed(0)
+    return tv.models.resnet18(num_classes=NUM_CLASSES), lambda n, seed=0: _images(n, seed)
+
+
+def timm_resnet18():
+    tm = timm()
+    torch.manual_seed(0)
+    return tm.create_model("resnet18", pretrained=False, num_classes=NUM_CLASSES), lambda n, seed=0: _images(n, seed)
+
+
+def timm_vit_tiny():
+    tm = timm()
+    torch.manual_seed(0)
+    model = tm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=NUM_CLASSES, img_size=IMAGE,
+                            patch_size=8, depth=4)
+    return model, lambda n, seed=0: _images(n, seed)
+
+
+def hf_bert():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    return transformers.BertForSequenceClassification(config), lambda n, seed=0: _tokens(n, seed, causal=False)
+
+
+def hf_gpt2():
+    """GPT-2 whose ``lm_head.weight`` *is* ``transformer.wte.weight`` (tied, as every GPT-2)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=4, n_head=2,
+                                     bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    return model, lambda n, seed=0: _tokens(n, seed, causal=True)
+
+
+def peft_lora_bert():
+    """A LoRA-wrapped BERT: only the adapters (and the classifier) train; most modules hold
+    nothing trainable."""
+    peft = pytest.importorskip("peft")
+    model, batch = hf_bert()
+    config = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"])
+    return peft.get_peft_model(model, config), batch
+
+
+BUILDERS = {
+    "torchvision-resnet18": torchvision_resnet18,
+    "timm-resnet18": timm_resnet18,
+    "timm-vit": timm_vit_tiny,
+    "hf-bert": hf_bert,
+    "hf-gpt2": hf_gpt2,
+    "peft-lora-bert": peft_lora_bert,
+}
+
+
+def forward(model, batch):
+    """One forward with a batch from a builder: image models get ``x`` positionally."""
+    if "x" in batch:
+        return model(batch["x"])
+    return model(**batch)
+
+
+def loss_of(output, batch) -> torch.Tensor:
+    """A scalar loss from a forward's output: HF's own loss, or cross-entropy for image logits."""
+    if "x" in batch:
+        return torch.nn.functional.cross_entropy(output, batch["y"])
+    return output.loss
