@@ -277,7 +277,7 @@ class ReferenceCKA:
 class TailoredWeights:
     """Signal ``"tailored_weights"``: for each active unit a float32 CPU vector of ``size`` of its
     parameter values at fixed seeded positions (:class:`frostline.policies.smartfrz.Tailor`); ``None`` for
-    frozen units. A gather of ``size`` numbers per unit: no copy of the weights."""
+    frozen units. A gather of ``size`` numbers per unit into one buffer: no copy of the weights."""
 
     def __init__(self, size: int = 1024, seed: int = 0):
         self.size = size
@@ -291,7 +291,9 @@ class TailoredWeights:
         if self.tailor is None:
             self.bind(freezer)
         units = freezer.units
-        return [None if i in freezer.frozen else self.tailor.sample(i, units[i].params) for i in range(len(units))]
+        active = [i for i in range(len(units)) if i not in freezer.frozen]
+        rows = self.tailor.sample_units([u.params for u in units], active)
+        return [rows.get(i) for i in range(len(units))]
 
 
 #: Collectors for the signals that need no settings (name -> factory).

@@ -42,6 +42,8 @@ class StageClock:
         if steps_per_epoch is not None:
             # steps (0-based, within an epoch) at which the 2nd, 3rd, ... stage of the epoch begins
             self._starts = [k * steps_per_epoch // per_epoch for k in range(1, per_epoch)]
+            # steps within an epoch (0-based) that close a stage: asked at every optimizer step
+            self._ends = frozenset([start - 1 for start in self._starts] + [steps_per_epoch - 1])
 
     def index(self, step: int) -> int:
         """Which stage (0-based, counted from the start of training) optimizer step ``step``
@@ -53,8 +55,12 @@ class StageClock:
         return epoch * self.per_epoch + bisect_right(self._starts, within)
 
     def is_stage_end(self, step: int) -> bool:
-        """Whether optimizer step ``step`` (1-based) closes a stage."""
-        return step > 0 and self.index(step + 1) != self.index(step)
+        """Whether optimizer step ``step`` (1-based) closes a stage (``index`` changes after it)."""
+        if step <= 0:
+            return False
+        if self.every_steps is not None:
+            return step % self.every_steps == 0
+        return (step - 1) % self.steps_per_epoch in self._ends
 
 
 class StagedPolicy(FreezePolicy):

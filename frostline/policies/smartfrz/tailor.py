@@ -14,35 +14,63 @@ from ...errors import check_int
 
 
 class Tailor:
-    """Fixed sampling positions for every unit; :meth:`sample` reads them from live parameters."""
+    """Fixed sampling positions for every unit; :meth:`sample_units` reads them from live parameters.
+
+    A snapshot is cheap because it is taken every few steps for the whole run (30 per epoch): each
+    parameter's positions are gathered straight into their slice of one preallocated buffer on the
+    parameters' device (no concatenation, no padding per call), and the buffer reaches the CPU in
+    one copy (one device synchronisation per snapshot, not one per unit)."""
 
     def __init__(self, unit_params: list[list[torch.nn.Parameter]], size: int = 1024, seed: int = 0):
         self.size = check_int(size, "tailor size", low=1)
         self.seed = seed
-        #: per unit: list of (parameter position in the unit, local flat indices)
-        self.plan: list[list[tuple[int, torch.Tensor]]] = []
+        #: per unit: list of (parameter position in the unit, local flat indices, start in the row)
+        self.plan: list[list[tuple[int, torch.Tensor, int]]] = []
         for u, params in enumerate(unit_params):
             sizes = [p.numel() for p in params]
             total = sum(sizes)
             g = torch.Generator().manual_seed(int(seed) * 1_000_003 + u)
             picks = torch.randperm(total, generator=g)[: self.size].sort().values if total else torch.zeros(0, dtype=torch.long)
-            plan, start = [], 0
+            plan, start, filled = [], 0, 0
             for k, n in enumerate(sizes):
                 local = picks[(picks >= start) & (picks < start + n)] - start
                 if len(local):
-                    plan.append((k, local))
+                    plan.append((k, local, filled))
+                    filled += len(local)
                 start += n
             self.plan.append(plan)
+        self._buffer: torch.Tensor | None = None
+
+    def _buffer_on(self, rows: int, device: torch.device) -> torch.Tensor:
+        if self._buffer is None or self._buffer.shape[0] != rows or self._buffer.device != device:
+            self._buffer = torch.zeros(rows, self.size, dtype=torch.float32, device=device)
+            self._indices = {}
+        return self._buffer
 
     @torch.no_grad()
+    def sample_units(self, unit_params: list[list[torch.nn.Parameter]], active: list[int]) -> dict[int, torch.Tensor]:
+        """The tailored vectors of the units ``active`` now: float32 CPU rows of length ``size``."""
+        if not active:
+            return {}
+        device = next((unit_params[u][k].device for u in active for k, _, _ in self.plan[u]), torch.device("cpu"))
+        buf = self._buffer_on(len(self.plan), device)
+        for u in active:
+            row = buf[u]
+            for k, ix, at in self.plan[u]:
+                flat = unit_params[u][k].detach().reshape(-1)
+                key = (u, k)
+                if key not in self._indices:
+                    self._indices[key] = ix.to(flat.device)
+                part = row[at:at + len(ix)]
+                if flat.dtype == torch.float32:
+                    torch.index_select(flat, 0, self._indices[key], out=part)
+                else:
+                    part.copy_(flat.index_select(0, self._indices[key]))
+        host = buf.to("cpu", copy=True)
+        return {u: host[u] for u in active}
+
     def sample(self, unit: int, params) -> torch.Tensor:
-        """The unit's tailored vector now: float32 on the CPU, length ``size``."""
-        parts = []
-        for k, ix in self.plan[unit]:
-            flat = params[k].detach().reshape(-1)
-            parts.append(flat.index_select(0, ix.to(flat.device)).float())
-        out = torch.zeros(self.size, dtype=torch.float32)
-        if parts:
-            v = torch.cat(parts).cpu()
-            out[: len(v)] = v
-        return out
+        """One unit's tailored vector now: float32 on the CPU, length ``size``."""
+        units = [[] for _ in self.plan]
+        units[unit] = list(params)
+        return self.sample_units(units, [unit])[unit].clone()
