@@ -285,11 +285,10 @@ def _first_summary(run: Run, policy, steps_per_epoch: int, planned: dict | None)
 
 
 def _make_cache(cfg: TrainConfig, model: nn.Module, freezer: Freezer, train_set, out: Path) -> CachedPrefixModel | None:
-    """The activation cache, when asked for and safe; otherwise None, with one line saying why."""
+    """The activation cache, when asked for and safe; otherwise None, with one line saying why.
+    A model the cache cannot serve exactly is found at its first cached step: ``--cache auto``
+    then warns once and trains on without it, ``--cache memory|disk`` stops with a ConfigError."""
     if cfg.cache == "off" or cfg.method == "none":
-        return None
-    if not isinstance(model, nn.Sequential):
-        print("frostline: warning: activation cache off: the model is not a chain of units", file=sys.stderr)
         return None
     if not is_deterministic(train_set, probe=(0, 1, -1)):
         print("frostline: warning: activation cache off: random augmentation gives a sample a new tensor "
@@ -299,7 +298,7 @@ def _make_cache(cfg: TrainConfig, model: nn.Module, freezer: Freezer, train_set,
     rank = distributed.rank()  # under torchrun each rank caches the samples it sees, in its own folder
     directory = out / ("cache" if rank == 0 else f"cache-rank{rank}")
     cache = ActivationCache(len(train_set), memory_budget_bytes=budget, dtype=cfg.cache_dtype, directory=directory)
-    return CachedPrefixModel(model, freezer, cache)
+    return CachedPrefixModel(model, freezer, cache, on_refuse="warn" if cfg.cache == "auto" else "raise")
 
 
 class _CachedForward(nn.Module):
@@ -507,7 +506,7 @@ def _cache_summary(run: Run) -> dict[str, Any] | None:
     cache, cost = run.cached.cache, run.cost
     runs = run.cache_unit_runs if run.cache_unit_runs is not None else cache.unit_runs
     run.state.train_flops += sum(round(n * cost.units[u].forward_flops / cost.batch_size) for u, n in runs.items())
-    return {**cache.stats, "dtype": run.cfg.cache_dtype, "peak_memory_mb": cache.peak_memory_bytes / 2**20,
+    return {**cache.stats, "refused": run.cached.refused, "dtype": run.cfg.cache_dtype, "peak_memory_mb": cache.peak_memory_bytes / 2**20,
             "peak_disk_mb": cache.peak_disk_bytes / 2**20}
 
 

@@ -1,0 +1,145 @@
+"""The activation cache on models that are not a chain (cut by hooks at the first trainable unit):
+exact on models frostline did not write, refused where the prefix reaches the rest another way."""
+
+import pytest
+import torch
+from torch import nn
+
+import frostline
+from frostline import ConfigError
+from frostline.exploit.cache import ActivationCache, CachedPrefixModel
+from outside_models import BUILDERS, forward, loss_of
+
+N, BATCH = 16, 8  # two steps per epoch
+FREEZE_AFTER = {1: 2, 3: 4}  # after step 1 freeze units 0..1, after step 3 units 2..3 (stored entries are extended)
+
+
+def _train(model, batch_of, cache: ActivationCache | None, steps=8):
+    """Epoch-shuffled steps; units freeze at FREEZE_AFTER. Returns the losses."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    data = batch_of(N, 0)
+    freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), steps)
+    cached = CachedPrefixModel(model, freezer, cache) if cache is not None else None
+    torch.manual_seed(1)  # the same dropout draws with and without the cache
+    model.train()
+    losses = []
+    for step in range(steps):
+        epoch, j = divmod(step, N // BATCH)
+        idx = torch.randperm(N, generator=torch.Generator().manual_seed(epoch))[j * BATCH:(j + 1) * BATCH]
+        batch = {k: v[idx] for k, v in data.items()}
+        if cached is None:
+            out = forward(model, batch)
+        elif "x" in batch:
+            out = cached(idx, batch["x"])
+        else:
+            out = cached(idx, **batch)
+        loss = loss_of(out, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        freezer.step()
+        for i in range(FREEZE_AFTER.get(step, 0)):
+            freezer.freeze(i)
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["torchvision-resnet18", "timm-vit", "hf-bert"])
+def test_cache_on_outside_models_gives_the_same_training(name):
+    """BERT keeps its dropout (0.1) in the trainable units: the cached forward draws the same
+    random numbers as the plain one, so even then the runs agree."""
+    ref_model, batch_of = BUILDERS[name]()
+    ref = _train(ref_model, batch_of, None)
+    model, batch_of = BUILDERS[name]()
+    cache = ActivationCache(N)
+    losses = _train(model, batch_of, cache)
+    assert losses == pytest.approx(ref, abs=1e-6)
+    for (n, p), q in zip(ref_model.named_parameters(), model.parameters()):
+        assert torch.allclose(p, q, atol=1e-6, rtol=0), n
+    assert cache.stats["hits"] >= 2 * BATCH and cache.stats["extended"] > 0 and cache.stats["computed"] > 0
+
+
+class _Mlp(nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.enc, self.mid, self.dec = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(2 * width, 2)
+
+    def forward(self, x):
+        return self.dec(torch.cat([torch.relu(self.mid(torch.relu(self.enc(x)))), x], dim=1))
+
+
+class _SkipAcross(_Mlp):
+    """U-Net-like: ``enc``'s output also goes straight to ``dec``, past ``mid``."""
+
+    def forward(self, x):
+        e = torch.relu(self.enc(x))
+        return self.dec(torch.cat([torch.relu(self.mid(e)), e], dim=1))
+
+
+def _freeze_first_and_call(model, cache, **kwargs):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), 10, units=["enc", "mid", "dec"])
+    freezer.freeze(0)
+    cached = CachedPrefixModel(model, freezer, cache, **kwargs)
+    x = torch.randn(4, 8)
+    return cached, x, cached(torch.arange(4), x)
+
+
+def test_a_skip_across_the_boundary_is_refused():
+    torch.manual_seed(0)
+    with pytest.raises(ConfigError, match="skip connection across the boundary"):
+        _freeze_first_and_call(_SkipAcross(), ActivationCache(4))
+    # raw inputs read again after the boundary are fine: the replay pass has them too
+    cached, x, out = _freeze_first_and_call(_Mlp(), ActivationCache(4))
+    assert torch.allclose(out, cached.model(x)) and cached.cache.stats["computed"] == 4
+    cached(torch.arange(4), x)
+    assert cached.cache.stats["hits"] == 4
+
+
+def test_a_refused_model_can_run_without_the_cache_with_one_warning():
+    torch.manual_seed(0)
+    model = _SkipAcross()
+    with pytest.warns(UserWarning, match="train without the cache"):
+        cached, x, out = _freeze_first_and_call(model, ActivationCache(4), on_refuse="warn")
+    assert cached.refused and cached.boundary() == 0
+    assert torch.equal(out, model(x))
+    assert torch.equal(cached(torch.arange(4), x), model(x))
+
+
+def test_nested_sequential_is_cut_inside_its_children():
+    """Units one level below the model's children: not a chain, so the cut path serves it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU()),
+                          nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), 10, example_input=torch.randn(2, 8))
+    assert len(freezer.units) == 4
+    freezer.freeze(0)
+    cached = CachedPrefixModel(model, freezer, ActivationCache(8))
+    assert not cached.chain
+    x = torch.randn(8, 8)
+    for _ in range(2):
+        assert torch.allclose(cached(torch.arange(8), x), model(x), atol=1e-6)
+    assert cached._cutter.cut(1).name == "0.2" and cached.cache.stats["hits"] == 8
+
+
+def test_no_hits_and_no_boundary_are_said_not_silent():
+    torch.manual_seed(0)
+    cached, x, _ = _freeze_first_and_call(_Mlp(), ActivationCache(4))
+    with pytest.warns(UserWarning, match="no hit"):
+        for _ in range(9):  # entries that never stay stored (as if every index were new): never a hit
+            cached.cache.levels[:] = 0
+            cached(torch.arange(4), x)
+
+    class Unused(_Mlp):
+        def __init__(self):
+            super().__init__()
+            self.spare = nn.Linear(8, 8)
+
+    model = Unused()
+    freezer = frostline.Freezer(model, torch.optim.SGD(model.parameters(), lr=0.1), frostline.NoFreezing(), 10,
+                                units=["enc", "spare", "mid", "dec"])
+    freezer.freeze(0)
+    with pytest.raises(ConfigError, match="did not run"):
+        CachedPrefixModel(model, freezer, ActivationCache(4))(torch.arange(4), x)
