@@ -4,9 +4,12 @@ frostline the way a user would: torchvision and timm image models, Hugging Face 
 
 PyPI's torchvision wheel is linked against CUDA builds of torch: beside the CPU build its import
 dies while registering fake kernels for its C++ detection ops (``torchvision::nms does not
-exist``). Classification models are pure Python and never call those ops, so :func:`torchvision`
-stands an empty module in for ``torchvision._meta_registrations`` before the import (timm imports
-torchvision, so it goes through here too). Tests only: frostline itself never imports either.
+exist``), and so does every ``transformers`` import that finds torchvision installed. So
+torchvision and timm are not installed into the environment: CI puts them in ``.outside/``
+(``pip install --no-deps --target .outside torchvision timm``), which :func:`torchvision` adds to
+the path for the tests that ask, after standing an empty module in for
+``torchvision._meta_registrations`` (classification models are pure Python and never call those
+ops). Tests only: frostline itself never imports either.
 
 Each builder returns ``(model, batch)``: ``batch(n, seed)`` gives the keyword arguments of one
 forward (``labels`` included, so ``model(**batch)`` computes the loss for HF models) and
@@ -17,16 +20,21 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
 NUM_CLASSES, IMAGE, SEQ, VOCAB = 10, 32, 16, 128
+#: Where CI installs torchvision and timm, away from the environment transformers sees.
+OUTSIDE_PACKAGES = Path(__file__).resolve().parent.parent / ".outside"
 
 
 def torchvision():
     """The real torchvision, importable beside a CPU torch (see the module docstring); skips the
     test where it is not installed."""
+    if OUTSIDE_PACKAGES.is_dir() and str(OUTSIDE_PACKAGES) not in sys.path:
+        sys.path.append(str(OUTSIDE_PACKAGES))
     sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
     return pytest.importorskip("torchvision")
 

@@ -65,8 +65,8 @@ def test_the_docs_have_runnable_blocks_and_only_known_fence_infos():
 def test_python_block_runs(code, tmp_path, monkeypatch):
     for name in _frameworks(code):
         pytest.importorskip(FRAMEWORKS[name])
-    # transformers imports torchvision where it is installed, which beside a CPU torch needs the
-    # stand-in tests/outside_models.py explains
+    # transformers imports torchvision once a test has put it on the path (tests/outside_models.py),
+    # which beside a CPU torch needs the stand-in explained there
     sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
     monkeypatch.chdir(tmp_path)  # blocks may write (runs/..., checkpoints): keep it out of the tree
     exec(compile(code, "<doc block>", "exec"), {"__name__": "__doc_block__"})
