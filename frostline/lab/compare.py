@@ -631,8 +631,10 @@ def _average(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
             for v, rs in by_variant.items()}
 
 
-def goal_lines(goal: Goal, rows: Sequence[dict[str, Any]], convergence: Sequence[dict[str, Any]] | None = None) -> list[str]:
-    """Plain statements of whether ``goal`` was met in this bench, with the numbers."""
+def goal_lines(goal: Goal, rows: Sequence[dict[str, Any]], convergence: Sequence[dict[str, Any]] | None = None,
+               brief: bool = False) -> list[str]:
+    """Plain statements of whether ``goal`` was met in this bench, with the numbers. ``brief`` (the
+    README) counts what a goal still waits for instead of listing it."""
     lines = []
     for e in judge(goal, rows, convergence):
         head = f"- {goal.title}" + (f" ({e['group']})" if e["group"] else "")
@@ -640,7 +642,9 @@ def goal_lines(goal: Goal, rows: Sequence[dict[str, Any]], convergence: Sequence
             lines.append(f"- {goal.title} (goal: {goal.target()}): no run of this bench is covered.")
             continue
         if e["verdict"] == "not measured yet":
-            lines.append(f"{head}: goal ({goal.target()}) **not measured yet**: missing {', '.join(e['missing'])}.")
+            waits = (f"{len(e['missing'])} incomplete cell{'s' if len(e['missing']) != 1 else ''}" if brief
+                     else f"missing {', '.join(e['missing'])}")
+            lines.append(f"{head}: goal ({goal.target()}) **not measured yet**: {waits}.")
             continue
         figures = _figures(e)
         rivals = "".join(f"; {v}: {_figures(r)}" for v, r in e["rivals"].items())
@@ -817,7 +821,7 @@ def summary_markdown(suite: Suite, data: dict[str, Any], plot: str, details: str
     machine = data["machine"]
     convergence = data.get("convergence")
     lines = [*convergence_lines(convergence or ()),
-             *[line for goal in suite.goals for line in goal_lines(goal, data["rows"], convergence)]]
+             *[line for goal in suite.goals for line in goal_lines(goal, data["rows"], convergence, brief=True)]]
     missing = data.get("missing") or ()
     if missing:
         lines.append(f"- Partial bench: {len(missing)} of {data['cells']} runs not finished yet.")
