@@ -254,7 +254,8 @@ def test_a_policy_by_name_is_built_at_construction_and_a_bad_name_fails_there():
     assert freezer.frozen  # the default linear schedule froze something by the end
     with pytest.raises(ConfigError, match="unknown method 'freezout'"):
         Freezer(model, opt, "freezout", total_steps=10)
-    with pytest.raises(ConfigError, match="steps_per_epoch"):
-        Freezer(model, opt, "smartfrz", total_steps=10)  # a staged method says what it needs, at once
-    # AutoFreeze counts its intervals over the run: the run length is all it needs
+    # a per-epoch method by name sees the run as EPOCHS_IF_UNKNOWN epochs; AutoFreeze counts its
+    # intervals over the run: the run length is all either needs
+    smart = Freezer(model, opt, "smartfrz", total_steps=40).policy
+    assert isinstance(smart, frostline.SmartFRZ) and smart.clock.steps_per_epoch == 4
     assert isinstance(Freezer(model, opt, "autofreeze", total_steps=10).policy, frostline.AutoFreeze)
