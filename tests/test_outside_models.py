@@ -163,3 +163,30 @@ def test_an_unknown_method_fails_when_the_callback_is_made():
 
     with pytest.raises(frostline.ConfigError, match="unknown method 'smartfreeze'"):
         FrostlineCallback(policy="smartfreeze")
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_the_hf_callback_refuses_a_state_file_that_would_run_code(tmp_path):
+    """Resuming reads frostline.pt with weights_only=True: a pickled callable is refused unrun."""
+    pytest.importorskip("transformers")
+    from types import SimpleNamespace
+
+    from frostline.integrations.hf import STATE_FILE, FrostlineCallback
+
+    marker = tmp_path / "code-ran"
+    folder = tmp_path / "checkpoint-3"
+    folder.mkdir()
+    torch.save({"step": 3, "evil": _RunsCodeWhenUnpickled(marker)}, folder / STATE_FILE)
+    callback = FrostlineCallback("linear")
+    with pytest.raises(frostline.CheckpointError, match="could run code"):
+        callback._resume(SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=3))
+    assert not marker.exists()
