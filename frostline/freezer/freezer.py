@@ -259,6 +259,8 @@ class Freezer:
         """Call after each ``optimizer.step()``. Returns the indices of units frozen now (with a
         cool-down: those whose cool-down ended now, not those decided now)."""
         self._require_units()
+        if self.tracing and self._recorder.order:  # named units, and the root forward never returned
+            self.finish_trace()
         self._check_lrs_untouched()
         self.step_count += 1
         progress = self.progress
