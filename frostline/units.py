@@ -277,10 +277,12 @@ def freeze_units(
     return built
 
 
-def check_units(model: nn.Module, units: Sequence[FreezeUnit], execution_order: Sequence[str]) -> None:
+def check_units(model: nn.Module, units: Sequence[FreezeUnit], execution_order: Sequence[str],
+                frozen: Iterable[int] = ()) -> None:
     """Units named by the user, checked against one traced forward: each ran, they are listed in
-    the order they run, none is empty, and no module that ran with trainable parameters is left
-    out (it would train on, unseen by the policy). A :class:`ModelError` names the problem."""
+    the order they run, none but those in ``frozen`` (frozen since they were named) is without a
+    trainable parameter, and no module that ran with trainable parameters is left out (it would
+    train on, unseen by the policy). A :class:`ModelError` names the problem."""
     position = {name: i for i, name in enumerate(execution_order)}
     firsts = [_first_run(u.module_names, position) for u in units]
     not_run = [u.module_names for u, f in zip(units, firsts) if f < 0]
@@ -291,7 +293,8 @@ def check_units(model: nn.Module, units: Sequence[FreezeUnit], execution_order: 
             order = [u.name for _, u in sorted(zip(firsts, units), key=lambda t: t[0])]
             raise ModelError(f"units are not listed in the order they run: {b.name!r} runs before {a.name!r}; "
                              f"list them as {order}")
-    empty = [u.name for u in units if not any(p.requires_grad for p in u.params)]
+    frozen = set(frozen)
+    empty = [u.name for i, u in enumerate(units) if i not in frozen and not any(p.requires_grad for p in u.params)]
     if empty:
         raise ModelError(f"unit(s) {empty} hold no trainable parameter of their own (frozen already, or tied to a "
                          "later unit's): leave them out")

@@ -167,7 +167,7 @@ class Freezer:
 
     def _check_named_units(self, order) -> None:
         self._recorder = None
-        check_units(self.model, self.units, order)
+        check_units(self.model, self.units, order, self.frozen)
 
     def detach_trace(self) -> None:
         """Stop waiting for a first forward (training ended before any batch)."""
