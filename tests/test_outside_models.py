@@ -190,3 +190,12 @@ def test_the_hf_callback_refuses_a_state_file_that_would_run_code(tmp_path):
     with pytest.raises(frostline.CheckpointError, match="could run code"):
         callback._resume(SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=3))
     assert not marker.exists()
+
+
+def test_smartfrz_samples_only_the_weights_that_train_on_a_lora_model():
+    model, batch = peft_lora_bert()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    freezer = Freezer(model, optimizer, POLICIES["smartfrz"](), STEPS)
+    _train(model, batch, freezer, optimizer, "zero-then-step", steps=2)
+    sampled = freezer._collectors["tailored_weights"]._params
+    assert all(ps and all(p.requires_grad for p in ps) for ps in sampled)  # adapters, not the frozen base
