@@ -277,22 +277,27 @@ class ReferenceCKA:
 class TailoredWeights:
     """Signal ``"tailored_weights"``: for each active unit a float32 CPU vector of ``size`` of its
     parameter values at fixed seeded positions (:class:`frostline.policies.smartfrz.Tailor`); ``None`` for
-    frozen units. A gather of ``size`` numbers per unit into one buffer: no copy of the weights."""
+    frozen units. A gather of ``size`` numbers per unit into one buffer: no copy of the weights.
+    Only the parameters that train when it is bound are sampled: a LoRA layer's frozen base weights
+    never change and would drown its adapters' trajectory (for a model that trains everything,
+    all of them)."""
 
     def __init__(self, size: int = 1024, seed: int = 0):
         self.size = size
         self.seed = seed
         self.tailor: Tailor | None = None
+        self._params: list[list[Any]] = []
 
     def bind(self, freezer) -> None:
-        self.tailor = Tailor([u.params for u in freezer.units], size=self.size, seed=self.seed)
+        self._params = [[p for p in u.params if p.requires_grad] for u in freezer.units]
+        self.tailor = Tailor(self._params, size=self.size, seed=self.seed)
 
     def __call__(self, freezer) -> list[Any]:
         if self.tailor is None:
             self.bind(freezer)
         units = freezer.units
         active = [i for i in range(len(units)) if i not in freezer.frozen]
-        rows = self.tailor.sample_units([u.params for u in units], active)
+        rows = self.tailor.sample_units(self._params, active)
         return [rows.get(i) for i in range(len(units))]
 
 

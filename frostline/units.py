@@ -7,6 +7,7 @@ because registration order (what ``named_modules`` gives) can differ from execut
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -172,7 +173,24 @@ def _resolve_explicit(model: nn.Module, units: Sequence) -> list[list[str]]:
                 f"{known}{' ...' if len(modules) > 13 else ''} (see model.named_modules())"
             )
         groups.append(names)
+    _check_disjoint(groups)
     return groups
+
+
+def _check_disjoint(groups: Sequence[Sequence[str]]) -> None:
+    """No module may be in two units, directly or through a parent: its parameters would be."""
+    owner: dict[str, int] = {}
+    for i, g in enumerate(groups):
+        for n in g:
+            if n in owner:
+                raise ModelError(f"module {n or '<root>'!r} is listed in two units ({owner[n]} and {i}): "
+                                 "every module belongs to one unit")
+            owner[n] = i
+    for n, i in owner.items():
+        for m, j in owner.items():
+            if n != m and (n == "" or m.startswith(n + ".")):
+                raise ModelError(f"unit {i} holds {n or '<root>'!r}, which contains {m!r} of unit {j}: units overlap; "
+                                 f"list {m!r} or its parent, not both")
 
 
 def _first_run(names: Iterable[str], position: dict[str, int]) -> int:
@@ -187,6 +205,14 @@ def _first_run(names: Iterable[str], position: dict[str, int]) -> int:
     return best if best is not None else -1
 
 
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile(model)`` wraps (it shares its parameters), else ``model``.
+    Units are found, named and frozen on it: the wrapper has one child, ``_orig_mod``."""
+    while hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+        model = model._orig_mod
+    return model
+
+
 def freeze_units(
     model: nn.Module,
     granularity: str = "block",
@@ -196,14 +222,19 @@ def freeze_units(
 ) -> list[FreezeUnit]:
     """Split ``model`` into ordered freeze units; the last unit is the head.
 
-    ``units`` (a list of module names, or of lists of names) overrides the automatic split.
-    The order comes from a traced forward pass: give ``example_input`` (one batch) or an
-    ``execution_order`` already recorded. Modules that never run in that pass are left out
-    (they get no gradient anyway). Parameters owned directly by container modules (a ViT's
-    ``cls_token``) join the first unit below that container in execution order.
+    ``units`` (a list of module names, or of lists of names) overrides the automatic split; it
+    must list the units in the order they run, each module once, and cover every module that ran
+    with trainable parameters (:func:`check_units`). The order comes from a traced forward pass:
+    give ``example_input`` (one batch) or an ``execution_order`` already recorded. Modules that
+    never run in that pass are left out (they get no gradient anyway), and so are automatic units
+    with nothing trainable (a LoRA model's base layers): a policy counts only units it can freeze.
+    Parameters owned directly by container modules (a ViT's ``cls_token``) join the first unit
+    below that container in execution order; a parameter used by two units (tied weights) belongs
+    to the last of them (:func:`_build_units`). A compiled model is split as the model it wraps.
     """
     if granularity not in GRANULARITIES:
         raise ModelError(f"unknown granularity {granularity!r}; use one of {list(GRANULARITIES)}")
+    model = unwrap_compiled(model)
     if not any(p.requires_grad for p in model.parameters()):
         raise ModelError(
             "the model has no trainable parameters (none with requires_grad=True): there is "
@@ -216,34 +247,64 @@ def freeze_units(
                 "execution_order= (from trace_execution_order)"
             )
         execution_order = trace_execution_order(model, example_input)
+    if units is not None:
+        built = units_from_names(model, _resolve_explicit(model, units))
+        check_units(model, built, execution_order)
+        return built
     position = {name: i for i, name in enumerate(execution_order)}
     modules = dict(model.named_modules())
-
-    if units is not None:
-        groups = _resolve_explicit(model, units)
-    elif granularity == "block":
-        groups = _block_candidates("", model)
-        if not groups:  # a single leaf model
-            groups = [[""]]
-    else:
-        groups = _leaf_candidates(model)
-    if units is not None:
-        not_run = [g for g in groups if _first_run(g, position) < 0]
-        if not_run:
-            raise ModelError(f"unit(s) {not_run} never ran in the traced forward pass")
+    groups = _block_candidates("", model) if granularity == "block" else _leaf_candidates(model)
+    if not groups:  # a single leaf model
+        groups = [[""]]
     ran = [g for g in groups if _first_run(g, position) >= 0 and _group_params(modules, g)]
     ran.sort(key=lambda g: _first_run(g, position))
     # A group that is only normalisation layers joins the unit that ran just before it, so a
     # conv and its BatchNorm freeze together even when they are siblings of bigger blocks.
     merged: list[list[str]] = []
     for g in ran:
-        if merged and units is None and all(isinstance(modules[n], NORM_TYPES) for n in g):
+        if merged and all(isinstance(modules[n], NORM_TYPES) for n in g):
             merged[-1].extend(g)
         else:
             merged.append(g)
-    if not merged:
-        raise ModelError("no module with parameters ran in the traced forward pass")
-    return _build_units(model, merged)
+    built = [u for u in _build_units(model, merged) if any(p.requires_grad for p in u.params)]
+    if not built:
+        raise ModelError("no module with trainable parameters ran in the traced forward pass")
+    if len(built) < 3:
+        warnings.warn(
+            f"the model splits into only {len(built)} freeze unit(s) {[u.name for u in built]}, and the last (the "
+            "head) never freezes, so freezing can save little: name the units yourself (units=[...], module "
+            "names in the order they run) or split finer (granularity='leaf')", stacklevel=2)
+    return built
+
+
+def check_units(model: nn.Module, units: Sequence[FreezeUnit], execution_order: Sequence[str],
+                frozen: Iterable[int] = ()) -> None:
+    """Units named by the user, checked against one traced forward: each ran, they are listed in
+    the order they run, none but those in ``frozen`` (frozen since they were named) is without a
+    trainable parameter, and no module that ran with trainable parameters is left out (it would
+    train on, unseen by the policy). A :class:`ModelError` names the problem."""
+    position = {name: i for i, name in enumerate(execution_order)}
+    firsts = [_first_run(u.module_names, position) for u in units]
+    not_run = [u.module_names for u, f in zip(units, firsts) if f < 0]
+    if not_run:
+        raise ModelError(f"unit(s) {not_run} never ran in the traced forward pass: leave them out")
+    for (a, fa), (b, fb) in zip(zip(units, firsts), zip(units[1:], firsts[1:])):
+        if fb < fa:
+            order = [u.name for _, u in sorted(zip(firsts, units), key=lambda t: t[0])]
+            raise ModelError(f"units are not listed in the order they run: {b.name!r} runs before {a.name!r}; "
+                             f"list them as {order}")
+    frozen = set(frozen)
+    empty = [u.name for i, u in enumerate(units) if i not in frozen and not any(p.requires_grad for p in u.params)]
+    if empty:
+        raise ModelError(f"unit(s) {empty} hold no trainable parameter of their own (frozen already, or tied to a "
+                         "later unit's): leave them out")
+    covered = {id(p) for u in units for p in u.params}
+    modules = dict(model.named_modules())
+    left = [n for n in execution_order if n in modules
+            and any(p.requires_grad and id(p) not in covered for _, p in _own_params(modules[n]))]
+    if left:
+        raise ModelError(f"module(s) {left[:8]}{' ...' if len(left) > 8 else ''} ran with trainable parameters but "
+                         "belong to no unit: add them to a unit (or freeze them yourself with requires_grad_(False))")
 
 
 def _group_params(modules: dict[str, nn.Module], names: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
@@ -257,10 +318,17 @@ def _group_params(modules: dict[str, nn.Module], names: Sequence[str]) -> list[t
 
 
 def _build_units(model: nn.Module, groups: Sequence[Sequence[str]]) -> list[FreezeUnit]:
-    """Turn ordered module-name groups into units, giving container-owned parameters a home."""
+    """Turn ordered module-name groups into units, giving container-owned parameters a home.
+
+    A parameter two groups use (GPT-2's head *is* its token embedding) belongs to the last one:
+    freezing the embedding must not freeze the head's weight, which still needs its gradient, and
+    no parameter may be frozen (or left in the optimizer) twice.
+    """
     modules = dict(model.named_modules())
     params = [_group_params(modules, g) for g in groups]
-    covered = {id(p) for ps in params for _, p in ps}
+    last = {id(p): i for i, ps in enumerate(params) for _, p in ps}
+    params = [[(n, p) for n, p in ps if last[id(p)] == i] for i, ps in enumerate(params)]
+    covered = set(last)
     for owner_name, owner in modules.items():
         extras = [(pn, p) for pn, p in _own_params(owner) if id(p) not in covered]
         if not extras:
@@ -273,21 +341,15 @@ def _build_units(model: nn.Module, groups: Sequence[Sequence[str]]) -> list[Free
                     covered.add(id(p))
                 break
     units = []
-    for g, ps in zip(groups, params):
-        name = g[0]
-        units.append(
-            FreezeUnit(
-                name=name or "model",
-                module_names=list(g),
-                modules=[modules[n] for n in g],
-                params=[p for _, p in ps],
-                param_names=[n for n, _ in ps],
-            )
-        )
+    for g, ps in zip(groups, params):  # a unit may be left empty (tied to a later one): callers decide
+        units.append(FreezeUnit(name=g[0] or "model", module_names=list(g), modules=[modules[n] for n in g],
+                                params=[p for _, p in ps], param_names=[n for n, _ in ps]))
     return units
 
 
 def units_from_names(model: nn.Module, groups: Sequence[Sequence[str]]) -> list[FreezeUnit]:
     """Rebuild units from saved module-name groups, in the saved order (resume needs no trace)."""
+    model = unwrap_compiled(model)
+    groups = [[g] if isinstance(g, str) else list(g) for g in groups]
     _resolve_explicit(model, groups)
-    return _build_units(model, [list(g) for g in groups])
+    return _build_units(model, groups)

@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import frostline
 
@@ -254,7 +255,81 @@ def test_a_policy_by_name_is_built_at_construction_and_a_bad_name_fails_there():
     assert freezer.frozen  # the default linear schedule froze something by the end
     with pytest.raises(ConfigError, match="unknown method 'freezout'"):
         Freezer(model, opt, "freezout", total_steps=10)
-    with pytest.raises(ConfigError, match="steps_per_epoch"):
-        Freezer(model, opt, "smartfrz", total_steps=10)  # a staged method says what it needs, at once
-    # AutoFreeze counts its intervals over the run: the run length is all it needs
+    # a per-epoch method by name sees the run as EPOCHS_IF_UNKNOWN epochs; AutoFreeze counts its
+    # intervals over the run: the run length is all either needs
+    smart = Freezer(model, opt, "smartfrz", total_steps=40).policy
+    assert isinstance(smart, frostline.SmartFRZ) and smart.clock.steps_per_epoch == 4
     assert isinstance(Freezer(model, opt, "autofreeze", total_steps=10).policy, frostline.AutoFreeze)
+
+
+@pytest.mark.integration  # dynamo compiles (~10 s)
+def test_a_compiled_model_freezes(batch, backend="aot_eager"):
+    """``Freezer(torch.compile(model))`` finds the units of the model it wraps and freezing acts
+    (guards on requires_grad recompile the graph after a freeze)."""
+    x, y = batch[0][:8], batch[1][:8]
+    torch.manual_seed(0)
+    model = create_model("resnet")
+    compiled = torch.compile(model, backend=backend)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    freezer = Freezer(compiled, optimizer, FreezeList(2, [0, 1]), 4)
+    for _ in range(3):
+        _train_step(compiled, optimizer, x, y)
+        freezer.step()
+    assert freezer.unit_names == [n for n, _ in model.named_children()]
+    assert freezer.frozen == {0, 1}
+    frozen = freezer.units[0].params + freezer.units[1].params
+    assert all(p.grad is None and not p.requires_grad for p in frozen)
+    assert all(p.grad is not None for p in freezer.units[-1].params)
+
+
+def test_named_units_are_checked_at_the_first_forward(batch):
+    x, y = batch[0][:8], batch[1][:8]
+    names = [n for n, _ in create_model("resnet").named_children()]
+    model, optimizer, freezer = _setup(NoFreezing(), units=names[::-1])  # reversed
+    assert freezer.ready  # known at once (and so kept on resume), checked once the model runs
+    with pytest.raises(frostline.ModelError, match="not listed in the order they run"):
+        _train_step(model, optimizer, x, y)
+    model, optimizer, freezer = _setup(NoFreezing(), units=names[:2] + names[3:])  # one block left out
+    with pytest.raises(frostline.ModelError, match=f"{names[2]}.*belong to no unit"):
+        _train_step(model, optimizer, x, y)
+    with pytest.raises(frostline.ModelError, match="not listed in the order"):  # with example_input: at once
+        _setup(NoFreezing(), units=names[::-1], example_input=x)
+    model, optimizer, freezer = _setup(NoFreezing(), units=names)
+    _train_step(model, optimizer, x, y)
+    assert not freezer.tracing and freezer.unit_names == names
+
+
+def test_an_lr_scheduler_that_is_not_attached_is_noticed(batch):
+    x, y = batch[0][:8], batch[1][:8]
+    model, optimizer, freezer = _setup(FreezeOut(t_0=0.5), total=6, example_input=x)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    with pytest.warns(UserWarning, match=r"freezer.attach_scheduler\(scheduler\)") as record:
+        for _ in range(3):
+            _train_step(model, optimizer, x, y)
+            scheduler.step()
+            freezer.step()
+    assert len([w for w in record if "attach_scheduler" in str(w.message)]) == 1  # warned once
+    model, optimizer, freezer = _setup(FreezeOut(t_0=0.5), total=6, example_input=x)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    freezer.attach_scheduler(scheduler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            _train_step(model, optimizer, x, y)
+            scheduler.step()
+            freezer.step()
+
+
+def test_loading_the_optimizer_before_the_freezer_says_which_comes_first(batch):
+    x, y = batch
+    model, optimizer, freezer = _setup(FreezeOut(t_0=0.3, schedule="linear"), total=6, example_input=x)
+    for _ in range(3):
+        _train_step(model, optimizer, x, y)
+        freezer.step()
+    assert freezer.frozen
+    saved_opt, saved_freezer = optimizer.state_dict(), freezer.state_dict()
+    _, optimizer2, freezer2 = _setup(FreezeOut(t_0=0.3, schedule="linear"), total=6, example_input=x)
+    with pytest.raises(frostline.CheckpointError, match=r"freezer.load_state_dict\(.*\) before optimizer.load_state_dict"):
+        optimizer2.load_state_dict(saved_opt)
+    freezer2.load_state_dict(saved_freezer)
+    optimizer2.load_state_dict(saved_opt)  # the right order works

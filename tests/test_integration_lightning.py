@@ -326,3 +326,14 @@ def test_bad_configuration_is_reported(synthetic):
         FrostlineCallback(policy="no-such-method")
     with pytest.raises(ConfigError, match="known run length"):
         trainer([FrostlineCallback()], max_epochs=-1, max_steps=-1).fit(Net(), *loaders(synthetic))
+
+
+@pytest.mark.integration
+def test_a_method_by_name_gets_the_trainer_s_steps_per_epoch(synthetic):
+    """"smartfrz" counts epochs: built at train start with the trainer's optimizer steps per
+    epoch (8 batches of 64, two per step) rather than demanding steps_per_epoch."""
+    cb = FrostlineCallback(policy="smartfrz", policy_kwargs={"threshold": 1e-6, "window": 4, "snapshots_per_epoch": 4})
+    trainer([cb, Probe(cb)], accumulate_grad_batches=2).fit(Net(), *loaders(synthetic))
+    f = cb.freezer
+    assert f.policy.name == "smartfrz" and f.policy.clock.steps_per_epoch == 4 and f.step_count == 8
+    assert f.frozen and len(f.units) - 1 not in f.frozen

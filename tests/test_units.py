@@ -79,3 +79,66 @@ def test_bad_units_get_clear_errors(batch):
         freeze_units(model, example_input=batch[0])
     with pytest.raises(ModelError, match="no trainable parameters"):
         freeze_units(nn.ReLU(), example_input=batch[0])
+
+
+class Tied(nn.Module):
+    """A small language model whose head *is* its embedding (GPT-2's tie)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(16, 8)
+        self.body = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+        self.head = nn.Linear(8, 16, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(self.body(self.embed(ids)))
+
+
+def test_a_tied_parameter_belongs_to_the_last_unit_that_uses_it():
+    model = Tied()
+    units = freeze_units(model, granularity="leaf", example_input=torch.randint(0, 16, (2, 3)))
+    # the embedding holds nothing of its own once its weight goes to the head: no unit
+    assert [u.name for u in units] == ["body.0", "body.1", "head"]
+    assert units[-1].params[0] is model.embed.weight
+    ids = [id(p) for u in units for p in u.params]
+    assert len(ids) == len(set(ids))
+    with pytest.raises(ModelError, match="no trainable parameter of their own"):
+        freeze_units(model, units=["embed", "body", "head"], example_input=torch.randint(0, 16, (2, 3)))
+
+
+def test_named_units_are_checked_against_the_traced_order(batch):
+    model = OutOfOrder()
+    x = batch[0]
+    with pytest.raises(ModelError, match="not listed in the order they run.*'block' runs before 'fc'"):
+        freeze_units(model, units=[["conv1", "bn1"], "fc", "block"], example_input=x)
+    with pytest.raises(ModelError, match=r"module\(s\) \['block.0'\] ran with trainable parameters but belong to no"):
+        freeze_units(model, units=[["conv1", "bn1"], "block.1", "fc"], example_input=x)
+    with pytest.raises(ModelError, match="listed in two units"):
+        freeze_units(model, units=[["conv1", "bn1"], ["block", "conv1"], "fc"], example_input=x)
+    with pytest.raises(ModelError, match="units overlap"):
+        freeze_units(model, units=[["conv1", "bn1"], "block", "block.0", "fc"], example_input=x)
+
+
+def test_units_with_nothing_trainable_are_left_out(batch):
+    """What a LoRA model looks like: most layers are frozen from the start; a policy counts only
+    the units it can freeze."""
+    model = OutOfOrder()
+    for p in model.block.parameters():
+        p.requires_grad_(False)
+    with pytest.warns(UserWarning, match="only 2 freeze unit"):
+        units = freeze_units(model, example_input=batch[0])
+    assert [u.name for u in units] == ["conv1", "fc"]
+
+
+def test_a_model_of_fewer_than_three_units_warns_and_names_them(batch):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+    with pytest.warns(UserWarning, match=r"only 1 freeze unit\(s\) \['1'\].*units=\[...\].*granularity='leaf'"):
+        freeze_units(model, example_input=batch[0])
+
+
+def test_a_compiled_model_is_split_as_the_model_it_wraps(batch):
+    model = create_model("resnet")
+    compiled = torch.compile(model, backend="eager")
+    units = freeze_units(compiled, example_input=batch[0])
+    assert [u.module_names for u in units] == [[n] for n, _ in model.named_children()]

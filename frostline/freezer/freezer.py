@@ -15,6 +15,7 @@ Plain PyTorch use is two lines::
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, asdict
 from typing import Any, Sequence
 
@@ -25,11 +26,15 @@ from ..errors import CheckpointError, ConfigError, FrostlineError, ModelError, c
 from ..policies import as_policy
 from ..policies.base import FreezePolicy, Progress
 from ..signals import STANDARD as STANDARD_COLLECTORS
-from ..units import GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, freeze_units, units_from_names
+from ..units import (GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, check_units, freeze_units, unwrap_compiled,
+                     units_from_names)
 from . import param_groups
 from .cooldown import Cooling, check_cooldown, cooldown_scale
 from .eval_mode import pin_eval, unpin
 from .schedulers import SchedulerBridge
+
+#: Epochs a named per-epoch method (SmartFRZ, the CKA oracle) assumes when it is not told.
+EPOCHS_IF_UNKNOWN = 10
 
 STATE_VERSION = 3
 #: Versions :meth:`Freezer.load_state_dict` still reads (1: no original optimizer layout; 2: no cool-down).
@@ -54,11 +59,15 @@ class Freezer:
     """Applies a :class:`~frostline.policies.FreezePolicy` to a model and its optimizer.
 
     ``policy`` is a policy object or a method name (``"freezeout"``: built with its defaults; an
-    unknown name, or a method that needs more, such as ``steps_per_epoch``, fails here).
+    unknown name fails here). A named method whose cadence is per epoch (``"smartfrz"``) sees the
+    run as :data:`EPOCHS_IF_UNKNOWN` epochs; build it yourself to give the real epoch length
+    (``SmartFRZ(steps_per_epoch=len(loader))``).
 
-    Units come from ``units`` (module names, taken in the order given) or are traced: from
-    ``example_input`` if given, else from the first forward pass the model runs after the
-    Freezer is made.
+    ``model`` may be ``torch.compile(model)``: units are found on the module it wraps (they share
+    parameters). Units come from ``units`` (module names in the order they run, checked against
+    the first forward pass, or :class:`FreezeUnit` objects from :func:`frostline.freeze_units`) or
+    are traced: from ``example_input`` if given, else from the first forward pass the model runs
+    after the Freezer is made.
     ``freeze_head=False`` keeps the last unit trainable whatever the policy says.
     ``sync`` (e.g. :class:`frostline.exploit.distributed.DecisionSync`) makes every rank of a distributed
     run apply the same decision: its ``agree(wanted, frozen, num_units, step)`` returns the set to
@@ -87,8 +96,10 @@ class Freezer:
         cooldown: int = 0,
     ):
         check_int(total_steps, "total_steps", low=1)
-        policy = as_policy(policy)  # a method name is built with its defaults; a bad one fails here
+        # a method name is built with its defaults; a bad one fails here
+        policy = as_policy(policy, runtime={"steps_per_epoch": -(-total_steps // EPOCHS_IF_UNKNOWN)})
         self.cooldown = check_cooldown(cooldown, policy, total_steps)
+        model = unwrap_compiled(model)  # torch.compile's wrapper shares the parameters of the model it wraps
         if not any(p.requires_grad for p in model.parameters()):
             raise ModelError("the model has no trainable parameters: there is nothing to train or freeze")
         if granularity not in GRANULARITIES:
@@ -119,8 +130,17 @@ class Freezer:
         self._extra_signals = dict(signals or {})
         self._collectors: dict[str, Any] = {}
         self._eval_pins: dict[int, list] = {}  # unit index -> its forward pre-hook handles
-        if units is not None:
-            self._setup(units_from_names(model, [[u] if isinstance(u, str) else list(u) for u in units]))
+        #: LRs the Freezer last wrote into the unit groups (to notice a scheduler it was not given).
+        self._lrs_written: list[float] | None = None
+        self._warned_lr = False
+        self._load_hook = optimizer.register_load_state_dict_pre_hook(self._check_optimizer_state)
+        if units is not None and all(isinstance(u, FreezeUnit) for u in units):
+            self._setup(list(units))  # already traced (freeze_units)
+        elif units is not None and example_input is not None:
+            self._setup(freeze_units(model, granularity, units=units, example_input=example_input))
+        elif units is not None:  # known now; checked against the order the first forward runs them in
+            self._setup(units_from_names(model, units))
+            self._recorder = ExecutionOrderRecorder(model, self._check_named_units)
         elif example_input is not None:
             self._setup(freeze_units(model, granularity, example_input=example_input))
         else:
@@ -140,7 +160,14 @@ class Freezer:
         recorder.detach()
         if not recorder.order:
             raise FrostlineError("the Freezer's unit trace saw no module run: call finish_trace() after a forward pass")
-        self._setup(freeze_units(self.model, self.granularity, execution_order=recorder.order))
+        if self.ready:  # units named by the user: check them
+            self._check_named_units(recorder.order)
+        else:
+            self._setup(freeze_units(self.model, self.granularity, execution_order=recorder.order))
+
+    def _check_named_units(self, order) -> None:
+        self._recorder = None
+        check_units(self.model, self.units, order, self.frozen)
 
     def detach_trace(self) -> None:
         """Stop waiting for a first forward (training ended before any batch)."""
@@ -189,6 +216,7 @@ class Freezer:
         integrations call this when training ends."""
         self.detach_trace()
         self._close_collectors()
+        self._load_hook.remove()
 
     def attach_scheduler(self, scheduler) -> None:
         """Make a torch LR scheduler of this optimizer compose with the policy's per-unit
@@ -204,6 +232,11 @@ class Freezer:
     @property
     def progress(self) -> Progress:
         return Progress(self.step_count, self.total_steps)
+
+    @property
+    def tracing(self) -> bool:
+        """Whether the Freezer still waits for the first forward pass (to find or to check units)."""
+        return self._recorder is not None
 
     @property
     def ready(self) -> bool:
@@ -226,6 +259,9 @@ class Freezer:
         """Call after each ``optimizer.step()``. Returns the indices of units frozen now (with a
         cool-down: those whose cool-down ended now, not those decided now)."""
         self._require_units()
+        if self.tracing and self._recorder.order:  # named units, and the root forward never returned
+            self.finish_trace()
+        self._check_lrs_untouched()
         self.step_count += 1
         progress = self.progress
         t0 = time.perf_counter()
@@ -295,6 +331,42 @@ class Freezer:
             scales = self.policy.lr_scales(self.progress)
         if scales is not None:
             param_groups.scale_unit_lrs(self.optimizer, scales)
+        if self.per_unit_lr:
+            self._lrs_written = [g["lr"] for g in self.optimizer.param_groups]
+
+    def _check_lrs_untouched(self) -> None:
+        """Warn once when something other than the Freezer (an LR scheduler it was not given)
+        changed the split groups' learning rates since its last step: such a scheduler drives only
+        the first groups and the policy's scales are overwritten, so units silently train at
+        different learning rates."""
+        written = self._lrs_written
+        if self._warned_lr or written is None or self.schedulers.attached:
+            return
+        now = [g["lr"] for g in self.optimizer.param_groups]
+        if now == written:
+            return
+        self._warned_lr = True
+        warnings.warn(
+            "the learning rates of the optimizer's param groups changed outside the Freezer since its last step "
+            f"(an LR scheduler it does not know about?). The Freezer split the groups per unit ({len(now)} groups) "
+            f"to give each unit its own learning rate (method {self.policy.name!r}"
+            f"{f', cooldown={self.cooldown}' if self.cooldown else ''}); a scheduler that is not attached changes "
+            "only some of them and loses the per-unit scales: call freezer.attach_scheduler(scheduler) once both "
+            "exist. Warned once.", stacklevel=3)
+
+    def _check_optimizer_state(self, optimizer, state_dict) -> None:
+        """Before ``optimizer.load_state_dict``: a state that does not fit the optimizer's groups
+        (torch's bare "different number of parameter groups") most often means the Freezer's
+        state was not loaded first, so say that."""
+        saved, live = state_dict.get("param_groups", []), optimizer.param_groups
+        if len(saved) == len(live) and all(len(s["params"]) == len(g["params"]) for s, g in zip(saved, live)):
+            return None
+        raise CheckpointError(
+            f"the optimizer state holds {len(saved)} param group(s) of {[len(s['params']) for s in saved]} parameters, "
+            f"the optimizer now {len(live)} of {[len(g['params']) for g in live]}: the Freezer changes this layout "
+            "(frozen parameters leave the optimizer, per-unit learning rates split its groups). Call "
+            "freezer.load_state_dict(saved_freezer_state) before optimizer.load_state_dict(...): it restores the "
+            "layout the optimizer state was saved in")
 
     # -- views -----------------------------------------------------------------------------
     @property

@@ -14,6 +14,7 @@ and its ``optimizer.pt``/``scheduler.pt`` are rewritten in the layout a fresh Tr
 from __future__ import annotations
 
 import copy
+import math
 import os
 import warnings
 from pathlib import Path
@@ -31,7 +32,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from ..errors import CheckpointError, FrostlineError
 from ..freezer import Freezer
 from ..freezer.cooldown import check_cooldown
-from ..policies import FreezePolicy, as_policy
+from ..policies import FreezePolicy, as_policy, policy_class
 from ..atomic import atomic_torch_save
 from ..loading import load_plain
 from .layout import optimizer_state_in_original_layout, scheduler_state_in_original_layout
@@ -44,7 +45,9 @@ _SCHEDULER_FILE = "scheduler.pt"  # transformers.trainer.SCHEDULER_NAME
 
 class FrostlineCallback(TrainerCallback):
     """Freeze units of the Trainer's model as ``policy`` decides (a
-    :class:`~frostline.policies.FreezePolicy` or a method name such as ``"freezeout"``).
+    :class:`~frostline.policies.FreezePolicy` or a method name such as ``"freezeout"``, built when
+    training begins with ``policy_kwargs`` and, for methods that count epochs such as
+    ``"smartfrz"``, the Trainer's optimizer steps per epoch).
 
     ``units``, ``granularity``, ``freeze_head`` and ``cooldown`` (optimizer steps of learning-rate
     ramp to zero before a decided unit freezes) are passed to the :class:`~frostline.Freezer`.
@@ -58,14 +61,19 @@ class FrostlineCallback(TrainerCallback):
         self,
         policy: FreezePolicy | str,
         *,
+        policy_kwargs: dict | None = None,
         units: Sequence | None = None,
         granularity: str = "block",
         freeze_head: bool = False,
         resume_from: str | os.PathLike | None = None,
         cooldown: int = 0,
     ):
-        self.policy = as_policy(policy)
-        self.cooldown = check_cooldown(cooldown, self.policy)  # a bad one fails here, not at on_train_begin
+        if not isinstance(policy, str):
+            policy = as_policy(policy, **(policy_kwargs or {}))
+        self.policy = policy
+        self.policy_kwargs = dict(policy_kwargs or {})
+        # an unknown name or a bad cooldown fails here, not at on_train_begin
+        self.cooldown = check_cooldown(cooldown, policy_class(policy))
         self.units = units
         self.granularity = granularity
         self.freeze_head = freeze_head
@@ -78,7 +86,7 @@ class FrostlineCallback(TrainerCallback):
             raise FrostlineError("FrostlineCallback needs the Trainer's model and optimizer at on_train_begin")
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
         self.freezer = Freezer(
-            model, optimizer, copy.deepcopy(self.policy), int(state.max_steps),
+            model, optimizer, self._make_policy(args, state, kwargs.get("train_dataloader")), int(state.max_steps),
             units=self.units, granularity=self.granularity, freeze_head=self.freeze_head, cooldown=self.cooldown,
         )
         if lr_scheduler is not None:
@@ -118,6 +126,16 @@ class FrostlineCallback(TrainerCallback):
             atomic_torch_save(scheduler_state_in_original_layout(freezer, saved), path)
 
     # -- helpers -------------------------------------------------------------------------
+    def _make_policy(self, args, state, loader) -> FreezePolicy:
+        """A fresh policy for this run (a policy's history must not leak from one train() into the next)."""
+        if not isinstance(self.policy, str):
+            return copy.deepcopy(self.policy)
+        try:
+            per_epoch = math.ceil(len(loader) / max(1, args.gradient_accumulation_steps))
+        except TypeError:  # no loader, or an iterable one without a length
+            per_epoch = math.ceil(state.max_steps / max(1.0, float(state.num_train_epochs or 1)))
+        return as_policy(self.policy, runtime={"steps_per_epoch": max(1, per_epoch)}, **self.policy_kwargs)
+
     def _require_freezer(self) -> Freezer:
         if self.freezer is None:
             raise FrostlineError("FrostlineCallback was not started: pass it to Trainer(callbacks=[...])")

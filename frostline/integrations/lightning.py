@@ -37,7 +37,7 @@ from typing import Any, Sequence
 from ..errors import ConfigError, FrostlineError
 from ..freezer import Freezer
 from ..freezer.cooldown import check_cooldown
-from ..policies import FreezePolicy, as_policy
+from ..policies import FreezePolicy, as_policy, policy_class
 
 
 def _import_lightning():
@@ -65,7 +65,9 @@ class FrostlineCallback(_pl.Callback):
     """Progressive layer freezing inside a Lightning ``Trainer``.
 
     ``policy``: a :class:`~frostline.FreezePolicy` or a method name for
-    :func:`frostline.create_policy` (then ``policy_kwargs`` are its hyperparameters).
+    :func:`frostline.create_policy` (then ``policy_kwargs`` are its hyperparameters; a method that
+    counts epochs, such as ``"smartfrz"``, is built at train start with the trainer's optimizer
+    steps per epoch).
     ``units``/``granularity``/``freeze_head``/``signals``/``cooldown`` go to :class:`~frostline.Freezer`
     (``cooldown``: optimizer steps of learning-rate ramp to zero before a decided unit freezes).
     ``units`` are module names relative to the LightningModule (e.g. ``"net.block1_1"``); without
@@ -89,8 +91,12 @@ class FrostlineCallback(_pl.Callback):
         cooldown: int = 0,
     ):
         super().__init__()
-        self.policy = as_policy(policy, **(policy_kwargs or {}))
-        self.cooldown = check_cooldown(cooldown, self.policy)  # a bad one fails here, not at on_train_start
+        if not isinstance(policy, str):
+            policy = as_policy(policy, **(policy_kwargs or {}))
+        self.policy = policy
+        self.policy_kwargs = dict(policy_kwargs or {})
+        # an unknown name or a bad cooldown fails here, not at on_train_start
+        self.cooldown = check_cooldown(cooldown, policy_class(policy))
         self.units = units
         self.granularity = granularity
         self.freeze_head = freeze_head
@@ -109,7 +115,7 @@ class FrostlineCallback(_pl.Callback):
     # -- set-up -----------------------------------------------------------------------------
     @property
     def state_key(self) -> str:
-        return f"FrostlineCallback[{self.policy.name}]"
+        return f"FrostlineCallback[{policy_class(self.policy).name}]"
 
     def _optimizer(self, trainer):
         optimizers = trainer.optimizers
@@ -145,8 +151,7 @@ class FrostlineCallback(_pl.Callback):
                 f"(estimated_stepping_batches is {total_steps})")
         total_steps = int(total_steps)
         self._last_global_step = trainer.global_step
-        # a fresh copy per fit: a policy's history must not leak from one fit into the next
-        policy = copy.deepcopy(self.policy)
+        policy = self._make_policy(trainer, total_steps)
         common = dict(granularity=self.granularity, freeze_head=self.freeze_head,
                       sync=self._make_sync(trainer), signals=self.signals, cooldown=self.cooldown)
         self._start_step = 0
@@ -178,6 +183,17 @@ class FrostlineCallback(_pl.Callback):
         if not self._awaiting_trace:
             self._started()
 
+    def _make_policy(self, trainer, total_steps: int):
+        """A fresh policy per fit (a policy's history must not leak from one fit into the next)."""
+        if not isinstance(self.policy, str):
+            return copy.deepcopy(self.policy)
+        batches = trainer.num_training_batches
+        if isinstance(batches, (int, float)) and math.isfinite(batches) and batches > 0:
+            per_epoch = math.ceil(batches / max(1, trainer.accumulate_grad_batches))
+        else:  # an iterable without a length: the run length over the epochs asked for
+            per_epoch = math.ceil(total_steps / max(1, trainer.max_epochs or 1))
+        return as_policy(self.policy, runtime={"steps_per_epoch": max(1, per_epoch)}, **self.policy_kwargs)
+
     def _started(self) -> None:
         self.freezer.step_count = self._start_step
         self._attach_schedulers(self._trainer)
@@ -185,6 +201,8 @@ class FrostlineCallback(_pl.Callback):
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         # The first training forward has run: its execution order gives the units, and the Freezer
         # exists before the first optimizer step (FreezeOut's per-unit learning rates apply to it).
+        if self.freezer is not None and self.freezer.tracing and not self._awaiting_trace:
+            self.freezer.finish_trace()  # units named by the user: check them against this first forward
         if not self._awaiting_trace or not trainer.training:
             return
         self._awaiting_trace = False

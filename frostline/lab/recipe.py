@@ -175,7 +175,7 @@ def set_up(cfg: TrainConfig, policy=None, checkpoint: dict[str, Any] | None = No
     optimizer = _optimizer(cfg, model)
     scheduler = _lr_scheduler(cfg, optimizer, policy, total_steps)  # on the optimizer as made, before any split
     sync = distributed.DecisionSync(device) if distributed.world_size() > 1 else None
-    freezer = Freezer(model, optimizer, policy, total_steps, units=[u.module_names for u in units], sync=sync,
+    freezer = Freezer(model, optimizer, policy, total_steps, units=units, sync=sync,
                       cooldown=cfg.cooldown)
     if scheduler is not None and freezer.per_unit_lr:  # a cooling unit's lr = the cosine's lr x its ramp
         freezer.attach_scheduler(scheduler)

@@ -15,11 +15,15 @@ from .smartfrz import SmartFRZ
 register_policy("none")(NoFreezing)  # the baseline is the base class itself: nothing to declare
 
 
-def as_policy(policy, **kwargs) -> FreezePolicy:
+def as_policy(policy, runtime: dict | None = None, **kwargs) -> FreezePolicy:
     """A policy object as given, or built from a method name with ``kwargs`` (what the
-    framework callbacks accept); anything else is a clear error."""
+    framework callbacks accept) and, of ``runtime`` (what the run knows, e.g. ``steps_per_epoch``),
+    the arguments the method declares as runtime ones and ``kwargs`` does not set; anything else
+    is a clear error."""
     if isinstance(policy, str):
-        return create_policy(policy, **kwargs)
+        wanted = policy_spec(policy).runtime
+        supplied = {k: v for k, v in (runtime or {}).items() if k in wanted and k not in kwargs}
+        return create_policy(policy, **kwargs, **supplied)
     if kwargs:
         raise ConfigError("policy hyperparameters only apply when the policy is given by name")
     if not isinstance(policy, FreezePolicy):
@@ -27,8 +31,17 @@ def as_policy(policy, **kwargs) -> FreezePolicy:
     return policy
 
 
+def policy_class(policy) -> type:
+    """The class of a policy object or of a registered method name (an unknown name fails here):
+    what a callback checks its options against before the run, and so its epoch length, is known."""
+    if isinstance(policy, str):
+        return policy_spec(policy).cls
+    return type(as_policy(policy))
+
+
 __all__ = [
     "as_policy",
+    "policy_class",
     "FreezePolicy",
     "NoFreezing",
     "LinearFreezing",
