@@ -17,8 +17,8 @@
    constant answer by at least 10 points. Otherwise the script says which figure failed and exits 1,
    leaving the shipped predictor as it was.
 
-Every run is sized for a shared 2-core CPU (one thread each; COMMON); the corpus (17 runs) takes about
-half an hour with --jobs 2 on a quiet machine.
+Every run trains on a full train split for 8 epochs with one thread (COMMON); the corpus (12 runs)
+took about 80 minutes with --jobs 2 on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -31,20 +31,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMON = ["--train-subset", "6000", "--val-size", "1000", "--test-subset", "2000", "--batch-size", "128",
-          "--threads", "1", "--no-progress"]
+COMMON = ["--batch-size", "128", "--epochs", "8", "--threads", "1", "--no-progress", "--log-every", "50"]
 #: name -> (model, dataset, extra flags, seeds): seeds[0] is a plain run, the others are recordings.
+#: Full train splits, as in the standard benchmark: the predictor's windows must see weights move
+#: as they move in the runs it will judge (a 47-step epoch moves them far less than a 430-step one).
+#: The benchmark's own pairs (vgg and resnet on Fashion-MNIST) are recorded only with seeds the
+#: benchmark never trains (3): their seed-0 runs serve as references, never as training windows.
 CORPUS = {
-    "resnet-fmnist": ("resnet", "fashion-mnist", ["--epochs", "8"], (0, 1, 2)),
-    "vgg-fmnist": ("vgg", "fashion-mnist", ["--epochs", "8"], (0, 1, 2)),
-    "resnet-fmnist-w8-lr0.1": ("resnet", "fashion-mnist", ["--epochs", "8", "--width", "8", "--lr", "0.1"], (0, 1)),
-    "mobilenetv2-fmnist": ("mobilenetv2", "fashion-mnist", ["--epochs", "8"], (0, 1)),
-    "vit-fmnist": ("vit", "fashion-mnist", ["--epochs", "8", "--lr", "0.02"], (0, 1)),
-    "resnet-mnist-d3-lr0.02": ("resnet", "mnist", ["--epochs", "8", "--depth", "3", "--lr", "0.02"], (0, 1)),
-    "vgg-mnist": ("vgg", "mnist", ["--epochs", "8"], (0, 1)),
+    "vgg-mnist": ("vgg", "mnist", [], (0, 1, 2)),
+    "resnet-fmnist-w8-lr0.1": ("resnet", "fashion-mnist", ["--width", "8", "--lr", "0.1"], (0, 1, 2)),
+    "vgg-fmnist": ("vgg", "fashion-mnist", [], (0, 3)),
+    "resnet-fmnist": ("resnet", "fashion-mnist", [], (0, 3)),
+    "mobilenetv2-fmnist": ("mobilenetv2", "fashion-mnist", [], (0, 1)),
 }
 #: (model, dataset) pairs kept out of training entirely: the predictor's "never seen" figures.
-HELDOUT_PAIRS = {("vgg", "mnist")}
+HELDOUT_PAIRS = {("mobilenetv2", "fashion-mnist")}
 #: The bar a predictor must clear to be shipped.
 MIN_PRECISION, MIN_GAIN_OVER_CONSTANT = 0.9, 0.10
 

@@ -41,11 +41,14 @@ class Tailor:
             self.plan.append(plan)
         self._buffer: torch.Tensor | None = None
 
-    def _buffer_on(self, rows: int, device: torch.device) -> torch.Tensor:
-        if self._buffer is None or self._buffer.shape[0] != rows or self._buffer.device != device:
-            self._buffer = torch.zeros(rows, self.size, dtype=torch.float32, device=device)
-            self._indices = {}
-        return self._buffer
+    def _gathers(self, unit_params, device: torch.device):
+        """Per unit, the (parameter, positions, slice of the buffer row) of every gather, made once
+        per device: a snapshot then costs one ``index_select`` per parameter and nothing else."""
+        if self._buffer is None or self._buffer.device != device:
+            self._buffer = torch.zeros(len(self.plan), self.size, dtype=torch.float32, device=device)
+            self._jobs = [[(k, ix.to(device), self._buffer[u, at:at + len(ix)]) for k, ix, at in plan]
+                          for u, plan in enumerate(self.plan)]
+        return self._jobs
 
     @torch.no_grad()
     def sample_units(self, unit_params: list[list[torch.nn.Parameter]], active: list[int]) -> dict[int, torch.Tensor]:
@@ -53,20 +56,16 @@ class Tailor:
         if not active:
             return {}
         device = next((unit_params[u][k].device for u in active for k, _, _ in self.plan[u]), torch.device("cpu"))
-        buf = self._buffer_on(len(self.plan), device)
+        jobs = self._gathers(unit_params, device)
         for u in active:
-            row = buf[u]
-            for k, ix, at in self.plan[u]:
-                flat = unit_params[u][k].detach().reshape(-1)
-                key = (u, k)
-                if key not in self._indices:
-                    self._indices[key] = ix.to(flat.device)
-                part = row[at:at + len(ix)]
-                if flat.dtype == torch.float32:
-                    torch.index_select(flat, 0, self._indices[key], out=part)
+            params = unit_params[u]
+            for k, ix, out in jobs[u]:
+                p = params[k]
+                if p.dtype == torch.float32:
+                    torch.index_select(p.view(-1), 0, ix, out=out)
                 else:
-                    part.copy_(flat.index_select(0, self._indices[key]))
-        host = buf.to("cpu", copy=True)
+                    out.copy_(p.reshape(-1).index_select(0, ix))
+        host = self._buffer.to("cpu", copy=True)
         return {u: host[u] for u in active}
 
     def sample(self, unit: int, params) -> torch.Tensor:
