@@ -13,7 +13,6 @@ and its ``optimizer.pt``/``scheduler.pt`` are rewritten in the layout a fresh Tr
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import warnings
@@ -32,7 +31,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from ..errors import CheckpointError, FrostlineError
 from ..freezer import Freezer
 from ..freezer.cooldown import check_cooldown
-from ..policies import FreezePolicy, as_policy, policy_class
+from ..policies import FreezePolicy, as_policy, fresh_policy, policy_class
 from ..atomic import atomic_torch_save
 from ..loading import load_plain
 from .layout import optimizer_state_in_original_layout, scheduler_state_in_original_layout
@@ -128,13 +127,11 @@ class FrostlineCallback(TrainerCallback):
     # -- helpers -------------------------------------------------------------------------
     def _make_policy(self, args, state, loader) -> FreezePolicy:
         """A fresh policy for this run (a policy's history must not leak from one train() into the next)."""
-        if not isinstance(self.policy, str):
-            return copy.deepcopy(self.policy)
         try:
             per_epoch = math.ceil(len(loader) / max(1, args.gradient_accumulation_steps))
         except TypeError:  # no loader, or an iterable one without a length
             per_epoch = math.ceil(state.max_steps / max(1.0, float(state.num_train_epochs or 1)))
-        return as_policy(self.policy, runtime={"steps_per_epoch": max(1, per_epoch)}, **self.policy_kwargs)
+        return fresh_policy(self.policy, self.policy_kwargs, per_epoch)
 
     def _require_freezer(self) -> Freezer:
         if self.freezer is None:

@@ -29,7 +29,6 @@ Hooks (Lightning 2.x; ``pytorch_lightning`` works too):
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from typing import Any, Sequence
@@ -37,7 +36,7 @@ from typing import Any, Sequence
 from ..errors import ConfigError, FrostlineError
 from ..freezer import Freezer
 from ..freezer.cooldown import check_cooldown
-from ..policies import FreezePolicy, as_policy, policy_class
+from ..policies import FreezePolicy, as_policy, fresh_policy, policy_class
 
 
 def _import_lightning():
@@ -185,14 +184,12 @@ class FrostlineCallback(_pl.Callback):
 
     def _make_policy(self, trainer, total_steps: int):
         """A fresh policy per fit (a policy's history must not leak from one fit into the next)."""
-        if not isinstance(self.policy, str):
-            return copy.deepcopy(self.policy)
         batches = trainer.num_training_batches
         if isinstance(batches, (int, float)) and math.isfinite(batches) and batches > 0:
             per_epoch = math.ceil(batches / max(1, trainer.accumulate_grad_batches))
         else:  # an iterable without a length: the run length over the epochs asked for
             per_epoch = math.ceil(total_steps / max(1, trainer.max_epochs or 1))
-        return as_policy(self.policy, runtime={"steps_per_epoch": max(1, per_epoch)}, **self.policy_kwargs)
+        return fresh_policy(self.policy, self.policy_kwargs, per_epoch)
 
     def _started(self) -> None:
         self.freezer.step_count = self._start_step

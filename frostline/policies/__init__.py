@@ -3,6 +3,8 @@ itself with its hyperparameters (:func:`register_policy`, :class:`Hyperparameter
 
 from __future__ import annotations
 
+import copy
+
 from ..errors import ConfigError
 from .registry import POLICIES, SPECS, Hyperparameter, PolicySpec, create_policy, list_policies, policy_spec, register_policy
 from .base import FreezePolicy, NoFreezing, Progress
@@ -31,6 +33,15 @@ def as_policy(policy, runtime: dict | None = None, **kwargs) -> FreezePolicy:
     return policy
 
 
+def fresh_policy(policy, policy_kwargs: dict, steps_per_epoch: int) -> FreezePolicy:
+    """The policy for one run of a framework callback: a copy of a given object (a policy's history
+    must not leak from one run into the next), or one built from its name with ``policy_kwargs``
+    and the trainer's optimizer steps per epoch (for the methods that count epochs)."""
+    if not isinstance(policy, str):
+        return copy.deepcopy(policy)
+    return as_policy(policy, runtime={"steps_per_epoch": max(1, int(steps_per_epoch))}, **policy_kwargs)
+
+
 def policy_class(policy) -> type:
     """The class of a policy object or of a registered method name (an unknown name fails here):
     what a callback checks its options against before the run, and so its epoch length, is known."""
@@ -41,6 +52,7 @@ def policy_class(policy) -> type:
 
 __all__ = [
     "as_policy",
+    "fresh_policy",
     "policy_class",
     "FreezePolicy",
     "NoFreezing",
