@@ -10,7 +10,7 @@ Signals, per (unit, labelled stage), over the window of the last 30 snapshots:
   length, both over the newest weights' RMS; their ratio; the log ratio of the window's second-half
   path to its first-half path), combined by a logistic regression fitted on the other runs;
 - *progress + weights*: both, same regression;
-- *predictor*: the attention predictor's P(freeze) (trained on some of these runs, so flattering).
+- *predictor*: the predictor's P(freeze) (trained on some of these runs: flattering there).
 
 If *progress* alone rivals the predictor, the labels mostly encode *when* in training a sample
 was taken, and no weight-only predictor can freeze much earlier than a schedule would.
@@ -26,7 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from frostline.lab.predictor.collect import load_collected  # noqa: E402
 from frostline.lab.predictor.fit import run_name  # noqa: E402
-from frostline.policies.smartfrz.predictor import batch_windows, load_predictor, window_features  # noqa: E402
+from frostline.lab.predictor.collect import total_steps  # noqa: E402
+from frostline.policies.smartfrz.predictor import batch_windows, load_predictor, window_context, window_features  # noqa: E402
 
 WINDOW = 30
 
@@ -53,8 +54,8 @@ def window_stats(w: torch.Tensor) -> list[float]:
 def table(ds, predictor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rows, 5) [progress, 4 weight statistics], (rows,) labels, (rows,) predictor P(freeze)."""
     labels, snaps, steps = ds["labels"], ds["snapshots"].float(), ds["snapshot_steps"]
-    total = int(steps[-1])
-    rows, ys, windows = [], [], []
+    total = total_steps(ds)
+    rows, ys, windows, contexts = [], [], [], []
     for k, stage in enumerate(ds["stage_steps"].tolist()):
         end = int((steps <= stage).sum())
         if end < WINDOW:
@@ -66,9 +67,10 @@ def table(ds, predictor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             rows.append([stage / total, *window_stats(w)])
             ys.append(int(labels[k, u]))
             windows.append(window_features(w))
+            contexts.append(window_context(w, stage / total))
     with torch.no_grad():
         x, mask = batch_windows(windows)
-        p = torch.softmax(predictor(x, mask), dim=1)[:, 1]
+        p = torch.softmax(predictor(x, mask, torch.stack(contexts)), dim=1)[:, 1]
     return torch.tensor(rows), torch.tensor(ys), p
 
 

@@ -17,20 +17,22 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from frostline.lab.predictor.collect import load_collected  # noqa: E402
-from frostline.policies.smartfrz.predictor import batch_windows, load_predictor, window_features  # noqa: E402
+from frostline.lab.predictor.collect import load_collected, total_steps  # noqa: E402
+from frostline.policies.smartfrz.predictor import batch_windows, load_predictor, window_context, window_features  # noqa: E402
 
 
 def probabilities(model, ds, window: int = 30) -> torch.Tensor:
     """(stages, units below the head) P(freeze) from the recorded snapshots."""
     steps, labels = ds["snapshot_steps"], ds["labels"]
     out = torch.zeros(labels.shape[0], labels.shape[1] - 1)
+    total = total_steps(ds)
     with torch.no_grad():
         for k, stage_step in enumerate(ds["stage_steps"].tolist()):
             end = int((steps <= stage_step).sum())
-            x, mask = batch_windows([window_features(ds["snapshots"][max(0, end - window):end, u])
-                                     for u in range(labels.shape[1] - 1)])
-            out[k] = torch.softmax(model(x, mask), dim=1)[:, 1]
+            windows = [ds["snapshots"][max(0, end - window):end, u] for u in range(labels.shape[1] - 1)]
+            x, mask = batch_windows([window_features(w) for w in windows])
+            context = torch.stack([window_context(w, stage_step / total) for w in windows])
+            out[k] = torch.softmax(model(x, mask, context), dim=1)[:, 1]
     return out
 
 

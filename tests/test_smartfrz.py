@@ -9,7 +9,8 @@ from frostline import CheckpointError, ConfigError, Freezer, Progress
 from frostline.lab.cli import main
 from frostline.lab.zoo import create_model
 from frostline.policies import POLICIES, SmartFRZ, create_policy
-from frostline.policies.smartfrz import SmartFRZPredictor, Tailor, batch_windows, load_predictor, save_predictor, window_features
+from frostline.policies.smartfrz import (SmartFRZPredictor, Tailor, batch_windows, load_predictor, save_predictor,
+                                        window_context, window_features)
 from frostline.lab.predictor.collect import LabelRule, label_stages, load_collected
 from frostline.policies.smartfrz.predictor import SHIPPED
 
@@ -60,13 +61,16 @@ def test_predictor_is_the_papers_network_and_masks_padding():
     p = SmartFRZPredictor(1024)
     for mlp in (p.key, p.query, p.value):
         assert [(m.in_features, m.out_features) for m in mlp if isinstance(m, nn.Linear)] == [(1024, 256), (256, 256), (256, 64)]
-    assert [(m.in_features, m.out_features) for m in p.head if isinstance(m, nn.Linear)] == [(64, 32), (32, 2)]
-    w = window_features(torch.randn(5, 1024))
+    # the attention's 64 numbers, and the context: progress and four trajectory statistics
+    assert [(m.in_features, m.out_features) for m in p.head if isinstance(m, nn.Linear)] == [(69, 32), (32, 2)]
+    raw = torch.randn(5, 1024)
+    w = window_features(raw)
     assert torch.allclose(w.mean(0), torch.zeros(1024), atol=1e-5) and w[-1].abs().sum() > 0  # centred
     x, mask = batch_windows([w, window_features(torch.randn(9, 1024))])
     assert x.shape == (2, 9, 1024) and mask[0].tolist() == [False] * 4 + [True] * 5
-    alone = p(w.unsqueeze(0))
-    padded = p(x, mask)[0:1]
+    c = window_context(raw, 0.5).unsqueeze(0)
+    alone = p(w.unsqueeze(0), None, c)
+    padded = p(x, mask, torch.cat([c, c]))[0:1]
     assert torch.allclose(alone, padded, atol=1e-5)
 
 
@@ -79,11 +83,27 @@ def test_predictor_output_changes_with_window_content():
     newest = torch.randn(64)
     still = torch.stack([newest + 1e-3 * torch.randn(64) for _ in range(7)] + [newest])
     drift = torch.stack([newest + (7 - t) * 0.2 * torch.randn(64) for t in range(7)] + [newest])
-    a, b = (p(window_features(w).unsqueeze(0)) for w in (still, drift))
+    a, b = (p(window_features(w).unsqueeze(0), None, window_context(w, 0.5).unsqueeze(0)) for w in (still, drift))
     assert not torch.allclose(a, b, atol=1e-4)
     q_still, q_drift = (p.query(window_features(w)[-1]) for w in (still, drift))
     assert not torch.allclose(q_still, q_drift, atol=1e-4)
     assert torch.allclose(window_features(3.0 * drift), window_features(drift), atol=1e-5)  # scale-free
+    assert torch.allclose(window_context(3.0 * drift, 0.5), window_context(drift, 0.5), atol=1e-4)
+
+
+def test_window_context_tells_drift_from_a_random_walk():
+    """The trajectory statistics: a steady drift has net displacement equal to its path (ratio 1),
+    a random walk of the same step size a much shorter one; a slowing unit's second-half path is
+    shorter than its first; progress is passed through."""
+    g = torch.Generator().manual_seed(0)
+    start, direction = torch.randn(256, generator=g), torch.randn(256, generator=g)
+    drift = start + torch.linspace(0, 1, 30)[:, None] * direction
+    walk = start + 0.03 * torch.randn(30, 256, generator=g).cumsum(0)
+    slowing = start + torch.sqrt(torch.linspace(0, 1, 30))[:, None] * direction
+    c_drift, c_walk, c_slow = (window_context(w, 0.25) for w in (drift, walk, slowing))
+    assert c_drift[0] == 0.25 and abs(float(c_drift[3]) - 1.0) < 1e-3 and float(c_walk[3]) < 0.5
+    assert abs(float(c_drift[4])) < 0.1 and float(c_slow[4]) < -0.5  # 15 steps against 14: log(15/14)
+    assert torch.isfinite(window_context(torch.ones(2, 8), 1.0)).all()  # no movement at all
 
 
 def test_default_cadences_fit_every_epoch_length():
@@ -124,17 +144,23 @@ def test_predictor_file_roundtrip_and_bad_files(tmp_path):
     assert q.input_scale == 3.0 and q.threshold == 0.8 and meta["note"] == "test" and len(meta["sha256"]) == 16
     assert SmartFRZ(predictor=path, tailor_size=64, stage_steps=4, snapshot_steps=1).threshold == 0.8
     assert SmartFRZ(predictor=path, tailor_size=64, threshold=0.6, stage_steps=4, snapshot_steps=1).threshold == 0.6
-    x, mask = batch_windows([window_features(torch.randn(6, 64))])
-    assert torch.allclose(p(x, mask), q(x, mask), atol=5e-2)
+    raw = torch.randn(6, 64)
+    x, mask = batch_windows([window_features(raw)])
+    c = window_context(raw, 0.3).unsqueeze(0)
+    assert torch.allclose(p(x, mask, c), q(x, mask, c), atol=5e-2)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_predictor(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"\x80not a torch file at all")
     with pytest.raises(CheckpointError, match="corrupted"):
         load_predictor(tmp_path / "junk.pt")
-    torch.save({"format": "frostline-smartfrz-predictor-2", "input_size": 1024, "input_scale": 1.0, "threshold": 0.5,
+    torch.save({"format": "frostline-smartfrz-predictor-3", "input_size": 1024, "input_scale": 1.0, "threshold": 0.5,
                 "state_dict": p.state_dict()}, tmp_path / "shape.pt")  # 64-wide weights labelled 1024
     with pytest.raises(CheckpointError, match="wrong shape"):
         load_predictor(tmp_path / "shape.pt")
+    torch.save({"format": "frostline-smartfrz-predictor-2", "input_size": 64, "input_scale": 1.0, "threshold": 0.5,
+                "state_dict": {}}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="older format"):
+        load_predictor(tmp_path / "old.pt")
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a frostline SmartFRZ predictor"):
         load_predictor(tmp_path / "other.pt")
@@ -214,8 +240,10 @@ def test_shipped_predictor_loads_and_tells_settled_from_moving_weights():
     moving = [point + torch.linspace(-d, 0, 30)[:, None] * direction + 1e-3 * torch.randn(30, 1024, generator=g)
               for d in (0.2, 0.5, 1.0, 3.0)]
     x, mask = batch_windows([window_features(w) for w in settled + moving])
-    p = torch.softmax(model(x, mask), dim=1)[:, 1]
-    assert p[:8].min() > p[8:].max(), p
+    for progress in (0.3, 0.6):  # at the same point of training, only the weights differ
+        context = torch.stack([window_context(w, progress) for w in settled + moving])
+        p = torch.softmax(model(x, mask, context), dim=1)[:, 1]
+        assert p[:8].min() > p[8:].max(), (progress, p)
 
 
 @pytest.mark.integration

@@ -229,13 +229,15 @@ def load_collected(path) -> dict[str, Any]:
 
 
 def samples(ds: dict[str, Any], window: int = 30, rule: LabelRule | None = None
-            ) -> list[tuple[torch.Tensor, int, int]]:
-    """(feature window (T, D), label, unit) for every labelled (unit, stage) of a dataset:
-    the last ``window`` snapshots taken at or before the stage. ``rule`` (a :class:`LabelRule`)
+            ) -> list[tuple[torch.Tensor, torch.Tensor, int, int]]:
+    """(feature window (T, D), context, label, unit) for every labelled (unit, stage) of a dataset:
+    the last ``window`` snapshots taken at or before the stage, and the predictor's context (the
+    fraction of training done at the stage, trajectory statistics). ``rule`` (a :class:`LabelRule`)
     relabels from the recorded CKA; None keeps the labels the dataset was collected with."""
-    from ...policies.smartfrz.predictor import window_features
+    from ...policies.smartfrz.predictor import window_context, window_features
 
     labels = ds["labels"] if rule is None else label_stages(ds["cka"], ds["cka_init"], rule)
+    total = total_steps(ds)
     out = []
     steps = ds["snapshot_steps"]
     for k, step in enumerate(ds["stage_steps"].tolist()):
@@ -246,5 +248,12 @@ def samples(ds: dict[str, Any], window: int = 30, rule: LabelRule | None = None
         for u in range(labels.shape[1]):
             label = int(labels[k, u])
             if label >= 0:
-                out.append((window_features(ds["snapshots"][start:end, u]), label, u))
+                snaps = ds["snapshots"][start:end, u]
+                out.append((window_features(snaps), window_context(snaps, step / total), label, u))
     return out
+
+
+def total_steps(ds: dict[str, Any]) -> int:
+    """The recorded run's length in optimizer steps."""
+    p = ds["provenance"]
+    return max(1, math.ceil(float(p["epochs"]) * int(p["steps_per_epoch"])))

@@ -35,8 +35,10 @@ from ...policies.smartfrz.predictor import SmartFRZPredictor, batch_windows, sav
 
 #: Labels come from the recorded CKA, by default with the current default rule.
 RULE = LabelRule()
+#: (feature window, context, label, unit), as :func:`frostline.lab.predictor.collect.samples` gives them.
+Sample = tuple[torch.Tensor, torch.Tensor, int, int]
 #: Precision of "freeze" the calibrated threshold aims for on held-out runs.
-TARGET_PRECISION = 0.95
+TARGET_PRECISION = 0.9
 
 
 def run_name(ds: dict[str, Any]) -> str:
@@ -63,17 +65,17 @@ def metrics(pred: list[int], true: list[int]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def freeze_probabilities(model: SmartFRZPredictor, data: list[tuple[torch.Tensor, int, int]],
-                         batch: int = 256) -> list[float]:
+def freeze_probabilities(model: SmartFRZPredictor, data: list[Sample], batch: int = 256) -> list[float]:
     model.eval()
     out: list[float] = []
     for i in range(0, len(data), batch):
-        x, mask = batch_windows([w for w, _, _ in data[i:i + batch]])
-        out += torch.softmax(model(x, mask), dim=1)[:, 1].tolist()
+        chunk = data[i:i + batch]
+        x, mask = batch_windows([w for w, _, _, _ in chunk])
+        out += torch.softmax(model(x, mask, torch.stack([c for _, c, _, _ in chunk])), dim=1)[:, 1].tolist()
     return out
 
 
-def predict(model: SmartFRZPredictor, data: list[tuple[torch.Tensor, int, int]]) -> list[int]:
+def predict(model: SmartFRZPredictor, data: list[Sample]) -> list[int]:
     return [int(p > model.threshold) for p in freeze_probabilities(model, data)]
 
 
@@ -99,7 +101,7 @@ def evaluate_runs(model: SmartFRZPredictor, datasets: list[dict[str, Any]], wind
     for ds in datasets:
         data = samples(ds, window, rule)
         pred = predict(model, data)
-        true = [t for _, t, _ in data]
+        true = [t for _, _, t, _ in data]
         per_run[run_name(ds)] = metrics(pred, true)
         all_pred += pred
         all_true += true
@@ -112,7 +114,7 @@ def fit_predictor(train_sets: list[dict[str, Any]], *, epochs: int = 40, lr: flo
     from tqdm.auto import tqdm
 
     data = [s for ds in train_sets for s in samples(ds, window, rule)]
-    labels = torch.tensor([t for _, t, _ in data])
+    labels = torch.tensor([t for _, _, t, _ in data])
     counts = torch.bincount(labels, minlength=2).double()
     if (counts == 0).any():
         raise ConfigError(f"the training runs have {int(counts[0])} keep / {int(counts[1])} freeze samples: both "
@@ -122,8 +124,11 @@ def fit_predictor(train_sets: list[dict[str, Any]], *, epochs: int = 40, lr: flo
         raise ConfigError(f"the runs were collected with different tailor sizes {sorted(sizes)}: train on one size")
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    feats = torch.cat([w.reshape(-1) for w, _, _ in data])
+    feats = torch.cat([w.reshape(-1) for w, _, _, _ in data])
     model = SmartFRZPredictor(sizes.pop(), input_scale=float(1.0 / feats.std().clamp_min(1e-12)))
+    contexts = torch.stack([c for _, c, _, _ in data])
+    model.context_mean.copy_(contexts.mean(0))
+    model.context_std.copy_(contexts.std(0).clamp_min(1e-6))
     weight = (counts.sum() / (2 * counts)).float()
     loss_fn = nn.CrossEntropyLoss(weight=weight)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -135,10 +140,10 @@ def fit_predictor(train_sets: list[dict[str, Any]], *, epochs: int = 40, lr: flo
         total = 0.0
         for i in range(0, len(order), batch):
             chunk = [data[j] for j in order[i:i + batch]]
-            x, mask = batch_windows([w for w, _, _ in chunk])
+            x, mask = batch_windows([w for w, _, _, _ in chunk])
             x = x[:, :, torch.randperm(x.shape[-1])] * (torch.randint(0, 2, (x.shape[-1],)) * 2 - 1)
-            y = torch.tensor([t for _, t, _ in chunk])
-            loss = loss_fn(model(x, mask), y)
+            y = torch.tensor([t for _, _, t, _ in chunk])
+            loss = loss_fn(model(x, mask, torch.stack([c for _, c, _, _ in chunk])), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -170,7 +175,7 @@ def train_from_dirs(dirs: list[str], out, *, holdout: list[str] | None = None, e
         raise ConfigError("every run is held out: leave at least one to train on")
     model = fit_predictor(train_sets, epochs=epochs, seed=seed, window=window, rule=rule, progress=progress)
     calibration = [s for ds in (held_sets or train_sets) for s in samples(ds, window, rule)]
-    model.threshold = calibrate_threshold(freeze_probabilities(model, calibration), [t for _, t, _ in calibration])
+    model.threshold = calibrate_threshold(freeze_probabilities(model, calibration), [t for _, _, t, _ in calibration])
     report = {"train": evaluate_runs(model, train_sets, window, rule),
               "heldout": evaluate_runs(model, held_sets, window, rule) if held_sets else None}
     meta = {"trained_on": [ds["provenance"] | {"name": run_name(ds)} for ds in train_sets],

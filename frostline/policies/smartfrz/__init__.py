@@ -8,9 +8,10 @@ and predictor training are workbench tools (:mod:`frostline.lab.predictor`). The
 """
 
 from .history import History
-from .predictor import SmartFRZPredictor, batch_windows, load_predictor, save_predictor, window_features
+from .predictor import (SmartFRZPredictor, batch_windows, load_predictor, save_predictor, window_context,
+                        window_features)
 from .smartfrz import SmartFRZ
 from .tailor import Tailor
 
 __all__ = ["History", "SmartFRZ", "SmartFRZPredictor", "Tailor", "batch_windows", "load_predictor",
-           "save_predictor", "window_features"]
+           "save_predictor", "window_context", "window_features"]

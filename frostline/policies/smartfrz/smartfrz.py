@@ -22,7 +22,7 @@ import torch
 
 from ...errors import ConfigError, check_int
 from .history import History
-from .predictor import SmartFRZPredictor, load_predictor, window_features
+from .predictor import SmartFRZPredictor, batch_windows, load_predictor, window_context, window_features
 from ..base import Progress
 from ..stages import StageClock, StagedPolicy
 from ..registry import Hyperparameter, register_policy
@@ -84,16 +84,16 @@ class SmartFRZ(StagedPolicy):
         return self.requires if self.snapshots.is_stage_end(progress.step) else super().wants(progress)
 
     @torch.no_grad()
-    def freeze_probabilities(self) -> dict[int, float]:
+    def freeze_probabilities(self, progress: Progress) -> dict[int, float]:
         """P(freeze) per active unit (below the head) with at least two snapshots."""
         units = [i for i in range(self.num_units - 1)
                  if i not in self.frozen and len(self.history.snapshots[i]) >= MIN_SNAPSHOTS]
         if not units:
             return {}
-        from .predictor import batch_windows
-
-        x, mask = batch_windows([window_features(self.history.stacked(i)) for i in units])
-        probs = torch.softmax(self.predictor(x, mask), dim=1)[:, 1].tolist()
+        windows = [self.history.stacked(i) for i in units]
+        x, mask = batch_windows([window_features(w) for w in windows])
+        context = torch.stack([window_context(w, progress.fraction) for w in windows])
+        probs = torch.softmax(self.predictor(x, mask, context), dim=1)[:, 1].tolist()
         return dict(zip(units, probs))
 
     def _record(self, progress: Progress, signals: dict[str, Any]) -> None:
@@ -101,7 +101,7 @@ class SmartFRZ(StagedPolicy):
         self.history.add([None if i in self.frozen else s for i, s in enumerate(samples)])
 
     def _ready(self, progress: Progress) -> dict[int, dict[str, Any]]:
-        probs = self.freeze_probabilities()
+        probs = self.freeze_probabilities(progress)
         self.last_stage = {"stage": self.stages_done, "step": progress.step,
                            "freeze_probability": {self.unit_names[i]: round(p, 4) for i, p in probs.items()}}
         return {i: {"freeze_probability": p, "snapshots": len(self.history.snapshots[i]), "stage": self.stages_done,
