@@ -13,6 +13,23 @@ import torch
 from ...errors import check_int
 
 
+def draw_positions(total: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``min(size, total)`` distinct positions in ``range(total)``, sorted. A permutation of a large
+    unit's millions of positions took ~50 ms per unit (once per run, but inside the decision time),
+    so a large unit draws with replacement and keeps the first occurrence of each position until it
+    has ``size`` of them."""
+    if total <= 4 * size:
+        return torch.randperm(total, generator=generator)[:size].sort().values
+    picks = torch.empty(0, dtype=torch.long)
+    while len(picks) < size:
+        draws = torch.cat([picks, torch.randint(total, (2 * size,), generator=generator)])
+        unique, inverse = torch.unique(draws, return_inverse=True)
+        first = torch.full((len(unique),), len(draws), dtype=torch.long).scatter_reduce(
+            0, inverse, torch.arange(len(draws)), reduce="amin")
+        picks = draws[first.sort().values][:size]  # distinct, in the order they were drawn
+    return picks.sort().values
+
+
 class Tailor:
     """Fixed sampling positions for every unit; :meth:`sample_units` reads them from live parameters.
 
@@ -29,8 +46,7 @@ class Tailor:
         for u, params in enumerate(unit_params):
             sizes = [p.numel() for p in params]
             total = sum(sizes)
-            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + u)
-            picks = torch.randperm(total, generator=g)[: self.size].sort().values if total else torch.zeros(0, dtype=torch.long)
+            picks = draw_positions(total, self.size, torch.Generator().manual_seed(int(seed) * 1_000_003 + u))
             plan, start, filled = [], 0, 0
             for k, n in enumerate(sizes):
                 local = picks[(picks >= start) & (picks < start + n)] - start
