@@ -180,6 +180,39 @@ def test_freezeout_learning_rates_follow_the_per_unit_cosine(batch):
 
 
 @pytest.mark.integration  # 12 resnet steps
+class EveryFifthStep(FreezeList):
+    """Freezes unit 0 from step 8 on, but says it changes its answers only every fifth step."""
+
+    def __init__(self):
+        super().__init__(8, [0])
+        self.asked = []
+
+    def decide(self, progress):
+        self.asked.append(progress.step)
+        return super().decide(progress)
+
+    def next_call(self, progress):
+        return progress.step + 5
+
+
+def test_the_policy_is_asked_only_when_it_says_its_answers_can_change(batch):
+    """Asking a policy costs time on every step; one that acts at stage ends is asked there alone,
+    and a freeze it decides between two calls lands at the next call. A resumed Freezer asks at
+    its first step."""
+    x, y = batch
+    model, optimizer, fz = _setup(EveryFifthStep(), total=20)
+    for _ in range(12):
+        _train_step(model, optimizer, x, y)
+        fz.step()
+    assert fz.policy.asked == [1, 6, 11] and fz.frozen == {0} and fz.timeline[0].step == 11
+    state = fz.state_dict()
+    model2, optimizer2, fz2 = _setup(EveryFifthStep(), total=20)
+    fz2.load_state_dict(state)
+    _train_step(model2, optimizer2, x, y)
+    fz2.step()
+    assert fz2.policy.asked == [13]
+
+
 def test_state_dict_roundtrip_resumes_exactly(batch, tmp_path):
     """Train 6 steps; save at step 3 (after a freeze), restore into fresh objects, continue:
     parameters and optimizer state equal those of the uninterrupted run, bit for bit."""

@@ -13,6 +13,7 @@ from frostline.policies.smartfrz import (SmartFRZPredictor, Tailor, batch_window
                                         window_context, window_features)
 from frostline.lab.predictor.collect import LabelRule, label_stages, load_collected
 from frostline.policies.smartfrz.predictor import SHIPPED
+from frostline.policies.stages import StageClock
 
 TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "--batch-size", "64",
         "--no-progress", "--threads", "1", "--width", "8"]
@@ -115,6 +116,20 @@ def test_default_cadences_fit_every_epoch_length():
         snaps = [s for s in range(1, 3 * steps + 1) if policy.snapshots.is_stage_end(s)]
         assert len(snaps) == 3 * min(30, steps)
         assert [s for s in range(1, 3 * steps + 1) if policy.clock.is_stage_end(s)] == [steps, 2 * steps, 3 * steps]
+        # the Freezer asks the policy at these steps only
+        asked, s = [], 0
+        while s <= 3 * steps:
+            s = policy.next_call(Progress(s, 3 * steps))
+            asked.append(s)
+        assert asked[:-1] == snaps and asked[-1] > 3 * steps
+
+
+def test_stage_clock_next_end_is_the_next_step_that_closes_a_stage():
+    for per_epoch, steps_per_epoch, every in [(1, 5, None), (3, 7, None), (4, 430, None), (30, 29, None),
+                                              (2, 2, None), (1, None, 3), (1, None, 1)]:
+        clock = StageClock(per_epoch, steps_per_epoch, every)
+        for step in range(0, 40):
+            assert clock.next_end(step) == next(s for s in range(step + 1, step + 1000) if clock.is_stage_end(s))
 
 
 def test_labels_say_settled_and_never_untrained():

@@ -119,6 +119,8 @@ class Freezer:
         self.step_count = 0
         #: Seconds spent collecting signals and deciding (the method's own overhead).
         self.decision_time_s = 0.0
+        #: The step at which the policy is next asked (its :meth:`~FreezePolicy.next_call`).
+        self._policy_due = 0
         #: Parameter name by ``id(parameter)``: how saved layouts name parameters.
         self.param_name_by_id = {id(p): n for n, p in model.named_parameters()}
         #: The optimizer's layout as the user's code creates it: parameter names and
@@ -188,6 +190,7 @@ class Freezer:
         Only the needed collectors are bound: binding one may hook every parameter."""
         self.units = units
         self.policy.bind([u.name for u in units])
+        self._policy_due = 0
         self._close_collectors()  # a re-bind (resume) must not leave the old collectors' hooks behind
         standard = {name: make() for name, make in STANDARD_COLLECTORS.items()}
         self._collectors = {**standard, **self.policy.collectors(), **self._extra_signals}
@@ -264,16 +267,18 @@ class Freezer:
         self._check_lrs_untouched()
         self.step_count += 1
         progress = self.progress
-        t0 = time.perf_counter()
-        wanted_signals = self.policy.wants(progress)
-        if wanted_signals:
-            self.policy.observe(progress, self.collect_signals(wanted_signals))
-        wanted = self.policy.decide(progress)
-        self.decision_time_s += time.perf_counter() - t0
-        if self.sync is not None:  # every rank must have decided (frozen or cooling) the same units
-            wanted = self.sync.agree(wanted, self.frozen | set(self.cooling), len(self.units), self.step_count)
-        for i in self._admissible(wanted):
-            self.cooling[i] = Cooling(self.step_count, self.policy.reason(i))
+        if self.step_count >= self._policy_due:  # the policy's answers can change at this step
+            t0 = time.perf_counter()
+            wanted_signals = self.policy.wants(progress)
+            if wanted_signals:
+                self.policy.observe(progress, self.collect_signals(wanted_signals))
+            wanted = self.policy.decide(progress)
+            self._policy_due = self.policy.next_call(progress)
+            self.decision_time_s += time.perf_counter() - t0
+            if self.sync is not None:  # every rank must have decided (frozen or cooling) the same units
+                wanted = self.sync.agree(wanted, self.frozen | set(self.cooling), len(self.units), self.step_count)
+            for i in self._admissible(wanted):
+                self.cooling[i] = Cooling(self.step_count, self.policy.reason(i))
         newly = sorted(i for i, c in self.cooling.items() if self.step_count - c.decided_step >= self.cooldown)
         for i in newly:
             self.freeze(i)
@@ -437,6 +442,7 @@ class Freezer:
             u.name = name
         self._bind(units)
         self.policy.load_state_dict(state["policy"])
+        self._policy_due = 0
         self.step_count = int(state["step"])
         self.decision_time_s = float(state.get("decision_time_s", 0.0))
         self.timeline = [FreezeEvent(**e) for e in state["timeline"]]

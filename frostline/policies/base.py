@@ -69,6 +69,13 @@ class FreezePolicy:
         keeps the union of every answer."""
         return set()
 
+    def next_call(self, progress: Progress) -> int:
+        """The first optimizer step after ``progress.step`` at which :meth:`wants` or :meth:`decide`
+        may answer differently; the Freezer does not ask in between. Default: the next step. A
+        policy that acts at stage ends says so, because asking costs ~10 µs of cold-cache Python
+        per step in a training run: for SmartFRZ, more than its weight snapshots."""
+        return progress.step + 1
+
     def lr_scales(self, progress: Progress) -> list[float] | None:
         """Per-unit learning-rate multipliers for the next step, or None for "leave as is"."""
         return None

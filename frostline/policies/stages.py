@@ -10,7 +10,7 @@ per-unit readiness rule (the CKA oracle, SmartFRZ); each method keeps only its r
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from typing import Any
 
 from ..errors import CheckpointError, ConfigError, check_int
@@ -44,6 +44,7 @@ class StageClock:
             self._starts = [k * steps_per_epoch // per_epoch for k in range(1, per_epoch)]
             # steps within an epoch (0-based) that close a stage: asked at every optimizer step
             self._ends = frozenset([start - 1 for start in self._starts] + [steps_per_epoch - 1])
+            self._sorted_ends = sorted(self._ends)
 
     def index(self, step: int) -> int:
         """Which stage (0-based, counted from the start of training) optimizer step ``step``
@@ -53,6 +54,18 @@ class StageClock:
             return s // self.every_steps
         epoch, within = divmod(s, self.steps_per_epoch)
         return epoch * self.per_epoch + bisect_right(self._starts, within)
+
+    def next_end(self, step: int) -> int:
+        """The first optimizer step after ``step`` (1-based) that closes a stage."""
+        if self.every_steps is not None:
+            return (max(step, 0) // self.every_steps + 1) * self.every_steps
+        step = max(step, 0)
+        within = step % self.steps_per_epoch  # 0-based position of step + 1 in its epoch
+        ends = self._sorted_ends
+        k = bisect_left(ends, within)
+        if k < len(ends):
+            return step + 1 + ends[k] - within
+        return step + 1 + self.steps_per_epoch - within + ends[0]
 
     def is_stage_end(self, step: int) -> bool:
         """Whether optimizer step ``step`` (1-based) closes a stage (``index`` changes after it)."""
@@ -91,6 +104,10 @@ class StagedPolicy(FreezePolicy):
 
     def wants(self, progress: Progress) -> frozenset[str]:
         return self.requires if self.clock.is_stage_end(progress.step) else frozenset()
+
+    def next_call(self, progress: Progress) -> int:
+        """Signals are read and decisions change only at stage ends."""
+        return self.clock.next_end(progress.step)
 
     # -- the rule (subclasses) ---------------------------------------------------------------
     def _record(self, progress: Progress, signals: dict[str, Any]) -> None:

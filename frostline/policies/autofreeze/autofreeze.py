@@ -168,6 +168,13 @@ class AutoFreeze(FreezePolicy):
         due = (self._closed_at // length + 1) * length  # the end of the interval being summed
         return self.requires if progress.step >= due else frozenset()
 
+    def next_call(self, progress: Progress) -> int:
+        """The end of the interval being summed (the gradient sums keep running in between)."""
+        if self._closed_at is None:
+            return progress.step + 1
+        length = self.interval_length(progress.total_steps)
+        return max(progress.step + 1, (self._closed_at // length + 1) * length)
+
     def observe(self, progress: Progress, signals: dict[str, Any]) -> None:
         sums = self._per_unit(signals[SIGNAL], "gradient sums")
         if self._closed_at is None:

@@ -127,6 +127,11 @@ class CKAOracle(StagedPolicy):
         first = progress.step == 1 or (self.num_units and all(v is None for v in self.initial))
         return self.requires if first else super().wants(progress)
 
+    def next_call(self, progress: Progress) -> int:
+        if self.num_units and all(v is None for v in self.initial):  # still waiting for the values at initialisation
+            return progress.step + 1
+        return super().next_call(progress)
+
     def _record(self, progress: Progress, signals: dict[str, Any]) -> None:
         stage_end = self.clock.is_stage_end(progress.step)
         for i, v in enumerate(self._per_unit(signals["cka"], "CKA values")):

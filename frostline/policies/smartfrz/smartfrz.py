@@ -83,6 +83,9 @@ class SmartFRZ(StagedPolicy):
     def wants(self, progress: Progress) -> frozenset[str]:
         return self.requires if self.snapshots.is_stage_end(progress.step) else super().wants(progress)
 
+    def next_call(self, progress: Progress) -> int:
+        return min(self.snapshots.next_end(progress.step), super().next_call(progress))
+
     @torch.no_grad()
     def freeze_probabilities(self, progress: Progress) -> dict[int, float]:
         """P(freeze) per active unit (below the head) with at least two snapshots."""
