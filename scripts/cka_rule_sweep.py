@@ -27,8 +27,8 @@ def sweep(paths):
     print("| window | tolerance | floor | mean first-ready fraction | units ever ready | flips / ready labels |")
     print("|---|---|---|---|---|---|")
     for window in (3, 5, 9):
-        for tolerance in (0.02, 0.05, 0.1):
-            for floor in (0.6, 0.8, 0.9):
+        for tolerance in (0.02, 0.03, 0.05, 0.1):
+            for floor in (0.6, 0.8, 0.85, 0.9):
                 firsts, ever, flips, readies, units = [], 0, 0, 0, 0
                 for r in runs:
                     cka, init = r["cka"], r["cka_init"]

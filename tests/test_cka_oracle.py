@@ -164,7 +164,7 @@ def test_train_end_to_end_and_bad_references(tmp_path, capsys):
                  "--out", str(ref)]) == 0
     run = tmp_path / "cka"
     assert main(["train", "--model", "resnet", "--width", "8", "--method", "cka-oracle", "--reference", str(ref),
-                 "--epochs", "2", "--stages-per-epoch", "4", "--cka-tolerance", "0.5", "--cka-floor", "0.05",
+                 "--epochs", "2", "--stages-per-epoch", "4", "--cka-window", "5", "--cka-tolerance", "0.5", "--cka-floor", "0.05",
                  "--probe-size", "64", *TINY, "--out", str(run)]) == 0
     import json
 

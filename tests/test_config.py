@@ -26,7 +26,7 @@ BEFORE = {
     "cache_dtype": "float32", "cache_memory_mb": 4096, "t_0": 0.8, "schedule": "cubic", "scale_lr": True,
     "const_time": False, "freeze_start": 0.5, "freeze_level": 1.0, "percentile": 50.0, "intervals": 20,
     "compile": False, "compile_backend": "inductor", "stages_per_epoch": None, "prefix_only": False,
-    "reference": None, "probe_size": 256, "cka_window": 5, "cka_tolerance": 0.05, "cka_floor": 0.85,
+    "reference": None, "probe_size": 256, "cka_window": 9, "cka_tolerance": 0.03, "cka_floor": 0.85,
     "predictor": None, "freeze_threshold": None, "history_window": 30, "tailor_size": 1024, "snapshots_per_epoch": 30,
 }
 

@@ -11,7 +11,7 @@ networks already agree to 0.90–0.99 on early convolutions, because a random co
 still looks like the image. So the rule reads the *init-normalised* CKA
 ``n = (c - c0) / (1 - c0)``: 0 where the unit started, 1 where it matches the reference exactly.
 A unit is *ready* when, over the last ``window`` stages (at the default four stages per epoch,
-five values spanning one epoch),
+nine values spanning two epochs),
 
 * every ``n`` is at least ``floor`` (it went most of the way from where it started to where a
   finished run ends up), and
@@ -42,8 +42,8 @@ from ..base import Progress
 from ..stages import StagedPolicy
 from ..registry import Hyperparameter, register_policy
 
-DEFAULT_WINDOW = 5
-DEFAULT_TOLERANCE = 0.05
+DEFAULT_WINDOW = 9
+DEFAULT_TOLERANCE = 0.03
 DEFAULT_FLOOR = 0.85
 #: Below this distance from 1 the initial CKA leaves nothing to normalise by.
 MIN_HEADROOM = 1e-6
