@@ -9,10 +9,12 @@ import pytest
 
 from frostline.lab.cli import main
 from frostline.lab.compare import (ADAPTIVE, FROM_SCRATCH, STANDARD_EPOCHS, SUITES, VARIANTS, Cell, Goal, Suite,
-                                   _finished, _train_argv, aggregate, check_cells, convergence_rows, goal_lines, judge,
+                                   _finished, _train_argv, aggregate, check_cells, convergence_rows, goal_lines,
+                                   in_run_saving, judge,
                                    publish_results, reference_cell, results_markers, run_suite, suite_cells,
                                    summary_markers)
 from frostline.errors import ConfigError, FrostlineError
+from frostline.lab.report import read_metrics
 
 TINY = {"epochs": 1, "train_subset": 384, "val_size": 64, "test_subset": 256, "batch_size": 64, "width": 8,
         "threads": 1, "log_every": 2}
@@ -68,8 +70,14 @@ def test_time_saved_is_paired_with_the_same_seed_baseline(bench):
     base, frz = _summary(root, "none"), _summary(root, "freezeout_cache")
     row = next(r for r in data["rows"] if r["variant"] == "freezeout+cache")
     frz1, base1 = _summary(root, "freezeout_cache", 1), _summary(root, "none", 1)
-    assert row["time_saved"] == pytest.approx(1 - (frz["train_time_s"] / base["train_time_s"]
-                                                   + frz1["train_time_s"] / base1["train_time_s"]) / 2)
+    assert row["paired_time_saved"] == pytest.approx(1 - (frz["train_time_s"] / base["train_time_s"]
+                                                          + frz1["train_time_s"] / base1["train_time_s"]) / 2)
+    # the headline: each run against its own full-speed steps where it has enough of them, else paired
+    own = [(in_run_saving(s, read_metrics(root / f"cells/fashion-mnist/resnet/freezeout_cache/seed{k}")), s, b)
+           for k, s, b in ((0, frz, base), (1, frz1, base1))]
+    assert row["time_saved"] == pytest.approx(sum(1 - s["train_time_s"] / b["train_time_s"] if v is None else v
+                                                  for v, s, b in own) / 2)
+    assert row["in_run"] == sum(v is not None for v, _, _ in own)
     assert row["cpu_time_saved"] == pytest.approx(1 - (frz["cpu_time_s"] / base["cpu_time_s"]
                                                        + frz1["cpu_time_s"] / base1["cpu_time_s"]) / 2)
     assert row["delta_accuracy"] == pytest.approx((frz["test_accuracy"] - base["test_accuracy"]
@@ -291,6 +299,29 @@ def test_the_oracle_reference_is_another_seeds_baseline(tmp_path):
         reference = str(tmp_path / f"cells/fashion-mnist/vgg/none/seed{seed}")
         (folder / "config.json").write_text(json.dumps({**dict(oracle.settings), "reference": reference}))
         assert (_finished(folder, oracle) is not None) == reused
+
+
+def _log(rates, frozen_from, total=1000, every=50):
+    """Step log lines of a run whose steps cost ``rates[0]`` s before step ``frozen_from`` and
+    ``rates[1]`` s after it (a unit frozen there), with start-up costs in the first line."""
+    lines, spent = [], 0.5
+    for step in range(every, total + 1, every):
+        spent += every * (rates[0] if step <= frozen_from else rates[1])
+        lines.append({"kind": "step", "step": step, "frozen": int(step > frozen_from), "train_time_s": spent})
+    return {"total_steps": total, "train_time_s": spent, "resumed_from_step": None}, lines
+
+
+def test_in_run_saving_compares_a_run_with_its_own_full_speed_steps():
+    """Full steps at 0.1 s, then half price from the middle: 25% saved, whatever the machine's speed
+    in another run; a run without freezing reads ~0; too short a full-speed stretch or a resumed log
+    gives no figure (the report pairs with the baseline then)."""
+    assert in_run_saving(*_log((0.1, 0.05), 500)) == pytest.approx(0.25, abs=0.01)
+    assert in_run_saving(*_log((0.3, 0.15), 500)) == pytest.approx(0.25, abs=0.01)  # a 3x slower machine
+    assert in_run_saving(*_log((0.1, 0.1), 1000)) == pytest.approx(0.0, abs=0.01)
+    assert in_run_saving(*_log((0.1, 0.05), 60)) is None  # froze before 200 full-speed steps
+    summary, lines = _log((0.1, 0.05), 500)
+    assert in_run_saving({**summary, "resumed_from_step": 300}, lines) is None
+    assert in_run_saving(summary, []) is None
 
 
 def test_aggregate_lists_every_variant_and_pairs_cpu_time():

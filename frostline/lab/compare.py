@@ -466,6 +466,42 @@ def _paired_saving(s: dict, base: dict, key: str) -> float | None:
     return 1 - s[key] / base[key]
 
 
+#: The full-speed stretch an in-run saving is measured on: at least this many steps, and this share of the run.
+IN_RUN_MIN_STEPS, IN_RUN_MIN_SHARE = 200, 0.1
+
+
+def in_run_saving(summary: dict, metrics: Sequence[dict]) -> float | None:
+    """Wall time saved against the same run's own full-model speed: ``1 - T / (N * t_full)``, where
+    ``T`` is the run's training-step time, ``N`` its steps, and ``t_full`` the time per step between
+    its first and its last log line with nothing frozen (the first line leaves start-up costs out).
+
+    A ratio inside one run, so a machine that runs faster or slower at another hour (on a shared
+    2-core machine the same baseline took 215 s in one session and 159 s in the next) does not move
+    it. On ``none`` runs it reads ~0 (a check of the assumption that a full step costs the same
+    all run). None when the run froze before a stretch of ``IN_RUN_MIN_STEPS`` steps and
+    ``IN_RUN_MIN_SHARE`` of the run at full speed, or was resumed (its log restarts)."""
+    total, spent = summary.get("total_steps"), summary.get("train_time_s")
+    if not total or not spent or summary.get("resumed_from_step"):
+        return None
+    full = [m for m in metrics if m.get("kind") == "step" and m.get("frozen") == 0 and "train_time_s" in m]
+    if len(full) < 2:
+        return None
+    first, last = full[0], full[-1]
+    steps = last["step"] - first["step"]
+    if steps < max(IN_RUN_MIN_STEPS, IN_RUN_MIN_SHARE * total) or last["train_time_s"] <= first["train_time_s"]:
+        return None
+    per_step = (last["train_time_s"] - first["train_time_s"]) / steps
+    return 1 - spent / (total * per_step)
+
+
+def run_time_saved(s: dict, base: dict | None) -> float | None:
+    """One run's time saved: against its own full-speed steps where it has them (see
+    :func:`in_run_saving`), else against the same seed's baseline."""
+    if s.get("in_run_time_saved") is not None:
+        return s["in_run_time_saved"]
+    return _paired_saving(s, base, "train_time_s") if base else None
+
+
 def aggregate(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str, Any]]:
     """One row per (dataset, model, variant) over its seeds, also for a variant with no finished run
     yet (``seeds`` 0), so a partial bench says what it lacks. Time saved (wall and CPU) and accuracy
@@ -476,9 +512,12 @@ def aggregate(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str,
     rows = []
     for (dataset, model, variant), members in groups.items():
         done = [(c, results[c.key]) for c in members if c.key in results]
-        paired_time, paired_cpu, paired_acc = [], [], []
+        paired_time, paired_cpu, paired_acc, saved_time = [], [], [], []
         for c, s in done:
             base = results.get(Cell(dataset, model, "none", c.seed, ()).key)
+            saving = run_time_saved(s, base)
+            if saving is not None:
+                saved_time.append(saving)
             if base:
                 paired_time.append(_paired_saving(s, base, "train_time_s"))
                 paired_acc.append(s["test_accuracy"] - base["test_accuracy"])
@@ -486,7 +525,8 @@ def aggregate(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str,
                 if cpu is not None:
                     paired_cpu.append(cpu)
         mean = lambda key: statistics.fmean(s[key] for _, s in done) if done else math.nan  # noqa: E731
-        acc, saved, cpu_saved = _mean_std([s["test_accuracy"] for _, s in done]), _mean_std(paired_time), _mean_std(paired_cpu)
+        acc, cpu_saved = _mean_std([s["test_accuracy"] for _, s in done]), _mean_std(paired_cpu)
+        saved, paired = _mean_std(saved_time), _mean_std(paired_time)
         overheads = [s["decision_overhead"] for _, s in done if s.get("decision_overhead") is not None]
         cpu_times = [s["cpu_time_s"] for _, s in done if s.get("cpu_time_s") is not None]
         rows.append({
@@ -496,6 +536,8 @@ def aggregate(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str,
             "delta_accuracy": statistics.fmean(paired_acc) if paired_acc else math.nan,
             "train_time_s": mean("train_time_s"),
             "time_saved": saved[0], "time_saved_std": saved[1],
+            "in_run": sum(s.get("in_run_time_saved") is not None for _, s in done),
+            "paired_time_saved": paired[0], "paired_time_saved_std": paired[1],
             "cpu_time_s": statistics.fmean(cpu_times) if cpu_times else math.nan,
             "cpu_time_saved": cpu_saved[0], "cpu_time_saved_std": cpu_saved[1],
             "decision_overhead": statistics.fmean(overheads) if overheads else math.nan,
@@ -625,6 +667,7 @@ def _average(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     for r in rows:
         by_variant.setdefault(r["variant"], []).append(r)
     return {v: {"saved": statistics.fmean(r["time_saved"] for r in rs),
+                "paired_saved": statistics.fmean(r.get("paired_time_saved", math.nan) for r in rs),
                 "cpu_saved": statistics.fmean(r.get("cpu_time_saved", math.nan) for r in rs),
                 "delta": statistics.fmean(r["delta_accuracy"] for r in rs),
                 "overhead": statistics.fmean(r.get("decision_overhead", math.nan) for r in rs)}
@@ -660,6 +703,8 @@ def goal_lines(goal: Goal, rows: Sequence[dict[str, Any]], convergence: Sequence
 def _figures(a: dict[str, float]) -> str:
     saved = a["saved"]
     text = f"{100 * saved:.1f}% time saved ({1 / max(1e-9, 1 - saved):.2f}× faster"
+    if not math.isnan(a.get("paired_saved", math.nan)):
+        text += f"; vs baseline {100 * a['paired_saved']:.1f}%"
     if not math.isnan(a.get("cpu_saved", math.nan)):
         text += f"; CPU time {100 * a['cpu_saved']:.1f}%"
     return text + f") at {a['delta']:+.2f} points"
@@ -700,9 +745,13 @@ def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str,
            f"torch {machine['torch']}, Python {machine['python']}, frostline {machine['frostline']}"
            f"{' @ ' + machine['commit'] if machine.get('commit') else ''}, {machine['date']}.", "",
            f"Command: `{command}`", "",
-           "Time saved and Δ accuracy are paired with the `none` run of the same seed in the same bench, then "
-           "averaged; time is training-step time only (evaluation excluded): *time saved* by the wall clock (the "
-           "headline), *CPU saved* by the process's CPU time (less disturbed by another process on the machine). "
+           "Times are training-step time only (evaluation excluded). *Time saved* (the headline) is measured inside "
+           "each run by the wall clock: its training time against its own steps at full speed before anything "
+           "froze, times its number of steps; a run that froze too early to measure that is paired with its "
+           "baseline instead. On `none` rows it reads about 0, which checks the method. *vs baseline* pairs each "
+           "run with the `none` run of the same seed (the same figure across runs, so it moves when the machine's "
+           "speed changes between them), *CPU saved* likewise by the process's CPU time. Δ accuracy is paired "
+           "with the same seed's baseline. "
            "*Predicted* is the cost model's FLOPs-based estimate for the schedule that actually happened; *FLOPs "
            "saved* counts the cache's own fill and extension forwards as cost; *decision* is an adaptive method's "
            "time spent deciding, over training-step time.", ""]
@@ -714,7 +763,7 @@ def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str,
     for (dataset, model) in dict.fromkeys((r["dataset"], r["model"]) for r in rows):
         group = [r for r in rows if r["dataset"] == dataset and r["model"] == model]
         out += [f"**{model} on {dataset}**", "", markdown_table(
-            ["method", "test acc %", "Δ acc", "train s", "time saved", "CPU saved", "FLOPs saved", "predicted",
+            ["method", "test acc %", "Δ acc", "train s", "time saved", "vs baseline", "CPU saved", "FLOPs saved", "predicted",
              "decision", "peak MB", "cache MB", "frozen", "seeds"], [_table_row(r) for r in group]), ""]
     if suite.goals:
         out += ["Goals:", "", *[line for goal in suite.goals for line in goal_lines(goal, rows, convergence)], ""]
@@ -727,13 +776,14 @@ def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str,
 def _table_row(r: dict[str, Any]) -> list[str]:
     seeds = f"{r['seeds']}" + ("" if r["seeds"] == r["of_seeds"] else f" of {r['of_seeds']}")
     if not r["seeds"]:
-        return [r["variant"], "not run yet", *[""] * 10, seeds]
+        return [r["variant"], "not run yet", *[""] * 11, seeds]
     base = r["method"] == "none"
     overhead = r.get("decision_overhead", math.nan)
     return [
         r["variant"], f"{r['accuracy']:.2f} ± {r['accuracy_std']:.2f}",
         "—" if base else ("n/a" if math.isnan(r["delta_accuracy"]) else f"{r['delta_accuracy']:+.2f}"),
-        f"{r['train_time_s']:.1f}", "—" if base else _fmt_pct(r["time_saved"], r["time_saved_std"]),
+        f"{r['train_time_s']:.1f}", _fmt_pct(r["time_saved"], r["time_saved_std"]),
+        "—" if base else _fmt_pct(r.get("paired_time_saved"), r.get("paired_time_saved_std")),
         "—" if base else _fmt_pct(r.get("cpu_time_saved"), r.get("cpu_time_saved_std")),
         "—" if base else _fmt_pct(r["flops_saved"]), "—" if base else _fmt_pct(r["predicted_saving"]),
         _fmt_overhead(overhead) if r["method"] in ADAPTIVE else "—",
@@ -752,8 +802,10 @@ PLOTS = (
 
 def write_report(root: Path, suite: Suite, cells: Sequence[Cell], results: dict[str, dict], failed: dict[str, str],
                  skipped: Sequence[str], command: str, checks: Sequence[Cell] = ()) -> dict[str, Any]:
-    from .report import plot_bench
+    from .report import plot_bench, read_metrics
 
+    results = {c.key: {**results[c.key], "in_run_time_saved": in_run_saving(results[c.key], read_metrics(c.folder(root)))}
+               for c in [*cells, *checks] if c.key in results}
     rows = aggregate(cells, results)
     convergence = convergence_rows(checks, results) if suite.convergence else None
     machine = machine_info()

@@ -79,7 +79,7 @@ def _groups(cells) -> list[tuple[str, str]]:
     return list(dict.fromkeys((c.dataset, c.model) for c in cells))
 
 
-def _read_metrics(folder: Path) -> list[dict[str, Any]]:
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
     import json
 
     rows = []
@@ -101,7 +101,9 @@ def plot_bench(root: Path, cells, results: dict[str, dict], rows: Sequence[dict[
     colors = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
     written = []
 
-    # accuracy vs time saved: one point per run, paired with the same seed's baseline
+    # accuracy vs time saved: one point per run (its own full-speed steps, or the same seed's baseline)
+    from .compare import run_time_saved
+
     fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), squeeze=False)
     for ax, (dataset, model) in zip(axes[0], groups):
         points = []
@@ -109,7 +111,10 @@ def plot_bench(root: Path, cells, results: dict[str, dict], rows: Sequence[dict[
             s, base = results.get(c.key), results.get(f"{dataset}/{model}/none/seed{c.seed}")
             if (c.dataset, c.model) != (dataset, model) or s is None or base is None:
                 continue
-            x, y = 100 * (1 - s["train_time_s"] / base["train_time_s"]), s["test_accuracy"]
+            saved = run_time_saved(s, base)
+            if saved is None:
+                continue
+            x, y = 100 * saved, s["test_accuracy"]
             points.append((x, y))
             ax.scatter([x], [y], color=colors[c.variant], s=22, label=c.variant)
         if points:
@@ -152,7 +157,7 @@ def plot_bench(root: Path, cells, results: dict[str, dict], rows: Sequence[dict[
     for col, (dataset, model) in enumerate(groups):
         for variant in variants:
             folder = next((c.folder(root) for c in cells if (c.dataset, c.model, c.variant, c.seed) == (dataset, model, variant, 0)), None)
-            steps = [r for r in _read_metrics(folder) if r.get("kind") == "step" and "saved_activations_mb" in r] if folder else []
+            steps = [r for r in read_metrics(folder) if r.get("kind") == "step" and "saved_activations_mb" in r] if folder else []
             if not steps:
                 continue
             xs = [r["fraction"] for r in steps]
