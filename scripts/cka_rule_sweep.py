@@ -18,11 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from frostline.policies.cka_oracle.cka_oracle import cka_ready
-from frostline.lab.predictor.collect import load_collected
+from frostline.lab.predictor.collect import load_collected, with_datasets
 
 
 def sweep(paths):
-    runs = [load_collected(p) for p in paths]
+    runs = [load_collected(p) for p in with_datasets(paths)]
     print(f"runs: {', '.join(r['provenance']['model'] + '/' + r['provenance']['dataset'] for r in runs)}")
     print("| window | tolerance | floor | mean first-ready fraction | units ever ready | flips / ready labels |")
     print("|---|---|---|---|---|---|")

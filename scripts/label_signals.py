@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from frostline.lab.predictor.collect import load_collected  # noqa: E402
+from frostline.lab.predictor.collect import load_collected, with_datasets  # noqa: E402
 from frostline.lab.predictor.fit import run_name  # noqa: E402
 from frostline.lab.predictor.collect import total_steps  # noqa: E402
 from frostline.policies.smartfrz.predictor import batch_windows, load_predictor, window_context, window_features  # noqa: E402
@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     predictor, meta = load_predictor(args.predictor)
     data = {}
-    for path in args.runs:
+    for path in with_datasets(args.runs):
         ds = load_collected(path)
         data[run_name(ds)] = table(ds, predictor)
     signals = {"progress": [0], "weights": [1, 2, 3, 4], "progress + weights": [0, 1, 2, 3, 4]}

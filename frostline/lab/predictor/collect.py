@@ -209,6 +209,20 @@ def collect(cfg, out, *, reference=None, tailor_size: int = 1024, snapshots_per_
     return atomic_torch_save(dataset, out / DATASET_FILE)
 
 
+def with_datasets(paths) -> list[Path]:
+    """The given folders (or files) that hold a collected dataset: a glob over a collection's work
+    folder also matches its reference runs (finished models, no dataset), which are left out with a
+    note on stderr."""
+    import sys
+
+    keep = [Path(p) for p in paths if Path(p).is_file() or (Path(p) / DATASET_FILE).is_file()]
+    skipped = [str(p) for p in paths if Path(p) not in keep and (Path(p) / "summary.json").is_file()]
+    if skipped:
+        print(f"skipped {len(skipped)} reference run(s) without {DATASET_FILE}: {', '.join(skipped)}", file=sys.stderr)
+    keep += [Path(p) for p in paths if Path(p) not in keep and str(p) not in skipped]  # missing: load_collected says so
+    return keep
+
+
 def load_collected(path) -> dict[str, Any]:
     """A dataset written by :func:`collect` (``path`` is the file or its folder)."""
     path = Path(path)
