@@ -441,8 +441,7 @@ class Freezer:
         for u, name in zip(units, state["unit_names"]):
             u.name = name
         self._bind(units)
-        self.policy.load_state_dict(state["policy"])
-        self._policy_due = 0
+        self.policy.load_state_dict(state["policy"])  # _bind reset _policy_due: asked at the next step
         self.step_count = int(state["step"])
         self.decision_time_s = float(state.get("decision_time_s", 0.0))
         self.timeline = [FreezeEvent(**e) for e in state["timeline"]]

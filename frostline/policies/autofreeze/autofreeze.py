@@ -164,16 +164,18 @@ class AutoFreeze(FreezePolicy):
         if self._closed_at is None:
             # the first step this policy is asked about: its gradients began the first sum
             self._closed_at = progress.step - 1
+        return self.requires if progress.step >= self._due(progress) else frozenset()
+
+    def _due(self, progress: Progress) -> int:
+        """The end of the interval being summed."""
         length = self.interval_length(progress.total_steps)
-        due = (self._closed_at // length + 1) * length  # the end of the interval being summed
-        return self.requires if progress.step >= due else frozenset()
+        return (self._closed_at // length + 1) * length
 
     def next_call(self, progress: Progress) -> int:
         """The end of the interval being summed (the gradient sums keep running in between)."""
         if self._closed_at is None:
             return progress.step + 1
-        length = self.interval_length(progress.total_steps)
-        return max(progress.step + 1, (self._closed_at // length + 1) * length)
+        return max(progress.step + 1, self._due(progress))
 
     def observe(self, progress: Progress, signals: dict[str, Any]) -> None:
         sums = self._per_unit(signals[SIGNAL], "gradient sums")

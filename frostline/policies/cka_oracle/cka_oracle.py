@@ -124,13 +124,15 @@ class CKAOracle(StagedPolicy):
         return {"cka": ReferenceCKA(self.reference, self.probe)}
 
     def wants(self, progress: Progress) -> frozenset[str]:
-        first = progress.step == 1 or (self.num_units and all(v is None for v in self.initial))
+        first = progress.step == 1 or self._awaiting_initial()
         return self.requires if first else super().wants(progress)
 
+    def _awaiting_initial(self) -> bool:
+        """No unit's CKA at initialisation recorded yet: ask at every step until one is."""
+        return bool(self.num_units) and all(v is None for v in self.initial)
+
     def next_call(self, progress: Progress) -> int:
-        if self.num_units and all(v is None for v in self.initial):  # still waiting for the values at initialisation
-            return progress.step + 1
-        return super().next_call(progress)
+        return progress.step + 1 if self._awaiting_initial() else super().next_call(progress)
 
     def _record(self, progress: Progress, signals: dict[str, Any]) -> None:
         stage_end = self.clock.is_stage_end(progress.step)
