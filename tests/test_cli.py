@@ -171,8 +171,12 @@ def test_estimate_plans_a_schedule_before_training(capsys):
     assert cli_main(["estimate", "--model", "resnet", "--method", "freezeout", "--width", "8"]) == 0
     out = capsys.readouterr().out
     assert "| stem | 0.512 |" in out and "| head | never |" in out
-    saved = [float(v.split("%")[0]) for v in out.split(": ")[1:]]
-    assert saved[1] > saved[0] > 0  # the cache also skips the frozen prefix's forward
+    time_line = next(line for line in out.splitlines() if line.startswith("predicted time saved"))
+    flops_line = next(line for line in out.splitlines() if line.startswith("predicted compute (FLOPs) saved"))
+    for line in (time_line, flops_line):
+        saved = [float(v.split("%")[0]) for v in line.split(": ")[1:3]]
+        assert saved[1] > saved[0] > 0, line  # the cache also skips the frozen prefix's forward
+    assert "profiled on cpu" in time_line
     assert cli_main(["estimate", "--model", "resnet", "--method", "autofreeze"]) == 2
     assert "cannot be planned" in capsys.readouterr().err
 

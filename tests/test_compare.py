@@ -301,6 +301,19 @@ def test_the_oracle_reference_is_another_seeds_baseline(tmp_path):
         assert (_finished(folder, oracle) is not None) == reused
 
 
+def test_a_smartfrz_cell_made_with_an_earlier_shipped_predictor_is_rerun(tmp_path):
+    from frostline.lab.compare import _shipped_predictor_sha
+
+    cells, _ = suite_cells(SUITES["standard"], METHODS)
+    cell = next(c for c in cells if c.variant == "smartfrz+cache")
+    folder = cell.folder(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(dict(cell.settings)))
+    for sha, reused in (("0123456789abcdef", False), (_shipped_predictor_sha(), True)):
+        (folder / "summary.json").write_text(json.dumps({"status": "finished", "policy": {"predictor_sha256": sha}}))
+        assert (_finished(folder, cell) is not None) == reused
+
+
 def _log(rates, frozen_from, total=1000, every=50):
     """Step log lines of a run whose steps cost ``rates[0]`` s before step ``frozen_from`` and
     ``rates[1]`` s after it (a unit frozen there), with start-up costs in the first line."""

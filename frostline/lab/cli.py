@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frostline", description="Progressive layer freezing for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_config_flags(_command(sub, "train", "train", help="train a model with a freezing method on real data"), TrainConfig)
-    _add_config_flags(_command(sub, "estimate", "estimate", help="predicted saving of a linear/freezeout schedule, before training"),
+    _add_config_flags(_command(sub, "estimate", "estimate", help="predicted time and FLOPs saved by a linear/freezeout schedule, profiled on this device before training"),
                       TrainConfig)
     _bench_parsers(sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True))
     data_sub = sub.add_parser("data", help="datasets").add_subparsers(dest="data", required=True)
@@ -203,7 +203,10 @@ def _estimate(args: argparse.Namespace) -> int:
 
     p = plan(_config(args, TrainConfig))
     print(markdown_table(["unit", "freezes at"], [[u, "never" if t is None else f"{t:.3f}"] for u, t in zip(p["units"], p["freeze_times"])]))
-    print(f"predicted compute saved: {100 * p['saving']:.1f}% | with the activation cache: {100 * p['saving_cached']:.1f}% | "
+    prof = p["profile"]
+    print(f"predicted time saved: {100 * p['time_saving']:.1f}% | with the activation cache: {100 * p['time_saving_cached']:.1f}% "
+          f"(step times profiled on {prof['device']}, {prof['threads']} threads: full step {1000 * prof['full_step_s']:.1f} ms)")
+    print(f"predicted compute (FLOPs) saved: {100 * p['saving']:.1f}% | with the activation cache: {100 * p['saving_cached']:.1f}% | "
           f"assuming backward = forward (FreezeOut's estimate): {100 * p['saving_backward_equals_forward']:.1f}%")
     return 0
 

@@ -16,6 +16,8 @@ The report (``report.md`` + PNG plots) is written from the cells' ``summary.json
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import math
 import os
@@ -305,6 +307,14 @@ def _train_argv(cell: Cell, out: Path, reference: Path | None = None) -> list[st
     return argv
 
 
+@functools.lru_cache(maxsize=1)
+def _shipped_predictor_sha() -> str:
+    """The shipped SmartFRZ predictor's digest, as a run's policy config records it."""
+    from ..policies.smartfrz.predictor import SHIPPED
+
+    return hashlib.sha256(SHIPPED.read_bytes()).hexdigest()[:16]
+
+
 def _finished(folder: Path, cell: Cell) -> dict | None:
     """The cell's summary when it finished with exactly this cell's settings."""
     try:
@@ -316,6 +326,11 @@ def _finished(folder: Path, cell: Cell) -> dict | None:
         return None
     if any(config.get(k) != v for k, v in cell.settings):
         return None
+    settings = dict(cell.settings)
+    if settings["method"] == "smartfrz" and not settings.get("predictor"):
+        used = (summary.get("policy") or {}).get("predictor_sha256")
+        if used is not None and used != _shipped_predictor_sha():
+            return None  # made with an earlier shipped predictor (its weights or its threshold)
     if cell.reference_seed is not None and Path(config.get("reference") or "").parts[-3:] != (
             cell.model, "none", f"seed{cell.reference_seed}"):
         return None  # compared with another reference (older benches used the same seed's)
@@ -543,6 +558,9 @@ def aggregate(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str,
             "decision_overhead": statistics.fmean(overheads) if overheads else math.nan,
             "flops_saved": mean("flops_saved"),
             "predicted_saving": mean("predicted_saving"),
+            "predicted_time_saving": (statistics.fmean(s["predicted_time_saving"] for _, s in done)
+                                      if done and all(s.get("predicted_time_saving") is not None for _, s in done)
+                                      else math.nan),
             "peak_memory_mb": mean("peak_memory_mb"),
             "peak_memory_source": done[0][1].get("peak_memory_source") if done else None,
             "cache_mb": statistics.fmean(((s.get("cache") or {}).get("peak_memory_mb", 0.0) + (s.get("cache") or {}).get("peak_disk_mb", 0.0)) for _, s in done) if done else math.nan,
@@ -752,7 +770,9 @@ def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str,
            "run with the `none` run of the same seed (the same figure across runs, so it moves when the machine's "
            "speed changes between them), *CPU saved* likewise by the process's CPU time. Δ accuracy is paired "
            "with the same seed's baseline. "
-           "*Predicted* is the cost model's FLOPs-based estimate for the schedule that actually happened; *FLOPs "
+           "*Predicted* is the time-calibrated estimate for the schedule that actually happened (step times "
+           "profiled after training, on the same machine, in every freezing situation); runs from before that "
+           "profile existed show the FLOPs-based estimate, marked (FLOPs). *FLOPs "
            "saved* counts the cache's own fill and extension forwards as cost; *decision* is an adaptive method's "
            "time spent deciding, over training-step time.", ""]
     if missing:
@@ -785,11 +805,17 @@ def _table_row(r: dict[str, Any]) -> list[str]:
         f"{r['train_time_s']:.1f}", _fmt_pct(r["time_saved"], r["time_saved_std"]),
         "—" if base else _fmt_pct(r.get("paired_time_saved"), r.get("paired_time_saved_std")),
         "—" if base else _fmt_pct(r.get("cpu_time_saved"), r.get("cpu_time_saved_std")),
-        "—" if base else _fmt_pct(r["flops_saved"]), "—" if base else _fmt_pct(r["predicted_saving"]),
+        "—" if base else _fmt_pct(r["flops_saved"]), "—" if base else _fmt_predicted(r),
         _fmt_overhead(overhead) if r["method"] in ADAPTIVE else "—",
         f"{r['peak_memory_mb']:.0f}", f"{r['cache_mb']:.0f}" if r["cache_mb"] else "—",
         f"{r['frozen_units']:.1f}/{r['units']}", seeds,
     ]
+
+
+def _fmt_predicted(r: dict[str, Any]) -> str:
+    """The time-calibrated prediction; the FLOPs one, marked, for runs made before runs profiled."""
+    t = r.get("predicted_time_saving", math.nan)
+    return _fmt_pct(t) if t == t else f"{_fmt_pct(r['predicted_saving'])} (FLOPs)"
 
 
 PLOTS = (

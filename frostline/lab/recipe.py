@@ -27,6 +27,7 @@ from ..exploit import distributed
 from . import launch
 from ..exploit.cache import ActivationCache, CachedPrefixModel, is_deterministic
 from ..exploit.cost import CostModel, estimate_speedup, measure_costs
+from ..exploit.timing import StepTimeModel, profile_step_times
 from ..freezer import Freezer
 from ..units import FreezeUnit, freeze_units
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -241,8 +242,8 @@ def _schedule(cfg: TrainConfig, units: list[FreezeUnit], cost: CostModel, steps_
     return max(1, round(total_steps / planned["cost_fraction"])), planned
 
 
-def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def _optimizer(cfg: TrainConfig, model: nn.Module | list[nn.Parameter]) -> torch.optim.Optimizer:
+    params = [p for p in (model.parameters() if isinstance(model, nn.Module) else model) if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.momentum > 0)
@@ -494,6 +495,8 @@ def summarise(run: Run) -> None:
         decision_overhead=freezer.decision_time_s / state.train_time if state.train_time else None,
         timeline=[asdict(e) for e in freezer.timeline],
     )
+    if run.summary.get("status") == "finished" and run.world == 1:  # after the peak memory was read
+        run.summary["predicted_time_saving"] = _predicted_time_saving(run)
     run.log.close()
     if run.main:
         _write_results(run)
@@ -535,7 +538,8 @@ def _write_results(run: Run) -> None:
 # -- before training ------------------------------------------------------------------------------
 def plan(cfg: TrainConfig) -> dict[str, Any]:
     """Before training: when a schedule-driven method (linear, freezeout) would freeze each unit of
-    ``cfg.model``, and the compute it would save, from FLOPs measured on one real batch."""
+    ``cfg.model``, and the time it would save (step times profiled on this device, in the run's
+    configuration) next to the compute (FLOPs), both measured on one real batch."""
     validate(cfg)
     if cfg.method == "none":
         raise ConfigError("method none freezes nothing: pass --method linear or freezeout")
@@ -556,14 +560,50 @@ def plan(cfg: TrainConfig) -> dict[str, Any]:
     _, x, y = next(iterate_batches(data.train, cfg.batch_size, shuffle=False))
     units = freeze_units(model, example_input=x)
     cost = measure_costs(model, units, x, y)
+    device = pick_device(cfg.device)
+    model.to(device)
+    profile = profile_run(cfg, model, units, data.train, device, rounds=5, out_of_order=False)  # a prefix schedule
     policy.bind([u.name for u in units])
     times = _planned_freeze_times(policy, len(units))
     return {
         "units": [u.name for u in units], "freeze_times": times,
+        "time_saving": estimate_speedup(profile, times)["saving"],
+        "time_saving_cached": estimate_speedup(profile, times, cached=True)["saving"],
+        "profile": {"device": profile.device, "threads": profile.threads, "full_step_s": profile.full_step_s,
+                    "rounds": profile.rounds},
         "saving": estimate_speedup(cost, times)["saving"],
         "saving_cached": estimate_speedup(cost, times, cached=True)["saving"],
         "saving_backward_equals_forward": estimate_speedup(cost, times, backward_equals_forward=True)["saving"],
     }
+
+
+def profile_run(cfg: TrainConfig, model: nn.Module, units: list[FreezeUnit], train_data, device: torch.device,
+                rounds: int = 3, out_of_order: bool = True) -> StepTimeModel:
+    """Step times of ``model`` in the freezing situations, profiled on ``device`` with the run's
+    optimizer on one real batch; the random generators are left as they were."""
+    _, x, y = next(iterate_batches(train_data, cfg.batch_size, shuffle=False))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return profile_step_times(model, units, x.to(device), y.to(device), rounds=rounds, out_of_order=out_of_order,
+                                  optimizer=lambda params: _optimizer(cfg, params))
+
+
+def _predicted_time_saving(run: Run) -> float | None:
+    """The time-calibrated prediction for the schedule that happened (profiled after training, so
+    the profile neither delays the run nor counts in its time); 0 when nothing froze, None when
+    the model could not be profiled."""
+    times = _freeze_times(run.freezer)
+    if all(t is None for t in times):
+        return 0.0
+    frozen_sets = [{i for i, t in enumerate(times) if t is not None and t <= when} for when in times if when is not None]
+    apart = any(s != set(range(len(s))) for s in frozen_sets)
+    print("profiling step times for the predicted saving ...", file=sys.stderr, flush=True)
+    try:
+        profile = profile_run(run.cfg, run.model, run.units, run.data.train, run.device, out_of_order=apart)
+    except Exception as e:  # a finished run keeps its results; the prediction is a bonus
+        print(f"warning: could not profile step times for the predicted saving ({type(e).__name__}: {e})",
+              file=sys.stderr)
+        return None
+    return estimate_speedup(profile, times, cached=run.cached is not None)["saving"]
 
 
 def _freeze_times(freezer: Freezer) -> list[float | None]:

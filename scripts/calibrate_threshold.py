@@ -1,0 +1,108 @@
+"""Choose the SmartFRZ decision threshold by the accuracy its freezes cost, on validation runs.
+
+    nice -n 19 python scripts/calibrate_threshold.py [--work runs/threshold] [--write]
+
+The predictor's training calibrates a first threshold on label precision (the lowest P(freeze) at
+which the held-out runs' "freeze" answers are 90% right). Label precision is not what a user pays
+for: a freeze the CKA labels call premature may cost nothing, a "correct" one may still cost
+accuracy. This script trains, for every validation configuration (the predictor's held-out-by-run
+recordings: the last seed of each three-seed chain in ``build_predictor.CORPUS``), one baseline and
+one SmartFRZ run per candidate threshold, same seed, one run at a time, and reads each run's
+*validation* accuracy (never the test set). The chosen threshold is the lowest candidate whose
+mean validation accuracy, over the configurations, is at most ``TOLERANCE`` points below the
+baselines' (lower thresholds freeze earlier and save more). Finished runs are reused, so an
+interrupted calibration continues.
+
+``--write`` stores the chosen threshold, with the table behind it, in the predictor file; the
+per-run summaries go to ``benchmarks/smartfrz-threshold/`` either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from build_predictor import CORPUS  # noqa: E402
+
+#: Candidate thresholds besides the predictor's own (precision-calibrated) one.
+CANDIDATES = (0.8, 0.9)
+#: Validation accuracy (points, mean over configurations) a threshold may lose against the baselines.
+TOLERANCE = 0.1
+#: Same regime as the corpus and the standard benchmark, but two threads: only accuracy is read here.
+COMMON = ["--batch-size", "128", "--epochs", "8", "--threads", "2", "--no-progress", "--log-every", "50"]
+RESULTS = ROOT / "benchmarks" / "smartfrz-threshold"
+
+
+def validation_configs() -> dict[str, tuple[str, str, list[str], int]]:
+    """name -> (model, dataset, flags, seed): the last recording of every three-seed chain."""
+    return {name: (model, dataset, extra, seeds[-1]) for name, (model, dataset, extra, seeds) in CORPUS.items()
+            if len(seeds) == 3}
+
+
+def run(out: Path, model: str, dataset: str, extra: list[str], seed: int, method: list[str]) -> dict:
+    summary = out / "summary.json"
+    if not (summary.exists() and json.loads(summary.read_text()).get("status") == "finished"):
+        cmd = [sys.executable, "-m", "frostline", "train", "--model", model, "--dataset", dataset, *COMMON, *extra,
+               "--seed", str(seed), *method, "--out", str(out)]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=ROOT)
+    s = json.loads(summary.read_text())
+    return {k: s.get(k) for k in ("val_accuracy", "test_accuracy", "train_time_s", "flops_saved", "frozen_at",
+                                  "total_steps")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default=str(ROOT / "runs" / "threshold"), help="folder for the runs")
+    parser.add_argument("--predictor", default=None, help="predictor file (default: the shipped one)")
+    parser.add_argument("--write", action="store_true", help="store the chosen threshold in the predictor file")
+    args = parser.parse_args()
+
+    from frostline.policies.smartfrz.predictor import SHIPPED, load_predictor, save_predictor
+
+    path = Path(args.predictor) if args.predictor else SHIPPED
+    model, meta = load_predictor(path)
+    precision_threshold = float(meta.get("precision_threshold", meta.get("threshold", model.threshold)))
+    thresholds = sorted({round(precision_threshold, 3), *CANDIDATES})
+    work, rows = Path(args.work), []
+    for name, (net, dataset, extra, seed) in validation_configs().items():
+        base = run(work / name / "none", net, dataset, extra, seed, ["--method", "none"])
+        for t in thresholds:
+            r = run(work / name / f"smartfrz-{t:g}", net, dataset, extra, seed,
+                    ["--method", "smartfrz", "--freeze-threshold", str(t), "--predictor", str(path)])
+            rows.append({"config": name, "seed": seed, "threshold": t, "baseline_val_accuracy": base["val_accuracy"],
+                         "delta_val": round(r["val_accuracy"] - base["val_accuracy"], 2), **r})
+    table = []
+    for t in thresholds:
+        mine = [r for r in rows if r["threshold"] == t]
+        table.append({"threshold": t, "mean_delta_val": round(sum(r["delta_val"] for r in mine) / len(mine), 3),
+                      "mean_flops_saved": round(sum(r["flops_saved"] for r in mine) / len(mine), 4)})
+    ok = [row for row in table if row["mean_delta_val"] >= -TOLERANCE]
+    chosen = min(ok, key=lambda row: row["threshold"])["threshold"] if ok else max(thresholds)
+    result = {"predictor_sha256": meta.get("sha256"), "tolerance_points": TOLERANCE,
+              "precision_threshold": precision_threshold, "chosen": chosen, "table": table, "runs": rows,
+              "command": "python scripts/calibrate_threshold.py"}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "calibration.json").write_text(json.dumps(result, indent=1) + "\n")
+    print("| threshold | mean Δ validation accuracy (points) | mean FLOPs saved |")
+    print("|---|---|---|")
+    for row in table:
+        print(f"| {row['threshold']:g} | {row['mean_delta_val']:+.2f} | {100 * row['mean_flops_saved']:.1f}% |")
+    print(f"chosen: {chosen:g} (lowest within {TOLERANCE:g} points{'' if ok else '; none was: the highest'})")
+    if args.write:
+        model.threshold = chosen
+        saved_meta = {k: v for k, v in meta.items() if k not in ("path", "sha256")}
+        saved_meta.update(precision_threshold=precision_threshold,
+                          threshold_calibration={k: result[k] for k in ("tolerance_points", "chosen", "table")})
+        save_predictor(model, path, saved_meta)
+        print(f"wrote threshold {chosen:g} into {path}")
+
+
+if __name__ == "__main__":
+    main()
