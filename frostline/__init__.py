@@ -7,6 +7,7 @@ pass is skipped, and (with the activation cache) their forward pass too.
 from .cka import MinibatchCKA, linear_cka, minibatch_cka
 from .exploit.cost import CostModel, UnitCost, estimate_speedup, measure_costs
 from .exploit.distributed import DecisionSync, ReplicatedModel
+from .exploit.timing import StepTimeModel, profile_step_times
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -60,6 +61,7 @@ __all__ = [
     "Progress",
     "ReferenceCKA",
     "SmartFRZ",
+    "StepTimeModel",
     "SummedGradients",
     "TailoredWeights",
     "UnitCost",
@@ -71,5 +73,6 @@ __all__ = [
     "list_policies",
     "measure_costs",
     "minibatch_cka",
+    "profile_step_times",
     "trace_execution_order",
 ]

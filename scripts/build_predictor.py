@@ -16,6 +16,9 @@
    never-seen pairs alike, its precision of "freeze" is at least 0.9 and its accuracy beats the
    constant answer by at least 10 points. Otherwise the script says which figure failed and exits 1,
    leaving the shipped predictor as it was.
+5. Then `python scripts/calibrate_threshold.py --write` chooses the decision threshold the policy
+   uses by the validation accuracy its freezes cost (the build's own threshold is the one at 90%
+   label precision, kept in the file's metadata as ``precision_threshold``).
 
 Every run trains on a full train split for 8 epochs with one thread (COMMON); the corpus (12 runs)
 took about 80 minutes with --jobs 2 on a 2-core CPU.

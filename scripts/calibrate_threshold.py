@@ -97,7 +97,7 @@ def main() -> None:
     print(f"chosen: {chosen:g} (lowest within {TOLERANCE:g} points{'' if ok else '; none was: the highest'})")
     if args.write:
         model.threshold = chosen
-        saved_meta = {k: v for k, v in meta.items() if k not in ("path", "sha256")}
+        saved_meta = {k: v for k, v in meta.items() if k not in ("path", "sha256", "threshold")}
         saved_meta.update(precision_threshold=precision_threshold,
                           threshold_calibration={k: result[k] for k in ("tolerance_points", "chosen", "table")})
         save_predictor(model, path, saved_meta)

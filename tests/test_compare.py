@@ -246,7 +246,7 @@ def test_the_standard_suite_is_the_realistic_regime(tmp_path, capsys):
     assert {c.model for c in cells} == {"resnet", "vgg"} and {c.dataset for c in cells} == {"fashion-mnist"}
     assert {c.seed for c in cells} == {0, 1, 2} and len(cells) == 2 * 7 * 3
     assert {c.variant for c in cells} == {"none", "linear", "freezeout", "autofreeze+cache", "cka-oracle+cache",
-                                          "smartfrz+cache", "smartfrz+cache+cooldown"}
+                                          "smartfrz+cache", "smartfrz+cache+4stages"}
     for cell in cells:
         settings = dict(cell.settings)
         assert settings["train_subset"] is None and settings["test_subset"] is None and settings["val_size"] == 5000
@@ -312,6 +312,27 @@ def test_a_smartfrz_cell_made_with_an_earlier_shipped_predictor_is_rerun(tmp_pat
     for sha, reused in (("0123456789abcdef", False), (_shipped_predictor_sha(), True)):
         (folder / "summary.json").write_text(json.dumps({"status": "finished", "policy": {"predictor_sha256": sha}}))
         assert (_finished(folder, cell) is not None) == reused
+
+
+def test_a_finished_run_with_other_settings_is_kept_aside_not_resumed(tmp_path):
+    from frostline.lab.compare import _resumable, _set_aside
+
+    cells, _ = suite_cells(SUITES["standard"], METHODS)
+    cell = next(c for c in cells if c.variant == "smartfrz+cache")
+    folder = cell.folder(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(dict(cell.settings)))
+    (folder / "checkpoint.pt").write_bytes(b"state")
+    assert _resumable(folder, cell)  # cut off mid-run with these settings: resume it
+    (folder / "summary.json").write_text(json.dumps({"status": "finished", "policy": {"predictor_sha256": "old"}}))
+    assert not _resumable(folder, cell)  # finished (with an earlier predictor): a fresh run, the old one kept
+    _set_aside(folder)
+    assert not folder.exists() and (folder.with_name(folder.name + ".superseded") / "summary.json").exists()
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**dict(cell.settings), "epochs": 1}))
+    assert not _resumable(folder, cell)  # other settings, unfinished: not this cell's either
+    _set_aside(folder)
+    assert folder.with_name(folder.name + ".superseded-2").exists()
 
 
 def _log(rates, frozen_from, total=1000, every=50):

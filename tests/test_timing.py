@@ -74,3 +74,17 @@ def test_profile_refuses_what_it_cannot_time():
         prefix_only.step_cost({2})
     with pytest.raises(Exception, match="CostModel"):
         estimate_speedup(profile_step_times(model, units, x, y, rounds=1), [None] * 4, backward_equals_forward=True)
+
+
+def test_a_cache_fills_for_an_epoch_before_it_replays_a_grown_prefix():
+    m = StepTimeModel(["a", "b", "head"], prefix=[1.0, 0.7, 0.5], alone=[0.3, 0.1], forward=[0.2, 0.1], full_step_s=1.0)
+    times = [0.5, 0.75, None]
+    plain = estimate_speedup(m, times)["saving"]
+    ideal = estimate_speedup(m, times, cached=True)["saving"]  # every sample replays from the moment it freezes
+    filling = estimate_speedup(m, times, cached=True, epoch_fraction=0.25)["saving"]
+    assert plain == pytest.approx(0.25 * 0.3 + 0.25 * 0.5)
+    assert ideal == pytest.approx(plain + 0.25 * 0.2 + 0.25 * 0.3)
+    assert plain < filling < ideal
+    # a tiny epoch fills at once, an epoch as long as the run never replays
+    assert estimate_speedup(m, times, cached=True, epoch_fraction=1e-4)["saving"] == pytest.approx(ideal, abs=1e-3)
+    assert estimate_speedup(m, times, cached=True, epoch_fraction=1.0)["saving"] < ideal - 0.05

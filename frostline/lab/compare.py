@@ -49,6 +49,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # anneal, then freeze: a decided unit's lr falls to zero over 100 steps (a quarter of a full
     # Fashion-MNIST epoch at batch 128) before it freezes; measured against the same method without
     "smartfrz+cache+cooldown": {"method": "smartfrz", "cache": "memory", "cooldown": 100},
+    # four decisions per epoch instead of one: a unit freezes at the first quarter-epoch its
+    # P(freeze) clears the threshold, not at the end of the epoch it did
+    "smartfrz+cache+4stages": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 4},
 }
 
 #: Methods that are adaptive (decide from training signals).
@@ -155,7 +158,7 @@ SUITES: dict[str, Suite] = {
     "standard": Suite(
         "standard", ("resnet", "vgg"), ("fashion-mnist",), 3,
         ("none", "linear", "freezeout", "autofreeze+cache", "cka-oracle+cache", "smartfrz+cache",
-         "smartfrz+cache+cooldown"),
+         "smartfrz+cache+4stages"),
         {"epochs": STANDARD_EPOCHS, "train_subset": None, "val_size": 5000, "test_subset": None, "batch_size": 128,
          "threads": 2, "log_every": 50},
         f"from scratch on the full Fashion-MNIST train split (55,000 images after the 5,000-image validation "
@@ -427,6 +430,8 @@ def _run_cell(cell: Cell, root: Path, reference: Path | None = None) -> tuple[di
     from .checkpoint import CHECKPOINT, PREVIOUS
 
     folder = cell.folder(root)
+    if (folder / "config.json").exists() and not _resumable(folder, cell):
+        _set_aside(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if ((folder / CHECKPOINT).exists() or (folder / PREVIOUS).exists()) and (folder / "config.json").exists():
         argv = [sys.executable, "-m", "frostline", "train", "--resume", str(folder), "--no-progress"]
@@ -441,6 +446,28 @@ def _run_cell(cell: Cell, root: Path, reference: Path | None = None) -> tuple[di
         return None, f"exit {rc}: {tail[0]}"
     summary = _finished(folder, cell)
     return summary, None if summary else "finished without a summary.json"
+
+
+def _resumable(folder: Path, cell: Cell) -> bool:
+    """Whether the run in ``folder`` is this cell's, cut off mid-run: same settings, not finished."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else {}
+    except (OSError, json.JSONDecodeError):
+        return True  # a half-written file: --resume reads the checkpoints and says what is wrong
+    return summary.get("status") != "finished" and all(config.get(k) == v for k, v in cell.settings)
+
+
+def _set_aside(folder: Path) -> None:
+    """Keep a run that is not this cell's any more (other settings, an earlier shipped predictor)
+    beside the cell, as ``<seed>.superseded[-N]``, instead of resuming or deleting it."""
+    target, n = folder.with_name(folder.name + ".superseded"), 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}.superseded-{n}")
+    folder.rename(target)
+    print(f"frostline bench: {folder} holds a run with other settings; kept as {target.name}, starting afresh",
+          file=sys.stderr)
 
 
 def machine_info() -> dict[str, Any]:
@@ -707,20 +734,23 @@ def goal_lines(goal: Goal, rows: Sequence[dict[str, Any]], convergence: Sequence
                      else f"missing {', '.join(e['missing'])}")
             lines.append(f"{head}: goal ({goal.target()}) **not measured yet**: {waits}.")
             continue
-        figures = _figures(e)
-        rivals = "".join(f"; {v}: {_figures(r)}" for v, r in e["rivals"].items())
+        figures = _figures(e, brief)
+        rivals = "".join(f"; {v}: {_figures(r, brief)}" for v, r in e["rivals"].items())
         overhead = (f"; worst decision overhead {_fmt_overhead(e['worst_overhead'])}"
                     if "worst_overhead" in e else "")
         why = f" ({', '.join(e['why'])})" if e["why"] else ""
         lines.append(f"{head}: best **{e['best']}**, {figures} on average over {e['pairs']} model/dataset pairs"
                      f"{rivals}{overhead} — goal ({goal.target()}) **{e['verdict']}**{why}.")
-        lines += [f"  - {v}: {_figures(a)}." for v, a in sorted(e["others"].items())]
+        lines += [f"  - {v}: {_figures(a, brief)}." for v, a in sorted(e["others"].items())]
     return lines
 
 
-def _figures(a: dict[str, float]) -> str:
+def _figures(a: dict[str, float], brief: bool = False) -> str:
+    """A variant's headline figures; ``brief`` (the README) leaves the cross-run checks to the docs."""
     saved = a["saved"]
     text = f"{100 * saved:.1f}% time saved ({1 / max(1e-9, 1 - saved):.2f}× faster"
+    if brief:
+        return text + f") at {a['delta']:+.2f} points"
     if not math.isnan(a.get("paired_saved", math.nan)):
         text += f"; vs baseline {100 * a['paired_saved']:.1f}%"
     if not math.isnan(a.get("cpu_saved", math.nan)):

@@ -496,7 +496,7 @@ def summarise(run: Run) -> None:
         timeline=[asdict(e) for e in freezer.timeline],
     )
     if run.summary.get("status") == "finished" and run.world == 1:  # after the peak memory was read
-        run.summary["predicted_time_saving"] = _predicted_time_saving(run)
+        run.summary["predicted_time_saving"], run.summary["step_time_profile"] = _predicted_time_saving(run)
     run.log.close()
     if run.main:
         _write_results(run)
@@ -568,11 +568,11 @@ def plan(cfg: TrainConfig) -> dict[str, Any]:
     return {
         "units": [u.name for u in units], "freeze_times": times,
         "time_saving": estimate_speedup(profile, times)["saving"],
-        "time_saving_cached": estimate_speedup(profile, times, cached=True)["saving"],
+        "time_saving_cached": estimate_speedup(profile, times, cached=True, epoch_fraction=1 / cfg.epochs)["saving"],
         "profile": {"device": profile.device, "threads": profile.threads, "full_step_s": profile.full_step_s,
                     "rounds": profile.rounds},
         "saving": estimate_speedup(cost, times)["saving"],
-        "saving_cached": estimate_speedup(cost, times, cached=True)["saving"],
+        "saving_cached": estimate_speedup(cost, times, cached=True, epoch_fraction=1 / cfg.epochs)["saving"],
         "saving_backward_equals_forward": estimate_speedup(cost, times, backward_equals_forward=True)["saving"],
     }
 
@@ -587,13 +587,13 @@ def profile_run(cfg: TrainConfig, model: nn.Module, units: list[FreezeUnit], tra
                                   optimizer=lambda params: _optimizer(cfg, params))
 
 
-def _predicted_time_saving(run: Run) -> float | None:
-    """The time-calibrated prediction for the schedule that happened (profiled after training, so
-    the profile neither delays the run nor counts in its time); 0 when nothing froze, None when
-    the model could not be profiled."""
+def _predicted_time_saving(run: Run) -> tuple[float | None, dict | None]:
+    """The time-calibrated prediction for the schedule that happened, and the profile behind it
+    (profiled after training, so the profile neither delays the run nor counts in its time);
+    0 when nothing froze, None when the model could not be profiled."""
     times = _freeze_times(run.freezer)
     if all(t is None for t in times):
-        return 0.0
+        return 0.0, None
     frozen_sets = [{i for i, t in enumerate(times) if t is not None and t <= when} for when in times if when is not None]
     apart = any(s != set(range(len(s))) for s in frozen_sets)
     print("profiling step times for the predicted saving ...", file=sys.stderr, flush=True)
@@ -602,8 +602,10 @@ def _predicted_time_saving(run: Run) -> float | None:
     except Exception as e:  # a finished run keeps its results; the prediction is a bonus
         print(f"warning: could not profile step times for the predicted saving ({type(e).__name__}: {e})",
               file=sys.stderr)
-        return None
-    return estimate_speedup(profile, times, cached=run.cached is not None)["saving"]
+        return None, None
+    epoch = run.summary["steps_per_epoch"] / run.total_steps  # the cache fills for an epoch after each growth
+    saving = estimate_speedup(profile, times, cached=run.cached is not None, epoch_fraction=epoch)["saving"]
+    return saving, profile.to_dict()
 
 
 def _freeze_times(freezer: Freezer) -> list[float | None]:
