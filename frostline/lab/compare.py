@@ -933,8 +933,9 @@ def summary_markdown(suite: Suite, data: dict[str, Any], plot: str, details: str
     missing = data.get("missing") or ()
     if missing:
         lines.append(f"- Partial bench: {len(missing)} of {data['cells']} runs not finished yet.")
-    return "\n".join([begin, "", f"Suite `{suite.name}`: {suite.about} ({suite.seeds} seed{'s' if suite.seeds != 1 else ''} per cell; "
-                       f"{machine['cpu']}, {machine['date']}).", "", *lines, *([""] if lines else []),
+    return "\n".join([begin, "", f"Suite `{suite.name}` ({suite.seeds} seed{'s' if suite.seeds != 1 else ''} per cell; "
+                       f"{machine['cpu']}, {machine['date']}; the regime is in the full tables).", "", *lines,
+                       *([""] if lines else []),
                        f"![{PLOTS[0][1]}]({plot})", "", f"Full tables, machine and command: [{details}]({details}).",
                        "", end])
 
