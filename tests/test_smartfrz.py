@@ -302,6 +302,7 @@ def test_pipeline_end_to_end(tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and (run / "timeline.png").exists()
     assert summary["policy"]["predictor_sha256"] == meta["sha256"]
+    assert "profiling step times" in capsys.readouterr().err  # the predicted saving, after training
     for bad, needle in [(str(tmp_path / "nope.pt"), "does not exist"), (runs[0] + "/dataset.pt", "not a frostline")]:
         code = main(["train", "--method", "smartfrz", "--predictor", bad, *TINY, "--out", str(tmp_path / "x")])
         err = capsys.readouterr().err
