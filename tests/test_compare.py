@@ -301,14 +301,20 @@ def test_the_oracle_reference_is_another_seeds_baseline(tmp_path):
         assert (_finished(folder, oracle) is not None) == reused
 
 
-def test_a_smartfrz_cell_made_with_an_earlier_shipped_predictor_is_rerun(tmp_path):
-    from frostline.lab.compare import _shipped_predictor_sha
-
+def _smartfrz_cell_with_its_config(tmp_path):
+    """A standard-suite SmartFRZ cell and its folder, holding that cell's config.json."""
     cells, _ = suite_cells(SUITES["standard"], METHODS)
     cell = next(c for c in cells if c.variant == "smartfrz+cache")
     folder = cell.folder(tmp_path)
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(dict(cell.settings)))
+    return cell, folder
+
+
+def test_a_smartfrz_cell_made_with_an_earlier_shipped_predictor_is_rerun(tmp_path):
+    from frostline.lab.compare import _shipped_predictor_sha
+
+    cell, folder = _smartfrz_cell_with_its_config(tmp_path)
     for sha, reused in (("0123456789abcdef", False), (_shipped_predictor_sha(), True)):
         (folder / "summary.json").write_text(json.dumps({"status": "finished", "policy": {"predictor_sha256": sha}}))
         assert (_finished(folder, cell) is not None) == reused
@@ -317,11 +323,7 @@ def test_a_smartfrz_cell_made_with_an_earlier_shipped_predictor_is_rerun(tmp_pat
 def test_a_finished_run_with_other_settings_is_kept_aside_not_resumed(tmp_path):
     from frostline.lab.compare import _resumable, _set_aside
 
-    cells, _ = suite_cells(SUITES["standard"], METHODS)
-    cell = next(c for c in cells if c.variant == "smartfrz+cache")
-    folder = cell.folder(tmp_path)
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(dict(cell.settings)))
+    cell, folder = _smartfrz_cell_with_its_config(tmp_path)
     (folder / "checkpoint.pt").write_bytes(b"state")
     assert _resumable(folder, cell)  # cut off mid-run with these settings: resume it
     (folder / "summary.json").write_text(json.dumps({"status": "finished", "policy": {"predictor_sha256": "old"}}))
