@@ -26,7 +26,7 @@ def _lopsided():
     """A first unit that costs far more time than the rest (a wide layer on a big batch)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 1024), nn.BatchNorm1d(1024), nn.Linear(1024, 16), nn.Linear(16, 16), nn.Linear(16, 4))
-    x, y = torch.randn(512, 256), torch.randint(0, 4, (512,))
+    x, y = torch.randn(2048, 256), torch.randint(0, 4, (2048,))  # steps of tens of ms: above timer noise
     units = freeze_units(model, units=[["0", "1"], ["2"], ["3"], ["4"]], example_input=x)
     return model, units, x, y
 
@@ -35,13 +35,13 @@ def test_profile_finds_where_the_time_goes_and_leaves_the_model_alone():
     model, units, x, y = _lopsided()
     model[3].weight.requires_grad_(False)  # the user's own flags and statistics stay as they are
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    profile = profile_step_times(model, units, x, y, rounds=3)
+    profile = profile_step_times(model, units, x, y, rounds=7)
     assert len(profile.prefix) == 4 and len(profile.alone) == 3 and len(profile.forward) == 3
     assert profile.full_step_s > 0 and profile.prefix[0] == 1.0
     # freezing the wide first unit (its weight gradients and its update) saves most of the step;
-    # freezing the tiny third one out of order saves next to nothing
+    # freezing the tiny third one out of order saves far less (millisecond steps: a loose bound)
     assert profile.step_cost({0}) < 0.75
-    assert profile.alone[2] < 0.15
+    assert profile.alone[2] < 0.5 * (1 - profile.step_cost({0}))
     assert profile.forward[0] > 5 * profile.forward[2]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not model[3].weight.requires_grad and model[0].weight.requires_grad and model.training
@@ -88,3 +88,21 @@ def test_a_cache_fills_for_an_epoch_before_it_replays_a_grown_prefix():
     # a tiny epoch fills at once, an epoch as long as the run never replays
     assert estimate_speedup(m, times, cached=True, epoch_fraction=1e-4)["saving"] == pytest.approx(ideal, abs=1e-3)
     assert estimate_speedup(m, times, cached=True, epoch_fraction=1.0)["saving"] < ideal - 0.05
+
+
+def test_a_tied_weight_decoder_is_profiled_through_its_dict_input():
+    """A model we did not write: GPT-2 (tiny, random) whose output head shares the token embedding."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=3, n_embd=64, n_head=2, vocab_size=200,
+                                                                 n_positions=32))
+    assert model.lm_head.weight is model.transformer.wte.weight
+    ids = torch.randint(0, 200, (4, 16))
+    batch = {"input_ids": ids, "labels": ids}
+    units = freeze_units(model, example_input=batch)
+    profile = profile_step_times(model, units, batch, rounds=2)
+    assert profile.unit_names == [u.name for u in units] and len(profile.prefix) == len(units)
+    assert profile.step_cost(range(len(units) - 1)) < 1.0  # all but the head frozen: cheaper than a full step
+    assert all(p.requires_grad for p in model.parameters()) and model.training
+    with pytest.raises(Exception, match="epoch_fraction"):
+        estimate_speedup(profile, [0.5] + [None] * (len(units) - 1), cached=True, epoch_fraction=0)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
@@ -313,9 +312,14 @@ def _train_argv(cell: Cell, out: Path, reference: Path | None = None) -> list[st
 @functools.lru_cache(maxsize=1)
 def _shipped_predictor_sha() -> str:
     """The shipped SmartFRZ predictor's digest, as a run's policy config records it."""
-    from ..policies.smartfrz.predictor import SHIPPED
+    from ..policies.smartfrz.predictor import predictor_digest
 
-    return hashlib.sha256(SHIPPED.read_bytes()).hexdigest()[:16]
+    return predictor_digest()
+
+
+def _same_settings(config: dict, cell: Cell) -> bool:
+    """Whether a run's ``config.json`` says it was trained with exactly ``cell``'s settings."""
+    return all(config.get(k) == v for k, v in cell.settings)
 
 
 def _finished(folder: Path, cell: Cell) -> dict | None:
@@ -327,7 +331,7 @@ def _finished(folder: Path, cell: Cell) -> dict | None:
         return None
     if summary.get("status") != "finished":
         return None
-    if any(config.get(k) != v for k, v in cell.settings):
+    if not _same_settings(config, cell):
         return None
     settings = dict(cell.settings)
     if settings["method"] == "smartfrz" and not settings.get("predictor"):
@@ -455,7 +459,7 @@ def _resumable(folder: Path, cell: Cell) -> bool:
         summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else {}
     except (OSError, json.JSONDecodeError):
         return True  # a half-written file: --resume reads the checkpoints and says what is wrong
-    return summary.get("status") != "finished" and all(config.get(k) == v for k, v in cell.settings)
+    return summary.get("status") != "finished" and _same_settings(config, cell)
 
 
 def _set_aside(folder: Path) -> None:

@@ -130,6 +130,11 @@ def save_predictor(model: SmartFRZPredictor, path, meta: dict[str, Any] | None =
                               "threshold": model.threshold, "state_dict": state, "meta": meta or {}}, path)
 
 
+def predictor_digest(path=None) -> str:
+    """The short SHA-256 a run's policy config records for its predictor file (None: the shipped one)."""
+    return hashlib.sha256(Path(path if path is not None else SHIPPED).read_bytes()).hexdigest()[:16]
+
+
 def load_predictor(path=None) -> tuple[SmartFRZPredictor, dict[str, Any]]:
     """The predictor in ``path`` (None: the one shipped with frostline) and its metadata, with a
     clear :class:`CheckpointError` for a missing, corrupted or wrongly shaped file."""
@@ -158,5 +163,5 @@ def load_predictor(path=None) -> tuple[SmartFRZPredictor, dict[str, Any]]:
     model.eval()
     meta = dict(saved.get("meta") or {})
     meta["path"] = str(path)
-    meta["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    meta["sha256"] = predictor_digest(path)
     return model, meta
