@@ -136,7 +136,7 @@ def test_trainer_refuses_cache_with_random_augmentation(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "activation cache off" in err and "--fixed-augmentation" in err
     assert json.loads((tmp_path / "aug" / "summary.json").read_text())["cache"] is None
-    assert main([*args, "--augment", "--fixed-augmentation", "--out", str(tmp_path / "fixed")]) == 0
+    assert main([*args, "--augment", "--fixed-augmentation", "--cache", "memory", "--out", str(tmp_path / "fixed")]) == 0
     cache = json.loads((tmp_path / "fixed" / "summary.json").read_text())["cache"]
     assert cache["computed"] > 0
 

@@ -320,6 +320,17 @@ def test_a_smartfrz_cell_made_with_an_earlier_shipped_predictor_is_rerun(tmp_pat
         assert (_finished(folder, cell) is not None) == reused
 
 
+def test_a_cache_auto_cell_made_before_the_payoff_rule_is_rerun(tmp_path):
+    cells, _ = suite_cells(SUITES["standard"], METHODS)
+    cell = next(c for c in cells if c.variant == "linear")  # the default cache: auto
+    folder = cell.folder(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({**dict(cell.settings), "cache": "auto"}))
+    for cache, reused in (({"hits": 9}, False), ({"hits": 9, "payoff": []}, True), (None, True)):
+        (folder / "summary.json").write_text(json.dumps({"status": "finished", "cache": cache}))
+        assert (_finished(folder, cell) is not None) == reused
+
+
 def test_a_finished_run_with_other_settings_is_kept_aside_not_resumed(tmp_path):
     from frostline.lab.compare import _resumable, _set_aside
 
@@ -409,3 +420,30 @@ def test_finetune_suite_pairs_each_pretrained_model_with_its_dataset_and_setting
     minilm = dict(next(c for c in cells if c.model == "minilm" and c.variant == "freezeout+cache").settings)
     assert minilm["lr"] == 5e-5 and minilm["optimizer"] == "adamw" and minilm["cache"] == "memory"
     assert len(cells) == 2 * 5 * SUITES["finetune"].seeds
+
+
+def test_cache_rows_pair_each_cached_variant_with_its_uncached_twin():
+    """Times relative to each run's own full speed, paired by seed; a cached variant slower than
+    its twin beyond the tolerance is called slower, and the README line says how many were not."""
+    from frostline.lab.compare import CACHE_TOLERANCE, Cell, cache_lines, cache_rows, cache_summary_lines
+
+    cells = [Cell("fashion-mnist", m, v, seed, ()) for m in ("resnet", "vgg") for seed in (0, 1)
+             for v in ("none", "freezeout", "freezeout+cache", "freezeout+auto")]
+    relative = {"none": 1.0, "freezeout": 0.8, "freezeout+cache": 0.8 * (1 + 3 * CACHE_TOLERANCE), "freezeout+auto": 0.78}
+    results = {c.key: {"train_time_s": 100 * relative[c.variant] * (1.1 if c.seed else 1.0),
+                       "relative_time": relative[c.variant],
+                       "cache": {"peak_memory_mb": 50.0, "payoff": [{"boundary": 3, "served_from_step": 9}]}
+                       if c.variant == "freezeout+auto" else None}
+               for c in cells if not (c.model == "vgg" and c.variant == "freezeout+auto" and c.seed == 1)}
+    rows = {(r["model"], r["variant"]): r for r in cache_rows(cells, results)}
+    assert set(rows) == {(m, v) for m in ("resnet", "vgg") for v in ("freezeout+cache", "freezeout+auto")}
+    auto, memory = rows[("resnet", "freezeout+auto")], rows[("resnet", "freezeout+cache")]
+    assert auto["uncached"] == "freezeout" and auto["pairs"] == 2 and auto["ratio"] == pytest.approx(0.78 / 0.8)
+    assert auto["verdict"] == "not slower" and auto["boundaries_served"] == 1.0
+    assert memory["verdict"] == "slower" and memory["boundaries_served"] is None
+    assert rows[("vgg", "freezeout+auto")]["pairs"] == 1  # the missing seed is not paired
+    table = "\n".join(cache_lines(list(rows.values())))
+    assert "| resnet | freezeout+cache | freezeout | 2 |" in table and "slower" in table
+    summary = cache_summary_lines(list(rows.values()))
+    assert any(s.startswith("- `--cache auto` against no cache: not slower in 2 of 2") for s in summary)
+    assert any("`--cache memory`" in s and "not slower in 0 of 2" in s for s in summary)

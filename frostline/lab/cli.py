@@ -192,8 +192,28 @@ def _train(args: argparse.Namespace) -> int:
     frozen = sum(v is not None for v in summary["frozen_at"].values())
     print(f"test accuracy {summary['test_accuracy']:.2f}% | train time {summary['train_time_s']:.1f}s | "
           f"FLOPs saved {100 * summary['flops_saved']:.1f}% | frozen {frozen}/{len(summary['units'])} units")
+    if summary.get("cache"):
+        print(_cache_line(summary["cache"], summary["units"]))
     print(f"results: {cfg.out}/summary.json, {cfg.out}/metrics.jsonl, {cfg.out}/timeline.png")
     return 0
+
+
+def _cache_line(cache: dict, units: list[str]) -> str:
+    """What the activation cache did, in one line; never silent when it did nothing."""
+    if cache.get("refused"):
+        return "activation cache: turned off (it could not serve this model exactly; see the warning above)"
+    counts = (f"{cache['hits']} replays, {cache['extended']} extensions, {cache['computed']} fills, "
+              f"peak {cache['peak_memory_mb'] + cache['peak_disk_mb']:.0f} MiB")
+    payoff = cache.get("payoff")
+    if payoff is None:
+        return f"activation cache: {counts}" if cache["computed"] else "activation cache: unused (no unit froze)"
+    served = [r for r in payoff if "served_from_step" in r]
+    if not served:
+        why = "no unit froze" if not payoff else "no frozen prefix would have repaid its copies in time"
+        return f"activation cache (auto): not filled, {why} (per boundary: summary.json cache.payoff)"
+    last = served[-1]
+    return (f"activation cache (auto): served units up to {units[last['boundary'] - 1]} from step "
+            f"{last['served_from_step']}; {counts}")
 
 
 def _estimate(args: argparse.Namespace) -> int:
@@ -297,9 +317,14 @@ def _predictor_eval(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import runs_table
+    from .report import cache_table, runs_table
 
-    print(runs_table([_read_summary(run) for run in args.runs]))
+    summaries = [_read_summary(run) for run in args.runs]
+    print(runs_table(summaries))
+    cache = cache_table(summaries)
+    if cache:
+        print("\nActivation cache (`--cache auto`): per frozen prefix, a sample's fill against what each replay saves\n")
+        print(cache)
     return 0
 
 

@@ -41,8 +41,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "linear": {"method": "linear"},
     "freezeout": {"method": "freezeout", "cache": "off"},
     "freezeout+cache": {"method": "freezeout", "cache": "memory"},
+    # the cache's payoff rule (`--cache auto`): a frozen prefix is replayed only once that repays its copies
+    "freezeout+auto": {"method": "freezeout", "cache": "auto"},
     "freezeout-lin0.5+cache": {"method": "freezeout", "t_0": 0.5, "schedule": "linear", "cache": "memory"},
+    "autofreeze": {"method": "autofreeze", "cache": "off"},
     "autofreeze+cache": {"method": "autofreeze", "cache": "memory"},
+    "autofreeze+auto": {"method": "autofreeze", "cache": "auto"},
     "cka-oracle+cache": {"method": "cka-oracle", "cache": "memory"},
     "smartfrz+cache": {"method": "smartfrz", "cache": "memory"},
     # anneal, then freeze: a decided unit's lr falls to zero over 100 steps (a quarter of a full
@@ -173,6 +177,14 @@ SUITES: dict[str, Suite] = {
         "set, one thread per run; sized for about 30 minutes on 2 CPU cores with `--jobs 2`. A fast check of the "
         "whole grid, not a regime anyone trains in (its baseline is far from converged and two runs share the "
         "cores), so no goal is judged on it: see `--suite standard`"),
+    "cache": Suite(
+        "cache", ("resnet", "vgg"), ("fashion-mnist",), 2,
+        ("none", "freezeout", "freezeout+cache", "freezeout+auto", "autofreeze", "autofreeze+cache", "autofreeze+auto"),
+        {"epochs": 3, "train_subset": 20000, "val_size": 1000, "batch_size": 128, "threads": 1, "log_every": 10},
+        "each method without the activation cache, with it on every frozen prefix (`memory`) and with its payoff "
+        "rule (`auto`), from scratch on 20,000 Fashion-MNIST images for 3 epochs (enough steps at full speed "
+        "before anything freezes to measure time saved inside each run), one thread per run and one run at a time",
+        max_jobs=1),
     "smoke": Suite(
         "smoke", ("resnet",), ("fashion-mnist",), 2, ("none", "freezeout+cache", "autofreeze+cache", "cka-oracle+cache"),
         {"epochs": 1, "train_subset": 640, "val_size": 128, "test_subset": 512, "batch_size": 64, "width": 8,
@@ -338,6 +350,9 @@ def _finished(folder: Path, cell: Cell) -> dict | None:
         used = (summary.get("policy") or {}).get("predictor_sha256")
         if used is not None and used != _shipped_predictor_sha():
             return None  # made with an earlier shipped predictor (its weights or its threshold)
+    cache = summary.get("cache")
+    if settings.get("cache", "auto") == "auto" and cache is not None and "payoff" not in cache:
+        return None  # made before `--cache auto` weighed a replay against its copies (it served every prefix)
     if cell.reference_seed is not None and Path(config.get("reference") or "").parts[-3:] != (
             cell.model, "none", f"seed{cell.reference_seed}"):
         return None  # compared with another reference (older benches used the same seed's)
@@ -526,6 +541,14 @@ def in_run_saving(summary: dict, metrics: Sequence[dict]) -> float | None:
     it. On ``none`` runs it reads ~0 (a check of the assumption that a full step costs the same
     all run). None when the run froze before a stretch of ``IN_RUN_MIN_STEPS`` steps and
     ``IN_RUN_MIN_SHARE`` of the run at full speed, or was resumed (its log restarts)."""
+    total = summary.get("total_steps")
+    relative = relative_time(summary, metrics, max(IN_RUN_MIN_STEPS, IN_RUN_MIN_SHARE * (total or 0)))
+    return None if relative is None else 1 - relative
+
+
+def relative_time(summary: dict, metrics: Sequence[dict], min_steps: float) -> float | None:
+    """A run's training time over what its steps would take at its own full speed (see
+    :func:`in_run_saving`), or None without a full-speed stretch of ``min_steps`` steps."""
     total, spent = summary.get("total_steps"), summary.get("train_time_s")
     if not total or not spent or summary.get("resumed_from_step"):
         return None
@@ -534,10 +557,90 @@ def in_run_saving(summary: dict, metrics: Sequence[dict]) -> float | None:
         return None
     first, last = full[0], full[-1]
     steps = last["step"] - first["step"]
-    if steps < max(IN_RUN_MIN_STEPS, IN_RUN_MIN_SHARE * total) or last["train_time_s"] <= first["train_time_s"]:
+    if steps < min_steps or last["train_time_s"] <= first["train_time_s"]:
         return None
     per_step = (last["train_time_s"] - first["train_time_s"]) / steps
-    return 1 - spent / (total * per_step)
+    return spent / (total * per_step)
+
+
+#: The cache may cost at most this share of a run's time before it counts as slower than no cache
+#: (times are ratios inside each run, paired by seed; the CPU machines drift more than this between runs).
+CACHE_TOLERANCE = 0.02
+#: Full-speed steps a run needs for the cache comparison's per-run time (any method freezes later).
+CACHE_MIN_STEPS = 30
+
+
+def cache_rows(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str, Any]]:
+    """Per model and cached variant that has an uncached twin (the same settings but ``cache: off``) in
+    the bench: its training time against the twin's, paired by seed. The cache never changes what is
+    computed, so the twins run the same steps; each time is taken relative to the run's own full
+    speed before anything froze, so a machine that drifts between runs does not count."""
+    def settings(variant: str) -> dict[str, Any]:
+        return {k: v for k, v in VARIANTS.get(variant, {}).items() if k != "cache"}
+
+    runs: dict[tuple[str, str, str], dict[int, dict]] = {}
+    for c in cells:
+        if c.key in results:
+            runs.setdefault((c.dataset, c.model, c.variant), {})[c.seed] = results[c.key]
+    rows = []
+    for (dataset, model, variant), seeds in runs.items():
+        mode = VARIANTS.get(variant, {}).get("cache", "auto")
+        if mode == "off" or VARIANTS.get(variant, {}).get("method") == "none":
+            continue
+        twin = next((v for (d, m, v) in runs if (d, m) == (dataset, model) and v != variant
+                     and VARIANTS[v].get("cache") == "off" and settings(v) == settings(variant)), None)
+        if twin is None:
+            continue
+        ratios, walls = [], []
+        for seed, s in sorted(seeds.items()):
+            o = runs[(dataset, model, twin)].get(seed)
+            if o is None:
+                continue
+            walls.append(s["train_time_s"] / o["train_time_s"])
+            if s.get("relative_time") is not None and o.get("relative_time") is not None:
+                ratios.append(s["relative_time"] / o["relative_time"])
+        served = [sum("served_from_step" in r for r in ((s.get("cache") or {}).get("payoff") or ())) for s in seeds.values()]
+        ratio = statistics.fmean(ratios) if ratios else math.nan
+        rows.append({"dataset": dataset, "model": model, "variant": variant, "uncached": twin, "cache": mode,
+                     "pairs": len(ratios), "ratio": ratio, "worst_ratio": max(ratios) if ratios else math.nan,
+                     "wall_ratio": statistics.fmean(walls) if walls else math.nan,
+                     "cache_mb": statistics.fmean(((s.get("cache") or {}).get("peak_memory_mb") or 0.0) for s in seeds.values()),
+                     "boundaries_served": statistics.fmean(served) if mode == "auto" else None,
+                     "verdict": "not measured" if not ratios else ("not slower" if ratio <= 1 + CACHE_TOLERANCE else "slower")})
+    return rows
+
+
+def cache_summary_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The cache comparison in one line per cache mode (the README's summary)."""
+    lines = []
+    for mode in dict.fromkeys(r["cache"] for r in rows):
+        group = [r for r in rows if r["cache"] == mode and r["pairs"]]
+        if not group:
+            continue
+        fine = sum(r["verdict"] == "not slower" for r in group)
+        worst = max(group, key=lambda r: r["ratio"])
+        lines.append(f"- `--cache {mode}` against no cache: not slower in {fine} of {len(group)} model/method pairs; "
+                     f"mean time ratio {statistics.fmean(r['ratio'] for r in group):.3f}, highest "
+                     f"{worst['ratio']:.3f} ({worst['variant']} on {worst['model']}).")
+    return lines
+
+
+def cache_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The cache comparison as a table, with the rule it is judged by."""
+    from .report import markdown_table
+
+    if not rows:
+        return []
+    table = [[r["model"], r["variant"], r["uncached"], str(r["pairs"]),
+              *(f"{x:.3f}" if x == x else "—" for x in (r["ratio"], r["worst_ratio"], r["wall_ratio"])),
+              f"{r['cache_mb']:.0f}", "—" if r["boundaries_served"] is None else f"{r['boundaries_served']:.1f}",
+              r["verdict"]] for r in rows]
+    return ["Cache against no cache: each cached run's training time over its uncached twin's (same method, "
+            "same seed, so the same steps), each taken relative to its own run's full speed before anything froze "
+            f"(*wall* is the plain ratio). *Not slower* means a mean ratio of at most {1 + CACHE_TOLERANCE:g}. "
+            "*served* counts the frozen prefixes the payoff rule found worth replaying.", "",
+            markdown_table(["model", "cached", "uncached", "pairs", "time ratio", "worst seed", "wall ratio",
+                            "cache MB", "served", "verdict"], table), ""]
 
 
 def run_time_saved(s: dict, base: dict | None) -> float | None:
@@ -745,7 +848,8 @@ def goal_lines(goal: Goal, rows: Sequence[dict[str, Any]], convergence: Sequence
         why = f" ({', '.join(e['why'])})" if e["why"] else ""
         lines.append(f"{head}: best **{e['best']}**, {figures} on average over {e['pairs']} model/dataset pairs"
                      f"{rivals}{overhead} — goal ({goal.target()}) **{e['verdict']}**{why}.")
-        lines += [f"  - {v}: {_figures(a, brief)}." for v, a in sorted(e["others"].items())]
+        if not brief:  # the README names the best variant; the docs list the others
+            lines += [f"  - {v}: {_figures(a, brief)}." for v, a in sorted(e["others"].items())]
     return lines
 
 
@@ -785,7 +889,7 @@ def summary_markers(suite: str) -> tuple[str, str]:
 
 def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str, machine: dict[str, Any],
                      image_prefix: str = "", convergence: Sequence[dict[str, Any]] | None = None,
-                     missing: Sequence[str] = ()) -> str:
+                     missing: Sequence[str] = (), caching: Sequence[dict[str, Any]] = ()) -> str:
     """The results block: the convergence check, tables in the shape of SmartFRZ's Tables 2–3,
     goals, plots."""
     from .report import markdown_table
@@ -819,6 +923,7 @@ def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str,
         out += [f"**{model} on {dataset}**", "", markdown_table(
             ["method", "test acc %", "Δ acc", "train s", "time saved", "vs baseline", "CPU saved", "FLOPs saved", "predicted",
              "decision", "peak MB", "cache MB", "frozen", "seeds"], [_table_row(r) for r in group]), ""]
+    out += cache_lines(caching)
     if suite.goals:
         out += ["Goals:", "", *[line for goal in suite.goals for line in goal_lines(goal, rows, convergence)], ""]
     for name, caption in PLOTS:
@@ -864,16 +969,19 @@ def write_report(root: Path, suite: Suite, cells: Sequence[Cell], results: dict[
                  skipped: Sequence[str], command: str, checks: Sequence[Cell] = ()) -> dict[str, Any]:
     from .report import plot_bench, read_metrics
 
-    results = {c.key: {**results[c.key], "in_run_time_saved": in_run_saving(results[c.key], read_metrics(c.folder(root)))}
-               for c in [*cells, *checks] if c.key in results}
+    metrics = {c.key: read_metrics(c.folder(root)) for c in [*cells, *checks] if c.key in results}
+    results = {k: {**results[k], "in_run_time_saved": in_run_saving(results[k], m),
+                   "relative_time": relative_time(results[k], m, CACHE_MIN_STEPS)} for k, m in metrics.items()}
     rows = aggregate(cells, results)
+    caching = cache_rows(cells, results)
     convergence = convergence_rows(checks, results) if suite.convergence else None
     machine = machine_info()
     missing = [c.key for c in [*cells, *checks] if c.key not in results]
     hyper = {v: {k: val for k, val in (VARIANTS[v] if v in skipped else variant_settings(v)).items() if k != "method"}
              for v in suite.variants}
     text = ["# frostline bench", "",
-            results_markdown(suite, rows, command, machine, convergence=convergence, missing=missing), "",
+            results_markdown(suite, rows, command, machine, convergence=convergence, missing=missing,
+                             caching=caching), "",
             "## Settings", "", f"Suite settings: `{json.dumps(suite.settings)}`", "",
             "Method variants (hyperparameters as their authors recommend; nothing was tuned on the test set):", ""]
     text += [f"- `{v}`: `{json.dumps(h)}`" + (" — **skipped: method not installed**" if v in skipped else "")
@@ -891,6 +999,7 @@ def write_report(root: Path, suite: Suite, cells: Sequence[Cell], results: dict[
     plot_bench(root, cells, results, [r for r in rows if r["seeds"]])
     data = {"suite": suite.name, "seeds": suite.seeds, "about": suite.about,
             "goals": [dataclasses.asdict(g) for g in suite.goals], "command": command, "machine": machine, "rows": rows,
+            "cache_rows": caching,
             "convergence": convergence, "failed": failed, "skipped": list(skipped), "missing": missing,
             "cells": len(cells) + len(checks), "finished": len(cells) + len(checks) - len(missing)}
     (root / "results.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
@@ -916,7 +1025,8 @@ def publish_results(bench_dir: str | os.PathLike, readme: str | os.PathLike = "R
     images = docs.parent / "bench" / suite.name
     _copy_plots(root, images)
     block = results_markdown(suite, data["rows"], data["command"], data["machine"], image_prefix=f"bench/{suite.name}/",
-                             convergence=data.get("convergence"), missing=data.get("missing", ()))
+                             convergence=data.get("convergence"), missing=data.get("missing", ()),
+                             caching=data.get("cache_rows", ()))
     docs.parent.mkdir(parents=True, exist_ok=True)
     docs_text = docs.read_text() if docs.exists() else "# Benchmarks\n"
     docs.write_text(_replace_block(docs_text, *results_markers(suite.name), block))
@@ -927,20 +1037,22 @@ def publish_results(bench_dir: str | os.PathLike, readme: str | os.PathLike = "R
 
 
 def summary_markdown(suite: Suite, data: dict[str, Any], plot: str, details: str) -> str:
-    """The README's short block for a suite: what ran, whether the baseline converged, the goals,
-    what is missing, the headline plot."""
+    """The README's short block for a suite: what ran, whether the baseline converged, the goals
+    (and the cache comparison), what is missing, the headline plot (for a suite with goals)."""
     begin, end = summary_markers(suite.name)
     machine = data["machine"]
     convergence = data.get("convergence")
     lines = [*convergence_lines(convergence or ()),
-             *[line for goal in suite.goals for line in goal_lines(goal, data["rows"], convergence, brief=True)]]
+             *[line for goal in suite.goals for line in goal_lines(goal, data["rows"], convergence, brief=True)],
+             *cache_summary_lines(data.get("cache_rows") or ())]
     missing = data.get("missing") or ()
     if missing:
         lines.append(f"- Partial bench: {len(missing)} of {data['cells']} runs not finished yet.")
     return "\n".join([begin, "", f"Suite `{suite.name}` ({suite.seeds} seed{'s' if suite.seeds != 1 else ''} per cell; "
                        f"{machine['cpu']}, {machine['date']}; the regime is in the full tables).", "", *lines,
                        *([""] if lines else []),
-                       f"![{PLOTS[0][1]}]({plot})", "", f"Full tables, machine and command: [{details}]({details}).",
+                       *([f"![{PLOTS[0][1]}]({plot})", ""] if suite.goals else []),  # a suite of goals: its trade-off plot
+                       f"Full tables, machine and command: [{details}]({details}).",
                        "", end])
 
 

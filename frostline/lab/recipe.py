@@ -11,6 +11,7 @@ shared with other tools (batches, device, evaluation, the run log) are :mod:`fro
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -26,6 +27,7 @@ from ..errors import ConfigError, DistributedError
 from ..exploit import distributed
 from . import launch
 from ..exploit.cache import ActivationCache, CachedPrefixModel, is_deterministic
+from ..exploit.payoff import CachePayoff
 from ..exploit.cost import CostModel, estimate_speedup, measure_costs
 from ..exploit.timing import StepTimeModel, profile_step_times
 from ..freezer import Freezer
@@ -180,7 +182,7 @@ def set_up(cfg: TrainConfig, policy=None, checkpoint: dict[str, Any] | None = No
                       cooldown=cfg.cooldown)
     if scheduler is not None and freezer.per_unit_lr:  # a cooling unit's lr = the cosine's lr x its ramp
         freezer.attach_scheduler(scheduler)
-    cached = _make_cache(cfg, model, freezer, train_set, Path(cfg.out))
+    cached = _make_cache(cfg, model, freezer, train_set, Path(cfg.out), steps_per_epoch, total_steps)
     state = _restore(checkpoint, model, freezer, optimizer, scheduler, device) if checkpoint else LoopState()
     # DDP over what is trainable now (after a resume: what the checkpoint left trainable), rebuilt
     # by the Freezer's sync at every freeze; in one process this is the module itself.
@@ -285,10 +287,13 @@ def _first_summary(run: Run, policy, steps_per_epoch: int, planned: dict | None)
     }
 
 
-def _make_cache(cfg: TrainConfig, model: nn.Module, freezer: Freezer, train_set, out: Path) -> CachedPrefixModel | None:
+def _make_cache(cfg: TrainConfig, model: nn.Module, freezer: Freezer, train_set, out: Path, steps_per_epoch: int,
+                total_steps: int) -> CachedPrefixModel | None:
     """The activation cache, when asked for and safe; otherwise None, with one line saying why.
     A model the cache cannot serve exactly is found at its first cached step: ``--cache auto``
-    then warns once and trains on without it, ``--cache memory|disk`` stops with a ConfigError."""
+    then warns once and trains on without it, ``--cache memory|disk`` stops with a ConfigError.
+    ``--cache auto`` serves a frozen prefix only once its replays repay their copies
+    (:mod:`frostline.exploit.payoff`); ``memory|disk`` serve every frozen prefix at once."""
     if cfg.cache == "off" or cfg.method == "none":
         return None
     if not is_deterministic(train_set, probe=(0, 1, -1)):
@@ -299,7 +304,12 @@ def _make_cache(cfg: TrainConfig, model: nn.Module, freezer: Freezer, train_set,
     rank = distributed.rank()  # under torchrun each rank caches the samples it sees, in its own folder
     directory = out / ("cache" if rank == 0 else f"cache-rank{rank}")
     cache = ActivationCache(len(train_set), memory_budget_bytes=budget, dtype=cfg.cache_dtype, directory=directory)
-    return CachedPrefixModel(model, freezer, cache, on_refuse="warn" if cfg.cache == "auto" else "raise")
+    payoff = None
+    if cfg.cache == "auto":
+        schedule = freezer.policy if not freezer.policy.requires else None  # decides from progress alone
+        planned = _planned_freeze_times(copy.deepcopy(schedule), len(freezer.units)) if schedule else None
+        payoff = CachePayoff(len(train_set), steps_per_epoch, total_steps, budget, planned)
+    return CachedPrefixModel(model, freezer, cache, on_refuse="warn" if cfg.cache == "auto" else "raise", payoff=payoff)
 
 
 class _CachedForward(nn.Module):
@@ -486,7 +496,7 @@ def summarise(run: Run) -> None:
         train_flops=state.train_flops, full_train_flops=state.full_flops,
         flops_saved=1 - state.train_flops / state.full_flops if state.full_flops else 0.0,
         resumed_from_step=run.resumed_from,
-        predicted_saving=estimate_speedup(run.cost, _freeze_times(freezer), cached=run.cached is not None)["saving"],
+        predicted_saving=estimate_speedup(run.cost, _freeze_times(freezer), cached=_cache_served(run))["saving"],
         peak_memory_mb=mem, peak_memory_source=mem_source,
         saved_activations_mb_full=run.cost.saved_bytes(()) / 2**20,
         saved_activations_mb_end=run.cost.saved_bytes(freezer.frozen) / 2**20,
@@ -510,7 +520,8 @@ def _cache_summary(run: Run) -> dict[str, Any] | None:
     runs = run.cache_unit_runs if run.cache_unit_runs is not None else cache.unit_runs
     run.state.train_flops += sum(round(n * cost.units[u].forward_flops / cost.batch_size) for u, n in runs.items())
     return {**cache.stats, "refused": run.cached.refused, "dtype": run.cfg.cache_dtype, "peak_memory_mb": cache.peak_memory_bytes / 2**20,
-            "peak_disk_mb": cache.peak_disk_bytes / 2**20}
+            "peak_disk_mb": cache.peak_disk_bytes / 2**20,
+            "payoff": run.cached.payoff.summary() if run.cached.payoff is not None else None}
 
 
 def _distributed_summary(run: Run) -> dict[str, Any]:
@@ -604,8 +615,14 @@ def _predicted_time_saving(run: Run) -> tuple[float | None, dict | None]:
               file=sys.stderr)
         return None, None
     epoch = run.summary["steps_per_epoch"] / run.total_steps  # the cache fills for an epoch after each growth
-    saving = estimate_speedup(profile, times, cached=run.cached is not None, epoch_fraction=epoch)["saving"]
+    saving = estimate_speedup(profile, times, cached=_cache_served(run), epoch_fraction=epoch)["saving"]
     return saving, profile.to_dict()
+
+
+def _cache_served(run: Run) -> bool:
+    """Whether the activation cache replayed anything (``--cache auto`` may have found nothing worth it)."""
+    cached = run.cached
+    return cached is not None and not cached.refused and (cached.payoff is None or cached.payoff.served > 0)
 
 
 def _freeze_times(freezer: Freezer) -> list[float | None]:

@@ -65,6 +65,23 @@ def runs_table(summaries: Sequence[dict[str, Any]]) -> str:
                            "time saved", "FLOPs saved", "predicted", "frozen"], rows)
 
 
+def cache_table(summaries: Sequence[dict[str, Any]]) -> str | None:
+    """Per run with the activation cache's payoff rule (``--cache auto``), per frozen prefix it
+    measured: what filling a sample costs against what each replay saves, the memory the boundary
+    needs for the whole train set, and what was decided. None when no run has one."""
+    rows = []
+    for s in summaries:
+        for b in ((s.get("cache") or {}).get("payoff") or ()):
+            decided = (f"served from step {b['served_from_step']}" if "served_from_step" in b
+                       else b.get("why") or b.get("waited", ""))
+            rows.append([s["method"], s["model"], s["seed"], f"{s['units'][b['boundary'] - 1]} ({b['boundary']})",
+                         f"{b['write_us']:.1f}", f"{b['compute_us'] - b['read_us']:.1f}", f"{b['memory_mb']:.0f}", decided])
+    if not rows:
+        return None
+    return markdown_table(["method", "model", "seed", "frozen up to", "fill µs/sample", "replay saves µs/sample",
+                           "memory MB", "decision"], rows)
+
+
 # -- bench compare plots ----------------------------------------------------------------------
 def _pareto(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """Points not beaten on both axes (more time saved and higher accuracy), left to right."""
