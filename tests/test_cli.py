@@ -157,7 +157,9 @@ def test_report_compares_runs_against_the_baseline(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path / "none"), str(tmp_path / "linear")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and lines[2].startswith("| none |") and lines[3].startswith("| linear |")
+    assert lines[2].startswith("| none |") and lines[3].startswith("| linear |")
+    assert lines[5].startswith("Activation cache")  # the linear run's `--cache auto`, prefix by prefix
+    assert all(line.startswith("| linear |") for line in lines[9:])
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "summary.json").write_text("{not json")
     assert main(["report", str(tmp_path / "broken")]) == 2

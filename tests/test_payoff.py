@@ -102,7 +102,11 @@ def test_the_payoff_measures_every_prefix_and_serves_only_what_repays(fmnist):
                          planned=[0.0] + [None] * 20)  # as if nothing would freeze after the first units
     losses, cache, freezer = _train(fmnist, served)
     assert freezer.frozen_prefix > 2 and served.served > 0
-    assert set(served.costs) == set(range(1, min(freezer.frozen_prefix, len(freezer.units) - 1) + 1))
+    # a prefix is measured at its first step, unless no fill made then could come back before the end
+    # (a prefix reached in the last epoch): then measuring would only cost time
+    reached = {e.index + 1: e.step for e in freezer.timeline if e.index + 1 < len(freezer.units)}
+    assert set(served.costs) == {b for b, step in reached.items() if step < 2 * steps_per_epoch}
+    assert len(served.costs) >= 2 and len(served.costs) < len(reached)
     for c in served.costs.values():  # measured on this machine: real, positive times
         assert c.compute_s > 0 and c.write_s > 0 and c.read_s > 0 and c.bytes > 0
     assert cache.stats["hits"] > 0
@@ -118,14 +122,16 @@ def test_the_payoff_measures_every_prefix_and_serves_only_what_repays(fmnist):
 
 @pytest.mark.integration
 def test_cache_auto_reports_what_it_measured_and_decided(tmp_path, capsys):
-    args = ["train", "--method", "freezeout", "--t-0", "0.2", "--schedule", "linear", "--epochs", "3",
+    # 20 short epochs: each unit holds about three epochs, so filling can pay and is measured
+    args = ["train", "--method", "freezeout", "--t-0", "0.2", "--schedule", "linear", "--epochs", "20",
             "--train-subset", "200", "--val-size", "100", "--test-subset", "100", "--batch-size", "32", "--no-progress"]
     assert main([*args, "--cache", "auto", "--out", str(tmp_path / "auto")]) == 0
     assert main([*args, "--cache", "off", "--out", str(tmp_path / "off")]) == 0
     auto = json.loads((tmp_path / "auto" / "summary.json").read_text())
     off = json.loads((tmp_path / "off" / "summary.json").read_text())
     rows = auto["cache"]["payoff"]
-    assert rows and all(r["compute_us"] > 0 and r["memory_mb"] > 0 for r in rows)
+    measured = [r for r in rows if "compute_us" in r]
+    assert measured and all(r["compute_us"] > 0 and r["memory_mb"] > 0 for r in measured)
     assert all(("served_from_step" in r) + ("why" in r) + ("waited" in r) == 1 for r in rows)
     assert not any("could not be measured" in r.get("why", "") for r in rows)
     assert auto["test_accuracy"] == off["test_accuracy"]  # the cache never changes what is learned

@@ -193,12 +193,12 @@ def _train(args: argparse.Namespace) -> int:
     print(f"test accuracy {summary['test_accuracy']:.2f}% | train time {summary['train_time_s']:.1f}s | "
           f"FLOPs saved {100 * summary['flops_saved']:.1f}% | frozen {frozen}/{len(summary['units'])} units")
     if summary.get("cache"):
-        print(_cache_line(summary["cache"], summary["units"]))
+        print(_cache_line(summary["cache"], summary["units"], frozen))
     print(f"results: {cfg.out}/summary.json, {cfg.out}/metrics.jsonl, {cfg.out}/timeline.png")
     return 0
 
 
-def _cache_line(cache: dict, units: list[str]) -> str:
+def _cache_line(cache: dict, units: list[str], frozen: int) -> str:
     """What the activation cache did, in one line; never silent when it did nothing."""
     if cache.get("refused"):
         return "activation cache: turned off (it could not serve this model exactly; see the warning above)"
@@ -206,10 +206,10 @@ def _cache_line(cache: dict, units: list[str]) -> str:
               f"peak {cache['peak_memory_mb'] + cache['peak_disk_mb']:.0f} MiB")
     payoff = cache.get("payoff")
     if payoff is None:
-        return f"activation cache: {counts}" if cache["computed"] else "activation cache: unused (no unit froze)"
+        return f"activation cache: {counts}" if cache["computed"] else "activation cache: unused (no frozen prefix)"
     served = [r for r in payoff if "served_from_step" in r]
     if not served:
-        why = "no unit froze" if not payoff else "no frozen prefix would have repaid its copies in time"
+        why = "no unit froze" if not frozen else "no frozen prefix would have repaid its copies in time"
         return f"activation cache (auto): not filled, {why} (per boundary: summary.json cache.payoff)"
     last = served[-1]
     return (f"activation cache (auto): served units up to {units[last['boundary'] - 1]} from step "

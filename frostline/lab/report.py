@@ -74,8 +74,11 @@ def cache_table(summaries: Sequence[dict[str, Any]]) -> str | None:
         for b in ((s.get("cache") or {}).get("payoff") or ()):
             decided = (f"served from step {b['served_from_step']}" if "served_from_step" in b
                        else b.get("why") or b.get("waited", ""))
+            measured = "write_us" in b
             rows.append([s["method"], s["model"], s["seed"], f"{s['units'][b['boundary'] - 1]} ({b['boundary']})",
-                         f"{b['write_us']:.1f}", f"{b['compute_us'] - b['read_us']:.1f}", f"{b['memory_mb']:.0f}", decided])
+                         f"{b['write_us']:.1f}" if measured else "—",
+                         f"{b['compute_us'] - b['read_us']:.1f}" if measured else "—",
+                         f"{b['memory_mb']:.0f}" if measured else "—", decided])
     if not rows:
         return None
     return markdown_table(["method", "model", "seed", "frozen up to", "fill µs/sample", "replay saves µs/sample",
