@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # embed, block1, block2 at 3/8, 5/8, 7/8 of 8 steps of 32 samples
 ARGS = ["--model", "vit", "--width", "16", "--depth", "2", "--method", "freezeout", "--t-0", "0.3",
         "--schedule", "linear", "--epochs", "1", "--train-subset", "256", "--val-size", "64", "--test-subset", "64",
-        "--batch-size", "32", "--threads", "1", "--no-progress", "--log-every", "1"]
+        "--batch-size", "32", "--threads", "1", "--no-progress", "--log-every", "1",
+        "--cache", "memory"]  # one epoch: `auto` would fill nothing (no sample comes back)
 
 
 def free_port() -> int:
