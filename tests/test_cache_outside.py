@@ -14,12 +14,12 @@ N, BATCH = 16, 8  # two steps per epoch
 FREEZE_AFTER = {1: 2, 3: 4}  # after step 1 freeze units 0..1, after step 3 units 2..3 (stored entries are extended)
 
 
-def _train(model, batch_of, cache: ActivationCache | None, steps=8):
+def _train(model, batch_of, cache: ActivationCache | None, steps=8, payoff=None):
     """Epoch-shuffled steps; units freeze at FREEZE_AFTER. Returns the losses."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     data = batch_of(N, 0)
     freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), steps)
-    cached = CachedPrefixModel(model, freezer, cache) if cache is not None else None
+    cached = CachedPrefixModel(model, freezer, cache, payoff=payoff) if cache is not None else None
     torch.manual_seed(1)  # the same dropout draws with and without the cache
     model.train()
     losses = []
@@ -84,6 +84,25 @@ def _freeze_first_and_call(model, cache, **kwargs):
     cached = CachedPrefixModel(model, freezer, cache, **kwargs)
     x = torch.randn(4, 8)
     return cached, x, cached(torch.arange(4), x)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["hf-bert"])
+def test_cache_payoff_measures_and_serves_cut_models(name):
+    """``--cache auto``'s rule on a model cut by hooks (a BERT with its dropout on): each frozen
+    prefix is timed through the cut without touching training's random numbers, and what it serves
+    trains exactly like no cache."""
+    from frostline.exploit.payoff import CachePayoff
+
+    ref_model, batch_of = BUILDERS[name]()
+    ref = _train(ref_model, batch_of, None)
+    model, batch_of = BUILDERS[name]()
+    payoff = CachePayoff(N, N // BATCH, 8, 2**30, planned=[None] * 20)  # nothing else will freeze
+    cache = ActivationCache(N)
+    losses = _train(model, batch_of, cache, payoff=payoff)
+    assert losses == pytest.approx(ref, abs=1e-6)
+    assert set(payoff.costs) == {2, 4} and all(c.compute_s > 0 and c.bytes > 0 for c in payoff.costs.values())
+    assert payoff.served in (2, 4) and cache.stats["computed"] > 0  # it filled what it served
 
 
 def test_a_skip_across_the_boundary_is_refused():
