@@ -63,6 +63,14 @@ def test_an_adaptive_prefix_is_served_once_it_has_held_long_enough():
     assert late.choose(2, 990) == 0  # held long, but training ends before a sample comes back
 
 
+def test_bad_settings_get_one_clear_error():
+    from frostline import ConfigError
+
+    for spe, total in ((0, 100), (10, 0)):
+        with pytest.raises(ConfigError, match="positive steps per epoch and total steps"):
+            CachePayoff(100, spe, total, 2**20)
+
+
 def test_a_boundary_that_saves_nothing_or_does_not_fit_is_declined_with_the_reason():
     p = _payoff(budget=10 * 2**20)
     p.costs[1] = BoundaryCost(1, compute_s=3 * US, write_s=5 * US, read_s=4 * US, bytes=3136)
