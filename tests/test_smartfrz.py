@@ -92,6 +92,37 @@ def test_predictor_output_changes_with_window_content():
     assert torch.allclose(window_context(3.0 * drift, 0.5), window_context(drift, 0.5), atol=1e-4)
 
 
+def test_decisions_reuse_each_snapshot_and_answer_as_the_plain_network():
+    """The policy projects each snapshot once and keeps its step length; its probabilities must be
+    the predictor's own on the same windows (slid past the window size, of different lengths), and
+    a run resumed between decisions must decide exactly as one that was not."""
+    model, _ = load_predictor()
+    g = torch.Generator().manual_seed(1)
+    trajectories = [torch.randn(1024, generator=g) + torch.cumsum(s * torch.randn(45, 1024, generator=g), 0)
+                    for s in (1e-3, 1e-2, 3e-2, 1e-1)]
+    policy = SmartFRZ(predictor=model, window=30, stage_steps=1000, snapshot_steps=1)
+    policy.bind(["a", "b", "c", "d", "head"])
+    for t in range(45):
+        if t == 30:
+            policy.freeze_probabilities(Progress(t, 100))  # projects the rows so far; later ones wait
+            resumed = SmartFRZ(predictor=model, window=30, stage_steps=1000, snapshot_steps=1)
+            resumed.bind(["a", "b", "c", "d", "head"])
+            resumed.load_state_dict(policy.state_dict())
+        rows = [w[t] if t >= 25 * (i % 2) else None for i, w in enumerate(trajectories)] + [torch.zeros(1024)]
+        for p in (policy, resumed) if t >= 30 else (policy,):
+            p.observe(Progress(t + 1, 100), {"tailored_weights": [None if r is None else r.clone() for r in rows]})
+    windows = [w[25 * (i % 2):][-30:] for i, w in enumerate(trajectories)]
+    assert [len(policy.history.snapshots[i]) for i in range(4)] == [30, 20, 30, 20]
+    with torch.no_grad():
+        x, mask = batch_windows([window_features(w) for w in windows])
+        context = torch.stack([window_context(w, 0.45) for w in windows])
+        plain = torch.softmax(model(x, mask, context), dim=1)[:, 1]
+    mine = policy.freeze_probabilities(Progress(45, 100))
+    assert torch.allclose(torch.tensor([mine[i] for i in range(4)]), plain, atol=1e-5)
+    assert resumed.freeze_probabilities(Progress(45, 100)) == mine  # bit for bit
+    assert len(set(mine.values())) == 4  # the four trajectories are told apart
+
+
 def test_window_context_tells_drift_from_a_random_walk():
     """The trajectory statistics: a steady drift has net displacement equal to its path (ratio 1),
     a random walk of the same step size a much shorter one; a slowing unit's second-half path is

@@ -22,7 +22,7 @@ import torch
 
 from ...errors import ConfigError, check_int
 from .history import History
-from .predictor import SmartFRZPredictor, batch_windows, load_predictor, window_context, window_features
+from .predictor import SmartFRZPredictor, batch_windows, load_predictor
 from ..base import Progress
 from ..stages import StageClock, StagedPolicy
 from ..registry import Hyperparameter, register_policy
@@ -93,10 +93,10 @@ class SmartFRZ(StagedPolicy):
                  if i not in self.frozen and len(self.history.snapshots[i]) >= MIN_SNAPSHOTS]
         if not units:
             return {}
-        windows = [self.history.stacked(i) for i in units]
-        x, mask = batch_windows([window_features(w) for w in windows])
-        context = torch.stack([window_context(w, progress.fraction) for w in windows])
-        probs = torch.softmax(self.predictor(x, mask, context), dim=1)[:, 1].tolist()
+        projected, mask = batch_windows(self.history.projections(units, self.predictor.project))
+        rms = torch.tensor([self.history.rms(i) for i in units])
+        context = torch.stack([self.history.context(i, progress.fraction) for i in units])
+        probs = torch.softmax(self.predictor.forward_projected(projected, mask, rms, context), dim=1)[:, 1].tolist()
         return dict(zip(units, probs))
 
     def _record(self, progress: Progress, signals: dict[str, Any]) -> None:
