@@ -163,3 +163,15 @@ def test_no_hits_and_no_boundary_are_said_not_silent():
     # the Freezer checks named units against the first forward, which the cache's first call runs
     with pytest.raises(frostline.ModelError, match=r"\['spare'\]\] never ran"):
         CachedPrefixModel(model, freezer, ActivationCache(4))(torch.arange(4), x)
+
+
+@pytest.mark.integration
+def test_cache_names_why_a_tied_language_model_cannot_be_replayed():
+    """GPT-2's embedding is its head's weight, so it trains while the blocks after it are frozen, and
+    its embedding dropout sits outside every unit: the cache refuses and says both, by name."""
+    model, batch_of = BUILDERS["hf-gpt2"]()
+    with pytest.raises(ConfigError) as refused:
+        _train(model, batch_of, ActivationCache(N))
+    message = str(refused.value)
+    assert "transformer.wte" in message and "tied" in message and "transformer.drop" in message
+    assert "--cache off" in message
