@@ -1,6 +1,7 @@
 """Choose the SmartFRZ decision threshold by the accuracy its freezes cost, on validation runs.
 
     nice -n 19 python scripts/calibrate_threshold.py [--work runs/threshold] [--write]
+    nice -n 19 python scripts/calibrate_threshold.py --stages-per-epoch 4 --cooldown 100 --candidates 0.8 0.85 0.9
 
 The predictor's training calibrates a first threshold on label precision (the lowest P(freeze) at
 which the held-out runs' "freeze" answers are 90% right). Label precision is not what a user pays
@@ -13,8 +14,11 @@ mean validation accuracy, over the configurations, is at most ``TOLERANCE`` poin
 baselines' (lower thresholds freeze earlier and save more). Finished runs are reused, so an
 interrupted calibration continues.
 
-``--write`` stores the chosen threshold, with the table behind it, in the predictor file; the
-per-run summaries go to ``benchmarks/smartfrz-threshold/`` either way.
+``--stages-per-epoch`` and ``--cooldown`` calibrate another way of deciding (more decisions per
+epoch, anneal-then-freeze): a threshold is only right for the cadence and cool-down it was chosen
+with, so each configuration gets its own table (``calibration.json`` for the defaults,
+``calibration-<stages>stages-cooldown<C>.json`` otherwise) and only the defaults' may be written
+into the predictor file. The per-run summaries go to ``benchmarks/smartfrz-threshold/`` either way.
 """
 
 from __future__ import annotations
@@ -62,20 +66,30 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "runs" / "threshold"), help="folder for the runs")
     parser.add_argument("--predictor", default=None, help="predictor file (default: the shipped one)")
     parser.add_argument("--write", action="store_true", help="store the chosen threshold in the predictor file")
+    parser.add_argument("--stages-per-epoch", type=int, default=1, help="SmartFRZ decisions per epoch")
+    parser.add_argument("--cooldown", type=int, default=0, help="optimizer steps of anneal-then-freeze")
+    parser.add_argument("--candidates", type=float, nargs="+", default=None,
+                        help=f"thresholds to try (default: the precision-calibrated one and {CANDIDATES})")
     args = parser.parse_args()
+    default_config = args.stages_per_epoch == 1 and args.cooldown == 0
+    if args.write and not default_config:
+        raise SystemExit("--write stores the threshold of the policy's defaults: drop --stages-per-epoch/--cooldown")
+    suffix = "" if default_config else f"-{args.stages_per_epoch}stages-cooldown{args.cooldown}"
+    decide = ([] if args.stages_per_epoch == 1 else ["--stages-per-epoch", str(args.stages_per_epoch)]) + (
+        [] if not args.cooldown else ["--cooldown", str(args.cooldown)])
 
     from frostline.policies.smartfrz.predictor import SHIPPED, load_predictor, save_predictor
 
     path = Path(args.predictor) if args.predictor else SHIPPED
     model, meta = load_predictor(path)
     precision_threshold = float(meta.get("precision_threshold", meta.get("threshold", model.threshold)))
-    thresholds = sorted({round(precision_threshold, 3), *CANDIDATES})
+    thresholds = sorted(set(args.candidates) if args.candidates else {round(precision_threshold, 3), *CANDIDATES})
     work, rows = Path(args.work), []
     for name, (net, dataset, extra, seed) in validation_configs().items():
         base = run(work / name / "none", net, dataset, extra, seed, ["--method", "none"])
         for t in thresholds:
-            r = run(work / name / f"smartfrz-{t:g}", net, dataset, extra, seed,
-                    ["--method", "smartfrz", "--freeze-threshold", str(t), "--predictor", str(path)])
+            r = run(work / name / f"smartfrz-{t:g}{suffix}", net, dataset, extra, seed,
+                    ["--method", "smartfrz", "--freeze-threshold", str(t), "--predictor", str(path), *decide])
             rows.append({"config": name, "seed": seed, "threshold": t, "baseline_val_accuracy": base["val_accuracy"],
                          "delta_val": round(r["val_accuracy"] - base["val_accuracy"], 2), **r})
     table = []
@@ -86,10 +100,13 @@ def main() -> None:
     ok = [row for row in table if row["mean_delta_val"] >= -TOLERANCE]
     chosen = min(ok, key=lambda row: row["threshold"])["threshold"] if ok else max(thresholds)
     result = {"predictor_sha256": meta.get("sha256"), "tolerance_points": TOLERANCE,
+              "stages_per_epoch": args.stages_per_epoch, "cooldown": args.cooldown,
               "precision_threshold": precision_threshold, "chosen": chosen, "table": table, "runs": rows,
-              "command": "python scripts/calibrate_threshold.py"}
+              "command": " ".join(["python scripts/calibrate_threshold.py", *(
+                  [] if default_config else ["--stages-per-epoch", str(args.stages_per_epoch), "--cooldown",
+                                             str(args.cooldown), "--candidates", *map(str, thresholds)])])}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "calibration.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"calibration{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
     print("| threshold | mean Δ validation accuracy (points) | mean FLOPs saved |")
     print("|---|---|---|")
     for row in table:
