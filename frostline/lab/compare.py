@@ -55,6 +55,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # four decisions per epoch instead of one: a unit freezes at the first quarter-epoch its
     # P(freeze) clears the threshold, not at the end of the epoch it did
     "smartfrz+cache+4stages": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 4},
+    # both, at the threshold calibrated on validation runs for that way of deciding (lowest within 0.1
+    # validation points: `python scripts/calibrate_threshold.py --stages-per-epoch 4 --cooldown 100
+    # --candidates 0.8 0.85 0.9`, table in benchmarks/smartfrz-threshold/calibration-4stages-cooldown100.json)
+    "smartfrz+cache+4stages+cooldown": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 4,
+                                        "cooldown": 100, "freeze_threshold": 0.8},
 }
 
 #: Methods that are adaptive (decide from training signals).
@@ -161,7 +166,7 @@ SUITES: dict[str, Suite] = {
     "standard": Suite(
         "standard", ("resnet", "vgg"), ("fashion-mnist",), 3,
         ("none", "linear", "freezeout", "autofreeze+cache", "cka-oracle+cache", "smartfrz+cache",
-         "smartfrz+cache+4stages"),
+         "smartfrz+cache+4stages", "smartfrz+cache+4stages+cooldown"),
         {"epochs": STANDARD_EPOCHS, "train_subset": None, "val_size": 5000, "test_subset": None, "batch_size": 128,
          "threads": 2, "log_every": 50},
         f"from scratch on the full Fashion-MNIST train split (55,000 images after the 5,000-image validation "
