@@ -36,10 +36,6 @@ class History:
         self.projected[unit].clear()
         self.steps[unit].clear()
 
-    def stacked(self, unit: int) -> torch.Tensor | None:
-        h = self.snapshots[unit]
-        return torch.stack(list(h)) if h else None
-
     def context(self, unit: int, progress: float) -> torch.Tensor:
         """The predictor's context for ``unit``'s window (same as :func:`window_context` on it)."""
         h = self.snapshots[unit]
