@@ -88,8 +88,8 @@ class SmartFRZPredictor(nn.Module):
         a linear layer commutes with both, so :meth:`forward_projected` rebuilds the first layer's
         output of any window from these rows. A snapshot stays in the window for ``window`` of them,
         so the policy projects each once instead of at every decision. That removes about three
-        quarters of the first layer's arithmetic, but in a run it cut decision time by only about
-        15% (``scripts/smartfrz_overhead.py``): the rest is the later layers over every row (the
+        quarters of the first layer's arithmetic, but it cut decision time by only about 15% alone
+        (``scripts/smartfrz_overhead.py``) and by less inside a training run: the rest is the later layers over every row (the
         centring changes with the window), the snapshot gathers, and Python."""
         return snapshots @ self._first_weights().T
 
