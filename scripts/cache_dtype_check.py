@@ -37,15 +37,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path, help="a finished `frostline train` folder (config.json, model.pt)")
     ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--samples", type=int, default=None, help="only the first N test samples (default: all)")
     args = ap.parse_args(argv)
     try:
         cfg = json.loads((args.run / "config.json").read_text())
         weights = torch.load(args.run / "model.pt", map_location="cpu", weights_only=True)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"cannot read the run in {args.run} ({e}): give a finished `frostline train` folder")
+        raise ConfigError(f"cannot read the run in {args.run} ({e}): give a finished `frostline train` folder") from None
     torch.set_num_threads(cfg.get("threads") or 1)
     data = load_dataset(cfg["dataset"], val_size=cfg.get("val_size"), train_subset=cfg.get("train_subset"),
-                        test_subset=cfg.get("test_subset"), seed=cfg["seed"], max_length=cfg.get("max_length", 128))
+                        test_subset=args.samples or cfg.get("test_subset"), seed=cfg["seed"], max_length=cfg.get("max_length", 128))
     model = create_model(cfg["model"], num_classes=data.num_classes, in_channels=data.in_channels,
                          image_size=data.image_size, width=cfg.get("width"), depth=cfg.get("depth"))
     try:
