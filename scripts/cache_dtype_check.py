@@ -16,7 +16,6 @@ units' gradients see, by the same relative amount.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,11 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import torch
 
-from frostline.errors import ConfigError
-from frostline.lab.data import load_dataset
+from frostline.errors import FrostlineError
 from frostline.lab.loop import iterate_batches
-from frostline.lab.zoo import create_model
-import frostline.lab.pretrained  # noqa: F401  (registers the pretrained models)
+from frostline.lab.reference import load_finished_run
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -39,21 +36,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--samples", type=int, default=None, help="only the first N test samples (default: all)")
     args = ap.parse_args(argv)
-    try:
-        cfg = json.loads((args.run / "config.json").read_text())
-        weights = torch.load(args.run / "model.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read the run in {args.run} ({e}): give a finished `frostline train` folder") from None
+    cfg, model, data = load_finished_run(args.run, args.samples)
     torch.set_num_threads(cfg.get("threads") or 1)
-    data = load_dataset(cfg["dataset"], val_size=cfg.get("val_size"), train_subset=cfg.get("train_subset"),
-                        test_subset=args.samples or cfg.get("test_subset"), seed=cfg["seed"], max_length=cfg.get("max_length", 128))
-    model = create_model(cfg["model"], num_classes=data.num_classes, in_channels=data.in_channels,
-                         image_size=data.image_size, width=cfg.get("width"), depth=cfg.get("depth"))
-    try:
-        model.load_state_dict(weights.get("model", weights))
-    except RuntimeError as e:
-        raise ConfigError(f"model.pt does not fit {cfg['model']}: {e}") from None
-    model.eval()
     units = list(model.children())
     boundaries = range(1, len(units) - 1)
     agree = {(k, d): 0 for k in boundaries for d in DTYPES}
@@ -90,5 +74,5 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except ConfigError as e:
+    except FrostlineError as e:
         sys.exit(f"error: {e}")

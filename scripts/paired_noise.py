@@ -15,7 +15,6 @@ With two baselines of different seeds it says how far apart two equally good fin
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -24,25 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import torch
 
-from frostline.errors import ConfigError
-from frostline.lab.data import load_dataset
+from frostline.errors import ConfigError, FrostlineError
 from frostline.lab.loop import iterate_batches
-from frostline.lab.zoo import create_model
-import frostline.lab.pretrained  # noqa: F401  (registers the pretrained models)
+from frostline.lab.reference import load_finished_run
 
 
 def predictions(run: Path, batch_size: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    try:
-        cfg = json.loads((run / "config.json").read_text())
-        weights = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read the run in {run} ({e}): give a finished `frostline train` folder") from None
-    data = load_dataset(cfg["dataset"], val_size=cfg.get("val_size"), train_subset=cfg.get("train_subset"),
-                        test_subset=cfg.get("test_subset"), seed=cfg["seed"], max_length=cfg.get("max_length", 128))
-    model = create_model(cfg["model"], num_classes=data.num_classes, in_channels=data.in_channels,
-                         image_size=data.image_size, width=cfg.get("width"), depth=cfg.get("depth"))
-    model.load_state_dict(weights.get("model", weights))
-    model.eval()
+    cfg, model, data = load_finished_run(run)
     preds, labels = [], []
     with torch.no_grad():
         for _, x, y in iterate_batches(data.test, batch_size, shuffle=False):
@@ -76,5 +63,5 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except ConfigError as e:
+    except FrostlineError as e:
         sys.exit(f"error: {e}")

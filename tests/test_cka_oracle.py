@@ -168,6 +168,13 @@ def test_train_end_to_end_and_bad_references(tmp_path, capsys):
                  "--probe-size", "64", *TINY, "--out", str(run)]) == 0
     import json
 
+    from frostline.lab.loop import iterate_batches
+    from frostline.lab.reference import load_finished_run
+
+    cfg, model, data = load_finished_run(ref)  # a finished run rebuilt from its folder answers as it reported
+    right = sum(int((model(x).argmax(1) == y).sum()) for _, x, y in iterate_batches(data.test, 256, shuffle=False))
+    assert cfg["model"] == "resnet" and 100 * right / len(data.test) == pytest.approx(
+        json.loads((ref / "summary.json").read_text())["test_accuracy"], abs=1e-6)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and (run / "timeline.png").exists()
     assert summary["timeline"], "with a loose rule some unit must freeze in 8 stages"

@@ -64,3 +64,26 @@ def load_reference(run_dir, like: nn.Module, model_name: str | None = None) -> n
     for p in reference.parameters():
         p.requires_grad_(False)
     return reference
+
+
+def load_finished_run(run_dir, test_subset: int | None = None):
+    """A finished ``frostline train`` run rebuilt from its folder: ``(config, model, data)``, the
+    model with the run's weights (checked as :func:`load_reference` checks them), the data split as
+    the run split it (``test_subset``: only the first N test samples). For scripts that examine a
+    run after the fact."""
+    from .data import load_dataset
+    from .zoo import create_model
+    from . import pretrained  # noqa: F401  (registers the pretrained models)
+
+    run = Path(run_dir)
+    try:
+        cfg = json.loads((run / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{run} has no readable config.json ({e}): pass the folder of a finished "
+                              "`frostline train`") from None
+    data = load_dataset(cfg["dataset"], val_size=cfg.get("val_size"), train_subset=cfg.get("train_subset"),
+                        test_subset=test_subset or cfg.get("test_subset"), seed=cfg["seed"],
+                        max_length=cfg.get("max_length", 128))
+    like = create_model(cfg["model"], num_classes=data.num_classes, in_channels=data.in_channels,
+                        image_size=data.image_size, width=cfg.get("width"), depth=cfg.get("depth"))
+    return cfg, load_reference(run, like, cfg["model"]), data
