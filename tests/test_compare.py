@@ -4,6 +4,7 @@ never passes a goal on missing runs."""
 
 import json
 import math
+import statistics
 
 import pytest
 
@@ -183,6 +184,31 @@ def test_standard_goals_beat_rivals_bound_the_overhead_and_need_every_run():
     assert verdict(autofreeze, rows, conv("not measured yet")) == ["not measured yet"]
     assert verdict(autofreeze, rows, []) == ["not measured yet"]
     assert verdict(autofreeze, rows, conv("FAIL")) == ["not met"] and "baseline not converged" in goal_lines(autofreeze, rows, conv("FAIL"))[0]
+
+
+def test_beating_a_rival_is_judged_run_by_run_beyond_noise():
+    smartfrz = SUITES["standard"].goals[0]
+    runs = lambda saved, deltas: [{"seed": k, "time_saved": s, "delta_accuracy": d}  # noqa: E731
+                                  for k, (s, d) in enumerate(zip(saved, deltas))]
+    def rows(ours_saved, ours_delta):
+        mine = _row("smartfrz+cache", "smartfrz", statistics.fmean(ours_saved), statistics.fmean(ours_delta))
+        lin = _row("linear", "linear", 0.18, 0.05)
+        auto = _row("autofreeze+cache", "autofreeze", 0.26, -0.10)
+        mine["runs"], lin["runs"] = runs(ours_saved, ours_delta), runs([0.17, 0.18, 0.19], [0.1, 0.0, 0.05])
+        auto["runs"] = runs([0.16, 0.26, 0.36], [-0.1, -0.2, 0.0])
+        return [_row("none", "none", math.nan, math.nan), lin, auto, mine]
+    # a mean that beats autofreeze by one point of time, inside seed noise ten times larger: not a win
+    (entry,) = judge(smartfrz, rows([0.27, 0.27, 0.27], [0.05, 0.05, 0.05]))
+    assert entry["versus"]["autofreeze+cache"]["saved"] == pytest.approx(0.01)
+    assert entry["versus"]["autofreeze+cache"]["saved_se"] == pytest.approx(0.1 / math.sqrt(3))
+    assert entry["why"] == ["does not beat autofreeze+cache"]
+    # clearly faster than both; accuracy a hair below linear's mean but within its noise: a win
+    (entry,) = judge(smartfrz, rows([0.40, 0.42, 0.44], [0.1, -0.05, 0.05]))
+    assert entry["verdict"] == "met" and entry["versus"]["linear"]["delta"] < 0
+    assert "over 3 paired runs" in goal_lines(smartfrz, rows([0.40, 0.42, 0.44], [0.1, -0.05, 0.05]))[0]
+    # faster, but worse than linear by more than the noise in that difference: not a win
+    (entry,) = judge(smartfrz, rows([0.40, 0.42, 0.44], [-0.15, -0.25, -0.2]))
+    assert "does not beat linear" in entry["why"]
 
 
 def _fake_summary(cell, accuracy, train_time=100.0):
