@@ -45,3 +45,14 @@ def check_int(value, what: str, *, low: int, high: int | None = None, allow_none
         bound = f">= {low}" if high is None else f"between {low} and {high}"
         raise ConfigError(f"{what} must be {bound}, got {value}")
     return value
+
+
+def run_script(main) -> None:
+    """A repository script's entry point: exit with ``main()``'s status, or with the one-line message
+    of the :class:`FrostlineError` it raised instead of a traceback."""
+    import sys
+
+    try:
+        sys.exit(main())
+    except FrostlineError as e:
+        sys.exit(f"error: {e}")

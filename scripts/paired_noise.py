@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import torch
 
-from frostline.errors import ConfigError, FrostlineError
+from frostline.errors import ConfigError, run_script
 from frostline.lab.loop import iterate_batches
 from frostline.lab.reference import load_finished_run
 
@@ -61,7 +61,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except FrostlineError as e:
-        sys.exit(f"error: {e}")
+    run_script(main)

@@ -789,7 +789,7 @@ def judge(goal: Goal, rows: Sequence[dict[str, Any]], convergence: Sequence[dict
     for model, group in groups.items():
         pairs = {(r["dataset"], r["model"]) for r in group}
         rivals = [r for r in rows if goal.rival(r) and (r["dataset"], r["model"]) in pairs]
-        entry: dict[str, Any] = {"group": model, "pairs": len(pairs), "why": []}
+        entry: dict[str, Any] = {"group": model, "pairs": len(pairs), "runs": sum(r["seeds"] for r in group), "why": []}
         verdicts.append(entry)
         short = [r for r in group + rivals if r["seeds"] < r["of_seeds"] or r.get("paired", r["seeds"]) < r["seeds"]
                  or not r["seeds"]]
@@ -849,11 +849,10 @@ def rival_difference(ours: Sequence[dict[str, Any]], theirs: Sequence[dict[str, 
                           {"time_saved": t["time_saved"], "delta_accuracy": t["delta_accuracy"]})]
             saved += [a["time_saved"] - b["time_saved"] for a, b in pairs]
             delta += [a["delta_accuracy"] - b["delta_accuracy"] for a, b in pairs]
-    se = lambda xs: statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0  # noqa: E731
-    if not saved:
-        return {"saved": math.nan, "saved_se": math.nan, "delta": math.nan, "delta_se": math.nan, "runs": 0}
-    return {"saved": statistics.fmean(saved), "saved_se": se(saved), "delta": statistics.fmean(delta),
-            "delta_se": se(delta), "runs": len(saved)}
+    (saved_mean, saved_std), (delta_mean, delta_std) = _mean_std(saved), _mean_std(delta)
+    root = math.sqrt(len(saved)) if saved else math.nan
+    return {"saved": saved_mean, "saved_se": saved_std / root, "delta": delta_mean, "delta_se": delta_std / root,
+            "runs": len(saved)}
 
 
 def _runs_done(r: dict[str, Any]) -> str:
@@ -892,9 +891,8 @@ def goal_lines(goal: Goal, rows: Sequence[dict[str, Any]], convergence: Sequence
             continue
         why = f" — goal ({goal.target()}) **{e['verdict']}**" + (f" ({', '.join(e['why'])})." if e["why"] else ".")
         if goal.min_time_saved is None and goal.max_accuracy_loss is None:  # a bound on overhead alone
-            runs = sum(r["seeds"] for r in rows if goal.covers(r) and (not e["group"] or r["model"] == e["group"]))
             lines.append(f"{head}: worst decision overhead {_fmt_overhead(e.get('worst_overhead'))} "
-                         f"over {runs} runs{why}")
+                         f"over {e['runs']} runs{why}")
             continue
         rivals = "".join(f"; {v}: {_figures(r, brief)}" + ("" if brief else f" ({_versus(e['versus'][v])})")
                          for v, r in e["rivals"].items())
