@@ -11,7 +11,7 @@ import pytest
 from frostline.lab.cli import main
 from frostline.lab.compare import (ADAPTIVE, FROM_SCRATCH, STANDARD_EPOCHS, SUITES, VARIANTS, Cell, Goal, Suite,
                                    _finished, _train_argv, aggregate, check_cells, convergence_rows, goal_lines,
-                                   in_run_saving, judge,
+                                   in_run_saving, judge, per_run_lines,
                                    publish_results, reference_cell, results_markers, run_suite, suite_cells,
                                    summary_markers)
 from frostline.errors import ConfigError, FrostlineError
@@ -218,6 +218,18 @@ def _fake_summary(cell, accuracy, train_time=100.0):
             "cpu_time_s": 2 * train_time, "flops_saved": 0.0, "predicted_saving": 0.0, "peak_memory_mb": 500.0,
             "frozen_at": {"a": None, "b": None}, "units": ["a", "b"], "cache": None,
             "decision_overhead": 0.0 if settings["method"] != "none" else None}
+
+
+def test_the_per_run_table_pairs_each_run_with_its_own_seeds_baseline():
+    suite = Suite("p", ("resnet",), ("fashion-mnist",), 2, ("none", "linear"), {"epochs": 2})
+    cells, _ = suite_cells(suite, METHODS)
+    figures = {("none", 0): (90.0, 100.0), ("none", 1): (92.0, 200.0),
+               ("linear", 0): (89.5, 50.0), ("linear", 1): (92.25, 160.0)}
+    results = {c.key: _fake_summary(c, *figures[c.variant, c.seed]) for c in cells}
+    results[cells[-1].key]["frozen_at"] = {"a": 0.25, "b": None}
+    lines = "\n".join(per_run_lines(cells, results))
+    assert "| linear | 0 | 89.50 | -0.50 | 50.0% (vs baseline) | 2.00× | — | 0/2 |" in lines
+    assert "| linear | 1 | 92.25 | +0.25 | 20.0% (vs baseline) | 1.25× | 0.25 – 0.25 | 1/2 |" in lines
 
 
 def test_convergence_verdict_from_summaries():

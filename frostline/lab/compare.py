@@ -207,7 +207,7 @@ SUITES: dict[str, Suite] = {
         "numbers mean nothing)",
         goals=(FROM_SCRATCH,), convergence=1.5),
     "finetune": Suite(
-        "finetune", (), (), 2, ("none", "linear", "freezeout+cache", "autofreeze+cache", "autofreeze-p80+cache",
+        "finetune", (), (), 3, ("none", "linear", "freezeout+cache", "autofreeze+cache", "autofreeze-p80+cache",
                                "smartfrz+cache", "smartfrz+cache+4stages"),
         {"epochs": FINETUNE_EPOCHS, "optimizer": "adamw", "weight_decay": 0.01, "threads": 2, "log_every": 5},
         f"fine-tuning pretrained models, {FINETUNE_EPOCHS} epochs (AdamW, cosine decay), two threads per run and one "
@@ -725,6 +725,34 @@ def aggregate(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str,
     return rows
 
 
+def per_run_lines(cells: Sequence[Cell], results: dict[str, dict]) -> list[str]:
+    """Every finished run on its own line, paired with its seed's baseline, so a figure quoted per
+    seed (a card's "−0.5, −0.2") can be read off the report instead of recomputed by hand."""
+    from .report import markdown_table
+
+    out: list[str] = []
+    for dataset, model in dict.fromkeys((c.dataset, c.model) for c in cells):
+        table = []
+        for c in (c for c in cells if (c.dataset, c.model) == (dataset, model) and c.key in results):
+            s, base = results[c.key], results.get(Cell(dataset, model, "none", c.seed, ()).key)
+            saving = run_time_saved(s, base)
+            frozen = [f for f in s["frozen_at"].values() if f is not None]
+            speedup = base["train_time_s"] / s["train_time_s"] if base and s.get("train_time_s") else None
+            table.append([
+                c.variant, c.seed, f"{s['test_accuracy']:.2f}",
+                f"{s['test_accuracy'] - base['test_accuracy']:+.2f}" if base and c.variant != "none" else "—",
+                "n/a" if saving is None else f"{100 * saving:.1f}%" + ("" if s.get("in_run_time_saved") is not None
+                                                                        else " (vs baseline)"),
+                "—" if c.variant == "none" or speedup is None else f"{speedup:.2f}×",
+                f"{min(frozen):.2f} – {max(frozen):.2f}" if frozen else "—",
+                f"{len(frozen)}/{len(s['frozen_at'])}"])
+        if table:
+            out += [f"**{model} on {dataset}**", "", markdown_table(
+                ["variant", "seed", "test acc %", "Δ acc", "time saved", "speed-up vs baseline",
+                 "froze (share of training, first – last)", "frozen"], table), ""]
+    return out
+
+
 def convergence_rows(checks: Sequence[Cell], results: dict[str, dict],
                      tolerance: float = CONVERGENCE_TOLERANCE) -> list[dict[str, Any]]:
     """The convergence check, one row per (dataset, model): the baseline's test accuracy after the
@@ -1048,6 +1076,10 @@ def write_report(root: Path, suite: Suite, cells: Sequence[Cell], results: dict[
         text += ["", "The CKA oracle of seed *k* compares with the finished `none` run of another seed "
                  f"({'the next one' if suite.seeds > 1 else 'an extra baseline of seed 1, not reported'}): a "
                  "reference of the same seed would start from the same weights and see the same batches."]
+    text += ["", "## Per run", "", "Each run against the `none` run of its seed: Δ accuracy, and the speed-up "
+             "as the baseline's training time over the run's (both runs' own clocks, so it carries the "
+             "machine's drift between them; *time saved* is the report's headline measure).", "",
+             *per_run_lines(cells, results)]
     if failed:
         text += ["", "## Failed runs", ""] + [f"- `{k}`: {err} (log: `{k}`/bench.log)" for k, err in failed.items()]
     not_run = [k for k in missing if k not in failed]
