@@ -668,6 +668,11 @@ def run_time_saved(s: dict, base: dict | None) -> float | None:
     return _paired_saving(s, base, "train_time_s") if base else None
 
 
+def baseline_of(cell: Cell, results: dict[str, dict]) -> dict | None:
+    """The finished `none` run a cell is paired with: same dataset, model and seed."""
+    return results.get(Cell(cell.dataset, cell.model, "none", cell.seed, ()).key)
+
+
 def aggregate(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str, Any]]:
     """One row per (dataset, model, variant) over its seeds, also for a variant with no finished run
     yet (``seeds`` 0), so a partial bench says what it lacks. Time saved (wall and CPU) and accuracy
@@ -680,7 +685,7 @@ def aggregate(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str,
         done = [(c, results[c.key]) for c in members if c.key in results]
         paired_time, paired_cpu, paired_acc, saved_time, runs = [], [], [], [], []
         for c, s in done:
-            base = results.get(Cell(dataset, model, "none", c.seed, ()).key)
+            base = baseline_of(c, results)
             saving = run_time_saved(s, base)
             if saving is not None:
                 saved_time.append(saving)
@@ -734,7 +739,7 @@ def per_run_lines(cells: Sequence[Cell], results: dict[str, dict]) -> list[str]:
     for dataset, model in dict.fromkeys((c.dataset, c.model) for c in cells):
         table = []
         for c in (c for c in cells if (c.dataset, c.model) == (dataset, model) and c.key in results):
-            s, base = results[c.key], results.get(Cell(dataset, model, "none", c.seed, ()).key)
+            s, base = results[c.key], baseline_of(c, results)
             saving = run_time_saved(s, base)
             frozen = [f for f in s["frozen_at"].values() if f is not None]
             speedup = base["train_time_s"] / s["train_time_s"] if base and s.get("train_time_s") else None
@@ -764,7 +769,7 @@ def convergence_rows(checks: Sequence[Cell], results: dict[str, dict],
         groups.setdefault((c.dataset, c.model), []).append(c)
     rows = []
     for (dataset, model), members in groups.items():
-        pairs = [(results.get(Cell(dataset, model, "none", c.seed, ()).key), results.get(c.key)) for c in members]
+        pairs = [(baseline_of(c, results), results.get(c.key)) for c in members]
         pairs = [(short, long) for short, long in pairs if short and long]
         long_epochs = dict(members[0].settings)["epochs"]
         row = {"dataset": dataset, "model": model, "seeds": [c.seed for c in members], "paired": len(pairs),
