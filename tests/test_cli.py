@@ -65,6 +65,7 @@ def test_train_writes_summary_metrics_and_timeline(method, tmp_path, capsys):
     assert summary["status"] == "finished"
     assert 0 <= summary["test_accuracy"] <= 100
     assert 0 < summary["cpu_time_s"] and summary["train_time_s"] > 0  # both clocks around the same steps
+    assert summary["machine"]["cpu"] and summary["machine"]["torch"]  # its times are only comparable on that machine
     frozen = [u for u, t in summary["frozen_at"].items() if t is not None]
     if method == "none":
         assert not frozen and summary["train_flops"] == summary["full_train_flops"]

@@ -7,6 +7,7 @@ import math
 import statistics
 
 import pytest
+import torch
 
 from frostline.lab.cli import main
 from frostline.lab.compare import (ADAPTIVE, FROM_SCRATCH, STANDARD_EPOCHS, SUITES, VARIANTS, Cell, Goal, Suite,
@@ -15,6 +16,7 @@ from frostline.lab.compare import (ADAPTIVE, FROM_SCRATCH, STANDARD_EPOCHS, SUIT
                                    publish_results, reference_cell, results_markers, run_suite, suite_cells,
                                    summary_markers)
 from frostline.errors import ConfigError, FrostlineError
+from frostline.lab.machine import label, machine_counts, machines_text, same_machine, this_machine
 from frostline.lab.report import read_metrics
 
 TINY = {"epochs": 1, "train_subset": 384, "val_size": 64, "test_subset": 256, "batch_size": 64, "width": 8,
@@ -230,6 +232,47 @@ def test_the_per_run_table_pairs_each_run_with_its_own_seeds_baseline():
     lines = "\n".join(per_run_lines(cells, results))
     assert "| linear | 0 | 89.50 | -0.50 | 50.0% (vs baseline) | 2.00× | — | 0/2 |" in lines
     assert "| linear | 1 | 92.25 | +0.25 | 20.0% (vs baseline) | 1.25× | 0.25 – 0.25 | 1/2 |" in lines
+
+
+def test_runs_from_two_machines_are_not_paired_by_clock_and_the_report_names_both(tmp_path):
+    """Seed 1's run trained on another machine than its baseline: its accuracy is still paired,
+    its time is not (the table says why), and the header lists each machine with its runs."""
+    suite = Suite("m", ("resnet",), ("fashion-mnist",), 2, ("none", "linear"), {"epochs": 2})
+    cells, _ = suite_cells(suite, METHODS)
+    fast = {"cpu": "Fast CPU", "cpu_cores": 2, "gpu": None, "torch": "2.13.0"}
+    slow = {**fast, "cpu": "Slow CPU"}
+    figures = {("none", 0): (90.0, 100.0), ("none", 1): (92.0, 200.0),
+               ("linear", 0): (89.5, 50.0), ("linear", 1): (92.25, 100.0)}
+    for c in cells:
+        folder = c.folder(tmp_path)
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(dict(c.settings)))
+        summary = {**_fake_summary(c, *figures[c.variant, c.seed]),
+                   "machine": slow if (c.variant, c.seed) == ("linear", 1) else fast}
+        (folder / "summary.json").write_text(json.dumps(summary))
+    data = run_suite(suite, tmp_path, progress=False, report_only=True)
+    linear = next(r for r in data["rows"] if r["variant"] == "linear")
+    assert linear["paired"] == 2 and linear["paired_time_saved"] == pytest.approx(0.5)  # the clock: seed 0 only
+    assert linear["delta_accuracy"] == pytest.approx((-0.5 + 0.25) / 2)  # both seeds
+    report = (tmp_path / "report.md").read_text()
+    assert "Runs trained on: Fast CPU (2 cores), no GPU (3 runs); Slow CPU (2 cores), no GPU (1 run)." in report
+    assert "| linear | 1 | 92.25 | +0.25 | n/a | n/a (other machine) |" in report
+    assert "| linear | 0 | 89.50 | -0.50 | 50.0% (vs baseline) | 2.00× |" in report
+    unrecorded = {k: {kk: vv for kk, vv in s.items() if kk != "machine"} for k, s in
+                  ((c.key, json.loads((c.folder(tmp_path) / "summary.json").read_text())) for c in cells)}
+    assert machines_text(machine_counts(list(unrecorded.values()))).startswith("not recorded for 4 runs")
+    assert machines_text(data["machines"], brief=True) == "Fast CPU ×3, Slow CPU ×1"
+    assert per_run_lines(cells, unrecorded)  # unrecorded runs are paired as before
+    assert "| linear | 1 | 92.25 | +0.25 | 50.0% (vs baseline) | 2.00× |" in "\n".join(per_run_lines(cells, unrecorded))
+
+
+def test_a_run_records_the_machine_it_trained_on():
+    m = this_machine("cpu")
+    assert m["cpu"] and m["cpu_cores"] >= 1 and m["gpu"] is None and m["torch"] == torch.__version__
+    assert label(m).endswith("cores), no GPU")
+    assert same_machine({"machine": m}, {"machine": dict(m)}) is True
+    assert same_machine({"machine": m}, {"machine": {**m, "cpu": "other"}}) is False
+    assert same_machine({"machine": m}, {}) is None
 
 
 def test_convergence_verdict_from_summaries():

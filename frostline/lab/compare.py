@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, FrostlineError
+from .machine import machine_counts, machines_text, same_machine
 
 #: Method variants: the label in the tables, its method, and only the settings that differ from the
 #: method's registered defaults (the authors' recommendations: FreezeOut t_0 = 0.8 cubic; AutoFreeze
@@ -507,16 +508,11 @@ def _set_aside(folder: Path) -> None:
 
 
 def machine_info() -> dict[str, Any]:
+    """What wrote the report (its runs record their own machines: :mod:`.machine`)."""
     import torch
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from .machine import cpu_model
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     commit = None
     try:
@@ -526,7 +522,7 @@ def machine_info() -> dict[str, Any]:
         pass
     from .. import __version__
 
-    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
+    return {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
             "torch": torch.__version__, "frostline": __version__, "commit": commit, "platform": platform.platform(),
             "date": time.strftime("%Y-%m-%d")}
 
@@ -539,7 +535,9 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _paired_saving(s: dict, base: dict, key: str) -> float | None:
-    if s.get(key) is None or not base.get(key):
+    """1 - the run's time over its baseline's; None when either lacks it or they ran on different
+    machines (two machines' clocks say nothing about the method)."""
+    if s.get(key) is None or not base.get(key) or same_machine(s, base) is False:
         return None
     return 1 - s[key] / base[key]
 
@@ -613,7 +611,8 @@ def cache_rows(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str
             o = runs[(dataset, model, twin)].get(seed)
             if o is None:
                 continue
-            walls.append(s["train_time_s"] / o["train_time_s"])
+            if same_machine(s, o) is not False:
+                walls.append(s["train_time_s"] / o["train_time_s"])
             if s.get("relative_time") is not None and o.get("relative_time") is not None:
                 ratios.append(s["relative_time"] / o["relative_time"])
         served = [sum("served_from_step" in r for r in ((s.get("cache") or {}).get("payoff") or ())) for s in seeds.values()]
@@ -690,8 +689,10 @@ def aggregate(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str,
             if saving is not None:
                 saved_time.append(saving)
             if base:
-                paired_time.append(_paired_saving(s, base, "train_time_s"))
                 paired_acc.append(s["test_accuracy"] - base["test_accuracy"])
+                wall = _paired_saving(s, base, "train_time_s")
+                if wall is not None:
+                    paired_time.append(wall)
                 if saving is not None:
                     runs.append({"seed": c.seed, "time_saved": saving, "delta_accuracy": paired_acc[-1]})
                 cpu = _paired_saving(s, base, "cpu_time_s")
@@ -704,7 +705,7 @@ def aggregate(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str,
         cpu_times = [s["cpu_time_s"] for _, s in done if s.get("cpu_time_s") is not None]
         rows.append({
             "dataset": dataset, "model": model, "variant": variant, "method": dict(members[0].settings)["method"],
-            "seeds": len(done), "of_seeds": len(members), "paired": len(paired_time),
+            "seeds": len(done), "of_seeds": len(members), "paired": len(paired_acc),
             "accuracy": acc[0], "accuracy_std": acc[1],
             "delta_accuracy": statistics.fmean(paired_acc) if paired_acc else math.nan,
             "train_time_s": mean("train_time_s"),
@@ -742,13 +743,16 @@ def per_run_lines(cells: Sequence[Cell], results: dict[str, dict]) -> list[str]:
             s, base = results[c.key], baseline_of(c, results)
             saving = run_time_saved(s, base)
             frozen = [f for f in s["frozen_at"].values() if f is not None]
-            speedup = base["train_time_s"] / s["train_time_s"] if base and s.get("train_time_s") else None
+            wall = _paired_saving(s, base, "train_time_s") if base else None
+            speedup = None if wall is None or wall >= 1 else 1 / (1 - wall)
             table.append([
                 c.variant, c.seed, f"{s['test_accuracy']:.2f}",
                 f"{s['test_accuracy'] - base['test_accuracy']:+.2f}" if base and c.variant != "none" else "—",
                 "n/a" if saving is None else f"{100 * saving:.1f}%" + ("" if s.get("in_run_time_saved") is not None
                                                                         else " (vs baseline)"),
-                "—" if c.variant == "none" or speedup is None else f"{speedup:.2f}×",
+                "—" if c.variant == "none" else (f"{speedup:.2f}×" if speedup is not None else
+                                                 "n/a (other machine)" if base and same_machine(s, base) is False
+                                                 else "n/a"),
                 f"{min(frozen):.2f} – {max(frozen):.2f}" if frozen else "—",
                 f"{len(frozen)}/{len(s['frozen_at'])}"])
         if table:
@@ -978,15 +982,18 @@ def summary_markers(suite: str) -> tuple[str, str]:
 
 def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str, machine: dict[str, Any],
                      image_prefix: str = "", convergence: Sequence[dict[str, Any]] | None = None,
-                     missing: Sequence[str] = (), caching: Sequence[dict[str, Any]] = ()) -> str:
+                     missing: Sequence[str] = (), caching: Sequence[dict[str, Any]] = (),
+                     machines: dict[str, Any] | None = None) -> str:
     """The results block: the convergence check, tables in the shape of SmartFRZ's Tables 2–3,
     goals, plots."""
     from .report import markdown_table
 
     begin, end = results_markers(suite.name)
     out = [begin, "",
-           f"Suite `{suite.name}`: {suite.about}. {suite.seeds} seeds per cell. Machine: {machine['cpu']} "
-           f"({machine['cpu_cores']} cores){', GPU ' + machine['gpu'] if machine.get('gpu') else ', no GPU'}; "
+           f"Suite `{suite.name}`: {suite.about}. {suite.seeds} seeds per cell. "
+           + (f"Runs trained on: {machines_text(machines)}. Report written on {machine['cpu']} " if machines else
+              f"Machine: {machine['cpu']} ")
+           + f"({machine['cpu_cores']} cores){', GPU ' + machine['gpu'] if machine.get('gpu') else ', no GPU'}; "
            f"torch {machine['torch']}, Python {machine['python']}, frostline {machine['frostline']}"
            f"{' @ ' + machine['commit'] if machine.get('commit') else ''}, {machine['date']}.", "",
            f"Command: `{command}`", "",
@@ -995,7 +1002,8 @@ def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str,
            "froze, times its number of steps; a run that froze too early to measure that is paired with its "
            "baseline instead. On `none` rows it reads about 0, which checks the method. *vs baseline* pairs each "
            "run with the `none` run of the same seed (the same figure across runs, so it moves when the machine's "
-           "speed changes between them), *CPU saved* likewise by the process's CPU time. Δ accuracy is paired "
+           "speed changes between them; runs recorded on different machines are not paired), *CPU saved* likewise "
+           "by the process's CPU time. Δ accuracy is paired "
            "with the same seed's baseline. "
            "*Predicted* is the time-calibrated estimate for the schedule that actually happened (step times "
            "profiled after training, on the same machine, in every freezing situation); runs from before that "
@@ -1065,12 +1073,13 @@ def write_report(root: Path, suite: Suite, cells: Sequence[Cell], results: dict[
     caching = cache_rows(cells, results)
     convergence = convergence_rows(checks, results) if suite.convergence else None
     machine = machine_info()
+    machines = machine_counts([results[c.key] for c in [*cells, *checks] if c.key in results])
     missing = [c.key for c in [*cells, *checks] if c.key not in results]
     hyper = {v: {k: val for k, val in (VARIANTS[v] if v in skipped else variant_settings(v)).items() if k != "method"}
              for v in suite.variants}
     text = ["# frostline bench", "",
             results_markdown(suite, rows, command, machine, convergence=convergence, missing=missing,
-                             caching=caching), "",
+                             caching=caching, machines=machines), "",
             "## Settings", "", f"Suite settings: `{json.dumps(suite.settings)}`", "",
             "Method variants (a method's own name: its hyperparameters as their authors recommend; a longer name "
             "says what it changes, set before any of its runs or calibrated on validation runs; nothing was tuned on the "
@@ -1093,7 +1102,8 @@ def write_report(root: Path, suite: Suite, cells: Sequence[Cell], results: dict[
     (root / "report.md").write_text("\n".join(text) + "\n")
     plot_bench(root, cells, results, [r for r in rows if r["seeds"]])
     data = {"suite": suite.name, "seeds": suite.seeds, "about": suite.about,
-            "goals": [dataclasses.asdict(g) for g in suite.goals], "command": command, "machine": machine, "rows": rows,
+            "goals": [dataclasses.asdict(g) for g in suite.goals], "command": command, "machine": machine,
+            "machines": machines, "rows": rows,
             "cache_rows": caching,
             "convergence": convergence, "failed": failed, "skipped": list(skipped), "missing": missing,
             "cells": len(cells) + len(checks), "finished": len(cells) + len(checks) - len(missing)}
@@ -1121,7 +1131,7 @@ def publish_results(bench_dir: str | os.PathLike, readme: str | os.PathLike = "R
     _copy_plots(root, images)
     block = results_markdown(suite, data["rows"], data["command"], data["machine"], image_prefix=f"bench/{suite.name}/",
                              convergence=data.get("convergence"), missing=data.get("missing", ()),
-                             caching=data.get("cache_rows", ()))
+                             caching=data.get("cache_rows", ()), machines=data.get("machines"))
     docs.parent.mkdir(parents=True, exist_ok=True)
     docs_text = docs.read_text() if docs.exists() else "# Benchmarks\n"
     docs.write_text(_replace_block(docs_text, *results_markers(suite.name), block))
@@ -1144,7 +1154,8 @@ def summary_markdown(suite: Suite, data: dict[str, Any], plot: str, details: str
     if missing:
         lines.append(f"- Partial bench: {len(missing)} of {data['cells']} runs not finished yet.")
     return "\n".join([begin, "", f"Suite `{suite.name}` ({suite.seeds} seed{'s' if suite.seeds != 1 else ''} per cell; "
-                       f"{machine['cpu']}, {machine['date']}; the regime is in the full tables).", "", *lines,
+                       f"{machines_text(data['machines'], brief=True) if data.get('machines') else machine['cpu']}, {machine['date']}; "
+                       "the regime is in the full tables).", "", *lines,
                        *([""] if lines else []),
                        *([f"![{PLOTS[0][1]}]({plot})", ""] if suite.goals else []),  # a suite of goals: its trade-off plot
                        f"Full tables, machine and command: [{details}]({details}).",

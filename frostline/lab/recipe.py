@@ -36,6 +36,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunContext, TrainConfig, make_policy, resumed_config, validate
 from .data import AugmentedDataset, load_dataset
 from .loop import NoLog, RunLog, evaluate, iterate_batches, memory_now_mb, peak_memory_mb, pick_device, progress_bar
+from .machine import this_machine
 from .zoo import create_model
 
 
@@ -281,7 +282,7 @@ def _first_summary(run: Run, policy, steps_per_epoch: int, planned: dict | None)
         "dataset": run.data.name, "epochs": cfg.epochs, "seed": cfg.seed, "total_steps": run.total_steps,
         "steps_per_epoch": steps_per_epoch, "train_samples": len(run.data.train),
         "units": [u.name for u in run.units], "policy": policy.config(), "cooldown": cfg.cooldown,
-        "device": str(run.device),
+        "device": str(run.device), "machine": this_machine(run.device),
         "full_step_flops": run.cost.full_step_flops, "const_time_plan": planned,
         "distributed": None, "compile": None,
     }

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .machine import same_machine
+
 
 def plot_timeline(summary: dict[str, Any], path: str | Path) -> Path:
     """One bar per unit (input at the top): trained from 0 until the fraction of training at
@@ -54,7 +56,8 @@ def runs_table(summaries: Sequence[dict[str, Any]]) -> str:
     rows = []
     for s in summaries:
         base = baselines.get((s["model"], s["dataset"]))
-        saved = f"{100 * (1 - s['train_time_s'] / base['train_time_s']):.1f}%" if base else "n/a"
+        saved = ("n/a" if not base else "n/a (other machine)" if same_machine(s, base) is False
+                 else f"{100 * (1 - s['train_time_s'] / base['train_time_s']):.1f}%")
         delta = f"{s['test_accuracy'] - base['test_accuracy']:+.2f}" if base else "n/a"
         frozen = sum(v is not None for v in s["frozen_at"].values())
         method = s["method"] + (f" (cooldown {s['cooldown']})" if s.get("cooldown") else "")  # runs may differ only there
