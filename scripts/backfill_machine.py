@@ -48,7 +48,11 @@ def main() -> int:
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     counts: dict[str, int] = {}
+    if subprocess.run(["git", "rev-parse", "--git-dir"], capture_output=True).returncode != 0:
+        sys.exit("run it from inside the repository's git checkout: the machines come from its history")
     for root in args.bench_dirs:
+        if not (root / "cells").is_dir():
+            sys.exit(f"{root} is not a bench folder (it has no cells/): pass e.g. benchmarks/standard")
         for path in sorted(root.glob("cells/*/*/*/seed*/summary.json")):
             if not re.fullmatch(r"seed\d+", path.parent.name):
                 continue  # a run set aside (``seed0.superseded``): not in any report
@@ -64,7 +68,9 @@ def main() -> int:
                 path.write_text(json.dumps(summary, indent=2) + "\n")
     for key, n in counts.items():
         print(f"{n:4d}  {key}")
-    if not args.write:
+    if not counts:
+        print("every run there already records its machine: nothing to do")
+    if counts and not args.write:
         print("(dry run: --write records them)", file=sys.stderr)
     return 0
 

@@ -30,7 +30,7 @@ from frostline.lab.recipe import set_up, train_step  # noqa: E402
 
 
 def make_run(suite, model: str, variant: str, out: Path, threads: int):
-    dataset, _, extra = next(c for c in suite.combos() if c[1] == model)
+    dataset, _, extra = next(c for c in suite.combos() if c[1] == model)  # main() checked the model is there
     cell = _cell(suite, dataset, model, extra, variant, 0)
     fields = set(config_fields())
     settings = {k: v for k, v in cell.settings if k in fields and v is not None}
@@ -64,6 +64,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     suite = SUITES[args.suite]
+    models = [m for _, m, _ in suite.combos()]
+    if args.model not in models:
+        sys.exit(f"suite {args.suite} has no model {args.model!r}: pick one of {', '.join(models)}")
+    if VARIANTS[args.variant]["method"] == "none":
+        sys.exit("the variant is compared with none: pick a freezing variant")
+    if min(args.blocks, args.block_steps) < 1 or args.warmup_steps < 0:
+        sys.exit("--blocks and --block-steps must be at least 1, --warmup-steps at least 0")
     with tempfile.TemporaryDirectory() as tmp:
         runs = {v: make_run(suite, args.model, v, Path(tmp) / v.replace("+", "_"), args.threads)
                 for v in ("none", args.variant)}

@@ -508,12 +508,12 @@ def _set_aside(folder: Path) -> None:
 
 
 def machine_info() -> dict[str, Any]:
-    """What wrote the report (its runs record their own machines: :mod:`.machine`)."""
+    """What wrote the report: the machine a run would record (:mod:`.machine`), plus the software
+    and commit; the runs themselves record their own machines."""
     import torch
 
-    from .machine import cpu_model
+    from .machine import this_machine
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     commit = None
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -522,8 +522,8 @@ def machine_info() -> dict[str, Any]:
         pass
     from .. import __version__
 
-    return {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
-            "torch": torch.__version__, "frostline": __version__, "commit": commit, "platform": platform.platform(),
+    return {**this_machine("cuda" if torch.cuda.is_available() else "cpu"), "python": platform.python_version(),
+            "frostline": __version__, "commit": commit, "platform": platform.platform(),
             "date": time.strftime("%Y-%m-%d")}
 
 
@@ -744,15 +744,15 @@ def per_run_lines(cells: Sequence[Cell], results: dict[str, dict]) -> list[str]:
             saving = run_time_saved(s, base)
             frozen = [f for f in s["frozen_at"].values() if f is not None]
             wall = _paired_saving(s, base, "train_time_s") if base else None
-            speedup = None if wall is None or wall >= 1 else 1 / (1 - wall)
+            speedup = "n/a" if wall is None or wall >= 1 else f"{1 / (1 - wall):.2f}×"
+            if base and same_machine(s, base) is False:
+                speedup = "n/a (other machine)"
             table.append([
                 c.variant, c.seed, f"{s['test_accuracy']:.2f}",
                 f"{s['test_accuracy'] - base['test_accuracy']:+.2f}" if base and c.variant != "none" else "—",
                 "n/a" if saving is None else f"{100 * saving:.1f}%" + ("" if s.get("in_run_time_saved") is not None
                                                                         else " (vs baseline)"),
-                "—" if c.variant == "none" else (f"{speedup:.2f}×" if speedup is not None else
-                                                 "n/a (other machine)" if base and same_machine(s, base) is False
-                                                 else "n/a"),
+                "—" if c.variant == "none" else speedup,
                 f"{min(frozen):.2f} – {max(frozen):.2f}" if frozen else "—",
                 f"{len(frozen)}/{len(s['frozen_at'])}"])
         if table:
