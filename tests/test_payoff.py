@@ -63,6 +63,21 @@ def test_an_adaptive_prefix_is_served_once_it_has_held_long_enough():
     assert late.choose(2, 990) == 0  # held long, but training ends before a sample comes back
 
 
+def test_an_adaptive_prefix_that_cannot_grow_is_served_at_once():
+    """Fine-tuning often freezes everything below the head at its first decision: that prefix holds
+    to the end, so it is served as soon as a fill can come back, not after it has held as long."""
+    cost = BoundaryCost(4, compute_s=300 * US, write_s=20 * US, read_s=5 * US, bytes=3136)
+    capped = CachePayoff(1000, steps_per_epoch=100, total_steps=300, memory_budget_bytes=2**30, longest_prefix=4)
+    capped.costs[4] = cost
+    assert capped.visits(4, 100) == 1.0  # filled in epoch 2, back once in epoch 3
+    assert capped.choose(4, 100) == 4 and capped.decisions[4]["served_from_step"] == 100
+    assert capped.visits(3, 100) == 0  # a shorter prefix may still grow: estimated from its past
+    guessed = CachePayoff(1000, steps_per_epoch=100, total_steps=300, memory_budget_bytes=2**30)
+    guessed.costs[4] = cost
+    assert guessed.choose(4, 100) == 0  # without the bound it waits until it has held
+    assert [s for s in range(100, 300) if guessed.choose(4, s) == 4][0] == 154  # half of epoch 2 unfilled
+
+
 def test_bad_settings_get_one_clear_error():
     from frostline import ConfigError
 

@@ -309,7 +309,8 @@ def _make_cache(cfg: TrainConfig, model: nn.Module, freezer: Freezer, train_set,
     if cfg.cache == "auto":
         schedule = freezer.policy if not freezer.policy.requires else None  # decides from progress alone
         planned = _planned_freeze_times(copy.deepcopy(schedule), len(freezer.units)) if schedule else None
-        payoff = CachePayoff(len(train_set), steps_per_epoch, total_steps, budget, planned)
+        longest = len(freezer.units) - (0 if freezer.freeze_head else 1)
+        payoff = CachePayoff(len(train_set), steps_per_epoch, total_steps, budget, planned, longest_prefix=longest)
     return CachedPrefixModel(model, freezer, cache, on_refuse="warn" if cfg.cache == "auto" else "raise", payoff=payoff)
 
 
