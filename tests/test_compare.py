@@ -413,6 +413,23 @@ def test_a_cache_auto_cell_made_before_the_payoff_rule_is_rerun(tmp_path):
         assert (_finished(folder, cell) is not None) == reused
 
 
+def test_an_adaptive_cache_auto_cell_weighed_by_an_older_payoff_rule_is_rerun(tmp_path):
+    from frostline.exploit.payoff import RULE_VERSION
+
+    cells, _ = suite_cells(SUITES["finetune"], METHODS)
+    auto = next(c for c in cells if c.variant == "smartfrz+auto")
+    linear = next(c for c in cells if c.variant == "linear")  # a schedule: the rule never changed for it
+    for cell, rule, reused in ((auto, None, False), (auto, RULE_VERSION - 1, False), (auto, RULE_VERSION, True),
+                               (linear, None, True)):
+        folder = cell.folder(tmp_path / str(rule))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps({**dict(cell.settings), "cache": "auto"}))
+        cache = {"hits": 9, "payoff": [], **({"payoff_rule": rule} if rule is not None else {})}
+        (folder / "summary.json").write_text(json.dumps({"status": "finished", "cache": cache,
+                                                         "policy": {"predictor_sha256": None}}))
+        assert (_finished(folder, cell) is not None) == reused, (cell.variant, rule)
+
+
 def test_a_finished_run_with_other_settings_is_kept_aside_not_resumed(tmp_path):
     from frostline.lab.compare import _resumable, _set_aside
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from frostline import Freezer, FreezeOut
 from frostline.exploit.cache import ActivationCache, CachedPrefixModel
-from frostline.exploit.payoff import BoundaryCost, CachePayoff, revisits
+from frostline.exploit.payoff import RULE_VERSION, BoundaryCost, CachePayoff, expected_revisits, revisits
 from frostline.lab.cli import main
 from frostline.lab.loop import iterate_batches
 from frostline.lab.zoo import create_model
@@ -49,33 +49,57 @@ def test_a_schedule_serves_a_prefix_only_when_it_holds_long_enough_to_repay_the_
     assert p.choose(2, 650) == 3  # never moves down
 
 
-def test_an_adaptive_prefix_is_served_once_it_has_held_long_enough():
-    p = _payoff()
-    p.costs[2] = BoundaryCost(2, compute_s=30 * US, write_s=50 * US, read_s=5 * US, bytes=3136)
-    assert p.choose(2, 200) == 0  # just grew: nothing says it will hold
-    assert p.choose(2, 250) == 0  # held half an epoch: expected to hold to 300, before the next epoch
-    assert p.choose(2, 400) == 0  # held two epochs, to 600: back once, 25 µs < 50 µs
-    assert p.choose(2, 450) == 2  # to 700: back twice, 50 µs >= 50 µs
-    assert p.decisions[2] == {"served_from_step": 450, "expected_visits": 2.0}
+def test_expected_revisits_weighs_every_horizon_by_how_long_the_prefix_has_held():
+    """Simulated: the prefix holds X more steps with P(X > x) = held / (held + x), and the sample
+    comes back once per later epoch at a random place; the mean count of returns before the prefix
+    grows or training ends matches the formula."""
+    g = torch.Generator().manual_seed(0)
+    spe, total, trials = 100, 1000, 200_000
+    for step, held in ((250, 50), (250, 1), (420, 220), (950, 400), (120, 0)):
+        hold = held * (1 / torch.rand(trials, generator=g) - 1)  # inverse of P(X > x) = held / (held + x)
+        first = (step // spe + 1) * spe
+        back = torch.zeros(trials)
+        for start in range(first, total, spe):
+            r = start + spe * torch.rand(trials, generator=g)
+            back += ((r < total) & (r - step < hold)).float()
+        assert float(back.mean()) == pytest.approx(expected_revisits(step, held, total, spe), abs=0.01), (step, held)
+    assert expected_revisits(120, 0, 1000, 100) == 0  # it grew just now: nothing says it will hold
+    assert expected_revisits(950, 400, 1000, 100) == 0  # training ends before the sample is back
+    # the longer it has held, the nearer to every return until the end
+    assert expected_revisits(250, 10, 1000, 100) < expected_revisits(250, 200, 1000, 100) < revisits(250, 1000, 100)
+
+
+def test_an_adaptive_prefix_is_served_when_its_expected_returns_repay_the_fill():
+    # a fill that costs twice what a replay saves waits until the prefix has held about an epoch
+    costly = _payoff()
+    costly.costs[2] = BoundaryCost(2, compute_s=30 * US, write_s=50 * US, read_s=5 * US, bytes=3136)
+    assert costly.choose(2, 200) == 0  # just grew: nothing says it will hold
+    assert costly.choose(2, 250) == 0  # held half an epoch: about one return expected, 25 µs < 50 µs
+    assert [s for s in range(251, 1000) if costly.choose(2, s) == 2][0] == 297
+    assert costly.decisions[2]["served_from_step"] == 297 and costly.decisions[2]["expected_visits"] >= 2
+    # a fill that costs little beside a replay's saving is worth even a small chance of a return
+    cheap = _payoff()
+    cheap.costs[2] = BoundaryCost(2, compute_s=30 * US, write_s=1 * US, read_s=5 * US, bytes=3136)
+    assert cheap.choose(2, 200) == 0 and cheap.choose(2, 201) == 0 and cheap.choose(2, 202) == 2
     late = _payoff()
-    late.costs[2] = p.costs[2]
+    late.costs[2] = cheap.costs[2]
     late.choose(2, 500)
     assert late.choose(2, 990) == 0  # held long, but training ends before a sample comes back
 
 
 def test_an_adaptive_prefix_that_cannot_grow_is_served_at_once():
     """Fine-tuning often freezes everything below the head at its first decision: that prefix holds
-    to the end, so it is served as soon as a fill can come back, not after it has held as long."""
-    cost = BoundaryCost(4, compute_s=300 * US, write_s=20 * US, read_s=5 * US, bytes=3136)
-    capped = CachePayoff(1000, steps_per_epoch=100, total_steps=300, memory_budget_bytes=2**30, longest_prefix=4)
+    to the end, so a fill that its three later returns repay is made at once, while the same prefix
+    taken as one that might still grow never is (its expected returns stay below 2)."""
+    cost = BoundaryCost(4, compute_s=30 * US, write_s=50 * US, read_s=5 * US, bytes=3136)
+    capped = CachePayoff(1000, steps_per_epoch=100, total_steps=500, memory_budget_bytes=2**30, longest_prefix=4)
     capped.costs[4] = cost
-    assert capped.visits(4, 100) == 1.0  # filled in epoch 2, back once in epoch 3
+    assert capped.visits(4, 100) == 3.0  # filled in epoch 2, back in epochs 3, 4 and 5
     assert capped.choose(4, 100) == 4 and capped.decisions[4]["served_from_step"] == 100
-    assert capped.visits(3, 100) == 0  # a shorter prefix may still grow: estimated from its past
-    guessed = CachePayoff(1000, steps_per_epoch=100, total_steps=300, memory_budget_bytes=2**30)
+    assert capped.visits(3, 100) == 0  # a shorter prefix may still grow: weighed by what it has held
+    guessed = CachePayoff(1000, steps_per_epoch=100, total_steps=500, memory_budget_bytes=2**30)
     guessed.costs[4] = cost
-    assert guessed.choose(4, 100) == 0  # without the bound it waits until it has held
-    assert [s for s in range(100, 300) if guessed.choose(4, s) == 4][0] == 154  # half of epoch 2 unfilled
+    assert all(guessed.choose(4, s) == 0 for s in range(100, 500))
 
 
 def test_bad_settings_get_one_clear_error():
@@ -153,6 +177,7 @@ def test_cache_auto_reports_what_it_measured_and_decided(tmp_path, capsys):
     auto = json.loads((tmp_path / "auto" / "summary.json").read_text())
     off = json.loads((tmp_path / "off" / "summary.json").read_text())
     rows = auto["cache"]["payoff"]
+    assert auto["cache"]["payoff_rule"] == RULE_VERSION and off["cache"] is None  # a bench can tell an older rule's runs
     measured = [r for r in rows if "compute_us" in r]
     assert measured and all(r["compute_us"] > 0 and r["memory_mb"] > 0 for r in measured)
     assert all(("served_from_step" in r) + ("why" in r) + ("waited" in r) == 1 for r in rows)

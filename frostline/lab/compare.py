@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, FrostlineError
+from ..exploit.payoff import RULE_VERSION as PAYOFF_RULE
 from .machine import machine_counts, machines_text, same_machine
 
 #: Method variants: the label in the tables, its method, and only the settings that differ from the
@@ -373,6 +374,9 @@ def _finished(folder: Path, cell: Cell) -> dict | None:
     cache = summary.get("cache")
     if settings.get("cache", "auto") == "auto" and cache is not None and "payoff" not in cache:
         return None  # made before `--cache auto` weighed a replay against its copies (it served every prefix)
+    if (settings.get("cache", "auto") == "auto" and settings["method"] in ADAPTIVE and cache is not None
+            and cache.get("payoff_rule") != PAYOFF_RULE):
+        return None  # an adaptive method's prefixes were weighed by an older rule (a schedule's are unchanged)
     if cell.reference_seed is not None and Path(config.get("reference") or "").parts[-3:] != (
             cell.model, "none", f"seed{cell.reference_seed}"):
         return None  # compared with another reference (older benches used the same seed's)

@@ -27,7 +27,7 @@ from ..errors import ConfigError, DistributedError
 from ..exploit import distributed
 from . import launch
 from ..exploit.cache import ActivationCache, CachedPrefixModel, is_deterministic
-from ..exploit.payoff import CachePayoff
+from ..exploit.payoff import RULE_VERSION, CachePayoff
 from ..exploit.cost import CostModel, estimate_speedup, measure_costs
 from ..exploit.timing import StepTimeModel, profile_step_times
 from ..freezer import Freezer
@@ -523,7 +523,8 @@ def _cache_summary(run: Run) -> dict[str, Any] | None:
     run.state.train_flops += sum(round(n * cost.units[u].forward_flops / cost.batch_size) for u, n in runs.items())
     return {**cache.stats, "refused": run.cached.refused, "dtype": run.cfg.cache_dtype, "peak_memory_mb": cache.peak_memory_bytes / 2**20,
             "peak_disk_mb": cache.peak_disk_bytes / 2**20,
-            "payoff": run.cached.payoff.summary() if run.cached.payoff is not None else None}
+            "payoff": run.cached.payoff.summary() if run.cached.payoff is not None else None,
+            "payoff_rule": RULE_VERSION if run.cached.payoff is not None else None}
 
 
 def _distributed_summary(run: Run) -> dict[str, Any]:
