@@ -547,3 +547,12 @@ def test_cache_rows_pair_each_cached_variant_with_its_uncached_twin():
     summary = cache_summary_lines(list(rows.values()))
     assert any(s.startswith("- `--cache auto` against no cache: not slower in 2 of 2") for s in summary)
     assert any("`--cache memory`" in s and "not slower in 0 of 2" in s for s in summary)
+
+    # runs that froze differently (another machine's arithmetic moved an adaptive method) are not twins
+    for c in cells:
+        if c.key in results:
+            results[c.key]["frozen_at"] = {"a": 0.5 if (c.variant, c.seed) == ("freezeout+auto", 1) else 0.25}
+    rows = {(r["model"], r["variant"]): r for r in cache_rows(cells, results)}
+    moved = rows[("resnet", "freezeout+auto")]
+    assert moved["pairs"] == 1 and moved["not_twins"] == 1 and rows[("resnet", "freezeout+cache")]["pairs"] == 2
+    assert "| resnet | freezeout+auto | freezeout | 1 (1 froze otherwise) |" in "\n".join(cache_lines(list(rows.values())))

@@ -99,7 +99,7 @@ class Goal:
     max_accuracy_loss: float | None = 0.3
     methods: tuple[str, ...] = ()  # methods covered (empty: every freezing method)
     pretrained: bool = False  # fine-tuning rows (pretrained models) instead of from-scratch ones
-    cached_only: bool = False  # only variants that may use the activation cache (any mode but off)
+    cached_only: bool = False  # only variants with the activation cache on every frozen prefix (`+cache`)
     per_model: bool = False  # judge each model on its own
     beats: tuple[str, ...] = ()  # methods the best variant must save more time than, at equal or better accuracy
     max_decision_overhead: float | None = None  # decision time over training-step time, worst covered row
@@ -107,7 +107,7 @@ class Goal:
     def covers(self, row: dict[str, Any]) -> bool:
         return (row["method"] != "none" and (not self.methods or row["method"] in self.methods)
                 and (row["model"] in PRETRAINED) == self.pretrained
-                and (not self.cached_only or VARIANTS.get(row["variant"], {}).get("cache", "auto") != "off"))
+                and (not self.cached_only or "cache" in row["variant"]))
 
     def rival(self, row: dict[str, Any]) -> bool:
         return row["method"] in self.beats and (row["model"] in PRETRAINED) == self.pretrained
@@ -595,7 +595,10 @@ def cache_rows(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str
     """Per model and cached variant that has an uncached twin (the same settings but ``cache: off``) in
     the bench: its training time against the twin's, paired by seed. The cache never changes what is
     computed, so the twins run the same steps; each time is taken relative to the run's own full
-    speed before anything froze, so a machine that drifts between runs does not count."""
+    speed before anything froze, so a machine that drifts between runs does not count. Two runs that
+    froze differently are not twins and are not paired (``not_twins``): an adaptive method's
+    decisions hang on floating-point detail, and the same seed on another CPU froze other units at
+    other times."""
     def settings(variant: str) -> dict[str, Any]:
         return {k: v for k, v in VARIANTS.get(variant, {}).items() if k != "cache"}
 
@@ -612,10 +615,13 @@ def cache_rows(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str
                      and VARIANTS[v].get("cache") == "off" and settings(v) == settings(variant)), None)
         if twin is None:
             continue
-        ratios, walls = [], []
+        ratios, walls, not_twins = [], [], 0
         for seed, s in sorted(seeds.items()):
             o = runs[(dataset, model, twin)].get(seed)
             if o is None:
+                continue
+            if "frozen_at" in s and "frozen_at" in o and s["frozen_at"] != o["frozen_at"]:
+                not_twins += 1
                 continue
             if same_machine(s, o) is not False:
                 walls.append(s["train_time_s"] / o["train_time_s"])
@@ -624,7 +630,7 @@ def cache_rows(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str
         served = [sum("served_from_step" in r for r in ((s.get("cache") or {}).get("payoff") or ())) for s in seeds.values()]
         ratio = statistics.fmean(ratios) if ratios else math.nan
         rows.append({"dataset": dataset, "model": model, "variant": variant, "uncached": twin, "cache": mode,
-                     "pairs": len(ratios), "ratio": ratio, "worst_ratio": max(ratios) if ratios else math.nan,
+                     "pairs": len(ratios), "not_twins": not_twins, "ratio": ratio, "worst_ratio": max(ratios) if ratios else math.nan,
                      "wall_ratio": statistics.fmean(walls) if walls else math.nan,
                      "cache_mb": statistics.fmean(((s.get("cache") or {}).get("peak_memory_mb") or 0.0) for s in seeds.values()),
                      "boundaries_served": statistics.fmean(served) if mode == "auto" else None,
@@ -653,13 +659,16 @@ def cache_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
 
     if not rows:
         return []
-    table = [[r["model"], r["variant"], r["uncached"], str(r["pairs"]),
+    table = [[r["model"], r["variant"], r["uncached"],
+              str(r["pairs"]) + (f" ({r['not_twins']} froze otherwise)" if r.get("not_twins") else ""),
               *(f"{x:.3f}" if x == x else "—" for x in (r["ratio"], r["worst_ratio"], r["wall_ratio"])),
               f"{r['cache_mb']:.0f}", "—" if r["boundaries_served"] is None else f"{r['boundaries_served']:.1f}",
               r["verdict"]] for r in rows]
     return ["Cache against no cache: each cached run's training time over its uncached twin's (same method, "
             "same seed, so the same steps), each taken relative to its own run's full speed before anything froze "
-            f"(*wall* is the plain ratio). *Not slower* means a mean ratio of at most {1 + CACHE_TOLERANCE:g}. "
+            "(*wall* is the plain ratio); a pair whose runs froze differently (another machine's arithmetic can "
+            "change an adaptive method's decisions) is not a pair. "
+            f"*Not slower* means a mean ratio of at most {1 + CACHE_TOLERANCE:g}. "
             "*served* counts the frozen prefixes the payoff rule found worth replaying.", "",
             markdown_table(["model", "cached", "uncached", "pairs", "time ratio", "worst seed", "wall ratio",
                             "cache MB", "served", "verdict"], table), ""]
