@@ -372,11 +372,11 @@ def _finished(folder: Path, cell: Cell) -> dict | None:
         if used is not None and used != _shipped_predictor_sha():
             return None  # made with an earlier shipped predictor (its weights or its threshold)
     cache = summary.get("cache")
-    if settings.get("cache", "auto") == "auto" and cache is not None and "payoff" not in cache:
-        return None  # made before `--cache auto` weighed a replay against its copies (it served every prefix)
-    if (settings.get("cache", "auto") == "auto" and settings["method"] in ADAPTIVE and cache is not None
-            and cache.get("payoff_rule") != PAYOFF_RULE):
-        return None  # an adaptive method's prefixes were weighed by an older rule (a schedule's are unchanged)
+    if settings.get("cache", "auto") == "auto" and cache is not None:
+        if "payoff" not in cache:
+            return None  # made before `--cache auto` weighed a replay against its copies (it served every prefix)
+        if settings["method"] in ADAPTIVE and cache.get("payoff_rule") != PAYOFF_RULE:
+            return None  # an adaptive method's prefixes were weighed by an older rule (a schedule's are unchanged)
     if cell.reference_seed is not None and Path(config.get("reference") or "").parts[-3:] != (
             cell.model, "none", f"seed{cell.reference_seed}"):
         return None  # compared with another reference (older benches used the same seed's)
