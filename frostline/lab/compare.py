@@ -41,6 +41,10 @@ from .machine import machine_counts, machines_text, same_machine
 VARIANTS: dict[str, dict[str, Any]] = {
     "none": {"method": "none", "cache": "off"},
     "linear": {"method": "linear"},
+    # the same schedule started at a quarter of training, set before any run: its freezing times
+    # (stem at about a third, the last block at the end) are where AutoFreeze's fall and it saves
+    # about what the adaptive methods save, so it asks whether adapting beats a clock at equal savings
+    "linear-start0.25": {"method": "linear", "freeze_start": 0.25},
     "freezeout": {"method": "freezeout", "cache": "off"},
     "freezeout+cache": {"method": "freezeout", "cache": "memory"},
     # the cache's payoff rule (`--cache auto`): a frozen prefix is replayed only once that repays its copies
@@ -178,7 +182,7 @@ FINETUNE_EPOCHS = 3
 SUITES: dict[str, Suite] = {
     "standard": Suite(
         "standard", ("resnet", "vgg"), ("fashion-mnist",), 3,
-        ("none", "linear", "freezeout", "autofreeze+cache", "cka-oracle+cache", "smartfrz+cache",
+        ("none", "linear", "linear-start0.25", "freezeout", "autofreeze+cache", "cka-oracle+cache", "smartfrz+cache",
          "smartfrz+cache+4stages", "smartfrz+cache+4stages+cooldown"),
         {"epochs": STANDARD_EPOCHS, "train_subset": None, "val_size": 5000, "test_subset": None, "batch_size": 128,
          "threads": 2, "log_every": 50},
