@@ -326,8 +326,8 @@ def test_the_standard_suite_is_the_realistic_regime(tmp_path, capsys):
     cells, skipped = suite_cells(suite, METHODS)
     assert not skipped and suite.max_jobs == 1
     assert {c.model for c in cells} == {"resnet", "vgg"} and {c.dataset for c in cells} == {"fashion-mnist"}
-    assert {c.seed for c in cells} == {0, 1, 2} and len(cells) == 2 * 8 * 3
-    assert {c.variant for c in cells} == {"none", "linear", "freezeout", "autofreeze+cache", "cka-oracle+cache",
+    assert {c.seed for c in cells} == {0, 1, 2} and len(cells) == 2 * 9 * 3
+    assert {c.variant for c in cells} == {"none", "linear", "linear-start0.25", "freezeout", "autofreeze+cache", "cka-oracle+cache",
                                           "smartfrz+cache", "smartfrz+cache+4stages", "smartfrz+cache+4stages+cooldown"}
     for cell in cells:
         settings = dict(cell.settings)
