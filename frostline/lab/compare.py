@@ -103,7 +103,7 @@ class Goal:
     max_accuracy_loss: float | None = 0.3
     methods: tuple[str, ...] = ()  # methods covered (empty: every freezing method)
     pretrained: bool = False  # fine-tuning rows (pretrained models) instead of from-scratch ones
-    cached_only: bool = False  # only variants with the activation cache on every frozen prefix (`+cache`)
+    cached_only: bool = False  # only variants whose cache mode is `memory` (every frozen prefix replayed: `+cache`)
     per_model: bool = False  # judge each model on its own
     beats: tuple[str, ...] = ()  # methods the best variant must save more time than, at equal or better accuracy
     max_decision_overhead: float | None = None  # decision time over training-step time, worst covered row
@@ -111,7 +111,7 @@ class Goal:
     def covers(self, row: dict[str, Any]) -> bool:
         return (row["method"] != "none" and (not self.methods or row["method"] in self.methods)
                 and (row["model"] in PRETRAINED) == self.pretrained
-                and (not self.cached_only or "cache" in row["variant"]))
+                and (not self.cached_only or VARIANTS.get(row["variant"], {}).get("cache") == "memory"))
 
     def rival(self, row: dict[str, Any]) -> bool:
         return row["method"] in self.beats and (row["model"] in PRETRAINED) == self.pretrained
