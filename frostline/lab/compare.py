@@ -45,6 +45,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # (stem at about a third, the last block at the end) are where AutoFreeze's fall and it saves
     # about what the adaptive methods save, so it asks whether adapting beats a clock at equal savings
     "linear-start0.25": {"method": "linear", "freeze_start": 0.25},
+    # fine-tuning: the schedule from the first step with every frozen prefix replayed, set before any run:
+    # the most a linear clock can save (about half of training), so it asks whether SmartFRZ's and
+    # AutoFreeze's early decisions in fine-tuning beat a clock that freezes as early
+    "linear-start0+cache": {"method": "linear", "freeze_start": 0.0, "cache": "memory"},
     "freezeout": {"method": "freezeout", "cache": "off"},
     "freezeout+cache": {"method": "freezeout", "cache": "memory"},
     # the cache's payoff rule (`--cache auto`): a frozen prefix is replayed only once that repays its copies
@@ -215,8 +219,9 @@ SUITES: dict[str, Suite] = {
         "numbers mean nothing)",
         goals=(FROM_SCRATCH,), convergence=1.5),
     "finetune": Suite(
-        "finetune", (), (), 3, ("none", "linear", "freezeout+cache", "autofreeze+cache", "autofreeze-p80+cache",
-                               "smartfrz", "smartfrz+cache", "smartfrz+auto", "smartfrz+cache+4stages"),
+        "finetune", (), (), 3, ("none", "linear", "linear-start0+cache", "freezeout+cache", "autofreeze+cache",
+                               "autofreeze-p80+cache", "smartfrz", "smartfrz+cache", "smartfrz+auto",
+                               "smartfrz+cache+4stages", "smartfrz+cache+4stages+cooldown"),
         {"epochs": FINETUNE_EPOCHS, "optimizer": "adamw", "weight_decay": 0.01, "threads": 2, "log_every": 5},
         f"fine-tuning pretrained models, {FINETUNE_EPOCHS} epochs (AdamW, cosine decay), two threads per run and one "
         "run at a time: all-MiniLM-L6-v2 on every fine-food training review (3,600 after the 400-review validation "
