@@ -83,6 +83,11 @@ ADAPTIVE = ("autofreeze", "cka-oracle", "smartfrz")
 PRETRAINED = ("minilm", "efficientnet-lite0")
 
 
+def cache_mode(variant: str) -> str:
+    """A variant's activation-cache mode; one that does not set it trains with `frostline train`'s default."""
+    return VARIANTS.get(variant, {}).get("cache", "auto")
+
+
 def variant_settings(variant: str) -> dict[str, Any]:
     """A variant's full settings: its method's hyperparameters at their defaults, then its own."""
     from ..policies import list_policies
@@ -115,7 +120,7 @@ class Goal:
     def covers(self, row: dict[str, Any]) -> bool:
         return (row["method"] != "none" and (not self.methods or row["method"] in self.methods)
                 and (row["model"] in PRETRAINED) == self.pretrained
-                and (not self.cached_only or VARIANTS.get(row["variant"], {}).get("cache") == "memory"))
+                and (not self.cached_only or cache_mode(row["variant"]) == "memory"))
 
     def rival(self, row: dict[str, Any]) -> bool:
         return row["method"] in self.beats and (row["model"] in PRETRAINED) == self.pretrained
@@ -617,11 +622,11 @@ def cache_rows(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str
             runs.setdefault((c.dataset, c.model, c.variant), {})[c.seed] = results[c.key]
     rows = []
     for (dataset, model, variant), seeds in runs.items():
-        mode = VARIANTS.get(variant, {}).get("cache", "auto")
+        mode = cache_mode(variant)
         if mode == "off" or VARIANTS.get(variant, {}).get("method") == "none":
             continue
         twin = next((v for (d, m, v) in runs if (d, m) == (dataset, model) and v != variant
-                     and VARIANTS[v].get("cache") == "off" and settings(v) == settings(variant)), None)
+                     and cache_mode(v) == "off" and settings(v) == settings(variant)), None)
         if twin is None:
             continue
         ratios, walls, not_twins = [], [], 0
