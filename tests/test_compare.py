@@ -509,6 +509,13 @@ def test_bad_suites_are_refused_clearly(tmp_path, capsys):
     assert main(["bench", "compare", "--suite", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown suite" in capsys.readouterr().err
     assert main(["bench", "readme", str(tmp_path / "missing")]) == 2
+    capsys.readouterr()
+    # a selection naming no cell of the suite would run nothing: it is refused, naming the choices
+    for flag, value in (("--only-variant", "linear-start0.1"), ("--only-model", "vgg"), ("--only-seed", "7")):
+        assert main(["bench", "compare", "--suite", "smoke", "--out", str(tmp_path / "sel"), flag, value]) == 2
+        err = capsys.readouterr().err
+        assert value in err and "choose from" in err, err
+    assert not (tmp_path / "sel" / "cells").exists()  # nothing ran
 
 
 def test_finetune_suite_pairs_each_pretrained_model_with_its_dataset_and_settings():

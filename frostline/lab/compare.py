@@ -432,6 +432,12 @@ def run_suite(suite: str | Suite, out: str | os.PathLike, *, progress: bool = Tr
     unknown = sorted(set(wanted) - {"model", "seed", "variant"})
     if unknown:
         raise ConfigError(f"cannot select cells by {unknown}: use model, seed or variant")
+    for key, values in wanted.items():  # a selection that matches no cell would run nothing, silently
+        known = sorted({str(getattr(c, key)) for c in cells + checks})
+        missing = sorted(values - set(known))
+        if missing:
+            raise ConfigError(f"suite {suite.name!r} has no {key} {', '.join(missing)} (--only-{key}); "
+                              f"choose from {', '.join(known)}")
     for cell in cells + checks:
         summary = _finished(cell.folder(root), cell)
         if summary is not None:
