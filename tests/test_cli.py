@@ -29,6 +29,7 @@ TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "-
     (["--cache", "gpu"], "cache"),
     (["--fixed-augmentation"], "augment"),
     (["--method", "linear", "--cooldown", "-1"], "cooldown"),
+    (["--speed-probe", "-5"], "speed_probe"),
     (["--method", "freezeout", "--cooldown", "5"], "cooldown does not apply"),
     (["--method", "none", "--cooldown", "5"], "freezes nothing"),
     (["--method", "linear", "--const-time", "--cooldown", "5"], "cooldown"),
@@ -93,6 +94,30 @@ def test_train_with_a_cooldown_freezes_each_unit_that_many_steps_after_its_decis
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     assert "| linear (cooldown 2) |" in capsys.readouterr().out  # tells it from a run without one
+
+
+@pytest.mark.integration
+def test_a_speed_probe_measures_time_saved_against_the_runs_own_full_speed(tmp_path, capsys):
+    """A baseline run with a probe reads close to 0% saved (the probe times the same full step the
+    run took); a run that froze from its first steps reads a saving from the probe, where the log
+    alone has too short a full-speed stretch for any figure."""
+    from frostline.lab.compare import in_run_saving
+    from frostline.lab.report import read_metrics
+
+    runs = {}
+    for method, extra in (("none", []), ("linear", ["--freeze-start", "0", "--cache", "memory"])):
+        out = tmp_path / method
+        assert main(["train", "--method", method, "--epochs", "3", "--log-every", "2", "--speed-probe", "12",
+                     "--threads", "1", *TINY, *extra, "--out", str(out)]) == 0
+        assert "time saved against this run's own full speed" in capsys.readouterr().out
+        runs[method] = summary = json.loads((out / "summary.json").read_text())
+        assert summary["full_speed_probe"]["steps"] == 12 and summary["full_speed_probe"]["step_s"] > 0
+        assert json.loads((out / "config.json").read_text())["speed_probe"] == 12
+    none_saved = in_run_saving(runs["none"], read_metrics(tmp_path / "none"))
+    assert abs(none_saved) < 0.5  # a probe that timed, say, only the forward pass would read about -200%
+    lin = runs["linear"]
+    assert in_run_saving(lin, read_metrics(tmp_path / "linear")) is not None
+    assert in_run_saving({k: v for k, v in lin.items() if k != "full_speed_probe"}, read_metrics(tmp_path / "linear")) is None
 
 
 @pytest.mark.integration

@@ -470,6 +470,60 @@ def test_in_run_saving_compares_a_run_with_its_own_full_speed_steps():
     assert in_run_saving(summary, []) is None
 
 
+def test_a_full_speed_probe_brackets_the_run_with_its_own_early_steps():
+    """With a probe, full speed is the mean of the probe and the run's stretch before its first
+    freeze (when it spans 20 steps), so a run that froze early still gets an in-run figure, and a
+    machine that slowed during the run (the probe, after it, is slower) is met halfway."""
+    summary, lines = _log((0.1, 0.05), 60)  # froze at step 60: a 10-step stretch from the first line
+    assert in_run_saving(summary, lines) is None
+    probed = {**summary, "full_speed_probe": {"steps": 40, "step_s": 0.1}}
+    assert in_run_saving(probed, lines) == pytest.approx(1 - summary["train_time_s"] / (1000 * 0.1))
+    summary, lines = _log((0.1, 0.05), 300)  # a 250-step stretch at 0.1 s; the probe after the run says 0.12
+    slower = {**summary, "full_speed_probe": {"steps": 40, "step_s": 0.12}}
+    assert in_run_saving(slower, lines) == pytest.approx(1 - summary["train_time_s"] / (1000 * 0.11))
+    assert in_run_saving({**slower, "resumed_from_step": 300}, lines) == pytest.approx(
+        1 - summary["train_time_s"] / (1000 * 0.12))  # a resumed log restarts: the probe alone
+
+
+def test_the_probe_trains_a_fresh_model_and_leaves_the_random_generators_alone():
+    from frostline.lab.data import load_dataset
+    from frostline.lab.fullspeed import WARMUP_STEPS, probe_full_speed
+    from frostline.lab.zoo import create_model
+
+    data = load_dataset("fashion-mnist", val_size=64, train_subset=256, test_subset=64, seed=0)
+    made = []
+
+    def make_model():
+        made.append(create_model("resnet", num_classes=10, in_channels=1, image_size=28, width=8))
+        return made[-1]
+
+    before = torch.get_rng_state()
+    probe = probe_full_speed(make_model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), data.train, 64,
+                             torch.device("cpu"), 6, seed=3)
+    assert torch.equal(before, torch.get_rng_state())
+    assert probe["steps"] == 6 and probe["warmup_steps"] == WARMUP_STEPS and probe["step_s"] > 0
+    assert len(made) == 1 and all(p.grad is not None for p in made[0].parameters())  # every parameter trained
+    # more steps than one epoch's 4 batches: the probe goes on into the next epoch
+
+
+def test_a_measurement_only_setting_does_not_make_a_finished_run_stale(tmp_path):
+    """The finetune suite's speed probe measures a run, it does not change it: a run made before the
+    suite asked for the probe still counts (and is measured as it was made)."""
+    suite = SUITES["finetune"]
+    assert dict(suite.settings)["speed_probe"] > 0
+    cells, _ = suite_cells(suite, METHODS)
+    cell = next(c for c in cells if c.variant == "linear-start0+cache")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    settings = {k: v for k, v in cell.settings if k != "speed_probe"}
+    (folder / "config.json").write_text(json.dumps(settings))
+    (folder / "summary.json").write_text(json.dumps({"status": "finished"}))
+    assert _finished(folder, cell) is not None
+    (folder / "config.json").write_text(json.dumps({**settings, "epochs": 1}))
+    assert _finished(folder, cell) is None  # a setting that changes training still does
+    assert "--speed-probe" in _train_argv(cell, folder)
+
+
 def test_aggregate_lists_every_variant_and_pairs_cpu_time():
     suite = Suite("a", ("resnet",), ("fashion-mnist",), 2, ("none", "smartfrz+cache", "linear"), {"epochs": 8})
     cells, _ = suite_cells(suite, METHODS)

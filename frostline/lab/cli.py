@@ -11,6 +11,7 @@ import dataclasses
 import os
 import sys
 import typing
+from pathlib import Path
 from typing import Callable
 
 from ..errors import FrostlineError
@@ -46,6 +47,8 @@ HELP = {
     "probe_size": "cka-oracle: train samples in the fixed probe batch CKA is measured on",
     "cooldown": "optimizer steps over which a unit the method decided to freeze anneals its learning rate "
                 "to zero (half a cosine) before it freezes; 0 freezes at once (not for freezeout, which anneals itself)",
+    "speed_probe": "after training, time this many steps of a fresh full model (nothing frozen, no cache) in the same "
+                   "process, so time saved is measured against this machine's speed now, not another run's (0: off)",
     "augment": "random shifts (+ flips, not on mnist) of training samples",
     "fixed_augmentation": "draw each sample's augmentation once, so the cache can serve it (changes training)",
     "cache": "activation cache for the frozen prefix: auto (on when safe), memory (spills to disk past the budget), disk, off",
@@ -180,6 +183,17 @@ def _rule(args: argparse.Namespace):
     return LabelRule(args.label_window, args.label_tolerance, args.label_share, args.label_min_learned).check()
 
 
+def _measured_line(summary: dict, out: Path) -> str:
+    """The time saved against the run's own full speed (``--speed-probe``)."""
+    from .compare import in_run_saving
+    from .report import read_metrics
+
+    probe = summary["full_speed_probe"]
+    saved = in_run_saving(summary, read_metrics(out))
+    return (f"time saved against this run's own full speed: {100 * saved:.1f}% "
+            f"(a full-model step took {probe['step_s'] * 1000:.1f} ms over {probe['steps']} steps timed after training)")
+
+
 # -- one function per command ----------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
@@ -194,6 +208,8 @@ def _train(args: argparse.Namespace) -> int:
           f"FLOPs saved {100 * summary['flops_saved']:.1f}% | frozen {frozen}/{len(summary['units'])} units")
     if summary.get("cache"):
         print(_cache_line(summary["cache"], summary["units"], frozen))
+    if summary.get("full_speed_probe"):
+        print(_measured_line(summary, Path(cfg.out)))
     print(f"results: {cfg.out}/summary.json, {cfg.out}/metrics.jsonl, {cfg.out}/timeline.png")
     return 0
 

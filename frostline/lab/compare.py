@@ -188,6 +188,10 @@ STANDARD_EPOCHS = 8
 #: Epochs of the `finetune` suite (BERT-style fine-tuning runs 2-4); its plateau check likewise.
 FINETUNE_EPOCHS = 3
 
+#: Full-speed steps each finetune run times after training: its methods freeze within the first
+#: ~50 steps, too few to measure the run's full speed on (see :func:`relative_time`).
+FINETUNE_SPEED_PROBE = 40
+
 SUITES: dict[str, Suite] = {
     "standard": Suite(
         "standard", ("resnet", "vgg"), ("fashion-mnist",), 3,
@@ -227,12 +231,16 @@ SUITES: dict[str, Suite] = {
         "finetune", (), (), 3, ("none", "linear", "linear-start0+cache", "freezeout+cache", "autofreeze+cache",
                                "autofreeze-p80+cache", "smartfrz", "smartfrz+cache", "smartfrz+auto",
                                "smartfrz+cache+4stages", "smartfrz+cache+4stages+cooldown"),
-        {"epochs": FINETUNE_EPOCHS, "optimizer": "adamw", "weight_decay": 0.01, "threads": 2, "log_every": 5},
+        {"epochs": FINETUNE_EPOCHS, "optimizer": "adamw", "weight_decay": 0.01, "threads": 2, "log_every": 5,
+         "speed_probe": FINETUNE_SPEED_PROBE},
         f"fine-tuning pretrained models, {FINETUNE_EPOCHS} epochs (AdamW, cosine decay), two threads per run and one "
         "run at a time: all-MiniLM-L6-v2 on every fine-food training review (3,600 after the 400-review validation "
         "hold-out; 64 tokens, lr 5e-5, batch 32; tested on all 1,000 test reviews) and ImageNet EfficientNet-Lite0 "
         "on 12,000 Fashion-MNIST images upscaled to 64 x 64 (lr 1e-3, batch 64; tested on all 10,000 test images; a "
-        "subset of the 55,000, sized for a 2-core CPU); the baseline's plateau is checked at 1.5x the epochs (seed 0)",
+        "subset of the 55,000, sized for a 2-core CPU); the baseline's plateau is checked at 1.5x the epochs (seed 0); "
+        f"after training each run times {FINETUNE_SPEED_PROBE} steps of a fresh full model (`--speed-probe`), and its time "
+        "saved is measured against those and its own steps before its first freeze (runs made before the probe: "
+        "against 200 full-speed steps of their own, else the same seed's baseline)",
         pairs=(
             ("fine-foods", "minilm", {"lr": 5e-5, "batch_size": 32, "max_length": 64, "train_subset": None,
                                        "val_size": 400}),
@@ -364,9 +372,14 @@ def _shipped_predictor_sha() -> str:
     return predictor_digest()
 
 
+#: Settings that change what a run measures about itself, not what it trains: a finished run made
+#: without them still counts (it is measured the way it was made).
+MEASUREMENT_ONLY = frozenset({"speed_probe"})
+
+
 def _same_settings(config: dict, cell: Cell) -> bool:
     """Whether a run's ``config.json`` says it was trained with exactly ``cell``'s settings."""
-    return all(config.get(k) == v for k, v in cell.settings)
+    return all(config.get(k) == v for k, v in cell.settings if k not in MEASUREMENT_ONLY)
 
 
 def _finished(folder: Path, cell: Cell) -> dict | None:
@@ -570,38 +583,60 @@ def _paired_saving(s: dict, base: dict, key: str) -> float | None:
 
 #: The full-speed stretch an in-run saving is measured on: at least this many steps, and this share of the run.
 IN_RUN_MIN_STEPS, IN_RUN_MIN_SHARE = 200, 0.1
+#: With a full-speed probe, the run's own stretch before its first freeze joins it from this many steps.
+PROBE_STRETCH_MIN_STEPS = 20
 
 
 def in_run_saving(summary: dict, metrics: Sequence[dict]) -> float | None:
     """Wall time saved against the same run's own full-model speed: ``1 - T / (N * t_full)``, where
-    ``T`` is the run's training-step time, ``N`` its steps, and ``t_full`` the time per step between
-    its first and its last log line with nothing frozen (the first line leaves start-up costs out).
+    ``T`` is the run's training-step time, ``N`` its steps, and ``t_full`` the time per step at full
+    speed, from the run's own steps between its first and its last log line with nothing frozen (the
+    first line leaves start-up costs out) and, where the run has one, its full-speed probe (see
+    :func:`relative_time`).
 
     A ratio inside one run, so a machine that runs faster or slower at another hour (on a shared
     2-core machine the same baseline took 215 s in one session and 159 s in the next) does not move
     it. On ``none`` runs it reads ~0 (a check of the assumption that a full step costs the same
-    all run). None when the run froze before a stretch of ``IN_RUN_MIN_STEPS`` steps and
-    ``IN_RUN_MIN_SHARE`` of the run at full speed, or was resumed (its log restarts)."""
+    all run). None when the run has no probe and froze before a stretch of ``IN_RUN_MIN_STEPS``
+    steps and ``IN_RUN_MIN_SHARE`` of the run at full speed, or was resumed (its log restarts)."""
     total = summary.get("total_steps")
     relative = relative_time(summary, metrics, max(IN_RUN_MIN_STEPS, IN_RUN_MIN_SHARE * (total or 0)))
     return None if relative is None else 1 - relative
 
 
-def relative_time(summary: dict, metrics: Sequence[dict], min_steps: float) -> float | None:
-    """A run's training time over what its steps would take at its own full speed (see
-    :func:`in_run_saving`), or None without a full-speed stretch of ``min_steps`` steps."""
-    total, spent = summary.get("total_steps"), summary.get("train_time_s")
-    if not total or not spent or summary.get("resumed_from_step"):
-        return None
+def full_speed_stretch(metrics: Sequence[dict]) -> tuple[int, float] | None:
+    """Steps and seconds per step between a run's first and last log lines with nothing frozen."""
     full = [m for m in metrics if m.get("kind") == "step" and m.get("frozen") == 0 and "train_time_s" in m]
     if len(full) < 2:
         return None
     first, last = full[0], full[-1]
     steps = last["step"] - first["step"]
-    if steps < min_steps or last["train_time_s"] <= first["train_time_s"]:
+    if steps <= 0 or last["train_time_s"] <= first["train_time_s"]:
         return None
-    per_step = (last["train_time_s"] - first["train_time_s"]) / steps
-    return spent / (total * per_step)
+    return steps, (last["train_time_s"] - first["train_time_s"]) / steps
+
+
+def relative_time(summary: dict, metrics: Sequence[dict], min_steps: float) -> float | None:
+    """A run's training time over what its steps would take at its own full speed (see
+    :func:`in_run_saving`), or None without that speed.
+
+    Without a probe the speed is the run's full-speed stretch, which must span ``min_steps``. With
+    one (``--speed-probe``: a fresh full model timed right after the run), it is the mean of the
+    probe and, when it spans :data:`PROBE_STRETCH_MIN_STEPS`, the stretch: one reading before the
+    run's first freeze and one after its end bracket it, so a machine that slowed or sped up during
+    the run cancels to first order. (On the finetune suite's baselines the first 40 steps alone
+    missed the run's mean step time by up to 15%; the first and last 40 steps together by 5%.)"""
+    total, spent = summary.get("total_steps"), summary.get("train_time_s")
+    if not total or not spent:
+        return None
+    stretch = None if summary.get("resumed_from_step") else full_speed_stretch(metrics)
+    probe = (summary.get("full_speed_probe") or {}).get("step_s")
+    if probe:
+        speeds = [probe] + ([stretch[1]] if stretch and stretch[0] >= PROBE_STRETCH_MIN_STEPS else [])
+        return spent / (total * statistics.fmean(speeds))
+    if stretch is None or stretch[0] < min_steps:
+        return None
+    return spent / (total * stretch[1])
 
 
 #: The cache may cost at most this share of a run's time before it counts as slower than no cache

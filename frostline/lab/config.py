@@ -69,6 +69,7 @@ class RunSettings:
     reference: str | None = None  # cka-oracle: the run folder its reference model is loaded from
     probe_size: int = 256  # cka-oracle: samples in the probe batch CKA is measured on
     cooldown: int = 0  # optimizer steps of learning-rate ramp to zero before a decided unit freezes
+    speed_probe: int = 0  # full-model steps timed after training, to measure time saved in-run (0: none)
 
 
 def _method_field(name: str, declared: list[tuple[str, Hyperparameter]]) -> tuple[str, Any, dataclasses.Field]:
@@ -199,6 +200,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
     if cfg.probe_size < 4:
         raise ConfigError(f"probe_size must be >= 4 samples, got {cfg.probe_size}")
     check_int(cfg.cooldown, "cooldown (optimizer steps)", low=0)
+    check_int(cfg.speed_probe, "speed_probe (timed steps; 0: no probe)", low=0)
 
 
 def _check_choices(cfg: TrainConfig) -> None:

@@ -35,6 +35,7 @@ from ..units import FreezeUnit, freeze_units
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunContext, TrainConfig, make_policy, resumed_config, validate
 from .data import AugmentedDataset, load_dataset
+from .fullspeed import probe_full_speed
 from .loop import NoLog, RunLog, evaluate, iterate_batches, memory_now_mb, peak_memory_mb, pick_device, progress_bar
 from .machine import this_machine
 from .zoo import create_model
@@ -509,6 +510,8 @@ def summarise(run: Run) -> None:
     )
     if run.summary.get("status") == "finished" and run.world == 1:  # after the peak memory was read
         run.summary["predicted_time_saving"], run.summary["step_time_profile"] = _predicted_time_saving(run)
+    if run.summary.get("status") == "finished" and run.cfg.speed_probe:
+        run.summary["full_speed_probe"] = _full_speed_probe(run)
     run.log.close()
     if run.main:
         _write_results(run)
@@ -620,6 +623,23 @@ def _predicted_time_saving(run: Run) -> tuple[float | None, dict | None]:
     epoch = run.summary["steps_per_epoch"] / run.total_steps  # the cache fills for an epoch after each growth
     saving = estimate_speedup(profile, times, cached=_cache_served(run), epoch_fraction=epoch)["saving"]
     return saving, profile.to_dict()
+
+
+def _full_speed_probe(run: Run) -> dict[str, Any] | None:
+    """``--speed-probe``: the run's full speed, measured after it (see :mod:`.fullspeed`); None
+    (and a warning) where it would not be the baseline's step: under torchrun or ``--compile``."""
+    cfg = run.cfg
+    if run.world > 1 or run.compile is not None:
+        print(f"warning: --speed-probe skipped: it times a plain single-process step, and this run "
+              f"{'ran under torchrun' if run.world > 1 else 'was compiled'}", file=sys.stderr)
+        return None
+    print(f"timing {cfg.speed_probe} full-speed steps (--speed-probe) ...", file=sys.stderr, flush=True)
+    data = run.data
+    return probe_full_speed(
+        lambda: create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                             image_size=data.image_size, width=cfg.width, depth=cfg.depth),
+        lambda model: _optimizer(cfg, model), run.train_set, cfg.batch_size, run.device, cfg.speed_probe,
+        seed=cfg.seed, loss_fn=run.loss_fn)
 
 
 def _cache_served(run: Run) -> bool:
