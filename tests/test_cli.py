@@ -118,6 +118,24 @@ def test_a_speed_probe_measures_time_saved_against_the_runs_own_full_speed(tmp_p
     lin = runs["linear"]
     assert in_run_saving(lin, read_metrics(tmp_path / "linear")) is not None
     assert in_run_saving({k: v for k, v in lin.items() if k != "full_speed_probe"}, read_metrics(tmp_path / "linear")) is None
+    assert main(["report", str(tmp_path / "none"), str(tmp_path / "linear")]) == 0
+    assert "| vs own full speed |" in capsys.readouterr().out
+    check = _script("probe_check")  # how far the probe lands from the baseline's own mean step
+    errors = check.errors(tmp_path / "none", stretch=4)
+    assert errors["bracket"] == pytest.approx((errors["probe"] + errors["stretch"]) / 2)
+    with pytest.raises(Exception, match="not a `none` run"):
+        check.errors(tmp_path / "linear", stretch=4)
+
+
+def _script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.integration

@@ -185,11 +185,8 @@ def _rule(args: argparse.Namespace):
 
 def _measured_line(summary: dict, out: Path) -> str:
     """The time saved against the run's own full speed (``--speed-probe``)."""
-    from .compare import in_run_saving
-    from .report import read_metrics
-
     probe = summary["full_speed_probe"]
-    saved = in_run_saving(summary, read_metrics(out))
+    saved = _with_own_saving(summary, out)["in_run_time_saved"]
     return (f"time saved against this run's own full speed: {100 * saved:.1f}% "
             f"(a full-model step took {probe['step_s'] * 1000:.1f} ms over {probe['steps']} steps timed after training)")
 
@@ -335,13 +332,23 @@ def _predictor_eval(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .report import cache_table, runs_table
 
-    summaries = [_read_summary(run) for run in args.runs]
+    summaries = [_with_own_saving(_read_summary(run), Path(run)) for run in args.runs]
     print(runs_table(summaries))
     cache = cache_table(summaries)
     if cache:
         print("\nActivation cache (`--cache auto`): per frozen prefix, a sample's fill against what each replay saves\n")
         print(cache)
     return 0
+
+
+def _with_own_saving(summary: dict, folder: Path) -> dict:
+    """A run made with ``--speed-probe`` gets its time saved against its own full speed."""
+    if not summary.get("full_speed_probe"):
+        return summary
+    from .compare import in_run_saving
+    from .report import read_metrics
+
+    return {**summary, "in_run_time_saved": in_run_saving(summary, read_metrics(folder))}
 
 
 def _read_summary(run: str) -> dict:

@@ -820,8 +820,7 @@ def per_run_lines(cells: Sequence[Cell], results: dict[str, dict]) -> list[str]:
             table.append([
                 c.variant, c.seed, f"{s['test_accuracy']:.2f}",
                 f"{s['test_accuracy'] - base['test_accuracy']:+.2f}" if base and c.variant != "none" else "—",
-                "n/a" if saving is None else f"{100 * saving:.1f}%" + ("" if s.get("in_run_time_saved") is not None
-                                                                        else " (vs baseline)"),
+                "n/a" if saving is None else f"{100 * saving:.1f}%" + _how_measured(s),
                 "—" if c.variant == "none" else speedup,
                 f"{min(frozen):.2f} – {max(frozen):.2f}" if frozen else "—",
                 f"{len(frozen)}/{len(s['frozen_at'])}"])
@@ -830,6 +829,13 @@ def per_run_lines(cells: Sequence[Cell], results: dict[str, dict]) -> list[str]:
                 ["variant", "seed", "test acc %", "Δ acc", "time saved", "speed-up vs baseline",
                  "froze (share of training, first – last)", "frozen"], table), ""]
     return out
+
+
+def _how_measured(s: dict) -> str:
+    """The per-run table's mark on a time saved: in-run with a probe, in-run, or against the baseline."""
+    if s.get("in_run_time_saved") is None:
+        return " (vs baseline)"
+    return " (probe)" if s.get("full_speed_probe") else ""
 
 
 def convergence_rows(checks: Sequence[Cell], results: dict[str, dict],
@@ -1069,8 +1075,11 @@ def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str,
            f"Command: `{command}`", "",
            "Times are training-step time only (evaluation excluded). *Time saved* (the headline) is measured inside "
            "each run by the wall clock: its training time against its own steps at full speed before anything "
-           "froze, times its number of steps; a run that froze too early to measure that is paired with its "
-           "baseline instead. On `none` rows it reads about 0, which checks the method. *vs baseline* pairs each "
+           "froze, times its number of steps. A run made with a full-speed probe (`--speed-probe`: a fresh full "
+           "model's steps timed right after the run) takes the mean of the probe and those steps (the probe alone "
+           "when they are under 20), so the two readings bracket the run in time; without a probe, a run that froze "
+           "too early to measure that is paired with its baseline instead. On `none` rows it reads about 0, which "
+           "checks the method. *vs baseline* pairs each "
            "run with the `none` run of the same seed (the same figure across runs, so it moves when the machine's "
            "speed changes between them; runs recorded on different machines are not paired), *CPU saved* likewise "
            "by the process's CPU time. Δ accuracy is paired "

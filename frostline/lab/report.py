@@ -51,8 +51,10 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 def runs_table(summaries: Sequence[dict[str, Any]]) -> str:
     """Side-by-side table of finished runs; time saved is against the ``none`` run of the same
-    model and dataset when there is one."""
+    model and dataset when there is one, and, for runs made with ``--speed-probe``, also against the
+    run's own full speed (``in_run_time_saved``, which the caller works out from its log)."""
     baselines = {(s["model"], s["dataset"]): s for s in summaries if s["method"] == "none"}
+    own = any(s.get("in_run_time_saved") is not None for s in summaries)
     rows = []
     for s in summaries:
         base = baselines.get((s["model"], s["dataset"]))
@@ -61,11 +63,12 @@ def runs_table(summaries: Sequence[dict[str, Any]]) -> str:
         delta = f"{s['test_accuracy'] - base['test_accuracy']:+.2f}" if base else "n/a"
         frozen = sum(v is not None for v in s["frozen_at"].values())
         method = s["method"] + (f" (cooldown {s['cooldown']})" if s.get("cooldown") else "")  # runs may differ only there
+        in_run = s.get("in_run_time_saved")
         rows.append([method, s["model"], s["dataset"], s["epochs"], s["seed"], f"{s['test_accuracy']:.2f}", delta,
-                     f"{s['train_time_s']:.1f}", saved, f"{100 * s['flops_saved']:.1f}%",
-                     f"{100 * s['predicted_saving']:.1f}%", f"{frozen}/{len(s['units'])}"])
+                     f"{s['train_time_s']:.1f}", saved, *([("—" if in_run is None else f"{100 * in_run:.1f}%")] if own else []),
+                     f"{100 * s['flops_saved']:.1f}%", f"{100 * s['predicted_saving']:.1f}%", f"{frozen}/{len(s['units'])}"])
     return markdown_table(["method", "model", "dataset", "epochs", "seed", "test acc %", "Δ acc", "train s",
-                           "time saved", "FLOPs saved", "predicted", "frozen"], rows)
+                           "time saved", *(["vs own full speed"] if own else []), "FLOPs saved", "predicted", "frozen"], rows)
 
 
 def cache_table(summaries: Sequence[dict[str, Any]]) -> str | None:
