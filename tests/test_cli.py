@@ -107,12 +107,12 @@ def test_a_speed_probe_measures_time_saved_against_the_runs_own_full_speed(tmp_p
     runs = {}
     for method, extra in (("none", []), ("linear", ["--freeze-start", "0", "--cache", "memory"])):
         out = tmp_path / method
-        assert main(["train", "--method", method, "--epochs", "3", "--log-every", "2", "--speed-probe", "12",
+        assert main(["train", "--method", method, "--epochs", "2", "--log-every", "1", "--speed-probe", "6",
                      "--threads", "1", *TINY, *extra, "--out", str(out)]) == 0
         assert "time saved against this run's own full speed" in capsys.readouterr().out
         runs[method] = summary = json.loads((out / "summary.json").read_text())
-        assert summary["full_speed_probe"]["steps"] == 12 and summary["full_speed_probe"]["step_s"] > 0
-        assert json.loads((out / "config.json").read_text())["speed_probe"] == 12
+        assert summary["full_speed_probe"]["steps"] == 6 and summary["full_speed_probe"]["step_s"] > 0
+        assert json.loads((out / "config.json").read_text())["speed_probe"] == 6
     none_saved = in_run_saving(runs["none"], read_metrics(tmp_path / "none"))
     assert abs(none_saved) < 0.5  # a probe that timed, say, only the forward pass would read about -200%
     lin = runs["linear"]
