@@ -216,12 +216,17 @@ def _environment(cfg: TrainConfig, fresh: bool) -> torch.device:
 def _data_and_model(cfg: TrainConfig, device: torch.device):
     data = load_dataset(cfg.dataset, val_size=cfg.val_size, train_subset=cfg.train_subset,
                         test_subset=cfg.test_subset, seed=cfg.seed, max_length=cfg.max_length)
-    model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                         image_size=data.image_size, width=cfg.width, depth=cfg.depth).to(device)
+    model = _new_model(cfg, data).to(device)
     train_set = data.train
     if cfg.augment:
         train_set = AugmentedDataset(data.train, flip=data.name != "mnist", fixed=cfg.fixed_augmentation, seed=cfg.seed)
     return data, train_set, model
+
+
+def _new_model(cfg: TrainConfig, data) -> nn.Module:
+    """The run's model as it starts (the full-speed probe builds another one)."""
+    return create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                        image_size=data.image_size, width=cfg.width, depth=cfg.depth)
 
 
 def _units_and_costs(cfg: TrainConfig, model: nn.Module, train_data, num_train: int, device: torch.device):
@@ -634,12 +639,8 @@ def _full_speed_probe(run: Run) -> dict[str, Any] | None:
               f"{'ran under torchrun' if run.world > 1 else 'was compiled'}", file=sys.stderr)
         return None
     print(f"timing {cfg.speed_probe} full-speed steps (--speed-probe) ...", file=sys.stderr, flush=True)
-    data = run.data
-    return probe_full_speed(
-        lambda: create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                             image_size=data.image_size, width=cfg.width, depth=cfg.depth),
-        lambda model: _optimizer(cfg, model), run.train_set, cfg.batch_size, run.device, cfg.speed_probe,
-        seed=cfg.seed, loss_fn=run.loss_fn)
+    return probe_full_speed(lambda: _new_model(cfg, run.data), lambda model: _optimizer(cfg, model), run.train_set,
+                            cfg.batch_size, run.device, cfg.speed_probe, seed=cfg.seed, loss_fn=run.loss_fn)
 
 
 def _cache_served(run: Run) -> bool:
