@@ -125,6 +125,25 @@ def test_a_speed_probe_measures_time_saved_against_the_runs_own_full_speed(tmp_p
     assert errors["bracket"] == pytest.approx((errors["probe"] + errors["stretch"]) / 2)
     with pytest.raises(Exception, match="not a `none` run"):
         check.errors(tmp_path / "linear", stretch=4)
+    bound = _script("finetune_bound")  # what 2x would ask, from the linear run's own step-time profile
+    rows = bound.bound_table(lin, target=2.0)
+    assert [r["first_trainable"] for r in rows] == lin["units"][1:]
+    assert all(r["cached"] <= r["frozen"] + 1e-9 for r in rows)  # replaying a prefix never costs more
+
+
+def test_the_finetune_bound_solves_for_the_latest_freeze():
+    """Worked by hand: 3 epochs, a prefix whose frozen step costs half a full step and whose cached
+    step costs nothing: 1 epoch at full speed + 1 epoch of fills at 0.5 + 1 replayed epoch = 1.5
+    epochs, exactly 2x; one epoch alone (fills only) for 2x must freeze by 0.375 epochs."""
+    bound = _script("finetune_bound")
+    assert bound.latest_freeze(3, frozen=0.5, cached=0.0, target=2.0) == pytest.approx(1.0)
+    assert bound.run_time(1.0, 3, 0.5, 0.0) == pytest.approx(1.5)
+    assert bound.latest_freeze(1, frozen=0.2, cached=0.0, target=2.0) == pytest.approx(0.375)
+    assert bound.latest_freeze(3, frozen=0.9, cached=0.8, target=2.0) is None  # never enough
+    t = bound.latest_freeze(3, frozen=0.309, cached=0.031, target=2.0)
+    assert bound.run_time(t, 3, 0.309, 0.031) == pytest.approx(1.5)
+    with pytest.raises(Exception, match="no step-time profile"):
+        bound.bound_table({"epochs": 3}, target=2.0)
 
 
 def _script(name: str):
