@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,8 @@ def this_machine(device=None) -> dict[str, Any]:
 def label(machine: dict[str, Any]) -> str:
     """``AMD EPYC (2 cores), no GPU``: how reports name a machine."""
     gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ", no GPU"
-    return f"{machine['cpu']} ({machine['cpu_cores']} cores){gpu}"
+    cpu = re.sub(r"\s*\((R|TM)\)", "", machine["cpu"], flags=re.IGNORECASE)  # Intel(R) Xeon(R) -> Intel Xeon
+    return f"{cpu} ({machine['cpu_cores']} cores){gpu}"
 
 
 def same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool | None:
