@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError, FrostlineError
 from ..exploit.payoff import RULE_VERSION as PAYOFF_RULE
-from .machine import machine_counts, machines_text, same_machine
+from .machine import label, machine_counts, machines_text, same_machine
 
 #: Method variants: the label in the tables, its method, and only the settings that differ from the
 #: method's registered defaults (the authors' recommendations: FreezeOut t_0 = 0.8 cubic; AutoFreeze
@@ -1067,10 +1067,9 @@ def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str,
     begin, end = results_markers(suite.name)
     out = [begin, "",
            f"Suite `{suite.name}`: {suite.about}. {suite.seeds} seeds per cell. "
-           + (f"Runs trained on: {machines_text(machines)}. Report written on {machine['cpu']} " if machines else
-              f"Machine: {machine['cpu']} ")
-           + f"({machine['cpu_cores']} cores){', GPU ' + machine['gpu'] if machine.get('gpu') else ', no GPU'}; "
-           f"torch {machine['torch']}, Python {machine['python']}, frostline {machine['frostline']}"
+           + (f"Runs trained on: {machines_text(machines)}. Report written on {label(machine)}; " if machines else
+              f"Machine: {label(machine)}; ")
+           + f"torch {machine['torch']}, Python {machine['python']}, frostline {machine['frostline']}"
            f"{' @ ' + machine['commit'] if machine.get('commit') else ''}, {machine['date']}.", "",
            f"Command: `{command}`", "",
            "Times are training-step time only (evaluation excluded). *Time saved* (the headline) is measured inside "
