@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from frostline.errors import ConfigError, run_script
 from frostline.exploit.timing import StepTimeModel
+from frostline.lab.machine import label
 
 
 def run_time(t: float, epochs: int, frozen: float, cached: float) -> float:
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(f"{args.run}: no readable summary.json ({e}); pass the folder of a finished run") from None
     epochs = args.epochs or summary["epochs"]
     rows = bound_table(summary, args.target, epochs)
-    machine = (summary.get("machine") or {}).get("cpu") or summary.get("device", "?")
+    machine = label(summary["machine"]) if summary.get("machine") else summary.get("device", "?")
     print(f"{summary['model']} on {summary['dataset']}, {epochs:g} epochs, step times profiled on {machine}; "
           f"target {args.target:g}x")
     print("| k frozen | first trainable | frozen step | cached step | speed-up, frozen from the start | "

@@ -144,6 +144,8 @@ def test_the_finetune_bound_solves_for_the_latest_freeze():
     assert bound.run_time(t, 3, 0.309, 0.031) == pytest.approx(1.5)
     with pytest.raises(Exception, match="no step-time profile"):
         bound.bound_table({"epochs": 3}, target=2.0)
+    with pytest.raises(Exception, match="--target must be above 1"):
+        bound.main([".", "--target", "1"])
 
 
 def _script(name: str):
