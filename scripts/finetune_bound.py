@@ -47,7 +47,9 @@ def latest_freeze(epochs: int, frozen: float, cached: float, target: float) -> f
     budget = epochs / target
     if run_time(0.0, epochs, frozen, cached) > budget:
         return None
-    t = (budget - frozen - (epochs - 1) * cached) / (1 - cached)  # solves run_time(t) = budget for t <= E - 1
+    # solves run_time(t) = budget for t <= E - 1; a replay that saves nothing (cached >= 1, a noisy
+    # profile) makes every t up to E - 1 cost the same, so the answer lies in the later branch
+    t = (budget - frozen - (epochs - 1) * cached) / (1 - cached) if cached < 1 else float("inf")
     if t <= epochs - 1:
         return t
     return (budget - epochs * frozen) / (1 - frozen)
