@@ -266,6 +266,37 @@ def test_runs_from_two_machines_are_not_paired_by_clock_and_the_report_names_bot
     assert "| linear | 1 | 92.25 | +0.25 | 50.0% (vs baseline) | 2.00× |" in "\n".join(per_run_lines(cells, unrecorded))
 
 
+@pytest.mark.integration
+def test_a_run_on_another_machine_than_its_baseline_gets_a_baseline_of_its_own_machine(tmp_path, capsys):
+    """The seed's baseline trained elsewhere (its summary says so): running a variant here also
+    trains this machine's baseline beside it, keeps the first one, and pairs the run with the new
+    one, by clock and by accuracy; the per-run table lists both baselines by machine."""
+    suite = Suite("h", ("resnet",), ("fashion-mnist",), 1, ("none", "linear"), TINY)
+    cells, _ = suite_cells(suite, METHODS)
+    elsewhere = cells[0].folder(tmp_path)
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "config.json").write_text(json.dumps(dict(cells[0].settings)))
+    other = {"cpu": "Other CPU", "cpu_cores": 64, "gpu": None, "torch": "2.13.0"}
+    (elsewhere / "summary.json").write_text(json.dumps({**_fake_summary(cells[0], 10.0, 1e6), "machine": other}))
+    data = run_suite(suite, tmp_path, progress=False, only={"variant": ["linear"]})
+    assert "training one on this machine too" in capsys.readouterr().err
+    here = [f for f in elsewhere.parent.iterdir() if f.name.startswith("seed0.on-")]
+    assert len(here) == 1 and json.loads((elsewhere / "summary.json").read_text())["machine"] == other
+    ours = json.loads((here[0] / "summary.json").read_text())
+    run = _summary(tmp_path, "linear")
+    assert ours["status"] == "finished" and same_machine(ours, run) and ours["method"] == "none"
+    linear = next(r for r in data["rows"] if r["variant"] == "linear")
+    assert linear["delta_accuracy"] == pytest.approx(run["test_accuracy"] - ours["test_accuracy"])
+    assert linear["paired_time_saved"] == pytest.approx(1 - run["train_time_s"] / ours["train_time_s"])
+    none = next(r for r in data["rows"] if r["variant"] == "none")
+    assert none["accuracy"] == 10.0 and data["finished"] == data["cells"] == 3  # the table's row is the first one
+    report = (tmp_path / "report.md").read_text()
+    assert "| none (Other CPU) | 0 | 10.00 |" in report and f"| none ({label(run['machine']).split(' (')[0]}) | 0 |" in report
+    again = run_suite(suite, tmp_path, progress=False, only={"variant": ["linear"]})  # nothing left to train
+    assert again["finished"] == again["cells"] == 3
+    assert "training one" not in capsys.readouterr().err
+
+
 def test_a_run_records_the_machine_it_trained_on():
     m = this_machine("cpu")
     assert m["cpu"] and m["cpu_cores"] >= 1 and m["gpu"] is None and m["torch"] == torch.__version__

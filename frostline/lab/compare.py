@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError, FrostlineError
 from ..exploit.payoff import RULE_VERSION as PAYOFF_RULE
-from .machine import label, machine_counts, machines_text, same_machine
+from .machine import label, machine_counts, machines_text, same_machine, slug
 
 #: Method variants: the label in the tables, its method, and only the settings that differ from the
 #: method's registered defaults (the authors' recommendations: FreezeOut t_0 = 0.8 cubic; AutoFreeze
@@ -261,7 +261,9 @@ SUITES: dict[str, Suite] = {
 class Cell:
     """One training of a suite. ``reference_seed``: a CKA-oracle cell's reference, the baseline of
     that seed. ``extra``: a run the report does not show (an oracle's reference that is not one of
-    the reported baselines), kept under ``references/`` instead of ``cells/``."""
+    the reported baselines), kept under ``references/`` instead of ``cells/``. ``on``: a baseline
+    trained again on another machine (its :func:`~.machine.slug`), kept beside the suite's own as
+    ``seed<N>.on-<slug>``, so that runs made there are paired with a baseline of their machine."""
 
     dataset: str
     model: str
@@ -270,14 +272,17 @@ class Cell:
     settings: tuple[tuple[str, Any], ...]
     reference_seed: int | None = None
     extra: bool = False
+    on: str | None = None
 
     @property
     def key(self) -> str:
-        return ("references/" if self.extra else "") + f"{self.dataset}/{self.model}/{self.variant}/seed{self.seed}"
+        return (("references/" if self.extra else "") + f"{self.dataset}/{self.model}/{self.variant}/seed{self.seed}"
+                + (f" on {self.on}" if self.on else ""))
 
     def folder(self, root: Path) -> Path:
         variant = self.variant.replace("+", "_").replace("@", "-")
-        return root / ("references" if self.extra else "cells") / self.dataset / self.model / variant / f"seed{self.seed}"
+        seed = f"seed{self.seed}" + (f".on-{self.on}" if self.on else "")
+        return root / ("references" if self.extra else "cells") / self.dataset / self.model / variant / seed
 
 
 def _cell(suite: Suite, dataset: str, model: str, extra: dict[str, Any], variant: str, seed: int, **kwargs) -> Cell:
@@ -451,16 +456,53 @@ def run_suite(suite: str | Suite, out: str | os.PathLike, *, progress: bool = Tr
         if missing:
             raise ConfigError(f"suite {suite.name!r} has no {key} {', '.join(missing)} (--only-{key}); "
                               f"choose from {', '.join(known)}")
-    for cell in cells + checks:
+    rebased = machine_baselines(root, cells)
+    for cell in cells + checks + rebased:
         summary = _finished(cell.folder(root), cell)
         if summary is not None:
             results[cell.key] = summary
-        elif not report_only and all(str(getattr(cell, k)) in v for k, v in wanted.items()):
+        elif not report_only and not cell.on and all(str(getattr(cell, k)) in v for k, v in wanted.items()):
             todo.append(cell)
+    for cell in baselines_here(todo, cells, results, {"machine": machine_info()}):
+        base = results[cell.key.split(" on ")[0]]
+        print(f"frostline bench: the seed-{cell.seed} baseline of {cell.model} on {cell.dataset} trained on "
+              f"{label(base['machine'])}; training one on this machine too (kept beside it as "
+              f"{cell.folder(root).name}), so that the runs made here are paired with a baseline of their own machine",
+              file=sys.stderr)
+        todo.append(cell)
+        if cell not in rebased:  # an interrupted one, found on disk: resumed
+            rebased.append(cell)
     if todo:
         _run_cells(suite, root, todo, results, failed, jobs, progress)
     return write_report(root, suite, cells, results, failed, skipped,
-                        command or f"frostline bench compare --suite {suite.name} --out {root}", checks)
+                        command or f"frostline bench compare --suite {suite.name} --out {root}", checks, rebased)
+
+
+def machine_baselines(root: Path, cells: Sequence[Cell]) -> list[Cell]:
+    """The suite's baselines trained again on other machines (``seed<N>.on-<machine>`` beside them)."""
+    found = []
+    for c in cells:
+        if c.variant == "none" and not c.extra and not c.on:
+            found += [dataclasses.replace(c, on=f.name.split(".on-", 1)[1])
+                      for f in sorted(c.folder(root).parent.glob(f"seed{c.seed}.on-*")) if f.is_dir()]
+    return found
+
+
+def baselines_here(todo: Sequence[Cell], cells: Sequence[Cell], results: dict[str, dict], here: dict) -> list[Cell]:
+    """This machine's own baseline for each (dataset, model, seed) about to train a run here whose
+    baseline trained on another machine: without one, the run's accuracy and clock would be paired
+    across machines, and the same schedule's accuracy moves by tenths of a point between two CPUs."""
+    wanted = []
+    for c in cells:
+        base = results.get(c.key)
+        if c.variant != "none" or c.extra or base is None or same_machine(base, here) is not False:
+            continue
+        if not any(o.variant != "none" and (o.dataset, o.model, o.seed) == (c.dataset, c.model, c.seed) for o in todo):
+            continue
+        if any(k.startswith(c.key + " on ") and same_machine(s, here) for k, s in results.items()):
+            continue
+        wanted.append(dataclasses.replace(c, on=slug(here["machine"])))
+    return wanted
 
 
 def _run_cells(suite: Suite, root: Path, todo: list[Cell], results: dict[str, dict], failed: dict[str, str],
@@ -738,8 +780,15 @@ def run_time_saved(s: dict, base: dict | None) -> float | None:
 
 
 def baseline_of(cell: Cell, results: dict[str, dict]) -> dict | None:
-    """The finished `none` run a cell is paired with: same dataset, model and seed."""
-    return results.get(Cell(cell.dataset, cell.model, "none", cell.seed, ()).key)
+    """The finished `none` run a cell is paired with: same dataset, model and seed, and trained on
+    the cell's machine when the suite has a baseline of that seed from there (see :class:`Cell`)."""
+    key = Cell(cell.dataset, cell.model, "none", cell.seed, ()).key
+    own = results.get(cell.key)
+    if own is not None and same_machine(own, results.get(key) or {}) is False:
+        for k, s in results.items():
+            if k.startswith(key + " on ") and same_machine(own, s):
+                return s
+    return results.get(key)
 
 
 def aggregate(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str, Any]]:
@@ -817,8 +866,11 @@ def per_run_lines(cells: Sequence[Cell], results: dict[str, dict]) -> list[str]:
             speedup = "n/a" if wall is None or wall >= 1 else f"{1 / (1 - wall):.2f}×"
             if base and same_machine(s, base) is False:
                 speedup = "n/a (other machine)"
+            name = c.variant
+            if c.variant == "none" and any(o.on and (o.dataset, o.model) == (dataset, model) for o in cells):
+                name = f"none ({label(s['machine']).split(' (')[0]})" if s.get("machine") else name
             table.append([
-                c.variant, c.seed, f"{s['test_accuracy']:.2f}",
+                name, c.seed, f"{s['test_accuracy']:.2f}",
                 f"{s['test_accuracy'] - base['test_accuracy']:+.2f}" if base and c.variant != "none" else "—",
                 "n/a" if saving is None else f"{100 * saving:.1f}%" + _how_measured(s),
                 "—" if c.variant == "none" else speedup,
@@ -1082,7 +1134,9 @@ def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str,
            "run with the `none` run of the same seed (the same figure across runs, so it moves when the machine's "
            "speed changes between them; runs recorded on different machines are not paired), *CPU saved* likewise "
            "by the process's CPU time. Δ accuracy is paired "
-           "with the same seed's baseline. "
+           "with the same seed's baseline. Both take the baseline trained on the run's own machine where there is "
+           "one: a bench that trains a run on another machine than its seed's baseline trains that baseline there "
+           "too (listed among the runs; the `none` rows are the first machine's). "
            "*Predicted* is the time-calibrated estimate for the schedule that actually happened (step times "
            "profiled after training, on the same machine, in every freezing situation); runs from before that "
            "profile existed show the FLOPs-based estimate, marked (FLOPs). *FLOPs "
@@ -1141,18 +1195,21 @@ PLOTS = (
 
 
 def write_report(root: Path, suite: Suite, cells: Sequence[Cell], results: dict[str, dict], failed: dict[str, str],
-                 skipped: Sequence[str], command: str, checks: Sequence[Cell] = ()) -> dict[str, Any]:
+                 skipped: Sequence[str], command: str, checks: Sequence[Cell] = (),
+                 rebased: Sequence[Cell] = ()) -> dict[str, Any]:
+    """``rebased``: baselines trained again on other machines; they pair with that machine's runs
+    and are listed among the runs, while the tables' `none` rows stay the suite's own baselines."""
     from .report import plot_bench, read_metrics
 
-    metrics = {c.key: read_metrics(c.folder(root)) for c in [*cells, *checks] if c.key in results}
+    metrics = {c.key: read_metrics(c.folder(root)) for c in [*cells, *checks, *rebased] if c.key in results}
     results = {k: {**results[k], "in_run_time_saved": in_run_saving(results[k], m),
                    "relative_time": relative_time(results[k], m, CACHE_MIN_STEPS)} for k, m in metrics.items()}
     rows = aggregate(cells, results)
     caching = cache_rows(cells, results)
     convergence = convergence_rows(checks, results) if suite.convergence else None
     machine = machine_info()
-    machines = machine_counts([results[c.key] for c in [*cells, *checks] if c.key in results])
-    missing = [c.key for c in [*cells, *checks] if c.key not in results]
+    machines = machine_counts([results[c.key] for c in [*cells, *checks, *rebased] if c.key in results])
+    missing = [c.key for c in [*cells, *checks, *rebased] if c.key not in results]
     hyper = {v: {k: val for k, val in (VARIANTS[v] if v in skipped else variant_settings(v)).items() if k != "method"}
              for v in suite.variants}
     text = ["# frostline bench", "",
@@ -1171,7 +1228,9 @@ def write_report(root: Path, suite: Suite, cells: Sequence[Cell], results: dict[
     text += ["", "## Per run", "", "Each run against the `none` run of its seed: Δ accuracy, and the speed-up "
              "as the baseline's training time over the run's (both runs' own clocks, so it carries the "
              "machine's drift between them; *time saved* is the report's headline measure).", "",
-             *per_run_lines(cells, results)]
+             *per_run_lines([x for c in cells for x in [c, *(b for b in rebased if c.variant == "none" and
+                                                             (b.dataset, b.model, b.seed) == (c.dataset, c.model, c.seed))]],
+                            results)]
     if failed:
         text += ["", "## Failed runs", ""] + [f"- `{k}`: {err} (log: `{k}`/bench.log)" for k, err in failed.items()]
     not_run = [k for k in missing if k not in failed]
@@ -1184,7 +1243,8 @@ def write_report(root: Path, suite: Suite, cells: Sequence[Cell], results: dict[
             "machines": machines, "rows": rows,
             "cache_rows": caching,
             "convergence": convergence, "failed": failed, "skipped": list(skipped), "missing": missing,
-            "cells": len(cells) + len(checks), "finished": len(cells) + len(checks) - len(missing)}
+            "cells": len(cells) + len(checks) + len(rebased),
+            "finished": len(cells) + len(checks) + len(rebased) - len(missing)}
     (root / "results.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     return data
 

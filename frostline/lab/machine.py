@@ -44,6 +44,11 @@ def label(machine: dict[str, Any]) -> str:
     return f"{cpu} ({machine['cpu_cores']} cores){gpu}"
 
 
+def slug(machine: dict[str, Any]) -> str:
+    """``intel-xeon-processor-2-cores-no-gpu``: a machine's label as a folder name."""
+    return re.sub(r"[^a-z0-9]+", "-", label(machine).lower()).strip("-")
+
+
 def same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool | None:
     """Whether two run summaries trained on the same machine; None when either did not record it
     (runs made before runs recorded their machine)."""
