@@ -464,7 +464,7 @@ def run_suite(suite: str | Suite, out: str | os.PathLike, *, progress: bool = Tr
         elif not report_only and not cell.on and all(str(getattr(cell, k)) in v for k, v in wanted.items()):
             todo.append(cell)
     for cell in baselines_here(todo, cells, results, {"machine": machine_info()}):
-        base = results[cell.key.split(" on ")[0]]
+        base = results[dataclasses.replace(cell, on=None).key]
         print(f"frostline bench: the seed-{cell.seed} baseline of {cell.model} on {cell.dataset} trained on "
               f"{label(base['machine'])}; training one on this machine too (kept beside it as "
               f"{cell.folder(root).name}), so that the runs made here are paired with a baseline of their own machine",
@@ -499,7 +499,7 @@ def baselines_here(todo: Sequence[Cell], cells: Sequence[Cell], results: dict[st
             continue
         if not any(o.variant != "none" and (o.dataset, o.model, o.seed) == (c.dataset, c.model, c.seed) for o in todo):
             continue
-        if any(k.startswith(c.key + " on ") and same_machine(s, here) for k, s in results.items()):
+        if any(same_machine(s, here) for s in _rebaselines(c.key, results)):
             continue
         wanted.append(dataclasses.replace(c, on=slug(here["machine"])))
     return wanted
@@ -785,10 +785,13 @@ def baseline_of(cell: Cell, results: dict[str, dict]) -> dict | None:
     key = Cell(cell.dataset, cell.model, "none", cell.seed, ()).key
     own = results.get(cell.key)
     if own is not None and same_machine(own, results.get(key) or {}) is False:
-        for k, s in results.items():
-            if k.startswith(key + " on ") and same_machine(own, s):
-                return s
+        return next((s for s in _rebaselines(key, results) if same_machine(own, s)), results.get(key))
     return results.get(key)
+
+
+def _rebaselines(key: str, results: dict[str, dict]) -> list[dict]:
+    """The finished runs of baseline ``key`` trained again on other machines (:class:`Cell` ``on``)."""
+    return [s for k, s in results.items() if k.startswith(key + " on ")]
 
 
 def aggregate(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str, Any]]:
