@@ -120,6 +120,14 @@ def test_decisions_reuse_each_snapshot_and_answer_as_the_plain_network():
     mine = policy.freeze_probabilities(Progress(45, 100))
     assert torch.allclose(torch.tensor([mine[i] for i in range(4)]), plain, atol=1e-5)
     assert resumed.freeze_probabilities(Progress(45, 100)) == mine  # bit for bit
+    older = {**policy.state_dict()}  # a checkpoint from before the kept projections were key-value only
+    older["history"] = {k: v for k, v in older["history"].items() if k not in ("projection", "steps")}
+    older["history"]["projected"] = [[torch.zeros(768)] * len(h) for h in policy.history.snapshots]
+    reloaded = SmartFRZ(predictor=model, window=30, stage_steps=1000, snapshot_steps=1)
+    reloaded.bind(["a", "b", "c", "d", "head"])
+    reloaded.load_state_dict(older)
+    again = reloaded.freeze_probabilities(Progress(45, 100))
+    assert torch.allclose(torch.tensor([again[i] for i in range(4)]), torch.tensor([mine[i] for i in range(4)]), atol=1e-6)
     assert len(set(mine.values())) == 4  # the four trajectories are told apart
 
 

@@ -81,37 +81,40 @@ class SmartFRZPredictor(nn.Module):
         return self._attend(self.key(x), self.query(x[:, -1]), self.value(x), mask, context)
 
     def project(self, snapshots: torch.Tensor) -> torch.Tensor:
-        """(N, input_size) raw tailored snapshots -> (N, 3 * 256): each snapshot through the first
-        (linear) layer of the key, query and value encoders, without their biases.
+        """(N, input_size) raw tailored snapshots -> (N, 2 * 256): each snapshot through the first
+        (linear) layer of the key and value encoders, without their biases.
 
         Why: a window's features are its snapshots centred and scaled (:func:`window_features`), and
         a linear layer commutes with both, so :meth:`forward_projected` rebuilds the first layer's
         output of any window from these rows. A snapshot stays in the window for ``window`` of them,
-        so the policy projects each once instead of at every decision. That removes about three
-        quarters of the first layer's arithmetic, but it cut decision time by only about 15% alone
-        (``scripts/smartfrz_overhead.py``) and by less inside a training run: the rest is the later layers over every row (the
-        centring changes with the window), the snapshot gathers, and Python."""
-        return snapshots @ self._first_weights().T
+        so the policy projects each once instead of at every decision. The query reads only the
+        newest snapshot's row, so it needs no rows kept: :meth:`forward_projected` projects that one
+        row, centred on the window's mean snapshot, at the decision."""
+        return snapshots @ self._first_weights()[0].T
 
-    def _first_weights(self) -> torch.Tensor:
-        layers = (self.key[0].weight, self.query[0].weight, self.value[0].weight)
+    def _first_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(key and value weights stacked, query weights) of the first layers, rebuilt only when the
+        weights change."""
+        layers = (self.key[0].weight, self.value[0].weight, self.query[0].weight)
         version = tuple((w.data_ptr(), w._version) for w in layers)
         if getattr(self, "_first_cache", (None, None))[0] != version:
-            self._first_cache = (version, torch.cat(layers).detach())
+            self._first_cache = (version, (torch.cat(layers[:2]).detach(), layers[2].detach()))
         return self._first_cache[1]
 
-    def forward_projected(self, projected: torch.Tensor, mask: torch.Tensor, rms: torch.Tensor,
-                          context: torch.Tensor) -> torch.Tensor:
+    def forward_projected(self, projected: torch.Tensor, mask: torch.Tensor, newest_centred: torch.Tensor,
+                          rms: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Same logits as :meth:`forward` on the windows' features, from their snapshots'
-        :meth:`project` rows: ``projected`` (B, T, 3 * 256) left-padded like :func:`batch_windows`,
-        ``mask`` (B, T), ``rms`` (B,) the newest snapshot's RMS per window (what the features divide
-        by), ``context`` (B, CONTEXT_SIZE)."""
+        :meth:`project` rows: ``projected`` (B, T, 2 * 256) left-padded like :func:`batch_windows`,
+        ``mask`` (B, T), ``newest_centred`` (B, input_size) each window's newest raw snapshot minus
+        the mean of its snapshots, ``rms`` (B,) the newest snapshot's RMS per window (what the
+        features divide by), ``context`` (B, CONTEXT_SIZE)."""
         real = mask.unsqueeze(-1).to(projected.dtype)
         mean = (projected * real).sum(dim=1, keepdim=True) / real.sum(dim=1, keepdim=True)
-        bias = torch.cat([self.key[0].bias, self.query[0].bias, self.value[0].bias])
-        h = torch.relu((projected - mean) * (self.input_scale / rms).view(-1, 1, 1) + bias)
-        k_in, q_in, v_in = h.chunk(3, dim=-1)
-        return self._attend(self.key[2:](k_in), self.query[2:](q_in[:, -1]), self.value[2:](v_in), mask, context)
+        scale = (self.input_scale / rms).view(-1, 1)
+        kv_bias = torch.cat([self.key[0].bias, self.value[0].bias])
+        k_in, v_in = torch.relu((projected - mean) * scale.unsqueeze(-1) + kv_bias).chunk(2, dim=-1)
+        q_in = torch.relu(newest_centred @ self._first_weights()[1].T * scale + self.query[0].bias)
+        return self._attend(self.key[2:](k_in), self.query[2:](q_in), self.value[2:](v_in), mask, context)
 
     def _attend(self, k: torch.Tensor, q: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                 context: torch.Tensor) -> torch.Tensor:
@@ -135,8 +138,8 @@ def window_context(snapshots: torch.Tensor, progress: float) -> torch.Tensor:
     """(T, D) raw tailored snapshots, oldest first, and the fraction of training done -> the
     (CONTEXT_SIZE,) context (see the module docstring); scale-free like the features."""
     w = snapshots.float()
-    return context_from(w[1:].sub(w[:-1]).norm(dim=1).tolist(), float((w[-1] - w[0]).norm()), snapshot_rms(w[-1]),
-                        progress)
+    return torch.tensor(context_from(w[1:].sub(w[:-1]).norm(dim=1).tolist(), float((w[-1] - w[0]).norm()),
+                                     snapshot_rms(w[-1]), progress))
 
 
 def snapshot_rms(snapshot: torch.Tensor) -> float:
@@ -144,7 +147,7 @@ def snapshot_rms(snapshot: torch.Tensor) -> float:
     return float(snapshot.float().square().mean().sqrt().clamp_min(1e-12))
 
 
-def context_from(steps, displacement: float, rms: float, progress: float) -> torch.Tensor:
+def context_from(steps, displacement: float, rms: float, progress: float) -> list[float]:
     """:func:`window_context` from what it reads of a window: the lengths of its ``T - 1`` steps
     between consecutive snapshots (a sequence of floats), the distance from its oldest to its
     newest snapshot, and the newest snapshot's RMS (all in the weights' own units). The policy
@@ -156,8 +159,8 @@ def context_from(steps, displacement: float, rms: float, progress: float) -> tor
     half = len(steps) // 2
     early, late = sum(steps[:half]), sum(steps[half:])
     eps = 1e-6
-    return torch.tensor([float(progress), math.log(disp + eps), math.log(path + eps), disp / (path + eps),
-                         math.log((late + eps) / (early + eps))])
+    return [float(progress), math.log(disp + eps), math.log(path + eps), disp / (path + eps),
+            math.log((late + eps) / (early + eps))]
 
 
 def batch_windows(windows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ import torch
 
 from ...errors import ConfigError, check_int
 from .history import History
-from .predictor import SmartFRZPredictor, batch_windows, load_predictor
+from .predictor import SmartFRZPredictor, load_predictor
 from ..base import Progress
 from ..stages import StageClock, StagedPolicy
 from ..registry import Hyperparameter, register_policy
@@ -93,10 +93,8 @@ class SmartFRZ(StagedPolicy):
                  if i not in self.frozen and len(self.history.snapshots[i]) >= MIN_SNAPSHOTS]
         if not units:
             return {}
-        projected, mask = batch_windows(self.history.projections(units, self.predictor.project))
-        rms = torch.tensor([self.history.rms(i) for i in units])
-        context = torch.stack([self.history.context(i, progress.fraction) for i in units])
-        probs = torch.softmax(self.predictor.forward_projected(projected, mask, rms, context), dim=1)[:, 1].tolist()
+        inputs = self.history.inputs(units, self.predictor.project, progress.fraction)
+        probs = torch.softmax(self.predictor.forward_projected(*inputs), dim=1)[:, 1].tolist()
         return dict(zip(units, probs))
 
     def _record(self, progress: Progress, signals: dict[str, Any]) -> None:
