@@ -30,7 +30,7 @@ from ..freezer import Freezer
 from .zoo import create_model
 from ..policies import NoFreezing
 from .report import markdown_table
-from .loop import iterate_batches, pick_device
+from .loop import iterate_batches, pick_device, progress_bar
 from ..units import freeze_units
 
 
@@ -50,6 +50,7 @@ class BenchConfig:
     seed: int = 0
     cache: bool = False
     out: str = "runs/bench-steptime"
+    progress: bool = True
 
 
 def _sync(device: torch.device) -> None:
@@ -102,12 +103,17 @@ def steptime(cfg: BenchConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     base, units, x, y = _model_and_batch(cfg, device)
+    # a pretrained model on a CPU takes minutes: say where it is (the profile, then each boundary)
+    bar = progress_bar(len(units) + 1, cfg.progress, f"steptime {cfg.model}", unit="part")
     cost = measure_costs(base, units, x, y)
     profile = profile_step_times(base, units, x, y, optimizer=_sgd, rounds=max(5, cfg.repeats // 2), out_of_order=False)
+    bar.update()
     rows = []
     for k in range(len(units)):  # k frozen units; the head (last) is never frozen
         steps = _steps(base, units, k, x, y, cache=cfg.cache)
         rows.append(_row(k, units, cost, profile, _time_round_robin(steps, cfg, device)))
+        bar.update()
+    bar.close()
     table = _table(rows, cfg.cache)
     result = {
         "config": asdict(cfg), "device": str(device), "torch": torch.__version__,
