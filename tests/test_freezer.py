@@ -366,3 +366,26 @@ def test_loading_the_optimizer_before_the_freezer_says_which_comes_first(batch):
         optimizer2.load_state_dict(saved_opt)
     freezer2.load_state_dict(saved_freezer)
     optimizer2.load_state_dict(saved_opt)  # the right order works
+
+
+def test_a_run_that_froze_nothing_says_so_once():
+    """Never a silent no-op: a schedule that reaches no unit, an adaptive policy that found none
+    ready, or a Freezer that was never stepped all end with a warning that says which; a run that
+    froze something, or the ``none`` baseline, ends quietly."""
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    for policy, expected in ((LinearFreezing(0.5, 0.1), "its schedule reached no unit"),
+                             (FreezeList(99, [0]), "after 3 of the 3 steps"),
+                             (NoFreezing(), None), (FreezeList(2, [0]), None)):
+        model, optimizer, freezer = _setup(policy, total=3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                _train_step(model, optimizer, x, y)
+                freezer.step()
+            freezer.close()
+        said = [str(w.message) for w in caught if "froze no unit" in str(w.message)]
+        assert len(said) == (expected is not None), said
+        assert expected is None or expected in said[0]
+    model, optimizer, freezer = _setup(LinearFreezing(0.0, 1.0), total=3)
+    with pytest.warns(UserWarning, match=r"linear froze no unit.*freezer.step\(\) was never called"):
+        freezer.close()

@@ -135,6 +135,7 @@ class Freezer:
         #: LRs the Freezer last wrote into the unit groups (to notice a scheduler it was not given).
         self._lrs_written: list[float] | None = None
         self._warned_lr = False
+        self._told_nothing_froze = False
         self._load_hook = optimizer.register_load_state_dict_pre_hook(self._check_optimizer_state)
         if units is not None and all(isinstance(u, FreezeUnit) for u in units):
             self._setup(list(units))  # already traced (freeze_units)
@@ -220,6 +221,7 @@ class Freezer:
         self.detach_trace()
         self._close_collectors()
         self._load_hook.remove()
+        self._say_if_nothing_froze()
 
     def attach_scheduler(self, scheduler) -> None:
         """Make a torch LR scheduler of this optimizer compose with the policy's per-unit
@@ -285,7 +287,26 @@ class Freezer:
         if newly and self.sync is not None:
             self.sync.applied(newly)
         self._apply_lr()
+        if self.step_count == self.total_steps:
+            self._say_if_nothing_froze()
         return newly
+
+    def _say_if_nothing_froze(self) -> None:
+        """Never a silent no-op: a run that ends (its last planned step, or :meth:`close`) with no
+        unit frozen saved nothing, and the user should know why."""
+        never_decides = type(self.policy).decide is FreezePolicy.decide  # the none baseline, a recorder
+        if self._told_nothing_froze or self.frozen or never_decides:
+            return
+        self._told_nothing_froze = True
+        if self.step_count == 0:
+            why = "freezer.step() was never called: call it after every optimizer.step()"
+        else:
+            cooling = f", {len(self.cooling)} unit(s) still cooling down" if self.cooling else ""
+            how = ("no unit looked ready to it (a longer run, or a lower threshold, lets it freeze)"
+                   if self.policy.requires else
+                   "its schedule reached no unit in a run this long (check total_steps and its settings)")
+            why = f"after {self.step_count} of the {self.total_steps} steps it was told{cooling}, {how}"
+        warnings.warn(f"frostline: {self.policy.name} froze no unit, so this run saved nothing: {why}", stacklevel=3)
 
     def _admissible(self, wanted: set[int]) -> list[int]:
         last = len(self.units) - 1
