@@ -9,11 +9,15 @@ drifts along a fixed random direction, by its own RMS over an epoch: a unit stil
 stays active, so every decision judges every unit (the script checks that none froze).
 
 Prints the Freezer's ``decision_time_s`` per step (snapshot gathers, history, predictor passes):
-divide by a training step's time on your machine for the overhead the suite reports.
+divide by a training step's time on your machine for the overhead the suite reports. It is split
+into the snapshots (reading the sampled weights, keeping them in the history: every
+``snapshots_per_epoch``-th of an epoch) and the decisions (the predictor's passes), because the
+two scale differently: snapshots with the epoch, decisions with ``--stages-per-epoch``.
 """
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -37,6 +41,17 @@ def main() -> None:
     policy = frostline.SmartFRZ(steps_per_epoch=STEPS_PER_EPOCH, stages_per_epoch=args.stages_per_epoch)
     freezer = frostline.Freezer(model, optimizer, policy, total_steps=8 * STEPS_PER_EPOCH,
                                 example_input=torch.randn(2, 1, 28, 28))
+    spent = {"decisions": 0.0}
+
+    def timed(fn):
+        def call(*a, **k):
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            spent["decisions"] += time.perf_counter() - t0
+            return out
+        return call
+
+    policy.freeze_probabilities = timed(policy.freeze_probabilities)
     drift = [(p, torch.randn_like(p) * p.detach().square().mean().sqrt() / STEPS_PER_EPOCH)
              for p in model.parameters()]
     for _ in range(args.steps):
@@ -46,8 +61,11 @@ def main() -> None:
         freezer.step()
     if freezer.frozen:
         raise SystemExit(f"units froze ({sorted(freezer.frozen)}): the measurement no longer judges every unit")
+    per_step = 1e6 / args.steps
     print(f"{args.steps} steps, {policy.stages_done} decisions over {policy.num_units - 1} units: "
-          f"{freezer.decision_time_s:.3f} s deciding, {1e6 * freezer.decision_time_s / args.steps:.0f} us per step")
+          f"{freezer.decision_time_s:.3f} s deciding, {per_step * freezer.decision_time_s:.0f} us per step "
+          f"(decisions {per_step * spent['decisions']:.0f}, snapshots and the rest "
+          f"{per_step * (freezer.decision_time_s - spent['decisions']):.0f})")
 
 
 if __name__ == "__main__":
