@@ -274,3 +274,17 @@ def test_without_the_lab_extra_the_cli_says_which_extra_to_install(monkeypatch, 
     assert main(["report", "nowhere"]) == 2
     err = capsys.readouterr().err
     assert "matplotlib missing" in err and "frostline[lab]" in err and "Traceback" not in err
+
+
+@pytest.mark.integration
+def test_a_command_whose_run_froze_nothing_says_so_in_one_line(tmp_path):
+    """A schedule that reaches no unit in a run this short: the warning reads as one line on the
+    command line, not as a library file and source line."""
+    done = subprocess.run(
+        [sys.executable, "-m", "frostline", "train", "--model", "vgg", "--epochs", "1", "--train-subset", "256",
+         "--val-size", "128", "--test-subset", "128", "--method", "linear", "--freeze-start", "0.9",
+         "--freeze-level", "0.1", "--no-progress", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "warning: frostline: linear froze no unit, so this run saved nothing" in done.stderr
+    assert "UserWarning" not in done.stderr and "recipe.py" not in done.stderr

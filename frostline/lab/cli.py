@@ -7,10 +7,12 @@ exits with code 2 and one line saying what to do, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
 import typing
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -396,12 +398,25 @@ def check_lab_installed() -> None:
                              "pip install 'frostline[lab]' (from a checkout: pip install -e '.[lab]')")
 
 
+@contextlib.contextmanager
+def _one_line_warnings():
+    """A warning on the command line reads as one line (``warning: ...``), not as the library
+    file and source line that raised it: those mean nothing to someone who ran a command."""
+    before = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = before
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         check_lab_installed()
-        return COMMANDS[args.command_name](args)
+        with _one_line_warnings():
+            return COMMANDS[args.command_name](args)
     except FrostlineError as e:
         print(f"frostline: error: {e}", file=sys.stderr)
         return 2
