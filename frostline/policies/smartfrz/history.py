@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from ...errors import check_int
-from .predictor import context_from
+from .predictor import batch_windows, context_from
 
 #: what the kept projections are (older checkpoints kept key, query and value: those are projected again)
 PROJECTION = "key-value"
@@ -55,15 +55,8 @@ class History:
             rows = project(torch.stack([self.snapshots[u][t] for u, t in todo]))
             for (u, t), row in zip(todo, rows):
                 self.projected[u][t] = row
-        lengths = [len(self.snapshots[u]) for u in units]
-        longest = max(lengths)
-        projected = torch.zeros(len(units), longest, self.projected[units[0]][0].shape[-1])
-        mask = torch.zeros(len(units), longest, dtype=torch.bool)
-        means = []
-        for b, (u, n) in enumerate(zip(units, lengths)):
-            torch.stack(list(self.projected[u]), out=projected[b, longest - n:])
-            mask[b, longest - n:] = True
-            means.append(torch.stack(list(self.snapshots[u])).mean(dim=0))
+        projected, mask = batch_windows([torch.stack(list(self.projected[u])) for u in units])
+        means = [torch.stack(list(self.snapshots[u])).mean(dim=0) for u in units]
         newest = torch.stack([self.snapshots[u][-1] for u in units]).float()
         oldest = torch.stack([self.snapshots[u][0] for u in units]).float()
         rms = newest.square().mean(dim=1).sqrt().clamp_min(1e-12)
