@@ -280,11 +280,13 @@ class TailoredWeights:
     frozen units. A gather of ``size`` numbers per unit into one buffer: no copy of the weights.
     Only the parameters that train when it is bound are sampled: a LoRA layer's frozen base weights
     never change and would drown its adapters' trajectory (for a model that trains everything,
-    all of them)."""
+    all of them). With ``head=False`` the last unit is not read (a policy that never freezes the
+    head has no use for its trajectory) and gets ``None``."""
 
-    def __init__(self, size: int = 1024, seed: int = 0):
+    def __init__(self, size: int = 1024, seed: int = 0, head: bool = True):
         self.size = size
         self.seed = seed
+        self.head = head
         self.tailor: Tailor | None = None
         self._params: list[list[Any]] = []
 
@@ -296,7 +298,8 @@ class TailoredWeights:
         if self.tailor is None:
             self.bind(freezer)
         units = freezer.units
-        active = [i for i in range(len(units)) if i not in freezer.frozen]
+        read = len(units) if self.head else len(units) - 1
+        active = [i for i in range(read) if i not in freezer.frozen]
         rows = self.tailor.sample_units(self._params, active)
         return [rows.get(i) for i in range(len(units))]
 

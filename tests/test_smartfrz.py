@@ -112,7 +112,7 @@ def test_decisions_reuse_each_snapshot_and_answer_as_the_plain_network():
         for p in (policy, resumed) if t >= 30 else (policy,):
             p.observe(Progress(t + 1, 100), {"tailored_weights": [None if r is None else r.clone() for r in rows]})
     windows = [w[25 * (i % 2):][-30:] for i, w in enumerate(trajectories)]
-    assert [len(policy.history.snapshots[i]) for i in range(4)] == [30, 20, 30, 20]
+    assert [policy.history.length(i) for i in range(4)] == [30, 20, 30, 20]
     with torch.no_grad():
         x, mask = batch_windows([window_features(w) for w in windows])
         context = torch.stack([window_context(w, 0.45) for w in windows])
@@ -122,7 +122,7 @@ def test_decisions_reuse_each_snapshot_and_answer_as_the_plain_network():
     assert resumed.freeze_probabilities(Progress(45, 100)) == mine  # bit for bit
     older = {**policy.state_dict()}  # a checkpoint from before the kept projections were key-value only
     older["history"] = {k: v for k, v in older["history"].items() if k not in ("projection", "steps")}
-    older["history"]["projected"] = [[torch.zeros(768)] * len(h) for h in policy.history.snapshots]
+    older["history"]["projected"] = [[torch.zeros(768)] * policy.history.length(u) for u in range(5)]
     reloaded = SmartFRZ(predictor=model, window=30, stage_steps=1000, snapshot_steps=1)
     reloaded.bind(["a", "b", "c", "d", "head"])
     reloaded.load_state_dict(older)
@@ -255,23 +255,23 @@ def test_policy_mechanics_on_real_training(synthetic):
     assert fz.frozen == set(range(len(fz.units) - 1))
     first = fz.timeline[0]
     assert first.step == 4 and first.signal["freeze_probability"] > 0.99 and first.signal["snapshots"] == 4
-    assert all(len(h) == 0 for h in fz.policy.history.snapshots[:-1])  # frozen units' histories dropped
-    assert len(fz.policy.history.snapshots[-1]) == 8  # the head keeps its window
+    assert all(fz.policy.history.length(u) == 0 for u in range(len(fz.units) - 1))  # frozen units' histories dropped
+    assert fz.policy.history.length(len(fz.units) - 1) == 0  # the head never freezes: never read
     never = _run(SmartFRZ(predictor=_biased(False), stage_steps=4, snapshot_steps=1, window=3), synthetic)
-    assert not never.frozen and all(len(h) == 3 for h in never.policy.history.snapshots)  # window caps history
+    assert not never.frozen and all(never.policy.history.length(u) == 3 for u in range(len(never.units) - 1))  # window caps history
     # prefix_only: a unit that is not ready blocks every unit after it
     p = SmartFRZ(predictor=_biased(True), stage_steps=2, snapshot_steps=1, prefix_only=True)
     p.bind(["a", "b", "c", "head"])
     snap = [torch.randn(1024) for _ in range(4)]
     p.observe(Progress(1, 100), {"tailored_weights": snap})
-    p.history.snapshots[1].clear()  # b has too few snapshots to be judged
+    p.history.drop(1)  # b has too few snapshots to be judged
     p.observe(Progress(2, 100), {"tailored_weights": [s + 0.1 for s in snap]})
     assert p.decide(Progress(2, 100)) == {0}
     # resume
     q = SmartFRZ(predictor=_biased(True), stage_steps=2, snapshot_steps=1, prefix_only=True)
     q.bind(["a", "b", "c", "head"])
     q.load_state_dict(p.state_dict())
-    assert q.decide(Progress(2, 100)) == {0} and [len(h) for h in q.history.snapshots] == [0, 1, 2, 2]
+    assert q.decide(Progress(2, 100)) == {0} and [q.history.length(u) for u in range(4)] == [0, 1, 2, 0]
     r = SmartFRZ(predictor=_biased(True), stage_steps=2, snapshot_steps=1, window=5)
     r.bind(["a", "b", "c", "head"])
     with pytest.raises(CheckpointError):

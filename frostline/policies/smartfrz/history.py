@@ -28,6 +28,10 @@ class History:
         #: per snapshot, the length of its step from the one before (0.0 for a unit's first)
         self.steps: list[deque] = [deque(maxlen=window) for _ in range(num_units)]
 
+    def length(self, unit: int) -> int:
+        """How many snapshots of ``unit`` the window holds."""
+        return len(self.snapshots[unit])
+
     def add(self, samples: list[torch.Tensor | None]) -> None:
         arrived = [u for u, s in enumerate(samples) if s is not None]
         moved = [u for u in arrived if self.snapshots[u]]

@@ -111,9 +111,10 @@ class SmartFRZPredictor(nn.Module):
         real = mask.unsqueeze(-1).to(projected.dtype)
         mean = (projected * real).sum(dim=1, keepdim=True) / real.sum(dim=1, keepdim=True)
         scale = (self.input_scale / rms).view(-1, 1)
+        q_weights = self._first_weights()[1]
         kv_bias = torch.cat([self.key[0].bias, self.value[0].bias])
-        k_in, v_in = torch.relu((projected - mean) * scale.unsqueeze(-1) + kv_bias).chunk(2, dim=-1)
-        q_in = torch.relu(newest_centred @ self._first_weights()[1].T * scale + self.query[0].bias)
+        k_in, v_in = (projected - mean).mul_(scale.unsqueeze(-1)).add_(kv_bias).relu_().chunk(2, dim=-1)
+        q_in = torch.relu(newest_centred @ q_weights.T * scale + self.query[0].bias)
         return self._attend(self.key[2:](k_in), self.query[2:](q_in), self.value[2:](v_in), mask, context)
 
     def _attend(self, k: torch.Tensor, q: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,

@@ -78,7 +78,7 @@ class SmartFRZ(StagedPolicy):
     def collectors(self):
         from ...signals import TailoredWeights
 
-        return {"tailored_weights": TailoredWeights(self.tailor_size, self.seed)}
+        return {"tailored_weights": TailoredWeights(self.tailor_size, self.seed, head=False)}
 
     def wants(self, progress: Progress) -> frozenset[str]:
         return self.requires if self.snapshots.is_stage_end(progress.step) else super().wants(progress)
@@ -90,7 +90,7 @@ class SmartFRZ(StagedPolicy):
     def freeze_probabilities(self, progress: Progress) -> dict[int, float]:
         """P(freeze) per active unit (below the head) with at least two snapshots."""
         units = [i for i in range(self.num_units - 1)
-                 if i not in self.frozen and len(self.history.snapshots[i]) >= MIN_SNAPSHOTS]
+                 if i not in self.frozen and self.history.length(i) >= MIN_SNAPSHOTS]
         if not units:
             return {}
         inputs = self.history.inputs(units, self.predictor.project, progress.fraction)
@@ -99,13 +99,14 @@ class SmartFRZ(StagedPolicy):
 
     def _record(self, progress: Progress, signals: dict[str, Any]) -> None:
         samples = self._per_unit(signals["tailored_weights"], "snapshots")
-        self.history.add([None if i in self.frozen else s for i, s in enumerate(samples)])
+        judged = self.num_units - 1  # the head never freezes: its trajectory is not kept
+        self.history.add([None if i in self.frozen or i >= judged else s for i, s in enumerate(samples)])
 
     def _ready(self, progress: Progress) -> dict[int, dict[str, Any]]:
         probs = self.freeze_probabilities(progress)
         self.last_stage = {"stage": self.stages_done, "step": progress.step,
                            "freeze_probability": {self.unit_names[i]: round(p, 4) for i, p in probs.items()}}
-        return {i: {"freeze_probability": p, "snapshots": len(self.history.snapshots[i]), "stage": self.stages_done,
+        return {i: {"freeze_probability": p, "snapshots": self.history.length(i), "stage": self.stages_done,
                     "step": progress.step, "predictor": self.predictor_meta.get("sha256")}
                 for i, p in probs.items() if p > self.threshold}
 
