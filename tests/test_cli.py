@@ -288,3 +288,30 @@ def test_a_command_whose_run_froze_nothing_says_so_in_one_line(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "warning: frostline: linear froze no unit, so this run saved nothing" in done.stderr
     assert "UserWarning" not in done.stderr and "recipe.py" not in done.stderr
+
+
+def test_a_pretrained_model_fine_tunes_with_its_own_settings_where_flags_are_unset(capsys):
+    """SGD at the from-scratch lr 0.05 undoes much of what pretraining learned: `--model minilm`
+    alone must fine-tune as the finetune suite does, a flag the user gives must win, the command
+    must say which settings it chose, and a model trained from scratch keeps the plain defaults."""
+    from frostline.lab.cli import _config
+    from frostline.lab.compare import SUITES
+    from frostline.lab.config import TrainConfig
+    from frostline.lab.pretrained import FINETUNE_SETTINGS
+    from frostline.lab.steptime import BenchConfig
+
+    cfg = _config(build_parser().parse_args(["train", "--model", "minilm", "--dataset", "fine-foods", "--lr", "2e-5"]),
+                  TrainConfig)
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.max_length) == ("adamw", 2e-5, 0.01, 32, 64)
+    said = capsys.readouterr().err
+    assert "minilm is pretrained" in said and "--optimizer adamw" in said and "--lr" not in said
+    scratch = _config(build_parser().parse_args(["train", "--model", "resnet"]), TrainConfig)
+    assert (scratch.optimizer, scratch.lr, scratch.weight_decay, scratch.batch_size) == ("sgd", 0.05, 5e-4, 128)
+    assert capsys.readouterr().err == ""
+    bench = _config(build_parser().parse_args(["bench", "steptime", "--model", "efficientnet-lite0"]), BenchConfig)
+    assert bench.batch_size == 64 and bench.max_length == 128
+    # the benchmark's fine-tuning cells train with these same settings
+    suite = SUITES["finetune"]
+    for _, model, pair in suite.pairs:
+        ran = {**suite.settings, **pair}
+        assert {k: ran[k] for k in FINETUNE_SETTINGS[model]} == FINETUNE_SETTINGS[model]

@@ -10,7 +10,7 @@ import pytest
 
 from frostline import ConfigError
 from frostline.lab import config
-from frostline.lab.cli import _add_config_flags, build_parser
+from frostline.lab.cli import _add_config_flags, _config, build_parser
 from frostline.lab.config import TrainConfig, make_policy, policy_kwargs, runtime_arguments
 from frostline.policies import FreezePolicy, Hyperparameter, create_policy, list_policies, policy_spec, registry
 
@@ -67,7 +67,7 @@ def test_every_hyperparameter_travels_from_its_declaration_to_the_policy(method)
         assert hp.help in field.metadata["help"] and "--" + hp.config_field.replace("_", "-") in help_text
         value = _other_value(hp)
         args = parser.parse_args(["train", "--method", method, *_flag(hp.config_field, value)])
-        cfg = TrainConfig(**{name: getattr(args, name) for name in FIELDS})
+        cfg = _config(args, TrainConfig)
         assert getattr(cfg, hp.config_field) == value and policy_kwargs(cfg)[hp.name] == value
     # the defaults reach the policy as declared (None: "the policy's own", which it resolves)
     policy = make_policy(TrainConfig(method=method))

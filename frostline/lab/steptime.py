@@ -27,6 +27,7 @@ from ..exploit.timing import profile_step_times
 from .data import load_dataset
 from ..errors import ConfigError, ModelError
 from ..freezer import Freezer
+from .pretrained import TEXT_MODELS
 from .zoo import create_model
 from ..policies import NoFreezing
 from .report import markdown_table
@@ -41,6 +42,7 @@ class BenchConfig:
     model: str = "resnet"
     dataset: str = "fashion-mnist"
     batch_size: int = 128
+    max_length: int = 128  # text datasets: tokens per sample
     width: int | None = None
     depth: int | None = None
     repeats: int = 25
@@ -129,7 +131,7 @@ def steptime(cfg: BenchConfig) -> dict[str, Any]:
 
 def _model_and_batch(cfg: BenchConfig, device: torch.device):
     """The zoo model (each child one freeze unit, as the ideal step slices it) and one real batch."""
-    data = load_dataset(cfg.dataset, train_subset=cfg.batch_size, test_subset=1, seed=cfg.seed)
+    data = load_dataset(cfg.dataset, train_subset=cfg.batch_size, test_subset=1, seed=cfg.seed, max_length=cfg.max_length)
     _, x, y = next(iterate_batches(data.train, cfg.batch_size, shuffle=False))
     x, y = x.to(device), y.to(device)
     base = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
@@ -241,7 +243,7 @@ def _write(cfg: BenchConfig, device: torch.device, result: dict[str, Any]) -> No
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "steptime.json", result)
     command = (f"frostline bench steptime --model {cfg.model} --dataset {cfg.dataset} --batch-size {cfg.batch_size}"
-               f" --repeats {cfg.repeats}" + (f" --threads {cfg.threads}" if cfg.threads else "")
+               + (f" --max-length {cfg.max_length}" if cfg.model in TEXT_MODELS else "") + f" --repeats {cfg.repeats}" + (f" --threads {cfg.threads}" if cfg.threads else "")
                + (" --cache" if cfg.cache else ""))
     cached = [r["cached_over_suffix"] for r in rows if "cached_ms" in r]
     (out / "steptime.md").write_text(
