@@ -98,8 +98,8 @@ def _config(args: argparse.Namespace, config_cls):
               if k in names and not hasattr(args, k)}
     if recipe:
         cfg = dataclasses.replace(cfg, **recipe)
-        print(f"{cfg.model} is pretrained: fine-tuning with " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.items())
-              + " (set a flag to change one)", file=sys.stderr)
+        print(f"{cfg.model} is pretrained: its fine-tuning settings fill the flags left unset: "
+              + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.items()), file=sys.stderr)
     return cfg
 
 
