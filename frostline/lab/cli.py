@@ -98,6 +98,7 @@ def _config(args: argparse.Namespace, config_cls):
               if k in names and not hasattr(args, k)}
     if recipe:
         cfg = dataclasses.replace(cfg, **recipe)
+    if recipe and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks
         print(f"{cfg.model} is pretrained: its fine-tuning settings fill the flags left unset: "
               + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.items()), file=sys.stderr)
     return cfg
