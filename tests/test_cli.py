@@ -199,21 +199,24 @@ def test_interrupted_run_leaves_readable_results(tmp_path):
 def test_bench_steptime_writes_a_row_per_frozen_depth(tmp_path, capsys):
     out = tmp_path / "bench"
     code = main(["bench", "steptime", "--model", "vit", "--batch-size", "16", "--repeats", "3", "--warmup", "0",
-                 "--out", str(out)])
+                 "--optimizer", "adamw", "--out", str(out)])
     assert code == 0
     result = json.loads((out / "steptime.json").read_text())
     assert [r["k"] for r in result["rows"]] == list(range(6))  # embed, 4 blocks, head
     assert result["rows"][0]["predicted_saving"] == 0.0
     assert all(r["predicted_saving"] < s["predicted_saving"] for r, s in zip(result["rows"], result["rows"][1:]))
-    assert "frozen/ideal" in (out / "steptime.md").read_text()
+    written = (out / "steptime.md").read_text()
+    assert "frozen/ideal" in written and "--optimizer adamw" in written and "adamw steps" in written
     printed = capsys.readouterr()
     assert "|" in printed.out
     assert "steptime vit" in printed.err and "7/7" in printed.err  # the profile and six boundaries, as they finish
 
 
-def test_bench_rejects_too_few_repeats(tmp_path, capsys):
+def test_bench_steptime_rejects_bad_settings(tmp_path, capsys):
     assert main(["bench", "steptime", "--repeats", "1", "--out", str(tmp_path)]) == 2
     assert "repeats" in capsys.readouterr().err
+    assert main(["bench", "steptime", "--optimizer", "adam", "--out", str(tmp_path)]) == 2
+    assert "unknown optimizer 'adam'" in capsys.readouterr().err
 
 
 @pytest.mark.integration
@@ -309,7 +312,7 @@ def test_a_pretrained_model_fine_tunes_with_its_own_settings_where_flags_are_uns
     assert (scratch.optimizer, scratch.lr, scratch.weight_decay, scratch.batch_size) == ("sgd", 0.05, 5e-4, 128)
     assert capsys.readouterr().err == ""
     bench = _config(build_parser().parse_args(["bench", "steptime", "--model", "efficientnet-lite0"]), BenchConfig)
-    assert bench.batch_size == 64 and bench.max_length == 128
+    assert bench.batch_size == 64 and bench.max_length == 128 and bench.optimizer == "adamw"
     # the benchmark's fine-tuning cells train with these same settings
     suite = SUITES["finetune"]
     for _, model, pair in suite.pairs:

@@ -137,7 +137,8 @@ def _bench_parsers(bench_sub) -> None:
     p_step = _command(bench_sub, "steptime", "bench steptime", help="step time with the first k units frozen, for every k")
     _add_config_flags(p_step, BenchConfig, {
         "cache": "also time the cached step (prefix output replayed from the cache) against a suffix-only step",
-        "out": "folder for steptime.json and steptime.md", "progress": "show a progress bar"})
+        "out": "folder for steptime.json and steptime.md", "progress": "show a progress bar",
+        "optimizer": "optimizer whose step is timed: sgd or adamw"})
     p_cmp = _command(bench_sub, "compare", "bench compare",
                      help="every method side by side on real data (resumable); writes report.md and plots")
     p_cmp.add_argument("--suite", default="quick",

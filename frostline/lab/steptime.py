@@ -24,6 +24,7 @@ from ..atomic import atomic_write_json
 from ..exploit.cache import ActivationCache, CachedPrefixModel
 from ..exploit.cost import measure_costs
 from ..exploit.timing import profile_step_times
+from .config import OPTIMIZERS
 from .data import load_dataset
 from ..errors import ConfigError, ModelError
 from ..freezer import Freezer
@@ -43,6 +44,7 @@ class BenchConfig:
     dataset: str = "fashion-mnist"
     batch_size: int = 128
     max_length: int = 128  # text datasets: tokens per sample
+    optimizer: str = "sgd"  # whose step is timed: sgd or adamw
     width: int | None = None
     depth: int | None = None
     repeats: int = 25
@@ -92,14 +94,22 @@ def _ideal_step(prefix: nn.Module, suffix: nn.Module, optimizer, x, y) -> Callab
     return step
 
 
-def _sgd(params):
-    return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+def _optimizer(name: str) -> Callable[..., torch.optim.Optimizer]:
+    """The optimizer whose step is timed, as the run would use it: AdamW keeps twice SGD's state
+    per parameter, so its step is a larger share of a fine-tuning step (the learning rate does not
+    change the time)."""
+    if name == "sgd":
+        return lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    return lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
 
 
 def steptime(cfg: BenchConfig) -> dict[str, Any]:
     """Measure and write ``steptime.json`` / ``steptime.md`` under ``cfg.out``."""
     if cfg.repeats < 3 or cfg.warmup < 0 or cfg.batch_size <= 0:
         raise ConfigError("need repeats >= 3, warmup >= 0 and batch_size > 0")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    make_optimizer = _optimizer(cfg.optimizer)
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -108,11 +118,11 @@ def steptime(cfg: BenchConfig) -> dict[str, Any]:
     # a pretrained model on a CPU takes minutes: say where it is (the profile, then each boundary)
     bar = progress_bar(len(units) + 1, cfg.progress, f"steptime {cfg.model}", unit="part")
     cost = measure_costs(base, units, x, y)
-    profile = profile_step_times(base, units, x, y, optimizer=_sgd, rounds=max(5, cfg.repeats // 2), out_of_order=False)
+    profile = profile_step_times(base, units, x, y, optimizer=make_optimizer, rounds=max(5, cfg.repeats // 2), out_of_order=False)
     bar.update()
     rows = []
     for k in range(len(units)):  # k frozen units; the head (last) is never frozen
-        steps = _steps(base, units, k, x, y, cache=cfg.cache)
+        steps = _steps(base, units, k, x, y, make_optimizer, cache=cfg.cache)
         rows.append(_row(k, units, cost, profile, _time_round_robin(steps, cfg, device)))
         bar.update()
     bar.close()
@@ -144,28 +154,28 @@ def _model_and_batch(cfg: BenchConfig, device: torch.device):
     return base, units, x, y
 
 
-def _frozen_copy(base: nn.Module, units, k: int):
+def _frozen_copy(base: nn.Module, units, k: int, make_optimizer):
     """A copy of ``base`` with its first ``k`` units frozen by a Freezer, and its optimizer."""
     model = copy.deepcopy(base).train()
-    opt = _sgd(model.parameters())
+    opt = make_optimizer(model.parameters())
     freezer = Freezer(model, opt, NoFreezing(), 1, units=[u.module_names for u in units])
     for i in range(k):
         freezer.freeze(i)
     return model, opt, freezer
 
 
-def _steps(base: nn.Module, units, k: int, x, y, *, cache: bool) -> dict[str, Callable[[], None]]:
+def _steps(base: nn.Module, units, k: int, x, y, make_optimizer, *, cache: bool) -> dict[str, Callable[[], None]]:
     """The training steps to time for boundary ``k``: full, frozen, ideal (and cached, suffix)."""
     full_model = copy.deepcopy(base).train()
-    frozen_model, opt, _ = _frozen_copy(base, units, k)
+    frozen_model, opt, _ = _frozen_copy(base, units, k, make_optimizer)
     ideal_model = copy.deepcopy(base).train()
     prefix, suffix = ideal_model[:k].eval(), ideal_model[k:]
-    steps = {"full": _training_step(full_model, _sgd(full_model.parameters()), x, y),
+    steps = {"full": _training_step(full_model, make_optimizer(full_model.parameters()), x, y),
              "frozen": _training_step(frozen_model, opt, x, y),
-             "ideal": _ideal_step(prefix, suffix, _sgd(suffix.parameters()), x, y)}
+             "ideal": _ideal_step(prefix, suffix, make_optimizer(suffix.parameters()), x, y)}
     if cache and k > 0:
         # the cache already holds this batch at boundary k (as after its first epoch)
-        cached_model, cached_opt, cached_freezer = _frozen_copy(base, units, k)
+        cached_model, cached_opt, cached_freezer = _frozen_copy(base, units, k, make_optimizer)
         cached = CachedPrefixModel(cached_model, cached_freezer, ActivationCache(len(y)))
         indices = torch.arange(len(y))
         cached(indices, x)
@@ -173,7 +183,7 @@ def _steps(base: nn.Module, units, k: int, x, y, *, cache: bool) -> dict[str, Ca
         with torch.no_grad():
             h = cached_model[:k](x)
         suffix_only = copy.deepcopy(base)[k:].train()
-        steps["suffix"] = _training_step(suffix_only, _sgd(suffix_only.parameters()), h, y)
+        steps["suffix"] = _training_step(suffix_only, make_optimizer(suffix_only.parameters()), h, y)
     return steps
 
 
@@ -243,14 +253,15 @@ def _write(cfg: BenchConfig, device: torch.device, result: dict[str, Any]) -> No
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "steptime.json", result)
     command = (f"frostline bench steptime --model {cfg.model} --dataset {cfg.dataset} --batch-size {cfg.batch_size}"
-               + (f" --max-length {cfg.max_length}" if cfg.model in TEXT_MODELS else "") + f" --repeats {cfg.repeats}" + (f" --threads {cfg.threads}" if cfg.threads else "")
+               + (f" --max-length {cfg.max_length}" if cfg.model in TEXT_MODELS else "")
+               + (f" --optimizer {cfg.optimizer}" if cfg.optimizer != "sgd" else "") + f" --repeats {cfg.repeats}" + (f" --threads {cfg.threads}" if cfg.threads else "")
                + (" --cache" if cfg.cache else ""))
     cached = [r["cached_over_suffix"] for r in rows if "cached_ms" in r]
     (out / "steptime.md").write_text(
         f"# Step time with the first k units frozen: {cfg.model} on {cfg.dataset}\n\n"
         f"`{command}` on {device} ({torch.get_num_threads()} threads, torch {torch.__version__}); "
         f"times are medians of {cfg.repeats} steps after {cfg.warmup} warm-up, ratios medians of back-to-back pairs, "
-        f"batch {cfg.batch_size}.\n\n{result['table']}\n\n"
+        f"batch {cfg.batch_size}, {cfg.optimizer} steps.\n\n{result['table']}\n\n"
         f"Worst frozen/ideal: {result['worst_frozen_over_ideal']:.3f}. "
         f"Worst |predicted - measured| saving: time-calibrated {100 * result['worst_time_prediction_gap']:.1f} points, "
         f"FLOPs {100 * result['worst_prediction_gap']:.1f} points. The time-calibrated prediction comes from a "
