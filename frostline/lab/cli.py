@@ -61,13 +61,13 @@ HELP = {
 }
 
 
-#: Settings a pretrained model's fine-tuning recipe fills in where their flags are left unset.
-RECIPE_FIELDS = ("optimizer", "lr", "weight_decay", "batch_size", "max_length")
-
-
 def _add_config_flags(parser: argparse.ArgumentParser, config_cls, overrides: dict[str, str] | None = None) -> None:
     """One flag per field of ``config_cls``; its help from ``overrides``, the field's own (method
-    hyperparameters) or :data:`HELP`."""
+    hyperparameters) or :data:`HELP`. A field some pretrained model's fine-tuning settings name is
+    left off the parsed flags when unset, so :func:`_config` can tell it was not given."""
+    from .pretrained import FINETUNE_SETTINGS
+
+    recipe_fields = {name for settings in FINETUNE_SETTINGS.values() for name in settings}
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         flag = "--" + f.name.replace("_", "-")
@@ -78,7 +78,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls, overrides: di
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
             continue
         base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
-        if f.name in RECIPE_FIELDS:  # left unset, a pretrained model's fine-tuning setting replaces the default
+        if f.name in recipe_fields:  # left unset, a pretrained model's fine-tuning setting replaces the default
             parser.add_argument(flag, dest=f.name, type=base, default=argparse.SUPPRESS,
                                 help=f"{text} (default: {f.default}; a pretrained model's fine-tuning setting)")
             continue

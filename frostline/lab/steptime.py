@@ -108,7 +108,7 @@ def steptime(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.repeats < 3 or cfg.warmup < 0 or cfg.batch_size <= 0:
         raise ConfigError("need repeats >= 3, warmup >= 0 and batch_size > 0")
     if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose one of {list(OPTIMIZERS)}")
     make_optimizer = _optimizer(cfg.optimizer)
     device = pick_device(cfg.device)
     if cfg.threads:
@@ -254,7 +254,8 @@ def _write(cfg: BenchConfig, device: torch.device, result: dict[str, Any]) -> No
     atomic_write_json(out / "steptime.json", result)
     command = (f"frostline bench steptime --model {cfg.model} --dataset {cfg.dataset} --batch-size {cfg.batch_size}"
                + (f" --max-length {cfg.max_length}" if cfg.model in TEXT_MODELS else "")
-               + (f" --optimizer {cfg.optimizer}" if cfg.optimizer != "sgd" else "") + f" --repeats {cfg.repeats}" + (f" --threads {cfg.threads}" if cfg.threads else "")
+               + (f" --optimizer {cfg.optimizer}" if cfg.optimizer != "sgd" else "")
+               + f" --repeats {cfg.repeats}" + (f" --threads {cfg.threads}" if cfg.threads else "")
                + (" --cache" if cfg.cache else ""))
     cached = [r["cached_over_suffix"] for r in rows if "cached_ms" in r]
     (out / "steptime.md").write_text(
