@@ -21,6 +21,7 @@ TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "-
     (["--method", "freezeout", "--t-0", "-0.5"], "t_0"),
     (["--method", "linear", "--freeze-start", "1.2"], "freeze_start"),
     (["--method", "linear", "--freeze-level", "1.5"], "freeze_level"),
+    (["--method", "linear", "--freeze-start", "0.5", "--freeze-end", "0.4"], "freeze_end"),
     (["--epochs", "0"], "epochs"),
     (["--epochs", "-3"], "epochs"),
     (["--method", "none", "--const-time"], "const_time"),

@@ -555,6 +555,23 @@ def test_a_measurement_only_setting_does_not_make_a_finished_run_stale(tmp_path)
     assert "--speed-probe" in _train_argv(cell, folder)
 
 
+def test_a_run_made_before_a_setting_existed_counts_as_made_with_its_default(tmp_path):
+    """A setting added to a method later (linear's ``freeze_end``) defaults to what runs did before
+    it existed: a finished run whose config lacks it is not stale, but one whose schedule ended
+    early is not the default variant's run."""
+    cells, _ = suite_cells(SUITES["finetune"], METHODS)
+    cell = next(c for c in cells if c.variant == "linear-start0+cache")
+    assert dict(cell.settings)["freeze_end"] == 1.0
+    folder = tmp_path / "run"
+    folder.mkdir()
+    settings = {k: v for k, v in cell.settings if k != "freeze_end"}
+    (folder / "config.json").write_text(json.dumps(settings))
+    (folder / "summary.json").write_text(json.dumps({"status": "finished"}))
+    assert _finished(folder, cell) is not None
+    (folder / "config.json").write_text(json.dumps({**settings, "freeze_end": 0.5}))
+    assert _finished(folder, cell) is None
+
+
 def test_aggregate_lists_every_variant_and_pairs_cpu_time():
     suite = Suite("a", ("resnet",), ("fashion-mnist",), 2, ("none", "smartfrz+cache", "linear"), {"epochs": 8})
     cells, _ = suite_cells(suite, METHODS)

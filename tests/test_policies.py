@@ -37,9 +37,20 @@ def test_linear_policy_matches_composer_schedule():
     assert p.decide(Progress(100, 100)) == {0, 1, 2, 3}
 
 
+def test_linear_policy_with_an_early_end_has_frozen_all_but_the_head_by_then():
+    p = LinearFreezing(freeze_start=0.0, freeze_level=1.0, freeze_end=0.5)
+    p.bind([f"u{i}" for i in range(5)])
+    assert p.decide(Progress(0, 100)) == set()
+    assert p.decide(Progress(25, 100)) == {0, 1}  # twice as fast as the same schedule ending at 1
+    assert p.decide(Progress(50, 100)) == {0, 1, 2, 3}
+    assert p.decide(Progress(90, 100)) == {0, 1, 2, 3}  # held, never the head
+
+
 @pytest.mark.parametrize("name,kw", [("freezeout", {"t_0": 1.0}), ("freezeout", {"t_0": -0.2}),
                                      ("freezeout", {"schedule": "quartic"}), ("linear", {"freeze_start": 1.0}),
-                                     ("linear", {"freeze_level": 2.0}), ("nope", {}), ("linear", {"t_0": 0.5})])
+                                     ("linear", {"freeze_level": 2.0}), ("nope", {}), ("linear", {"t_0": 0.5}),
+                                     ("linear", {"freeze_start": 0.5, "freeze_end": 0.5}),
+                                     ("linear", {"freeze_end": 1.5})])
 def test_bad_policy_arguments(name, kw):
     with pytest.raises(ConfigError):
         create_policy(name, **kw)
