@@ -537,39 +537,24 @@ def test_the_probe_trains_a_fresh_model_and_leaves_the_random_generators_alone()
     # more steps than one epoch's 4 batches: the probe goes on into the next epoch
 
 
-def test_a_measurement_only_setting_does_not_make_a_finished_run_stale(tmp_path):
-    """The finetune suite's speed probe measures a run, it does not change it: a run made before the
-    suite asked for the probe still counts (and is measured as it was made)."""
-    suite = SUITES["finetune"]
-    assert dict(suite.settings)["speed_probe"] > 0
-    cells, _ = suite_cells(suite, METHODS)
-    cell = next(c for c in cells if c.variant == "linear-start0+cache")
-    folder = tmp_path / "run"
-    folder.mkdir()
-    settings = {k: v for k, v in cell.settings if k != "speed_probe"}
-    (folder / "config.json").write_text(json.dumps(settings))
-    (folder / "summary.json").write_text(json.dumps({"status": "finished"}))
-    assert _finished(folder, cell) is not None
-    (folder / "config.json").write_text(json.dumps({**settings, "epochs": 1}))
-    assert _finished(folder, cell) is None  # a setting that changes training still does
-    assert "--speed-probe" in _train_argv(cell, folder)
-
-
-def test_a_run_made_before_a_setting_existed_counts_as_made_with_its_default(tmp_path):
-    """A setting added to a method later (linear's ``freeze_end``) defaults to what runs did before
-    it existed: a finished run whose config lacks it is not stale, but one whose schedule ended
-    early is not the default variant's run."""
+@pytest.mark.parametrize("missing,changed", [("speed_probe", {"epochs": 1}), ("freeze_end", {"freeze_end": 0.5})])
+def test_a_run_made_without_a_later_setting_still_counts(tmp_path, missing, changed):
+    """A finished run whose config lacks a setting is not stale: the finetune suite's speed probe
+    measures a run without changing it, and a setting added to a method later (linear's
+    ``freeze_end``) defaults to what runs did before it existed. A setting that changes training,
+    given another value, still makes the run another cell's."""
     cells, _ = suite_cells(SUITES["finetune"], METHODS)
     cell = next(c for c in cells if c.variant == "linear-start0+cache")
-    assert dict(cell.settings)["freeze_end"] == 1.0
+    assert dict(cell.settings)["speed_probe"] > 0 and dict(cell.settings)["freeze_end"] == 1.0
     folder = tmp_path / "run"
     folder.mkdir()
-    settings = {k: v for k, v in cell.settings if k != "freeze_end"}
+    settings = {k: v for k, v in cell.settings if k != missing}
     (folder / "config.json").write_text(json.dumps(settings))
     (folder / "summary.json").write_text(json.dumps({"status": "finished"}))
     assert _finished(folder, cell) is not None
-    (folder / "config.json").write_text(json.dumps({**settings, "freeze_end": 0.5}))
+    (folder / "config.json").write_text(json.dumps({**settings, **changed}))
     assert _finished(folder, cell) is None
+    assert "--speed-probe" in _train_argv(cell, folder)  # the probe runs where the run is made again
 
 
 def test_aggregate_lists_every_variant_and_pairs_cpu_time():
