@@ -46,8 +46,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # about what the adaptive methods save, so it asks whether adapting beats a clock at equal savings
     "linear-start0.25": {"method": "linear", "freeze_start": 0.25},
     # fine-tuning: the schedule from the first step with every frozen prefix replayed, set before any run:
-    # the most a linear clock can save (about half of training), so it asks whether SmartFRZ's and
-    # AutoFreeze's early decisions in fine-tuning beat a clock that freezes as early
+    # the most a linear clock that ends with training can save (about half of it), so it asks whether
+    # SmartFRZ's and AutoFreeze's early decisions in fine-tuning beat a clock that freezes as early
     "linear-start0+cache": {"method": "linear", "freeze_start": 0.0, "cache": "memory"},
     # the same clock done by half of training, so the second half trains only the head over the cached
     # body; set before any of its runs from cost alone: `frostline estimate --method linear --freeze-start 0

@@ -5,7 +5,8 @@ After ``freeze_start`` (fraction of training), the frozen prefix grows linearly 
 frozen. The schedule knows nothing about the model; it is the simplest baseline, and Composer's own
 card reports it did not improve the speed/accuracy trade-off on their benchmarks. An earlier
 ``freeze_end`` is for fine-tuning, where the pretrained layers hardly move: the units still freeze
-in order, but the run spends its last part training the head over a cached frozen body.
+in order, and the run spends its last part training the head over a cached frozen body, trading
+accuracy for time (the card has the measured trade).
 """
 
 from __future__ import annotations
