@@ -234,6 +234,24 @@ def test_the_per_run_table_pairs_each_run_with_its_own_seeds_baseline():
     assert "| linear | 1 | 92.25 | +0.25 | 20.0% (vs baseline) | 1.25× | 0.25 – 0.25 | 1/2 |" in lines
 
 
+def test_a_run_whose_probe_says_another_speed_is_not_paired_by_clock():
+    """Two hosts can report the same CPU name at different speeds: a run whose full-speed probe
+    took half its baseline's time per step is not paired with that baseline's clock (its accuracy
+    still is); one within the tolerance is."""
+    suite = Suite("p", ("resnet",), ("fashion-mnist",), 2, ("none", "linear"), {"epochs": 2})
+    cells, _ = suite_cells(suite, METHODS)
+    results = {c.key: _fake_summary(c, 90.0, 100.0 if c.variant == "none" else 50.0) for c in cells}
+    for c in cells:
+        results[c.key]["steps_done"] = 100  # the baseline: 1 s a step
+        if c.variant == "linear":
+            results[c.key]["full_speed_probe"] = {"steps": 40, "step_s": 0.5 if c.seed == 0 else 0.9}
+    lines = "\n".join(per_run_lines(cells, results))
+    assert "| linear | 0 | 90.00 | +0.00 | n/a | n/a (other speed) |" in lines
+    assert "| linear | 1 | 90.00 | +0.00 | 50.0% (vs baseline) | 2.00× |" in lines
+    row = next(r for r in aggregate(cells, results) if r["variant"] == "linear")
+    assert row["paired_time_saved"] == pytest.approx(0.5) and row["paired"] == 2
+
+
 def test_runs_from_two_machines_are_not_paired_by_clock_and_the_report_names_both(tmp_path):
     """Seed 1's run trained on another machine than its baseline: its accuracy is still paired,
     its time is not (the table says why), and the header lists each machine with its runs."""

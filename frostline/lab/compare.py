@@ -632,10 +632,27 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+#: How far (as a ratio, either way) a run's full-speed probe may be from its baseline's time per step
+#: before their clocks count as two machines': same-machine pairs in the finetune suite fall within
+#: 0.87-1.10, and two hosts that report the same CPU name measured 0.45-0.72.
+SAME_SPEED = 1.25
+
+
+def _same_speed(s: dict, base: dict) -> bool:
+    """Whether ``s``'s full-model step, timed by its probe after training, is what its baseline's
+    steps took, within :data:`SAME_SPEED`. A CPU's name does not tell two hosts apart, nor a host
+    from itself under another load; the probe does. True when ``s`` has no probe to tell by."""
+    probe = s.get("full_speed_probe")
+    if not isinstance(probe, dict) or not probe.get("step_s") or not base.get("steps_done") or not base.get("train_time_s"):
+        return True
+    ratio = probe["step_s"] / (base["train_time_s"] / base["steps_done"])
+    return 1 / SAME_SPEED <= ratio <= SAME_SPEED
+
+
 def _paired_saving(s: dict, base: dict, key: str) -> float | None:
     """1 - the run's time over its baseline's; None when either lacks it or they ran on different
-    machines (two machines' clocks say nothing about the method)."""
-    if s.get(key) is None or not base.get(key) or same_machine(s, base) is False:
+    machines, or at different speeds (two machines' clocks say nothing about the method)."""
+    if s.get(key) is None or not base.get(key) or same_machine(s, base) is False or not _same_speed(s, base):
         return None
     return 1 - s[key] / base[key]
 
@@ -886,6 +903,8 @@ def per_run_lines(cells: Sequence[Cell], results: dict[str, dict]) -> list[str]:
             speedup = "n/a" if wall is None or wall >= 1 else f"{1 / (1 - wall):.2f}×"
             if base and same_machine(s, base) is False:
                 speedup = "n/a (other machine)"
+            elif base and not _same_speed(s, base):
+                speedup = "n/a (other speed)"
             name = c.variant
             if c.variant == "none" and any(o.on and (o.dataset, o.model) == (dataset, model) for o in cells):
                 name = f"none ({label(s['machine']).split(' (')[0]})" if s.get("machine") else name
@@ -1152,7 +1171,9 @@ def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str,
            "too early to measure that is paired with its baseline instead. On `none` rows it reads about 0, which "
            "checks the method. *vs baseline* pairs each "
            "run with the `none` run of the same seed (the same figure across runs, so it moves when the machine's "
-           "speed changes between them; runs recorded on different machines are not paired), *CPU saved* likewise "
+           "speed changes between them; runs recorded on different machines are not paired, nor a run whose probe "
+           f"step is more than {SAME_SPEED:g}x off its baseline's steps, a host that reports the same CPU name but "
+           "is not the same speed), *CPU saved* likewise "
            "by the process's CPU time. Δ accuracy is paired "
            "with the same seed's baseline. Both take the baseline trained on the run's own machine where there is "
            "one: a bench that trains a run on another machine than its seed's baseline trains that baseline there "
