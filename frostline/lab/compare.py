@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -398,9 +398,9 @@ def _same_settings(config: dict, cell: Cell) -> bool:
     """Whether a run's ``config.json`` says it was trained with exactly ``cell``'s settings. A
     setting the run's config lacks was added since, with a default that trains as runs did before
     it existed, so the run trained with that default."""
-    from .config import TrainConfig
+    from .config import config_defaults
 
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    defaults = config_defaults()
     return all(config.get(k, defaults.get(k)) == v for k, v in cell.settings if k not in MEASUREMENT_ONLY)
 
 

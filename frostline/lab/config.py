@@ -115,9 +115,14 @@ def config_fields() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
 
+def config_defaults() -> dict[str, Any]:
+    """Every config field at its default (a field added later defaults to what runs did before it)."""
+    return {f.name: f.default for f in fields(TrainConfig)}
+
+
 def method_settings(method: str) -> dict[str, Any]:
     """The config fields ``method`` reads, at their defaults."""
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    defaults = config_defaults()
     return {hp.config_field: defaults[hp.config_field] for hp in policy_spec(method).hyperparameters}
 
 
