@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+import frostline
 from frostline.lab.cli import COMMANDS, build_parser, main
 
 TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "--batch-size", "64", "--no-progress"]
@@ -254,9 +255,31 @@ def test_estimate_plans_a_schedule_before_training(capsys):
     assert "cannot be planned" in capsys.readouterr().err
 
 
-def test_estimate_refuses_a_cooldown_it_cannot_plan(capsys):
-    assert main(["estimate", "--method", "linear", "--cooldown", "3"]) == 2
-    assert "cooldown" in capsys.readouterr().err
+def test_estimate_with_a_cooldown_delays_each_freeze_by_that_many_of_the_runs_steps(capsys):
+    """A clock's decisions do not depend on the data, so a cooldown's delay can be planned too: the
+    run has 3 epochs of 256 / 64 = 4 steps, a unit decided at step s freezes at s + 3, and one
+    decided after step 9 never freezes."""
+    from frostline.lab.recipe import _planned_freeze_times
+
+    args = ["estimate", "--model", "resnet", "--width", "8", "--method", "linear", "--freeze-start", "0",
+            "--train-subset", "256", "--val-size", "128", "--batch-size", "64", "--epochs", "3"]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    assert main([*args, "--cooldown", "3"]) == 0
+    cooled = capsys.readouterr().out
+    policy = frostline.create_policy("linear", freeze_start=0)
+    names = [line.split("|")[1].strip() for line in plain.splitlines()[2:] if line.startswith("|")]
+    policy.bind(names)
+    decided = _planned_freeze_times(policy, len(names), steps=12)
+    expected = [None if t is None or round(12 * t) + 3 > 12 else (round(12 * t) + 3) / 12 for t in decided]
+    assert any(t is not None for t in expected) and any(t is None for t in expected[:-1])
+    for name, t in zip(names, expected):
+        assert f"| {name} | {'never' if t is None else f'{t:.3f}'} |" in cooled
+
+    def saved(out):
+        return float(next(line for line in out.splitlines() if line.startswith("predicted time saved")).split(": ")[1].split("%")[0])
+
+    assert saved(cooled) < saved(plain)
 
 
 def test_every_command_dispatches_to_one_handler():

@@ -560,14 +560,12 @@ def _write_results(run: Run) -> None:
 # -- before training ------------------------------------------------------------------------------
 def plan(cfg: TrainConfig) -> dict[str, Any]:
     """Before training: when a schedule-driven method (linear, freezeout) would freeze each unit of
-    ``cfg.model``, and the time it would save (step times profiled on this device, in the run's
-    configuration) next to the compute (FLOPs), both measured on one real batch."""
+    ``cfg.model`` (after ``cfg.cooldown`` of the run's steps, if set), and the time it would save
+    (step times profiled on this device, in the run's configuration) next to the compute (FLOPs),
+    both measured on one real batch."""
     validate(cfg)
     if cfg.method == "none":
         raise ConfigError("method none freezes nothing: pass --method linear or freezeout")
-    if cfg.cooldown:
-        raise ConfigError("a cooldown delays every freeze by that many steps, which depend on the data: "
-                          "estimate without --cooldown (the times are the decisions)")
     policy = make_policy(cfg)
     if policy.requires:
         raise ConfigError(f"{cfg.method} decides from training signals, so its schedule cannot be planned "
@@ -586,7 +584,7 @@ def plan(cfg: TrainConfig) -> dict[str, Any]:
     model.to(device)
     profile = profile_run(cfg, model, units, data.train, device, rounds=5, out_of_order=False)  # a prefix schedule
     policy.bind([u.name for u in units])
-    times = _planned_freeze_times(policy, len(units))
+    times = _planned_freeze_times(policy, len(units), *((_total_steps(cfg), cfg.cooldown) if cfg.cooldown else ()))
     return {
         "units": [u.name for u in units], "freeze_times": times,
         "time_saving": estimate_speedup(profile, times)["saving"],
@@ -658,13 +656,23 @@ def _freeze_times(freezer: Freezer) -> list[float | None]:
     return list(freezer.frozen_at().values())
 
 
-def _planned_freeze_times(policy, num_units: int, resolution: int = 2000) -> list[float | None]:
-    """When a schedule-driven policy would freeze each unit, found by stepping its clock."""
+def _planned_freeze_times(policy, num_units: int, steps: int = 2000, cooldown: int = 0) -> list[float | None]:
+    """When a schedule-driven policy would freeze each unit, found by stepping its clock over
+    ``steps``. A unit decided at step s freezes at s + ``cooldown`` (never, if the run ends first),
+    so with a cooldown ``steps`` must be the run's own number of steps."""
     from ..policies import Progress
 
-    times: list[float | None] = [None] * num_units
-    for s in range(resolution + 1):
-        for i in policy.decide(Progress(s, resolution)):
-            if i < num_units - 1 and times[i] is None:
-                times[i] = s / resolution
-    return times
+    decided: dict[int, int] = {}
+    for s in range(steps + 1):
+        for i in policy.decide(Progress(s, steps)):
+            if i < num_units - 1:
+                decided.setdefault(i, s)
+    return [None if i not in decided or decided[i] + cooldown > steps else (decided[i] + cooldown) / steps
+            for i in range(num_units)]
+
+
+def _total_steps(cfg: TrainConfig) -> int:
+    """The run's optimizer steps, as :func:`set_up` counts them (the train split as the run loads it)."""
+    data = load_dataset(cfg.dataset, val_size=cfg.val_size, train_subset=cfg.train_subset, test_subset=1,
+                        seed=cfg.seed, max_length=cfg.max_length)
+    return max(1, round(cfg.epochs * math.ceil(len(data.train) / cfg.batch_size)))
