@@ -89,7 +89,12 @@ def test_train_with_a_cooldown_freezes_each_unit_that_many_steps_after_its_decis
     summary = json.loads((out / "summary.json").read_text())
     assert summary["timeline"] and all(e["step"] - e["decided_step"] == 2 for e in summary["timeline"])
     assert json.loads((out / "config.json").read_text())["cooldown"] == summary["cooldown"] == 2
-    total = summary["total_steps"]  # the run's cosine still drives the (now per-unit) groups: the head's lr follows it
+    total = summary["total_steps"]
+    # the last units are decided too late to finish cooling: said, not left to look unfrozen by the schedule
+    late = summary["cooling_at_end"]
+    assert late and all(c["decided_step"] + 2 > total for c in late)
+    assert {e["unit"] for e in summary["timeline"]} | {c["unit"] for c in late} == set(summary["units"][:-1])
+    assert f"decided but not frozen: {', '.join(c['unit'] for c in late)}" in capsys.readouterr().out  # the run's cosine still drives the (now per-unit) groups: the head's lr follows it
     for row in (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()):
         if row["kind"] == "step":
             assert row["lr"] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * row["step"] / total)), abs=1e-12)

@@ -229,6 +229,9 @@ def _train(args: argparse.Namespace) -> int:
     frozen = sum(v is not None for v in summary["frozen_at"].values())
     print(f"test accuracy {summary['test_accuracy']:.2f}% | train time {summary['train_time_s']:.1f}s | "
           f"FLOPs saved {100 * summary['flops_saved']:.1f}% | frozen {frozen}/{len(summary['units'])} units")
+    if summary.get("cooling_at_end"):
+        print(f"decided but not frozen: {', '.join(c['unit'] for c in summary['cooling_at_end'])} (their "
+              f"{cfg.cooldown}-step cool-down had not ended when training did)")
     if summary.get("cache"):
         print(_cache_line(summary["cache"], summary["units"], frozen))
     if summary.get("full_speed_probe"):

@@ -512,6 +512,9 @@ def summarise(run: Run) -> None:
         decision_time_s=freezer.decision_time_s,
         decision_overhead=freezer.decision_time_s / state.train_time if state.train_time else None,
         timeline=[asdict(e) for e in freezer.timeline],
+        # decided, but the cool-down outlasted the run: they trained to the end at a falling learning rate
+        cooling_at_end=[{"unit": run.units[i].name, "decided_step": c.decided_step}
+                        for i, c in sorted(freezer.cooling.items())],
     )
     if run.summary.get("status") == "finished" and run.world == 1:  # after the peak memory was read
         run.summary["predicted_time_saving"], run.summary["step_time_profile"] = _predicted_time_saving(run)
