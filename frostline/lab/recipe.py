@@ -173,7 +173,7 @@ def set_up(cfg: TrainConfig, policy=None, checkpoint: dict[str, Any] | None = No
     data, train_set, model = _data_and_model(cfg, device)
     units, cost = _units_and_costs(cfg, model, data.train, len(train_set), device)
     compiled = _CompileWatch(units, cfg.compile_backend) if cfg.compile else None  # after the FLOP count
-    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    steps_per_epoch = _steps_per_epoch(cfg, len(data.train))
     if policy is None:
         policy = make_policy(cfg, RunContext(steps_per_epoch, model, data.train, device))
     total_steps, planned = _schedule(cfg, units, cost, steps_per_epoch)
@@ -242,7 +242,7 @@ def _units_and_costs(cfg: TrainConfig, model: nn.Module, train_data, num_train: 
 def _schedule(cfg: TrainConfig, units: list[FreezeUnit], cost: CostModel, steps_per_epoch: int) -> tuple[int, dict | None]:
     """Total steps; with ``const_time``, lengthened until the schedule's predicted compute equals
     the baseline's (returned with the plan that says so)."""
-    total_steps = max(1, round(cfg.epochs * steps_per_epoch))
+    total_steps = _run_steps(cfg, steps_per_epoch)
     if not cfg.const_time:
         return total_steps, None
     probe = make_policy(cfg)  # a schedule-driven method (validate() checked): no runtime arguments
@@ -675,7 +675,16 @@ def _planned_freeze_times(policy, num_units: int, steps: int = 2000, cooldown: i
 
 
 def _total_steps(cfg: TrainConfig) -> int:
-    """The run's optimizer steps, as :func:`set_up` counts them (the train split as the run loads it)."""
+    """The run's optimizer steps before it starts (the train split as the run loads it)."""
     data = load_dataset(cfg.dataset, val_size=cfg.val_size, train_subset=cfg.train_subset, test_subset=1,
                         seed=cfg.seed, max_length=cfg.max_length)
-    return max(1, round(cfg.epochs * math.ceil(len(data.train) / cfg.batch_size)))
+    return _run_steps(cfg, _steps_per_epoch(cfg, len(data.train)))
+
+
+def _steps_per_epoch(cfg: TrainConfig, num_train: int) -> int:
+    return math.ceil(num_train / cfg.batch_size)  # the last batch may be short
+
+
+def _run_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The run's optimizer steps, before ``const_time`` lengthens them."""
+    return max(1, round(cfg.epochs * steps_per_epoch))
