@@ -264,7 +264,7 @@ def test_estimate_with_a_cooldown_delays_each_freeze_by_that_many_of_the_runs_st
     """A clock's decisions do not depend on the data, so a cooldown's delay can be planned too: the
     run has 3 epochs of 256 / 64 = 4 steps, a unit decided at step s freezes at s + 3, and one
     decided after step 9 never freezes."""
-    from frostline.lab.recipe import _planned_freeze_times
+    from frostline.exploit.payoff import planned_freeze_times
 
     args = ["estimate", "--model", "resnet", "--width", "8", "--method", "linear", "--freeze-start", "0",
             "--train-subset", "256", "--val-size", "128", "--batch-size", "64", "--epochs", "3"]
@@ -275,7 +275,7 @@ def test_estimate_with_a_cooldown_delays_each_freeze_by_that_many_of_the_runs_st
     policy = frostline.create_policy("linear", freeze_start=0)
     names = [line.split("|")[1].strip() for line in plain.splitlines()[2:] if line.startswith("|")]
     policy.bind(names)
-    decided = _planned_freeze_times(policy, len(names), steps=12)
+    decided = planned_freeze_times(policy, len(names), steps=12)
     expected = [None if t is None or round(12 * t) + 3 > 12 else (round(12 * t) + 3) / 12 for t in decided]
     assert any(t is not None for t in expected) and any(t is None for t in expected[:-1])
     for name, t in zip(names, expected):

@@ -11,7 +11,6 @@ shared with other tools (batches, device, evaluation, the run log) are :mod:`fro
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import time
@@ -27,7 +26,7 @@ from ..errors import ConfigError, DistributedError
 from ..exploit import distributed
 from . import launch
 from ..exploit.cache import ActivationCache, CachedPrefixModel, is_deterministic
-from ..exploit.payoff import RULE_VERSION, CachePayoff
+from ..exploit.payoff import RULE_VERSION, payoff_for, planned_freeze_times
 from ..exploit.cost import CostModel, estimate_speedup, measure_costs
 from ..exploit.timing import StepTimeModel, profile_step_times
 from ..freezer import Freezer
@@ -247,7 +246,7 @@ def _schedule(cfg: TrainConfig, units: list[FreezeUnit], cost: CostModel, steps_
         return total_steps, None
     probe = make_policy(cfg)  # a schedule-driven method (validate() checked): no runtime arguments
     probe.bind([u.name for u in units])
-    planned = estimate_speedup(cost, _planned_freeze_times(probe, len(units)))
+    planned = estimate_speedup(cost, planned_freeze_times(probe, len(units)))
     return max(1, round(total_steps / planned["cost_fraction"])), planned
 
 
@@ -311,12 +310,7 @@ def _make_cache(cfg: TrainConfig, model: nn.Module, freezer: Freezer, train_set,
     rank = distributed.rank()  # under torchrun each rank caches the samples it sees, in its own folder
     directory = out / ("cache" if rank == 0 else f"cache-rank{rank}")
     cache = ActivationCache(len(train_set), memory_budget_bytes=budget, dtype=cfg.cache_dtype, directory=directory)
-    payoff = None
-    if cfg.cache == "auto":
-        schedule = freezer.policy if not freezer.policy.requires else None  # decides from progress alone
-        planned = _planned_freeze_times(copy.deepcopy(schedule), len(freezer.units)) if schedule else None
-        longest = len(freezer.units) - (0 if freezer.freeze_head else 1)
-        payoff = CachePayoff(len(train_set), steps_per_epoch, total_steps, budget, planned, longest_prefix=longest)
+    payoff = payoff_for(freezer, len(train_set), steps_per_epoch, total_steps, budget) if cfg.cache == "auto" else None
     return CachedPrefixModel(model, freezer, cache, on_refuse="warn" if cfg.cache == "auto" else "raise", payoff=payoff)
 
 
@@ -587,7 +581,7 @@ def plan(cfg: TrainConfig) -> dict[str, Any]:
     model.to(device)
     profile = profile_run(cfg, model, units, data.train, device, rounds=5, out_of_order=False)  # a prefix schedule
     policy.bind([u.name for u in units])
-    times = _planned_freeze_times(policy, len(units), *((_total_steps(cfg), cfg.cooldown) if cfg.cooldown else ()))
+    times = planned_freeze_times(policy, len(units), *((_total_steps(cfg), cfg.cooldown) if cfg.cooldown else ()))
     return {
         "units": [u.name for u in units], "freeze_times": times,
         "time_saving": estimate_speedup(profile, times)["saving"],
@@ -657,21 +651,6 @@ def _cache_served(run: Run) -> bool:
 
 def _freeze_times(freezer: Freezer) -> list[float | None]:
     return list(freezer.frozen_at().values())
-
-
-def _planned_freeze_times(policy, num_units: int, steps: int = 2000, cooldown: int = 0) -> list[float | None]:
-    """When a schedule-driven policy would freeze each unit, found by stepping its clock over
-    ``steps``. A unit decided at step s freezes at s + ``cooldown`` (never, if the run ends first),
-    so with a cooldown ``steps`` must be the run's own number of steps."""
-    from ..policies import Progress
-
-    decided: dict[int, int] = {}
-    for s in range(steps + 1):
-        for i in policy.decide(Progress(s, steps)):
-            if i < num_units - 1:
-                decided.setdefault(i, s)
-    return [None if i not in decided or decided[i] + cooldown > steps else (decided[i] + cooldown) / steps
-            for i in range(num_units)]
 
 
 def _total_steps(cfg: TrainConfig) -> int:
