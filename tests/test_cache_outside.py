@@ -175,3 +175,32 @@ def test_cache_names_why_a_tied_language_model_cannot_be_replayed():
     message = str(refused.value)
     assert "transformer.wte" in message and "tied" in message and "transformer.drop" in message
     assert "--cache off" in message
+
+
+def test_a_batch_split_across_levels_is_served_in_parts():
+    """A model that is not a chain, whose prefix grew since part of the batch was stored: the
+    stored samples are read, the ones a level behind are extended, the new ones computed, each
+    group by its own pass, and the whole batch's output is the plain model's. A sample twice in a
+    batch moves once, so no level's array is released while samples still live there."""
+    torch.manual_seed(0)
+    model = _Mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), 10, units=["enc", "mid", "dec"])
+    freezer.freeze(0)
+    cache = ActivationCache(8)
+    cached = CachedPrefixModel(model, freezer, cache)
+    x = torch.randn(8, 8)
+    cached(torch.arange(4), x[:4])  # samples 0-3 stored after unit 0
+    freezer.freeze(1)
+    cached(torch.tensor([2, 3]), x[2:4])  # samples 2-3 moved on to after unit 1 (learns that cut)
+    assert cache.levels.tolist() == [1, 1, 2, 2, 0, 0, 0, 0]
+    idx = torch.tensor([0, 2, 5, 1, 3, 4, 5])  # a level behind, stored, new (5 twice)
+    before = dict(cache.stats)
+    out = cached(idx, x[idx])
+    assert torch.allclose(out, model(x[idx]), atol=1e-6)
+    got = {k: cache.stats[k] - before[k] for k in before}
+    assert got == {"hits": 2, "extended": 2, "computed": 3}
+    assert cache.levels.tolist() == [2, 2, 2, 2, 2, 2, 0, 0] and set(cache.stores) == {2}
+    assert cache.stores[2].count == 6  # sample 5 counted once
+    again = cached(idx, x[idx])
+    assert torch.allclose(again, out) and cache.stats["hits"] - before["hits"] == 2 + len(idx)
