@@ -155,3 +155,36 @@ def test_trainer_cache_on_and_off_agree(tmp_path):
         return [r["loss"] for r in rows if r["kind"] == "step"]
 
     assert loss("on") == pytest.approx(loss("off"), abs=1e-6)
+
+
+def test_sample_slots_name_each_sample_by_its_own_inputs():
+    """For a loop that does not pass indices: a sample's slot follows its inputs, wherever it sits
+    in whichever batch; another input (or a change in what the batch shares) is another sample."""
+    from frostline.exploit.sample_keys import SampleSlots
+
+    g = torch.Generator().manual_seed(0)
+    ids, mask = torch.randint(0, 50, (6, 8), generator=g), torch.ones(6, 8, dtype=torch.long)
+    slots = SampleSlots(capacity=6)
+    first = slots((), {"input_ids": ids[:3], "attention_mask": mask[:3]})
+    assert first.tolist() == [0, 1, 2]
+    assert slots((), {"input_ids": ids[3:], "attention_mask": mask[3:]}).tolist() == [3, 4, 5]
+    order = torch.tensor([4, 0, 2])
+    assert slots((), {"input_ids": ids[order], "attention_mask": mask[order]}).tolist() == [4, 0, 2]
+    # the same ids with another attention mask are other inputs: no slot left for them
+    masked = mask[:1].clone()
+    masked[0, -1] = 0
+    assert slots((), {"input_ids": ids[:1], "attention_mask": masked}) is None and slots.overflowed
+    assert slots((), {"input_ids": ids[:1], "attention_mask": mask[:1]}) is None  # once over, always off
+    images = SampleSlots(capacity=4)
+    x = torch.randn(2, 3, 4, 4, generator=g)
+    assert images((x,), {}).tolist() == [0, 1]
+    assert images((x, torch.tensor(1.0)), {}).tolist() == [2, 3]  # a shared argument changed: new samples
+    assert SampleSlots(capacity=1)((), {"flag": torch.tensor(True)}) is None  # no batched tensor: no key
+    with pytest.raises(ConfigError, match="positive number"):
+        SampleSlots(0)
+    last = SampleSlots(capacity=6)  # the short last batch of an epoch: the same samples, the same slots
+    assert last((), {"input_ids": ids[4:]}).tolist() == [0, 1]
+    assert last((), {"input_ids": ids[2:]}).tolist() == [2, 3, 0, 1]
+    told = SampleSlots(capacity=2, ignore=("num_items_in_batch",))  # the loss's normaliser is not the sample
+    assert told((), {"input_ids": ids[:2], "num_items_in_batch": torch.tensor(2.0)}).tolist() == [0, 1]
+    assert told((), {"input_ids": ids[:2], "num_items_in_batch": torch.tensor(9.0)}).tolist() == [0, 1]

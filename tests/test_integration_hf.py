@@ -246,3 +246,89 @@ def test_autofreeze_resumes_mid_interval_in_the_trainer(tmp_path):
     assert resumed.freezer.policy.intervals_done == full.freezer.policy.intervals_done == 3
     assert resumed.freezer.policy.last_interval == full.freezer.policy.last_interval
     assert resumed.freezer.timeline == full.freezer.timeline
+
+
+# -- the activation cache through the Trainer ---------------------------------------------------
+HALF_EARLY = dict(freeze_start=0.2, freeze_level=0.5, freeze_end=0.3)  # half the units frozen by step 4 of 12
+
+
+def _train_quietly(trainer):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    return [str(w.message) for w in caught if "frostline" in str(w.message)]
+
+
+def test_the_cache_replays_the_frozen_prefix_and_trains_exactly_as_without_it(tmp_path):
+    """The Trainer never says which samples a batch holds: the cache keys them by their inputs.
+    Replayed steps must compute what the plain model computes, so the two runs end bit for bit alike."""
+    cached = FrostlineCallback(LinearFreezing(**HALF_EARLY), cache="memory")
+    plain = FrostlineCallback(LinearFreezing(**HALF_EARLY))
+    data = torch.utils.data.Subset(Reviews(), range(28))  # 3 full batches and a short one (4), whose
+    a = _trainer(tmp_path / "a", [cached])  # num_items_in_batch differs: it is not part of a sample's key
+    a.train_dataset = data
+    assert not _train_quietly(a)
+    b = _trainer(tmp_path / "b", [plain])  # made after a trained: each starts from the Trainer's seed
+    b.train_dataset = data
+    assert not _train_quietly(b)
+    assert cached.freezer.timeline == plain.freezer.timeline and cached.freezer.frozen_prefix == 2
+    stats = cached.cached.cache.stats
+    assert stats["hits"] >= 8 and stats["computed"] > 0  # whole batches replayed in the later epochs
+    assert plain.cached is None
+    for (name, x), y in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.equal(x, y), name
+    assert "forward" not in a.model.__dict__  # the model's own forward is back after training
+    hits = stats["hits"]
+    a.evaluate(Reviews())
+    assert cached.cached.cache.stats["hits"] == hits  # evaluation never goes through the cache
+
+
+def test_the_cache_says_when_it_cannot_serve(tmp_path):
+    # a head tied to the embedding (GPT-2): the prefix's input would change with every step
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=2, n_positions=SEQ)
+
+    def gpt2():
+        torch.manual_seed(0)
+        return transformers.GPT2LMHeadModel(config)
+
+    class Texts(Reviews):
+        def __getitem__(self, i):
+            item = self.items[i]
+            return {"input_ids": item["input_ids"], "attention_mask": item["attention_mask"], "labels": item["input_ids"]}
+
+    def trainer(out, frost, data):
+        t = _trainer(out, [frost], model=gpt2())
+        t.train_dataset = data
+        return t
+
+    with pytest.raises(ConfigError, match="tied"):
+        trainer(tmp_path / "m", FrostlineCallback(LinearFreezing(**HALF_EARLY), cache="memory"), Texts()).train()
+    # inputs that change every epoch (random masking): no sample could ever come back
+    class Masked(Reviews):
+        def __getitem__(self, i):
+            item = dict(self.items[i])
+            item["input_ids"] = torch.where(torch.rand(SEQ) < 0.15, 3, item["input_ids"])
+            return item
+
+    frost = FrostlineCallback(LinearFreezing(**HALF_EARLY), cache="auto")
+    masked = _trainer(tmp_path / "r", [frost])
+    masked.train_dataset = Masked()
+    said = _train_quietly(masked)
+    assert any("more distinct samples than the 32 of the training set" in m for m in said), said
+    # batches padded each to its own length: the prefix's output changes shape from batch to batch
+    batches = iter(range(10**6))
+
+    def pad_to_longest(items):
+        n = SEQ - next(batches) % 3
+        return {"input_ids": torch.stack([i["input_ids"][:n] for i in items]),
+                "attention_mask": torch.stack([i["attention_mask"][:n] for i in items]),
+                "labels": torch.stack([i["labels"] for i in items])}
+
+    ragged = _trainer(tmp_path / "p", [FrostlineCallback(LinearFreezing(**HALF_EARLY), cache="memory")])
+    ragged.data_collator = pad_to_longest
+    with pytest.raises(ConfigError, match="pad"):  # to one length
+        ragged.train()
+    with pytest.raises(ConfigError, match="unknown cache mode"):
+        FrostlineCallback("linear", cache="disk")
+    with pytest.raises(ConfigError, match="cache_memory_mb"):
+        FrostlineCallback("linear", cache="auto", cache_memory_mb=0)

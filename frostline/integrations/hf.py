@@ -9,6 +9,11 @@ begins, counts progress in the Trainer's optimizer steps (``state.global_step`` 
 (per-unit scales of FreezeOut are multiplied onto it: :meth:`Freezer.attach_scheduler`), and makes
 ``trainer.train(resume_from_checkpoint=...)`` exact: every checkpoint folder gets ``frostline.pt``
 and its ``optimizer.pt``/``scheduler.pt`` are rewritten in the layout a fresh Trainer creates.
+
+With ``cache="auto"`` (or ``"memory"``) the frozen prefix's forward is skipped too: the activation
+cache replays what enters the first trainable unit. The Trainer does not tell the model which
+samples a batch holds, so each sample is known by a digest of its own inputs
+(:mod:`frostline.exploit.sample_keys`); batches must be padded to one length.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "pip install 'frostline[hf]'"
     ) from e
 
-from ..errors import CheckpointError, FrostlineError
+from ..errors import CheckpointError, ConfigError, FrostlineError
+from ..exploit.cache import ActivationCache, CachedPrefixModel
+from ..exploit.payoff import payoff_for
+from ..exploit.sample_keys import KeyedForward
 from ..freezer import Freezer
 from ..freezer.cooldown import check_cooldown
 from ..policies import FreezePolicy, as_policy, fresh_policy, policy_class
@@ -40,6 +48,10 @@ from .layout import optimizer_state_in_original_layout, scheduler_state_in_origi
 STATE_FILE = "frostline.pt"
 _OPTIMIZER_FILE = "optimizer.pt"  # transformers.trainer.OPTIMIZER_NAME
 _SCHEDULER_FILE = "scheduler.pt"  # transformers.trainer.SCHEDULER_NAME
+CACHE_MODES = ("off", "auto", "memory")
+#: What the Trainer passes to the model for the loss alone, changing from batch to batch (the
+#: number of labelled items, the loss's normaliser): not part of a sample's key.
+LOSS_ONLY_KWARGS = ("num_items_in_batch",)
 
 
 class FrostlineCallback(TrainerCallback):
@@ -54,6 +66,12 @@ class FrostlineCallback(TrainerCallback):
     ``resume_from`` (a checkpoint folder or a ``frostline.pt`` file) points elsewhere, e.g. when
     ``resume_from_checkpoint`` is not under ``output_dir``. The live Freezer is ``callback.freezer``
     (its ``timeline``, ``frozen``, ``frozen_at()``).
+
+    ``cache``: ``"off"`` (the default), ``"auto"`` (replay a frozen prefix once its replays repay
+    their copies, timed on the device, as ``frostline train --cache auto``; a model it cannot serve
+    gets one warning and trains on without it) or ``"memory"`` (replay every frozen prefix; what
+    it cannot serve is a :class:`~frostline.errors.ConfigError`), in at most ``cache_memory_mb``
+    of host memory. Single process only. The live cache is ``callback.cached`` (its ``cache.stats``).
     """
 
     def __init__(
@@ -66,7 +84,13 @@ class FrostlineCallback(TrainerCallback):
         freeze_head: bool = False,
         resume_from: str | os.PathLike | None = None,
         cooldown: int = 0,
+        cache: str = "off",
+        cache_memory_mb: int = 4096,
     ):
+        if cache not in CACHE_MODES:
+            raise ConfigError(f"unknown cache mode {cache!r}; use one of {list(CACHE_MODES)}")
+        if isinstance(cache_memory_mb, bool) or not isinstance(cache_memory_mb, int) or cache_memory_mb <= 0:
+            raise ConfigError(f"cache_memory_mb is a positive number of MiB, got {cache_memory_mb!r}")
         if not isinstance(policy, str):
             policy = as_policy(policy, **(policy_kwargs or {}))
         self.policy = policy
@@ -77,17 +101,28 @@ class FrostlineCallback(TrainerCallback):
         self.granularity = granularity
         self.freeze_head = freeze_head
         self.resume_from = resume_from
+        self.cache, self.cache_memory_mb = cache, cache_memory_mb
         self.freezer: Freezer | None = None
+        self._route: KeyedForward | None = None
+
+    @property
+    def cached(self) -> CachedPrefixModel | None:
+        """The activation cache serving this training (None: off, or not built yet)."""
+        return self._route.cached if self._route is not None else None
 
     # -- hooks ---------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         if model is None or optimizer is None:
             raise FrostlineError("FrostlineCallback needs the Trainer's model and optimizer at on_train_begin")
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+        loader = kwargs.get("train_dataloader")
+        per_epoch = self._steps_per_epoch(args, state, loader)
         self.freezer = Freezer(
-            model, optimizer, self._make_policy(args, state, kwargs.get("train_dataloader")), int(state.max_steps),
+            model, optimizer, fresh_policy(self.policy, self.policy_kwargs, per_epoch), int(state.max_steps),
             units=self.units, granularity=self.granularity, freeze_head=self.freeze_head, cooldown=self.cooldown,
         )
+        if self.cache != "off":
+            self._route_through_cache(model, args, state, loader, per_epoch)
         if lr_scheduler is not None:
             self.freezer.attach_scheduler(lr_scheduler)
         if state.global_step > 0:
@@ -105,6 +140,9 @@ class FrostlineCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.freezer is not None:
             self.freezer.close()  # removes signal hooks (AutoFreeze's) from the model; the frozen units stay
+        if self._route is not None:
+            self._route.remove()
+            self._say_if_the_cache_served_nothing()
 
     def on_save(self, args, state, control, **kwargs):
         freezer = self._require_freezer()
@@ -125,13 +163,63 @@ class FrostlineCallback(TrainerCallback):
             atomic_torch_save(scheduler_state_in_original_layout(freezer, saved), path)
 
     # -- helpers -------------------------------------------------------------------------
-    def _make_policy(self, args, state, loader) -> FreezePolicy:
-        """A fresh policy for this run (a policy's history must not leak from one train() into the next)."""
+    @staticmethod
+    def _steps_per_epoch(args, state, loader) -> int:
+        """The Trainer's optimizer steps per epoch."""
         try:
-            per_epoch = math.ceil(len(loader) / max(1, args.gradient_accumulation_steps))
+            return math.ceil(len(loader) / max(1, args.gradient_accumulation_steps))
         except TypeError:  # no loader, or an iterable one without a length
-            per_epoch = math.ceil(state.max_steps / max(1.0, float(state.num_train_epochs or 1)))
-        return fresh_policy(self.policy, self.policy_kwargs, per_epoch)
+            return math.ceil(state.max_steps / max(1.0, float(state.num_train_epochs or 1)))
+
+    def _route_through_cache(self, model, args, state, loader, per_epoch: int) -> None:
+        """Install the activation cache on the model's forward, or say why it cannot be."""
+        why = None
+        if getattr(args, "world_size", 1) > 1:
+            why = (f"training runs in {args.world_size} processes, and each sees other samples every epoch; "
+                   "the Trainer's cache is single-process")
+        try:
+            num_samples = len(loader.dataset)
+        except (AttributeError, TypeError):
+            num_samples, why = 0, why or "the training set's length is unknown (an iterable dataset)"
+        if why:
+            if self.cache == "memory":
+                raise ConfigError(f"cache='memory' cannot serve this training: {why}; use cache='off'")
+            warnings.warn(f"frostline: activation cache off: {why}", stacklevel=2)
+            return
+        budget = self.cache_memory_mb * 2**20
+        freezer = self.freezer
+
+        def make_cached() -> CachedPrefixModel | None:
+            if not freezer.ready:  # the units are found by the first forward
+                return None
+            payoff = payoff_for(freezer, num_samples, per_epoch, int(state.max_steps), budget) \
+                if self.cache == "auto" else None
+            return CachedPrefixModel(model, freezer, ActivationCache(num_samples, memory_budget_bytes=budget),
+                                     on_refuse="warn" if self.cache == "auto" else "raise", payoff=payoff)
+
+        self._route = KeyedForward(model, make_cached, num_samples, on_refuse="warn" if self.cache == "auto" else "raise",
+                                   ignore=LOSS_ONLY_KWARGS)
+
+    def _say_if_the_cache_served_nothing(self) -> None:
+        """Never a silent no-op: a cache that replayed nothing says why."""
+        cached, route = self.cached, self._route
+        if route.stopped or (cached is not None and cached.refused):
+            return  # already said
+        if cached is not None and cached.cache.stats["hits"] > 0:
+            return
+        payoff = cached.payoff if cached is not None else None
+        declined = [f"units 0..{b - 1}: {d['why']}" for b, d in sorted(payoff.decisions.items()) if "why" in d] \
+            if payoff is not None else []
+        if not self.freezer.frozen_prefix:
+            why = "no prefix of units froze, and only a frozen prefix can be replayed"
+        elif cached is not None and cached.cache.stats["computed"] + cached.cache.stats["extended"] > 0:
+            why = (f"it stored the frozen prefix's output of {cached.cache.stats['computed']} samples, but none came "
+                   "back before the prefix grew or training ended")
+        elif declined:
+            why = "; ".join(declined)
+        else:
+            why = "no frozen prefix held long enough for a stored sample to come back before training ended"
+        warnings.warn(f"frostline: the activation cache replayed no sample: {why}", stacklevel=3)
 
     def _require_freezer(self) -> Freezer:
         if self.freezer is None:
