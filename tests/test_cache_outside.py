@@ -1,6 +1,8 @@
 """The activation cache on models that are not a chain (cut by hooks at the first trainable unit):
 exact on models frostline did not write, refused where the prefix reaches the rest another way."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -175,6 +177,18 @@ def test_cache_names_why_a_tied_language_model_cannot_be_replayed():
     message = str(refused.value)
     assert "transformer.wte" in message and "tied" in message and "transformer.drop" in message
     assert "--cache off" in message
+    model, batch_of = BUILDERS["hf-gpt2"]()  # told once, then trained without the cache
+    freezer = frostline.Freezer(model, torch.optim.SGD(model.parameters(), lr=0.1), frostline.NoFreezing(), 10)
+    batch = batch_of(4, 0)
+    model(**batch)
+    freezer.freeze(0)
+    freezer.freeze(1)
+    cached = CachedPrefixModel(model, freezer, ActivationCache(4), on_refuse="warn")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            cached(torch.arange(4), **batch)
+    assert len([w for w in said if "cannot serve" in str(w.message)]) == 1 and cached.refused
 
 
 def test_a_batch_split_across_levels_is_served_in_parts():
