@@ -188,6 +188,7 @@ class FrostlineCallback(TrainerCallback):
             return
         budget = self.cache_memory_mb * 2**20
         freezer = self.freezer
+        on_refuse = "warn" if self.cache == "auto" else "raise"
 
         def make_cached() -> CachedPrefixModel | None:
             if not freezer.ready:  # the units are found by the first forward
@@ -195,10 +196,9 @@ class FrostlineCallback(TrainerCallback):
             payoff = payoff_for(freezer, num_samples, per_epoch, int(state.max_steps), budget) \
                 if self.cache == "auto" else None
             return CachedPrefixModel(model, freezer, ActivationCache(num_samples, memory_budget_bytes=budget),
-                                     on_refuse="warn" if self.cache == "auto" else "raise", payoff=payoff)
+                                     on_refuse=on_refuse, payoff=payoff)
 
-        self._route = KeyedForward(model, make_cached, num_samples, on_refuse="warn" if self.cache == "auto" else "raise",
-                                   ignore=LOSS_ONLY_KWARGS)
+        self._route = KeyedForward(model, make_cached, num_samples, on_refuse=on_refuse, ignore=LOSS_ONLY_KWARGS)
 
     def _say_if_the_cache_served_nothing(self) -> None:
         """Never a silent no-op: a cache that replayed nothing says why."""
