@@ -154,6 +154,22 @@ def _block_candidates(prefix: str, module: nn.Module) -> list[list[str]]:
     return groups
 
 
+def _unwrapped(model: nn.Module) -> tuple[str, nn.Module]:
+    """The module whose children are the model's blocks, and its name: ``model`` itself, unless
+    ``model`` is a wrapper whose parameters all sit in one child (a LightningModule holding
+    ``self.model``, a user's module around a timm or torchvision network), which is looked into,
+    as often as it is wrapped. Without this, such a network (stages of blocks in plain
+    ``nn.Sequential``, no ``nn.ModuleList``) would be a block of its own, one unit, and nothing
+    would ever freeze."""
+    name, module = "", model
+    while True:
+        holders = [(n, c) for n, c in module.named_children() if _has_params(c)]
+        if len(holders) != 1 or _is_leaf(holders[0][1]) or next(module.parameters(recurse=False), None) is not None:
+            return name, module
+        child_name, module = holders[0]
+        name = f"{name}.{child_name}" if name else child_name
+
+
 def _leaf_candidates(model: nn.Module) -> list[list[str]]:
     """Every parameter-owning leaf is a unit (normalisation layers are merged later into the
     unit that runs just before them, so conv + BN stay together)."""
@@ -253,7 +269,7 @@ def freeze_units(
         return built
     position = {name: i for i, name in enumerate(execution_order)}
     modules = dict(model.named_modules())
-    groups = _block_candidates("", model) if granularity == "block" else _leaf_candidates(model)
+    groups = _block_candidates(*_unwrapped(model)) if granularity == "block" else _leaf_candidates(model)
     if not groups:  # a single leaf model
         groups = [[""]]
     ran = [g for g in groups if _first_run(g, position) >= 0 and _group_params(modules, g)]

@@ -76,6 +76,32 @@ def test_freezing_acts_on_outside_models(model_name, policy, order):
     assert all(p.grad is not None for p in head)
 
 
+class Wrapper(torch.nn.Module):
+    """What a LightningModule (or a user's own module) does: holds the network as ``self.model``,
+    beside modules with no parameters."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.dropout = model, torch.nn.Dropout(0.0)
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+
+@pytest.mark.parametrize("model_name", list(BUILDERS))
+def test_a_wrapped_model_splits_into_the_same_units_as_the_model(model_name):
+    """torchvision and timm keep their stages in plain nn.Sequential: wrapped once or twice, the
+    network must still split into its blocks, not become one unit that never freezes."""
+    model, batch = BUILDERS[model_name]()
+    b = batch(2)
+    b = b["x"] if "x" in b else b  # what forward() passes
+    alone = [u.module_names for u in frostline.freeze_units(model, example_input=b)]
+    for wrapped, prefix in ((Wrapper(model), "model."), (Wrapper(Wrapper(model)), "model.model.")):
+        units = frostline.freeze_units(wrapped, example_input=b)
+        assert [u.module_names for u in units] == [[prefix + n for n in names] for names in alone]
+    assert len(alone) >= 4
+
+
 class AllButHead(FreezePolicy):
     name = "all-but-head"
 
