@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -300,6 +301,66 @@ def test_lightning_ddp_two_processes_freeze_identically_and_resume(tmp_path):
     for k in r0["state"]:
         assert torch.equal(q0["state"][k], q1["state"][k]), k
         assert torch.equal(q0["state"][k], r0["state"][k]), k
+
+
+EARLY_HALF = {"freeze_start": 0.0, "freeze_level": 0.5, "freeze_end": 0.25}  # two of five units by step 6 of 24
+
+
+def _fit(cb, model, fmnist, epochs=3):
+    """Shuffled batches, the same order for every run; the warnings frostline gave."""
+    train = DataLoader(fmnist.train, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        trainer([cb, Probe(cb)], max_epochs=epochs).fit(model, train)
+    return [str(w.message) for w in said if "frostline" in str(w.message)]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("via_forward", [False, True], ids=["net-called", "forward-called"])
+def test_the_cache_replays_the_frozen_prefix_and_trains_exactly_as_without_it(fmnist, via_forward):
+    """Lightning never says which samples a batch holds: the cache keys them by their inputs, on the
+    module holding every unit (``self.net``), whether training_step calls it or ``self(x)``.
+    Replayed steps compute what the plain model computes, so the two runs end bit for bit alike."""
+    cached, plain = (FrostlineCallback("linear", policy_kwargs=EARLY_HALF, cache=c) for c in ("memory", "off"))
+    a, b = Net(via_forward=via_forward), Net(via_forward=via_forward)
+    assert not _fit(cached, a, fmnist) and not _fit(plain, b, fmnist)
+    assert [(e.index, e.step) for e in cached.freezer.timeline] == [(e.index, e.step) for e in plain.freezer.timeline]
+    assert cached.freezer.frozen_prefix == 2
+    stats = cached.cached.cache.stats
+    assert stats["hits"] >= len(fmnist.train) and stats["computed"] > 0  # the last epoch is all replays
+    assert plain.cached is None
+    for (name, x), y in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(x, y), name
+    assert "forward" not in a.net.__dict__  # the module's own forward is back after training
+
+
+class PartsNet(Net):
+    """Runs the units one by one: the module holding them all is never called."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        for unit in self.net:
+            x = unit(x)
+        return F.cross_entropy(x, y)
+
+
+@pytest.mark.integration
+def test_the_cache_says_when_it_cannot_serve(fmnist):
+    from frostline import ConfigError
+
+    with pytest.raises(ConfigError, match="training_step did not call net"):
+        _fit(FrostlineCallback("linear", policy_kwargs=EARLY_HALF, cache="memory"), PartsNet(), fmnist, epochs=1)
+    cb = FrostlineCallback("linear", policy_kwargs=EARLY_HALF, cache="auto")
+    said = _fit(cb, PartsNet(), fmnist, epochs=1)
+    assert len(said) == 1 and "training_step did not call net" in said[0], said
+    assert cb.freezer.frozen_prefix == 2  # freezing went on without the cache
+    said = _fit(FrostlineCallback("none", cache="auto"), Net(), fmnist, epochs=1)
+    assert said == ["frostline: the activation cache replayed no sample: no prefix of units froze, and only a "
+                    "frozen prefix can be replayed"]
+    with pytest.raises(ConfigError, match="unknown cache mode"):
+        FrostlineCallback("linear", cache="disk")
+    with pytest.raises(ConfigError, match="cache_memory_mb"):
+        FrostlineCallback("linear", cache="auto", cache_memory_mb=-1)
 
 
 @pytest.mark.integration

@@ -33,22 +33,20 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "pip install 'frostline[hf]'"
     ) from e
 
-from ..errors import CheckpointError, ConfigError, FrostlineError
-from ..exploit.cache import ActivationCache, CachedPrefixModel
-from ..exploit.payoff import payoff_for
-from ..exploit.sample_keys import KeyedForward
+from ..errors import CheckpointError, FrostlineError
+from ..exploit.cache import CachedPrefixModel
 from ..freezer import Freezer
 from ..freezer.cooldown import check_cooldown
 from ..policies import FreezePolicy, as_policy, fresh_policy, policy_class
 from ..atomic import atomic_torch_save
 from ..loading import load_plain
 from .layout import optimizer_state_in_original_layout, scheduler_state_in_original_layout
+from .trainer_cache import TrainerCache, cannot_cache, check_cache_options
 
 #: The Freezer's state inside each ``checkpoint-<step>`` folder.
 STATE_FILE = "frostline.pt"
 _OPTIMIZER_FILE = "optimizer.pt"  # transformers.trainer.OPTIMIZER_NAME
 _SCHEDULER_FILE = "scheduler.pt"  # transformers.trainer.SCHEDULER_NAME
-CACHE_MODES = ("off", "auto", "memory")
 #: What the Trainer passes to the model for the loss alone, changing from batch to batch (the
 #: number of labelled items, the loss's normaliser): not part of a sample's key.
 LOSS_ONLY_KWARGS = ("num_items_in_batch",)
@@ -87,10 +85,7 @@ class FrostlineCallback(TrainerCallback):
         cache: str = "off",
         cache_memory_mb: int = 4096,
     ):
-        if cache not in CACHE_MODES:
-            raise ConfigError(f"unknown cache mode {cache!r}; use one of {list(CACHE_MODES)}")
-        if isinstance(cache_memory_mb, bool) or not isinstance(cache_memory_mb, int) or cache_memory_mb <= 0:
-            raise ConfigError(f"cache_memory_mb is a positive number of MiB, got {cache_memory_mb!r}")
+        check_cache_options(cache, cache_memory_mb)
         if not isinstance(policy, str):
             policy = as_policy(policy, **(policy_kwargs or {}))
         self.policy = policy
@@ -103,12 +98,12 @@ class FrostlineCallback(TrainerCallback):
         self.resume_from = resume_from
         self.cache, self.cache_memory_mb = cache, cache_memory_mb
         self.freezer: Freezer | None = None
-        self._route: KeyedForward | None = None
+        self._cache: TrainerCache | None = None
 
     @property
     def cached(self) -> CachedPrefixModel | None:
         """The activation cache serving this training (None: off, or not built yet)."""
-        return self._route.cached if self._route is not None else None
+        return self._cache.cached if self._cache is not None else None
 
     # -- hooks ---------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
@@ -140,9 +135,8 @@ class FrostlineCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.freezer is not None:
             self.freezer.close()  # removes signal hooks (AutoFreeze's) from the model; the frozen units stay
-        if self._route is not None:
-            self._route.remove()
-            self._say_if_the_cache_served_nothing()
+        if self._cache is not None:
+            self._cache.finish()
 
     def on_save(self, args, state, control, **kwargs):
         freezer = self._require_freezer()
@@ -182,44 +176,10 @@ class FrostlineCallback(TrainerCallback):
         except (AttributeError, TypeError):
             num_samples, why = 0, why or "the training set's length is unknown (an iterable dataset)"
         if why:
-            if self.cache == "memory":
-                raise ConfigError(f"cache='memory' cannot serve this training: {why}; use cache='off'")
-            warnings.warn(f"frostline: activation cache off: {why}", stacklevel=2)
+            cannot_cache(self.cache, why)
             return
-        budget = self.cache_memory_mb * 2**20
-        freezer = self.freezer
-        on_refuse = "warn" if self.cache == "auto" else "raise"
-
-        def make_cached() -> CachedPrefixModel | None:
-            if not freezer.ready:  # the units are found by the first forward
-                return None
-            payoff = payoff_for(freezer, num_samples, per_epoch, int(state.max_steps), budget) \
-                if self.cache == "auto" else None
-            return CachedPrefixModel(model, freezer, ActivationCache(num_samples, memory_budget_bytes=budget),
-                                     on_refuse=on_refuse, payoff=payoff)
-
-        self._route = KeyedForward(model, make_cached, num_samples, on_refuse=on_refuse, ignore=LOSS_ONLY_KWARGS)
-
-    def _say_if_the_cache_served_nothing(self) -> None:
-        """Never a silent no-op: a cache that replayed nothing says why."""
-        cached, route = self.cached, self._route
-        if route.stopped or (cached is not None and cached.refused):
-            return  # already said
-        if cached is not None and cached.cache.stats["hits"] > 0:
-            return
-        payoff = cached.payoff if cached is not None else None
-        declined = [f"units 0..{b - 1}: {d['why']}" for b, d in sorted(payoff.decisions.items()) if "why" in d] \
-            if payoff is not None else []
-        if not self.freezer.frozen_prefix:
-            why = "no prefix of units froze, and only a frozen prefix can be replayed"
-        elif cached is not None and cached.cache.stats["computed"] + cached.cache.stats["extended"] > 0:
-            why = (f"it stored the frozen prefix's output of {cached.cache.stats['computed']} samples, but none came "
-                   "back before the prefix grew or training ended")
-        elif declined:
-            why = "; ".join(declined)
-        else:
-            why = "no frozen prefix held long enough for a stored sample to come back before training ended"
-        warnings.warn(f"frostline: the activation cache replayed no sample: {why}", stacklevel=3)
+        self._cache = TrainerCache(model, self.freezer, self.cache, self.cache_memory_mb, num_samples, per_epoch,
+                                   int(state.max_steps), ignore=LOSS_ONLY_KWARGS)
 
     def _require_freezer(self) -> Freezer:
         if self.freezer is None:

@@ -25,6 +25,10 @@ Hooks (Lightning 2.x; ``pytorch_lightning`` works too):
   each freeze the ``DistributedDataParallel`` wrapper (``trainer.strategy.model``) is rebuilt on
   every rank over the parameters that still train, so frozen parameters stop being all-reduced
   and DDP's reducer never waits for a gradient that will not come.
+* ``cache="auto"``/``"memory"`` -- the frozen prefix's forward is skipped too: the forward of the
+  module holding every unit (the LightningModule, or its ``self.net``) is routed through the
+  activation cache, each sample keyed by its inputs (:mod:`frostline.integrations.trainer_cache`).
+  ``training_step`` must call that module; one that does not is told so at its first batch.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from ..errors import ConfigError, FrostlineError
 from ..freezer import Freezer
 from ..freezer.cooldown import check_cooldown
 from ..policies import FreezePolicy, as_policy, fresh_policy, policy_class
+from .trainer_cache import TrainerCache, cannot_cache, check_cache_options
 
 
 def _import_lightning():
@@ -74,6 +79,13 @@ class FrostlineCallback(_pl.Callback):
     ``trainer.estimated_stepping_batches`` optimizer steps. One optimizer per LightningModule.
     ``sync_ranks`` (default: whenever more than one process trains) uses
     :class:`~frostline.exploit.distributed.DecisionSync`; ``rebuild_ddp`` re-wraps DDP after a freeze.
+
+    ``cache``: ``"off"`` (the default), ``"auto"`` (replay a frozen prefix once its replays repay
+    their copies, as ``frostline train --cache auto``; what it cannot serve gets one warning and
+    trains on without it) or ``"memory"`` (replay every frozen prefix; what it cannot serve is a
+    :class:`~frostline.errors.ConfigError`), in at most ``cache_memory_mb`` of host memory. One
+    process, one training DataLoader; inputs must be the same for a sample every epoch (no random
+    augmentation). The live cache is ``callback.cached`` (its ``cache.stats``).
     """
 
     def __init__(
@@ -88,8 +100,11 @@ class FrostlineCallback(_pl.Callback):
         sync_ranks: bool | None = None,
         rebuild_ddp: bool = True,
         cooldown: int = 0,
+        cache: str = "off",
+        cache_memory_mb: int = 4096,
     ):
         super().__init__()
+        check_cache_options(cache, cache_memory_mb)
         if not isinstance(policy, str):
             policy = as_policy(policy, **(policy_kwargs or {}))
         self.policy = policy
@@ -110,6 +125,10 @@ class FrostlineCallback(_pl.Callback):
         self._awaiting_trace = False
         self._start_step = 0
         self._trainer = None
+        self.cache, self.cache_memory_mb = cache, cache_memory_mb
+        self._cache: TrainerCache | None = None
+        self._cache_plan: tuple[int, int, int] | None = None  # (samples, steps per epoch, steps) until installed
+        self._calls_before: int | None = None  # the routed forward's training calls when this batch began
 
     # -- set-up -----------------------------------------------------------------------------
     @property
@@ -150,7 +169,11 @@ class FrostlineCallback(_pl.Callback):
                 f"(estimated_stepping_batches is {total_steps})")
         total_steps = int(total_steps)
         self._last_global_step = trainer.global_step
-        policy = self._make_policy(trainer, total_steps)
+        per_epoch = self._steps_per_epoch(trainer, total_steps)
+        policy = fresh_policy(self.policy, self.policy_kwargs, per_epoch)
+        self._cache, self._cache_plan, self._calls_before = None, None, None
+        if self.cache != "off":
+            self._cache_plan = self._plan_cache(trainer, per_epoch, total_steps)
         common = dict(granularity=self.granularity, freeze_head=self.freeze_head,
                       sync=self._make_sync(trainer), signals=self.signals, cooldown=self.cooldown)
         self._start_step = 0
@@ -169,6 +192,7 @@ class FrostlineCallback(_pl.Callback):
                     f"global step {trainer.global_step}: the checkpoint was not written by this callback's run")
             if self.freezer.frozen and self.rebuild_ddp:
                 self._rebuild_ddp()
+            self._install_cache()
             return
         if trainer.global_step > 0:
             warnings.warn(
@@ -182,18 +206,66 @@ class FrostlineCallback(_pl.Callback):
         if not self._awaiting_trace:
             self._started()
 
-    def _make_policy(self, trainer, total_steps: int):
-        """A fresh policy per fit (a policy's history must not leak from one fit into the next)."""
+    @staticmethod
+    def _steps_per_epoch(trainer, total_steps: int) -> int:
+        """The trainer's optimizer steps per epoch (a fresh policy is built with them at every fit:
+        a policy's history must not leak from one fit into the next)."""
         batches = trainer.num_training_batches
         if isinstance(batches, (int, float)) and math.isfinite(batches) and batches > 0:
-            per_epoch = math.ceil(batches / max(1, trainer.accumulate_grad_batches))
-        else:  # an iterable without a length: the run length over the epochs asked for
-            per_epoch = math.ceil(total_steps / max(1, trainer.max_epochs or 1))
-        return fresh_policy(self.policy, self.policy_kwargs, per_epoch)
+            return math.ceil(batches / max(1, trainer.accumulate_grad_batches))
+        return math.ceil(total_steps / max(1, trainer.max_epochs or 1))  # an iterable without a length
 
     def _started(self) -> None:
         self.freezer.step_count = self._start_step
         self._attach_schedulers(self._trainer)
+        self._install_cache()
+
+    # -- the activation cache -----------------------------------------------------------------
+    @property
+    def cached(self):
+        """The :class:`~frostline.exploit.cache.CachedPrefixModel` serving this fit (None: off, not
+        built yet, or refused)."""
+        return self._cache.cached if self._cache is not None else None
+
+    def _plan_cache(self, trainer, per_epoch: int, total_steps: int) -> tuple[int, int, int] | None:
+        """What the cache needs to know of the run, or None (said) when it cannot serve it."""
+        why = None
+        if trainer.world_size > 1:
+            why = (f"training runs in {trainer.world_size} processes, and each sees other samples every epoch; "
+                   "the callback's cache is single-process")
+        loader = trainer.train_dataloader
+        try:
+            num_samples = len(loader.dataset)
+        except (AttributeError, TypeError):
+            num_samples, why = 0, why or ("the training data is not one DataLoader over a dataset of known length "
+                                          f"(got {type(loader).__name__})")
+        if why:
+            cannot_cache(self.cache, why)
+            return None
+        return num_samples, per_epoch, total_steps
+
+    def _install_cache(self) -> None:
+        """Route the forward of the module holding every unit through the cache, once the units are known."""
+        if self._cache_plan is None:
+            return
+        (num_samples, per_epoch, total_steps), self._cache_plan = self._cache_plan, None
+        name, holder = _unit_holder(self._trainer.lightning_module, self.freezer.units)
+        self._cache = TrainerCache(holder, self.freezer, self.cache, self.cache_memory_mb, num_samples, per_epoch,
+                                   total_steps)
+        self._holder_name = name
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._calls_before = self._cache.route.calls if self._cache is not None else None
+
+    def _check_the_cache_saw_the_batch(self) -> None:
+        """Never a silent no-op: a ``training_step`` that runs the units without calling the module
+        that holds them all gives the cache nothing to key or replay."""
+        route = self._cache.route if self._cache is not None else None
+        if route is None or self._calls_before is None or route.stopped or route.calls > self._calls_before:
+            return
+        call = f"self.{self._holder_name}(...)" if self._holder_name else "self(...)"
+        route.stop(f"training_step did not call {self._holder_name or 'the LightningModule'} (the module holding every "
+                   f"freeze unit), so the cache never sees a batch's inputs: call {call} rather than its parts")
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         # The first training forward has run: its execution order gives the units, and the Freezer
@@ -201,6 +273,8 @@ class FrostlineCallback(_pl.Callback):
         if self.freezer is not None and self.freezer.tracing and not self._awaiting_trace:
             self.freezer.finish_trace()  # units named by the user: check them against this first forward
         if not self._awaiting_trace or not trainer.training:
+            if trainer.training:
+                self._check_the_cache_saw_the_batch()
             return
         self._awaiting_trace = False
         self.freezer.finish_trace()  # no-op when the LightningModule's own forward ended the trace
@@ -253,6 +327,8 @@ class FrostlineCallback(_pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self.freezer is not None:
             self.freezer.close()  # stops a pending trace and removes signal hooks (AutoFreeze's)
+        if self._cache is not None:
+            self._cache.finish()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -283,6 +359,20 @@ class FrostlineCallback(_pl.Callback):
         if self.freezer is None or not self.freezer.ready:
             return []
         return [self.freezer.unit_names[i] for i in sorted(self.freezer.frozen)]
+
+
+def _unit_holder(module, units) -> tuple[str, Any]:
+    """The innermost submodule of ``module`` holding every unit (its name, "" for ``module``)."""
+    paths = [name.split(".") for u in units for name in u.module_names]
+    common = []
+    for parts in zip(*paths):
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    if any(len(p) == len(common) for p in paths):  # a unit is that module itself: take its parent
+        common = common[:-1]
+    name = ".".join(common)
+    return name, module.get_submodule(name) if name else module
 
 
 __all__ = ["FrostlineCallback"]
