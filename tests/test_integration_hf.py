@@ -328,6 +328,11 @@ def test_the_cache_says_when_it_cannot_serve(tmp_path):
     ragged.data_collator = pad_to_longest
     with pytest.raises(ConfigError, match="pad"):  # to one length
         ragged.train()
+    # a compiled forward cannot be routed through the cache (it failed deep inside dynamo)
+    compiled = _trainer(tmp_path / "c", [FrostlineCallback(LinearFreezing(**HALF_EARLY), cache="memory")])
+    compiled.args.torch_compile, compiled.args.torch_compile_backend = True, "eager"
+    with pytest.raises(ConfigError, match="torch_compile=True"):
+        compiled.train()
     with pytest.raises(ConfigError, match="unknown cache mode"):
         FrostlineCallback("linear", cache="disk")
     with pytest.raises(ConfigError, match="cache_memory_mb"):

@@ -220,10 +220,11 @@ def test_example_runs_shortened():
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "lightning_fashion_mnist.py"), "--max-steps", "4",
          "--train-subset", "256", "--val-size", "64", "--test-subset", "128", "--width", "8", "--depth", "1",
-         "--threads", "2"],
+         "--threads", "2", "--cache", "auto"],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test accuracy:" in out.stdout and "froze net.stem" in out.stdout
+    assert "replayed from the cache" in out.stdout
 
 
 DDP_SCRIPT = """
@@ -238,7 +239,7 @@ from test_integration_lightning import Net
 
 out, resume = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
 data = load_dataset("fashion-mnist", val_size=64, train_subset=256, test_subset=1, seed=0)
-cb = FrostlineCallback(policy="linear", policy_kwargs={{"freeze_start": 0.0}})
+cb = FrostlineCallback(policy="linear", policy_kwargs={{"freeze_start": 0.0}}, cache="auto")  # refused: 2 ranks
 model = Net()
 seen = {{}}
 
@@ -283,8 +284,10 @@ def test_lightning_ddp_two_processes_freeze_identically_and_resume(tmp_path):
         out = subprocess.run([sys.executable, str(script), str(tmp_path), *args], capture_output=True, text=True,
                              timeout=150, env=env, cwd=tmp_path)
         assert out.returncode == 0, out.stderr[-4000:]
+        return out.stderr
 
-    launch()
+    said = launch()
+    assert said.count("activation cache off: training runs in 2 processes") == 2, said[-3000:]  # once per rank
     r0, r1 = (torch.load(tmp_path / f"full{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["steps"] == r1["steps"] == 12  # 256 images, 2 ranks x 32 a batch, 3 epochs
     assert r0["timeline"] == r1["timeline"] and [s for _, s in r0["timeline"]] == [3, 6, 9, 12]
@@ -354,6 +357,12 @@ def test_the_cache_says_when_it_cannot_serve(fmnist):
     said = _fit(cb, PartsNet(), fmnist, epochs=1)
     assert len(said) == 1 and "training_step did not call net" in said[0], said
     assert cb.freezer.frozen_prefix == 2  # freezing went on without the cache
+    compiled = Net()
+    compiled.net = torch.compile(compiled.net, backend="eager")  # a compiled forward cannot be routed through it
+    cb = FrostlineCallback("linear", policy_kwargs=EARLY_HALF, cache="auto")
+    said = _fit(cb, compiled, fmnist, epochs=1)
+    assert len(said) == 1 and "the model is compiled" in said[0], said
+    assert cb.freezer.frozen_prefix == 2 and cb.cached is None
     said = _fit(FrostlineCallback("none", cache="auto"), Net(), fmnist, epochs=1)
     assert said == ["frostline: the activation cache replayed no sample: no prefix of units froze, and only a "
                     "frozen prefix can be replayed"]

@@ -69,7 +69,8 @@ class FrostlineCallback(TrainerCallback):
     their copies, timed on the device, as ``frostline train --cache auto``; a model it cannot serve
     gets one warning and trains on without it) or ``"memory"`` (replay every frozen prefix; what
     it cannot serve is a :class:`~frostline.errors.ConfigError`), in at most ``cache_memory_mb``
-    of host memory. Single process only. The live cache is ``callback.cached`` (its ``cache.stats``).
+    of host memory. Single process only, and not with ``torch_compile=True``. The live cache is
+    ``callback.cached`` (its ``cache.stats``).
     """
 
     def __init__(
@@ -171,6 +172,9 @@ class FrostlineCallback(TrainerCallback):
         if getattr(args, "world_size", 1) > 1:
             why = (f"training runs in {args.world_size} processes, and each sees other samples every epoch; "
                    "the Trainer's cache is single-process")
+        if getattr(args, "torch_compile", False):
+            why = ("the Trainer compiles the model (torch_compile=True), and a compiled forward cannot be routed "
+                   "through the cache; train without torch_compile to use it")
         try:
             num_samples = len(loader.dataset)
         except (AttributeError, TypeError):

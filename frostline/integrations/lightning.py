@@ -84,8 +84,9 @@ class FrostlineCallback(_pl.Callback):
     their copies, as ``frostline train --cache auto``; what it cannot serve gets one warning and
     trains on without it) or ``"memory"`` (replay every frozen prefix; what it cannot serve is a
     :class:`~frostline.errors.ConfigError`), in at most ``cache_memory_mb`` of host memory. One
-    process, one training DataLoader; inputs must be the same for a sample every epoch (no random
-    augmentation). The live cache is ``callback.cached`` (its ``cache.stats``).
+    process, one training DataLoader, no ``torch.compile`` around the units; inputs must be the
+    same for a sample every epoch (no random augmentation). The live cache is ``callback.cached``
+    (its ``cache.stats``).
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class FrostlineCallback(_pl.Callback):
         self._cache: TrainerCache | None = None
         self._cache_plan: tuple[int, int, int] | None = None  # (samples, steps per epoch, steps) until installed
         self._calls_before: int | None = None  # the routed forward's training calls when this batch began
+        self._holder_name = ""  # the module whose forward the cache serves, relative to the LightningModule
 
     # -- set-up -----------------------------------------------------------------------------
     @property
@@ -249,7 +251,14 @@ class FrostlineCallback(_pl.Callback):
         if self._cache_plan is None:
             return
         (num_samples, per_epoch, total_steps), self._cache_plan = self._cache_plan, None
-        name, holder = _unit_holder(self._trainer.lightning_module, self.freezer.units)
+        module = self._trainer.lightning_module
+        name, holder = _unit_holder(module, self.freezer.units)
+        parts = name.split(".") if name else []
+        path = [module] + [module.get_submodule(".".join(parts[:i + 1])) for i in range(len(parts))]
+        if getattr(module, "_compiler_ctx", None) or any(hasattr(m, "_orig_mod") for m in path):
+            cannot_cache(self.cache, "the model is compiled (torch.compile), and a compiled forward cannot be routed "
+                                     "through the cache; compile nothing above the units to use it")
+            return
         self._cache = TrainerCache(holder, self.freezer, self.cache, self.cache_memory_mb, num_samples, per_epoch,
                                    total_steps)
         self._holder_name = name
