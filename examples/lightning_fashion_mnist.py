@@ -5,6 +5,7 @@ Everything else is an ordinary LightningModule and Trainer.
 
     python examples/lightning_fashion_mnist.py                     # 1.5-5 min on 2 CPU cores
     python examples/lightning_fashion_mnist.py --method linear --accumulate 2
+    python examples/lightning_fashion_mnist.py --method linear --policy-kwargs '{"freeze_start": 0.25}' --cache auto
     python examples/lightning_fashion_mnist.py --devices 2 --strategy ddp   # 2 CPU processes
     python examples/lightning_fashion_mnist.py --max-steps 6 --train-subset 256 --test-subset 256  # smoke
 
@@ -15,6 +16,7 @@ Needs ``pip install 'frostline[lightning]'`` and the Fashion-MNIST idx files
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -75,6 +77,8 @@ class Classifier(L.LightningModule):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--method", default="freezeout", help="frostline method: " + ", ".join(frostline.list_policies()))
+    p.add_argument("--policy-kwargs", type=json.loads, default={}, help="the method's hyperparameters, as JSON")
+    p.add_argument("--cache", default="off", help="activation cache: off, auto or memory")
     p.add_argument("--model", default="resnet")
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--depth", type=int, default=2)
@@ -110,7 +114,7 @@ def main(argv=None) -> dict:
 
     model = Classifier(args.model, args.width, args.depth, args.lr, data.num_classes, data.in_channels,
                        data.image_size)
-    freezing = FrostlineCallback(policy=args.method)
+    freezing = FrostlineCallback(policy=args.method, policy_kwargs=args.policy_kwargs, cache=args.cache)
     callbacks = [freezing]
     if args.ckpt_dir:
         callbacks.append(L.callbacks.ModelCheckpoint(dirpath=args.ckpt_dir, save_top_k=-1, every_n_epochs=1))
@@ -127,15 +131,16 @@ def main(argv=None) -> dict:
     result = {
         "method": args.method,
         "steps": trainer.global_step,
-        "train_seconds": round(train_s, 1),
+        "train_time_s": train_s,
         "test_accuracy": round(100.0 * float(metrics["test_acc"]), 2),
         "frozen": len(freezing.frozen_units),
         "units": len(freezing.freezer.unit_names) if freezing.freezer is not None else 0,
         "timeline": [(e.unit, e.step) for e in freezing.freezer.timeline] if freezing.freezer is not None else [],
+        "cache_hits": freezing.cached.cache.stats["hits"] if freezing.cached is not None else 0,
     }
     if trainer.is_global_zero:
         print(f"{args.method}: {result['frozen']}/{result['units']} units frozen over {result['steps']} steps "
-              f"in {train_s:.1f} s")
+              f"in {train_s:.1f} s" + (f", {result['cache_hits']} samples replayed from the cache" if args.cache != "off" else ""))
         for unit, step in result["timeline"]:
             print(f"  froze {unit} at step {step}")
         print(f"test accuracy: {result['test_accuracy']:.2f}%")
