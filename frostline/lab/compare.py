@@ -45,6 +45,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # (stem at about a third, the last block at the end) are where AutoFreeze's fall and it saves
     # about what the adaptive methods save, so it asks whether adapting beats a clock at equal savings
     "linear-start0.25": {"method": "linear", "freeze_start": 0.25},
+    # its twins for the cache suite (the plain name above has the default `--cache auto`): a clock whose
+    # prefix grows every 7% of training, where `auto` is asked to serve prefixes that seldom come back
+    "linear-start0.25-off": {"method": "linear", "freeze_start": 0.25, "cache": "off"},
+    "linear-start0.25+cache": {"method": "linear", "freeze_start": 0.25, "cache": "memory"},
     # fine-tuning: the schedule from the first step with every frozen prefix replayed, set before any run:
     # the most a linear clock that ends with training can save (about half of it), so it asks whether
     # SmartFRZ's and AutoFreeze's early decisions in fine-tuning beat a clock that freezes as early
@@ -233,7 +237,8 @@ SUITES: dict[str, Suite] = {
         "cores), so no goal is judged on it: see `--suite standard`"),
     "cache": Suite(
         "cache", ("resnet", "vgg"), ("fashion-mnist",), 2,
-        ("none", "freezeout", "freezeout+cache", "freezeout+auto", "autofreeze", "autofreeze+cache", "autofreeze+auto"),
+        ("none", "freezeout", "freezeout+cache", "freezeout+auto", "autofreeze", "autofreeze+cache", "autofreeze+auto",
+         "linear-start0.25-off", "linear-start0.25+cache", "linear-start0.25"),
         {"epochs": 3, "train_subset": 20000, "val_size": 1000, "batch_size": 128, "threads": 1, "log_every": 10},
         "each method without the activation cache, with it on every frozen prefix (`memory`) and with its payoff "
         "rule (`auto`), from scratch on 20,000 Fashion-MNIST images for 3 epochs (enough steps at full speed "
