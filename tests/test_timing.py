@@ -100,7 +100,8 @@ def test_a_tied_weight_decoder_is_profiled_through_its_dict_input():
     ids = torch.randint(0, 200, (4, 16))
     batch = {"input_ids": ids, "labels": ids}
     units = freeze_units(model, example_input=batch)
-    profile = profile_step_times(model, units, batch, rounds=2)
+    # the default five rounds: a median of two let one stalled round on a loaded CI machine read 1.23
+    profile = profile_step_times(model, units, batch)
     assert profile.unit_names == [u.name for u in units] and len(profile.prefix) == len(units)
     assert profile.step_cost(range(len(units) - 1)) < 1.0  # all but the head frozen: cheaper than a full step
     assert all(p.requires_grad for p in model.parameters()) and model.training
