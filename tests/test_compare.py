@@ -252,6 +252,28 @@ def test_a_run_whose_probe_says_another_speed_is_not_paired_by_clock():
     assert row["paired_time_saved"] == pytest.approx(0.5) and row["paired"] == 2
 
 
+def test_a_run_without_a_probe_is_told_apart_by_its_own_steps_before_its_first_freeze():
+    """No probe, and too few full-speed steps for an in-run figure, so the run is paired with its
+    baseline by clock: the baseline was made when the machine ran at half this speed, which the
+    run's own early steps (0.1 s against the baseline's 0.2 s a step) show, so that pairing would
+    credit the method with the machine's change. Not paired; one at its baseline's speed is."""
+    from frostline.lab.compare import in_run_saving, own_full_step
+
+    suite = Suite("p", ("resnet",), ("fashion-mnist",), 2, ("none", "linear"), {"epochs": 2})
+    cells, _ = suite_cells(suite, METHODS)
+    results = {c.key: _fake_summary(c, 90.0, 200.0 if c.variant == "none" else 75.0) for c in cells}
+    for c in cells:
+        results[c.key]["steps_done"] = 1000  # the baseline: 0.2 s a step
+        if c.variant == "linear":
+            summary, lines = _log((0.1 if c.seed == 0 else 0.18, 0.05), 150)  # 100 full-speed steps logged
+            assert in_run_saving(summary, lines) is None  # under 200: no in-run figure
+            results[c.key]["own_full_step_s"] = own_full_step(summary, lines)
+    lines = "\n".join(per_run_lines(cells, results))
+    assert "| linear | 0 | 90.00 | +0.00 | n/a | n/a (other speed) |" in lines
+    assert "| linear | 1 | 90.00 | +0.00 | 62.5% (vs baseline) | 2.67× |" in lines
+    assert own_full_step(*_log((0.1, 0.05), 60)) is None  # 10 logged steps tell nothing
+
+
 def test_runs_from_two_machines_are_not_paired_by_clock_and_the_report_names_both(tmp_path):
     """Seed 1's run trained on another machine than its baseline: its accuracy is still paired,
     its time is not (the table says why), and the header lists each machine with its runs."""
@@ -668,3 +690,33 @@ def test_cache_rows_pair_each_cached_variant_with_its_uncached_twin():
     moved = rows[("resnet", "freezeout+auto")]
     assert moved["pairs"] == 1 and moved["not_twins"] == 1 and rows[("resnet", "freezeout+cache")]["pairs"] == 2
     assert "| resnet | freezeout+auto | freezeout | 1 (1 froze otherwise) |" in "\n".join(cache_lines(list(rows.values())))
+
+
+def test_twins_trained_in_one_process_decide_the_cache_verdict(tmp_path):
+    """Across runs the cached VGG cell reads 4% slower (machine drift between two runs); trained side
+    by side in one process its twins read 0.99, which decides. A pair that trained differently, or
+    an `auto` pair measured under an older payoff rule, is left out; an unreadable file is skipped."""
+    from frostline.exploit.payoff import RULE_VERSION
+    from frostline.lab.compare import Cell, cache_lines, cache_rows, cache_summary_lines, read_twins
+
+    cells = [Cell("fashion-mnist", "vgg", v, seed, ()) for seed in (0, 1) for v in ("linear-start0.25-off", "linear-start0.25")]
+    results = {c.key: {"train_time_s": 40.0, "relative_time": 0.74 if c.variant.endswith("off") else 0.77,
+                       "cache": None if c.variant.endswith("off") else {"peak_memory_mb": 78.0, "payoff": []}}
+               for c in cells}
+    assert cache_rows(cells, results)[0]["verdict"] == "slower"
+    twins = tmp_path / "twins"
+    twins.mkdir()
+    entry = {"model": "vgg", "variant": "linear-start0.25", "identical_training": True, "payoff_rule": RULE_VERSION}
+    (twins / "vgg-linear.json").write_text(json.dumps([
+        {**entry, "seed": 0, "time_ratio": 0.98}, {**entry, "seed": 1, "time_ratio": 1.0},
+        {**entry, "seed": 2, "time_ratio": 1.5, "identical_training": False},
+        {**entry, "seed": 3, "time_ratio": 1.5, "payoff_rule": RULE_VERSION - 1}]))
+    (twins / "broken.json").write_text("{not json")
+    side = read_twins(tmp_path)
+    assert [e["seed"] for e in side[("vgg", "linear-start0.25")]] == [0, 1]
+    row = cache_rows(cells, results, side)[0]
+    assert row["in_process_ratio"] == pytest.approx(0.99) and row["in_process_pairs"] == 2
+    assert row["in_process_worst"] == pytest.approx(1.0) and row["verdict"] == "not slower"
+    assert "0.990 (worst 1.000, 2 seeds)" in "\n".join(cache_lines([row]))
+    line = cache_summary_lines([row])[0]
+    assert "not slower in 1 of 1" in line and "side by side in one process (2 pairs, 1 of the 1): mean 0.990" in line

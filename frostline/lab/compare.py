@@ -653,13 +653,17 @@ SAME_SPEED = 1.25
 
 
 def _same_speed(s: dict, base: dict) -> bool:
-    """Whether ``s``'s full-model step, timed by its probe after training, is what its baseline's
-    steps took, within :data:`SAME_SPEED`. A CPU's name does not tell two hosts apart, nor a host
-    from itself under another load; the probe does. True when ``s`` has no probe to tell by."""
+    """Whether ``s``'s full-model step is what its baseline's steps took, within :data:`SAME_SPEED`.
+    A CPU's name does not tell two hosts apart, nor a host from itself under another load; the
+    run's full step does: timed by its probe after training, else over its own steps before its
+    first freeze (``own_full_step_s``, set by the report from its log when they span
+    :data:`PROBE_STRETCH_MIN_STEPS`). True when ``s`` has neither to tell by."""
     probe = s.get("full_speed_probe")
-    if not isinstance(probe, dict) or not probe.get("step_s") or not base.get("steps_done") or not base.get("train_time_s"):
+    step = probe.get("step_s") if isinstance(probe, dict) else None
+    step = step or s.get("own_full_step_s")
+    if not step or not base.get("steps_done") or not base.get("train_time_s"):
         return True
-    ratio = probe["step_s"] / (base["train_time_s"] / base["steps_done"])
+    ratio = step / (base["train_time_s"] / base["steps_done"])
     return 1 / SAME_SPEED <= ratio <= SAME_SPEED
 
 
@@ -706,6 +710,14 @@ def full_speed_stretch(metrics: Sequence[dict]) -> tuple[int, float] | None:
     return steps, (last["train_time_s"] - first["train_time_s"]) / steps
 
 
+def own_full_step(summary: dict, metrics: Sequence[dict]) -> float | None:
+    """Seconds per full-model step over the run's own steps before its first freeze, when they
+    span :data:`PROBE_STRETCH_MIN_STEPS` (and the run was not resumed: its log restarts); what
+    tells whether it ran at its baseline's speed (:func:`_same_speed`)."""
+    stretch = None if summary.get("resumed_from_step") else full_speed_stretch(metrics)
+    return stretch[1] if stretch and stretch[0] >= PROBE_STRETCH_MIN_STEPS else None
+
+
 def relative_time(summary: dict, metrics: Sequence[dict], min_steps: float) -> float | None:
     """A run's training time over what its steps would take at its own full speed (see
     :func:`in_run_saving`), or None without that speed.
@@ -736,7 +748,30 @@ CACHE_TOLERANCE = 0.02
 CACHE_MIN_STEPS = 30
 
 
-def cache_rows(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str, Any]]:
+#: Where a bench keeps the cache's twins trained side by side in one process (``scripts/cache_twins.py``).
+TWINS_DIR = "twins"
+
+
+def read_twins(root: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The in-process twin measurements under ``root/twins/*.json``, per (model, cached variant):
+    only pairs that trained identically, made with the payoff rule of today for ``auto`` (an older
+    rule's pairs measured other decisions). A file that cannot be read is left out, with one line."""
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for path in sorted((Path(root) / TWINS_DIR).glob("*.json")):
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"frostline bench: skipping {path} ({type(e).__name__}: {e})", file=sys.stderr)
+            continue
+        for e in entries if isinstance(entries, list) else ():
+            auto = cache_mode(e.get("variant", "")) == "auto"
+            if e.get("identical_training") and (not auto or e.get("payoff_rule") == PAYOFF_RULE):
+                out.setdefault((e["model"], e["variant"]), []).append(e)
+    return out
+
+
+def cache_rows(cells: Sequence[Cell], results: dict[str, dict],
+               twins: dict[tuple[str, str], list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """Per model and cached variant that has an uncached twin (the same settings but ``cache: off``) in
     the bench: its training time against the twin's, paired by seed. The cache never changes what is
     computed, so the twins run the same steps; each time is taken relative to the run's own full
@@ -774,12 +809,18 @@ def cache_rows(cells: Sequence[Cell], results: dict[str, dict]) -> list[dict[str
                 ratios.append(s["relative_time"] / o["relative_time"])
         served = [sum("served_from_step" in r for r in ((s.get("cache") or {}).get("payoff") or ())) for s in seeds.values()]
         ratio = statistics.fmean(ratios) if ratios else math.nan
+        side = [e["time_ratio"] for e in (twins or {}).get((model, variant), ())]
+        in_process = statistics.fmean(side) if side else math.nan
+        judged = in_process if side else ratio  # side by side in one process, drift cancels: it decides where measured
         rows.append({"dataset": dataset, "model": model, "variant": variant, "uncached": twin, "cache": mode,
                      "pairs": len(ratios), "not_twins": not_twins, "ratio": ratio, "worst_ratio": max(ratios) if ratios else math.nan,
                      "wall_ratio": statistics.fmean(walls) if walls else math.nan,
+                     "in_process_ratio": in_process, "in_process_pairs": len(side),
+                     "in_process_worst": max(side) if side else math.nan,
                      "cache_mb": statistics.fmean(((s.get("cache") or {}).get("peak_memory_mb") or 0.0) for s in seeds.values()),
                      "boundaries_served": statistics.fmean(served) if mode == "auto" else None,
-                     "verdict": "not measured" if not ratios else ("not slower" if ratio <= 1 + CACHE_TOLERANCE else "slower")})
+                     "verdict": "not measured" if not (ratios or side) else
+                     ("not slower" if judged <= 1 + CACHE_TOLERANCE else "slower")})
     return rows
 
 
@@ -792,9 +833,16 @@ def cache_summary_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
             continue
         fine = sum(r["verdict"] == "not slower" for r in group)
         worst = max(group, key=lambda r: r["ratio"])
-        lines.append(f"- `--cache {mode}` against no cache: not slower in {fine} of {len(group)} model/method pairs; "
-                     f"mean time ratio {statistics.fmean(r['ratio'] for r in group):.3f}, highest "
-                     f"{worst['ratio']:.3f} ({worst['variant']} on {worst['model']}).")
+        line = (f"- `--cache {mode}` against no cache: not slower in {fine} of {len(group)} model/method pairs; "
+                f"mean time ratio {statistics.fmean(r['ratio'] for r in group):.3f}, highest "
+                f"{worst['ratio']:.3f} ({worst['variant']} on {worst['model']})")
+        side = [r for r in group if r.get("in_process_pairs")]
+        if side:
+            top = max(side, key=lambda r: r["in_process_worst"])
+            line += (f"; trained side by side in one process ({sum(r['in_process_pairs'] for r in side)} pairs, "
+                     f"{len(side)} of the {len(group)}): mean {statistics.fmean(r['in_process_ratio'] for r in side):.3f}, "
+                     f"highest {top['in_process_worst']:.3f} ({top['variant']} on {top['model']})")
+        lines.append(line + ".")
     return lines
 
 
@@ -804,19 +852,25 @@ def cache_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
 
     if not rows:
         return []
+    side = any(r.get("in_process_pairs") for r in rows)
     table = [[r["model"], r["variant"], r["uncached"],
               str(r["pairs"]) + (f" ({r['not_twins']} froze otherwise)" if r.get("not_twins") else ""),
               *(f"{x:.3f}" if x == x else "—" for x in (r["ratio"], r["worst_ratio"], r["wall_ratio"])),
+              *([(f"{r['in_process_ratio']:.3f} (worst {r['in_process_worst']:.3f}, {r['in_process_pairs']} seeds)"
+                  if r.get("in_process_pairs") else "—")] if side else []),
               f"{r['cache_mb']:.0f}", "—" if r["boundaries_served"] is None else f"{r['boundaries_served']:.1f}",
               r["verdict"]] for r in rows]
     return ["Cache against no cache: each cached run's training time over its uncached twin's (same method, "
             "same seed, so the same steps), each taken relative to its own run's full speed before anything froze "
             "(*wall* is the plain ratio); a pair whose runs froze differently (another machine's arithmetic can "
             "change an adaptive method's decisions) is not a pair. "
-            f"*Not slower* means a mean ratio of at most {1 + CACHE_TOLERANCE:g}. "
+            + ("*In one process*: the twins trained side by side in one process, alternating blocks of 10 steps, "
+               "so the machine's drift hits both alike (`scripts/cache_twins.py`, results under `twins/`); the "
+               "whole run's time ratio, mean over seeds; where measured it decides the verdict. " if side else "")
+            + f"*Not slower* means a mean ratio of at most {1 + CACHE_TOLERANCE:g}. "
             "*served* counts the frozen prefixes the payoff rule found worth replaying.", "",
             markdown_table(["model", "cached", "uncached", "pairs", "time ratio", "worst seed", "wall ratio",
-                            "cache MB", "served", "verdict"], table), ""]
+                            *(["in one process"] if side else []), "cache MB", "served", "verdict"], table), ""]
 
 
 def run_time_saved(s: dict, base: dict | None) -> float | None:
@@ -1185,9 +1239,9 @@ def results_markdown(suite: Suite, rows: Sequence[dict[str, Any]], command: str,
            "too early to measure that is paired with its baseline instead. On `none` rows it reads about 0, which "
            "checks the method. *vs baseline* pairs each "
            "run with the `none` run of the same seed (the same figure across runs, so it moves when the machine's "
-           "speed changes between them; runs recorded on different machines are not paired, nor a run whose probe "
-           f"step is more than {SAME_SPEED:g}x off its baseline's steps, a host that reports the same CPU name but "
-           "is not the same speed), *CPU saved* likewise "
+           "speed changes between them; runs recorded on different machines are not paired, nor a run whose full step "
+           f"(timed by its probe, else over its own steps before its first freeze) is more than {SAME_SPEED:g}x off "
+           "its baseline's steps, a host that reports the same CPU name but is not the same speed), *CPU saved* likewise "
            "by the process's CPU time. Δ accuracy is paired "
            "with the same seed's baseline. Both take the baseline trained on the run's own machine where there is "
            "one: a bench that trains a run on another machine than its seed's baseline trains that baseline there "
@@ -1258,9 +1312,10 @@ def write_report(root: Path, suite: Suite, cells: Sequence[Cell], results: dict[
 
     metrics = {c.key: read_metrics(c.folder(root)) for c in [*cells, *checks, *rebased] if c.key in results}
     results = {k: {**results[k], "in_run_time_saved": in_run_saving(results[k], m),
-                   "relative_time": relative_time(results[k], m, CACHE_MIN_STEPS)} for k, m in metrics.items()}
+                   "relative_time": relative_time(results[k], m, CACHE_MIN_STEPS),
+                   "own_full_step_s": own_full_step(results[k], m)} for k, m in metrics.items()}
     rows = aggregate(cells, results)
-    caching = cache_rows(cells, results)
+    caching = cache_rows(cells, results, read_twins(root))
     convergence = convergence_rows(checks, results) if suite.convergence else None
     machine = machine_info()
     machines = machine_counts([results[c.key] for c in [*cells, *checks, *rebased] if c.key in results])

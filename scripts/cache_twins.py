@@ -1,0 +1,139 @@
+"""Is a cached run slower than its uncached twin? Both trained in one process, block by block.
+
+    PYTHONPATH=. python scripts/cache_twins.py --suite cache --model vgg --variant linear-start0.25 \
+        [--seeds 0 1 --block-steps 10 --save benchmarks/cache/twins/vgg-linear-start0.25.json]
+
+The cache suite compares a cached cell with its uncached twin across two separate runs, each
+normalised by its own full-speed steps. That cannot see the machine drift *after* the first
+freeze, and on a noisy CPU two seeds of one cell went opposite ways (0.985 and 1.061). This script
+sets up the cell (``--variant``, as the suite runs it) and its twin (the same settings with
+``cache=off``) in one process and trains both to the end, alternating blocks of ``--block-steps``
+steps (which goes first alternates too), so drift hits both alike. The twins compute the same
+things (same seed, batches and freezes; the cache replays exactly), which the script checks at the
+end: the same frozen units, bit-identical parameters.
+
+It prints, per seed, the whole run's time ratio (cached over uncached, sums of the paired blocks),
+the median of the block ratios with their quartiles, and the ratio over the blocks in which the
+cache served a prefix; ``--save`` writes them with every block's times, to commit beside a report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from frostline.exploit.payoff import RULE_VERSION  # noqa: E402
+from frostline.lab.compare import SUITES, VARIANTS, _cell  # noqa: E402
+from frostline.lab.config import TrainConfig, config_fields, validate  # noqa: E402
+from frostline.lab.loop import iterate_batches  # noqa: E402
+from frostline.lab.recipe import set_up, train_step  # noqa: E402
+
+
+def make_run(suite, model: str, variant: str, seed: int, out: Path, cache: str | None = None):
+    dataset, _, extra = next(c for c in suite.combos() if c[1] == model)
+    cell = _cell(suite, dataset, model, extra, variant, seed)
+    fields = set(config_fields())
+    settings = {k: v for k, v in cell.settings if k in fields and v is not None}
+    if cache is not None:
+        settings["cache"] = cache
+    cfg = TrainConfig(**{**settings, "out": str(out), "progress": False})
+    validate(cfg)
+    return set_up(cfg)
+
+
+def steps(run):
+    """The run's training steps, epoch after epoch as ``frostline train`` takes them (evaluation
+    and checkpoints left out: they are not training time); yields after each step."""
+    cfg, state = run.cfg, run.state
+    while state.step < run.total_steps:
+        for idx, x, y in iterate_batches(run.train_set, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + state.epoch):
+            if state.step >= run.total_steps:
+                break
+            train_step(run, idx, x, y, min(cfg.batch_size, len(run.train_set) - state.batch * cfg.batch_size))
+            yield
+        state.epoch, state.batch = state.epoch + 1, 0
+
+
+def block(run, stepper, n: int) -> tuple[float, int]:
+    """Seconds of training over the next ``n`` steps (the recipe's own step clock), and how many
+    of them ran with a prefix served from the cache."""
+    before, served = run.state.train_time, 0
+    for _ in range(n):
+        served += bool(run.cached and run.cached.boundary())  # what this step will serve
+        if next(stepper, "end") == "end":
+            break
+    return run.state.train_time - before, served
+
+
+def twins(suite, model: str, variant: str, seed: int, block_steps: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cached = make_run(suite, model, variant, seed, Path(tmp) / "cached")
+        plain = make_run(suite, model, variant, seed, Path(tmp) / "plain", cache="off")
+        if cached.cached is None:
+            sys.exit(f"{variant} trains {model} without the activation cache (cache=off, or method none): pick a "
+                     "variant with cache memory or auto")
+        runs = {"cached": (cached, steps(cached)), "plain": (plain, steps(plain))}
+        blocks = []
+        while cached.state.step < cached.total_steps:
+            order = ["cached", "plain"] if len(blocks) % 2 == 0 else ["plain", "cached"]
+            t = {name: block(*runs[name], block_steps) for name in order}
+            blocks.append({"first_step": cached.state.step - block_steps, "cached_s": t["cached"][0],
+                           "plain_s": t["plain"][0], "served_steps": t["cached"][1]})
+        same = cached.freezer.frozen == plain.freezer.frozen and all(
+            torch.equal(a, b) for a, b in zip(cached.model.state_dict().values(), plain.model.state_dict().values()))
+        payoff = cached.cached.payoff.summary() if cached.cached.payoff is not None else None
+        stats = dict(cached.cached.cache.stats)
+    ratios = [b["cached_s"] / b["plain_s"] for b in blocks]
+    served = [b for b in blocks if b["served_steps"]]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {
+        "model": model, "variant": variant, "seed": seed, "block_steps": block_steps, "steps": cached.total_steps,
+        "identical_training": same,
+        "time_ratio": sum(b["cached_s"] for b in blocks) / sum(b["plain_s"] for b in blocks),
+        "median_block_ratio": statistics.median(ratios), "block_ratio_quartiles": [q[0], q[2]],
+        "served_blocks": len(served),
+        "served_ratio": (sum(b["cached_s"] for b in served) / sum(b["plain_s"] for b in served)) if served else None,
+        "cache_stats": stats, "payoff_rule": RULE_VERSION if payoff is not None else None, "payoff": payoff,
+        "blocks": blocks,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--suite", default="cache", choices=sorted(SUITES))
+    ap.add_argument("--model", default="vgg")
+    ap.add_argument("--variant", default="linear-start0.25", choices=sorted(VARIANTS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--block-steps", type=int, default=10)
+    ap.add_argument("--save", type=Path, help="write the results (a JSON list, one entry per seed) here")
+    args = ap.parse_args()
+    suite = SUITES[args.suite]
+    models = [m for _, m, _ in suite.combos()]
+    if args.model not in models:
+        sys.exit(f"suite {args.suite} has no model {args.model!r}: pick one of {', '.join(models)}")
+    if args.block_steps < 1:
+        sys.exit("--block-steps must be at least 1")
+    results = []
+    for seed in args.seeds:
+        r = twins(suite, args.model, args.variant, seed, args.block_steps)
+        results.append(r)
+        served = "no block" if r["served_ratio"] is None else f"{r['served_blocks']} blocks: {r['served_ratio']:.3f}"
+        print(f"{args.model} {args.variant} seed {seed} ({r['steps']} steps, blocks of {args.block_steps}): "
+              f"cached / uncached {r['time_ratio']:.3f} (block median {r['median_block_ratio']:.3f}, quartiles "
+              f"{r['block_ratio_quartiles'][0]:.3f}-{r['block_ratio_quartiles'][1]:.3f}); while serving ({served}); "
+              f"hits {r['cache_stats'].get('hits', 0)}; identical training: {r['identical_training']}", flush=True)
+        if args.save:
+            args.save.parent.mkdir(parents=True, exist_ok=True)
+            args.save.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
