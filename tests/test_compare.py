@@ -694,7 +694,7 @@ def test_cache_rows_pair_each_cached_variant_with_its_uncached_twin():
 
 def test_twins_trained_in_one_process_decide_the_cache_verdict(tmp_path):
     """Across runs the cached VGG cell reads 4% slower (machine drift between two runs); trained side
-    by side in one process its twins read 0.99, which decides. A pair that trained differently, or
+    by side in one process its twins read 0.99, which decides. A pair that froze differently, or
     an `auto` pair measured under an older payoff rule, is left out; an unreadable file is skipped."""
     from frostline.exploit.payoff import RULE_VERSION
     from frostline.lab.compare import Cell, cache_lines, cache_rows, cache_summary_lines, read_twins
@@ -706,10 +706,10 @@ def test_twins_trained_in_one_process_decide_the_cache_verdict(tmp_path):
     assert cache_rows(cells, results)[0]["verdict"] == "slower"
     twins = tmp_path / "twins"
     twins.mkdir()
-    entry = {"model": "vgg", "variant": "linear-start0.25", "identical_training": True, "payoff_rule": RULE_VERSION}
+    entry = {"model": "vgg", "variant": "linear-start0.25", "same_freezes": True, "payoff_rule": RULE_VERSION}
     (twins / "vgg-linear.json").write_text(json.dumps([
         {**entry, "seed": 0, "time_ratio": 0.98}, {**entry, "seed": 1, "time_ratio": 1.0},
-        {**entry, "seed": 2, "time_ratio": 1.5, "identical_training": False},
+        {**entry, "seed": 2, "time_ratio": 1.5, "same_freezes": False},
         {**entry, "seed": 3, "time_ratio": 1.5, "payoff_rule": RULE_VERSION - 1}]))
     (twins / "broken.json").write_text("{not json")
     side = read_twins(tmp_path)
@@ -719,4 +719,4 @@ def test_twins_trained_in_one_process_decide_the_cache_verdict(tmp_path):
     assert row["in_process_worst"] == pytest.approx(1.0) and row["verdict"] == "not slower"
     assert "0.990 (worst 1.000, 2 seeds)" in "\n".join(cache_lines([row]))
     line = cache_summary_lines([row])[0]
-    assert "not slower in 1 of 1" in line and "side by side in one process (2 pairs, 1 of the 1): mean 0.990" in line
+    assert "not slower in 1 of 1" in line and "side by side in one process (2 pairs): mean 0.990, highest 1.000" in line

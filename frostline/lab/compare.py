@@ -439,7 +439,10 @@ def _finished(folder: Path, cell: Cell) -> dict | None:
         if "payoff" not in cache:
             return None  # made before `--cache auto` weighed a replay against its copies (it served every prefix)
         if settings["method"] in ADAPTIVE and cache.get("payoff_rule") != PAYOFF_RULE:
-            return None  # an adaptive method's prefixes were weighed by an older rule (a schedule's are unchanged)
+            # an adaptive method's prefixes were weighed by an older rule. A schedule's cells are kept with the
+            # rule they record: rule 2 changed only adaptive horizons; rule 3's dearer fills can serve a schedule
+            # fewer prefixes too, but its figures stand for the rule in its summary (docs/benchmarks.md says which)
+            return None
     if cell.reference_seed is not None and Path(config.get("reference") or "").parts[-3:] != (
             cell.model, "none", f"seed{cell.reference_seed}"):
         return None  # compared with another reference (older benches used the same seed's)
@@ -754,7 +757,7 @@ TWINS_DIR = "twins"
 
 def read_twins(root: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """The in-process twin measurements under ``root/twins/*.json``, per (model, cached variant):
-    only pairs that trained identically, made with the payoff rule of today for ``auto`` (an older
+    only pairs that froze the same units at the same steps, made with the payoff rule of today for ``auto`` (an older
     rule's pairs measured other decisions). A file that cannot be read is left out, with one line."""
     out: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for path in sorted((Path(root) / TWINS_DIR).glob("*.json")):
@@ -765,7 +768,7 @@ def read_twins(root: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
             continue
         for e in entries if isinstance(entries, list) else ():
             auto = cache_mode(e.get("variant", "")) == "auto"
-            if e.get("identical_training") and (not auto or e.get("payoff_rule") == PAYOFF_RULE):
+            if e.get("same_freezes") and (not auto or e.get("payoff_rule") == PAYOFF_RULE):
                 out.setdefault((e["model"], e["variant"]), []).append(e)
     return out
 
@@ -839,9 +842,9 @@ def cache_summary_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
         side = [r for r in group if r.get("in_process_pairs")]
         if side:
             top = max(side, key=lambda r: r["in_process_worst"])
-            line += (f"; trained side by side in one process ({sum(r['in_process_pairs'] for r in side)} pairs, "
-                     f"{len(side)} of the {len(group)}): mean {statistics.fmean(r['in_process_ratio'] for r in side):.3f}, "
-                     f"highest {top['in_process_worst']:.3f} ({top['variant']} on {top['model']})")
+            line += (f"; side by side in one process ({sum(r['in_process_pairs'] for r in side)} pairs): mean "
+                     f"{statistics.fmean(r['in_process_ratio'] for r in side):.3f}, highest "
+                     f"{top['in_process_worst']:.3f} ({top['variant']} on {top['model']})")
         lines.append(line + ".")
     return lines
 
