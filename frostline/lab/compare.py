@@ -859,7 +859,8 @@ def cache_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     table = [[r["model"], r["variant"], r["uncached"],
               str(r["pairs"]) + (f" ({r['not_twins']} froze otherwise)" if r.get("not_twins") else ""),
               *(f"{x:.3f}" if x == x else "—" for x in (r["ratio"], r["worst_ratio"], r["wall_ratio"])),
-              *([(f"{r['in_process_ratio']:.3f} (worst {r['in_process_worst']:.3f}, {r['in_process_pairs']} seeds)"
+              *([(f"{r['in_process_ratio']:.3f} (worst {r['in_process_worst']:.3f}, {r['in_process_pairs']} "
+                  f"seed{'s' if r['in_process_pairs'] != 1 else ''})"
                   if r.get("in_process_pairs") else "—")] if side else []),
               f"{r['cache_mb']:.0f}", "—" if r["boundaries_served"] is None else f"{r['boundaries_served']:.1f}",
               r["verdict"]] for r in rows]
