@@ -719,4 +719,9 @@ def test_twins_trained_in_one_process_decide_the_cache_verdict(tmp_path):
     assert row["in_process_worst"] == pytest.approx(1.0) and row["verdict"] == "not slower"
     assert "0.990 (worst 1.000, 2 seeds)" in "\n".join(cache_lines([row]))
     line = cache_summary_lines([row])[0]
-    assert "not slower in 1 of 1" in line and "side by side in one process (2 pairs): mean 0.990, highest 1.000" in line
+    assert "not slower in 1 of 1" in line and "across runs mean time ratio 1.041" in line
+    assert "side by side in one process (2 twin pairs): mean 0.990, highest 1.000" in line
+    # a pair measured only side by side (its runs froze otherwise across machines) still counts
+    only_side = {**row, "variant": "autofreeze+auto", "pairs": 0, "ratio": float("nan")}
+    line = cache_summary_lines([row, only_side])[0]
+    assert "not slower in 2 of 2" in line and "(4 twin pairs)" in line and "highest 1.041 (linear-start0.25" in line
