@@ -757,8 +757,9 @@ TWINS_DIR = "twins"
 
 def read_twins(root: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """The in-process twin measurements under ``root/twins/*.json``, per (model, cached variant):
-    only pairs that froze the same units at the same steps, made with the payoff rule of today for ``auto`` (an older
-    rule's pairs measured other decisions). A file that cannot be read is left out, with one line."""
+    only pairs that froze the same units at the same steps, made with the payoff rule of today for
+    ``auto`` (an older rule's pairs measured other decisions). A file that cannot be read is left
+    out, with one line."""
     out: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for path in sorted((Path(root) / TWINS_DIR).glob("*.json")):
         try:
@@ -767,7 +768,9 @@ def read_twins(root: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
             print(f"frostline bench: skipping {path} ({type(e).__name__}: {e})", file=sys.stderr)
             continue
         for e in entries if isinstance(entries, list) else ():
-            auto = cache_mode(e.get("variant", "")) == "auto"
+            if not isinstance(e, dict) or not {"model", "variant", "time_ratio"} <= e.keys():
+                continue
+            auto = cache_mode(e["variant"]) == "auto"
             if e.get("same_freezes") and (not auto or e.get("payoff_rule") == PAYOFF_RULE):
                 out.setdefault((e["model"], e["variant"]), []).append(e)
     return out
@@ -838,12 +841,11 @@ def cache_summary_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
         fine = sum(r["verdict"] == "not slower" for r in group)
         line = f"- `--cache {mode}` against no cache: not slower in {fine} of {len(group)} model/method pairs"
         across = [r for r in group if r["pairs"]]
+        side = [r for r in group if r.get("in_process_pairs")]
         if across:
             worst = max(across, key=lambda r: r["ratio"])
-            line += (f"; {'across runs ' if len(across) < len(group) or any(r.get('in_process_pairs') for r in group) else ''}"
-                     f"mean time ratio {statistics.fmean(r['ratio'] for r in across):.3f}, highest "
-                     f"{worst['ratio']:.3f} ({worst['variant']} on {worst['model']})")
-        side = [r for r in group if r.get("in_process_pairs")]
+            line += (f"; {'across runs ' if side else ''}mean time ratio {statistics.fmean(r['ratio'] for r in across):.3f}, "
+                     f"highest {worst['ratio']:.3f} ({worst['variant']} on {worst['model']})")
         if side:
             top = max(side, key=lambda r: r["in_process_worst"])
             line += (f"; side by side in one process ({sum(r['in_process_pairs'] for r in side)} twin pairs): mean "
