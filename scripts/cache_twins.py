@@ -34,22 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from frostline.exploit.payoff import RULE_VERSION  # noqa: E402
-from frostline.lab.compare import SUITES, VARIANTS, _cell  # noqa: E402
-from frostline.lab.config import TrainConfig, config_fields, validate  # noqa: E402
+from frostline.lab.compare import SUITES, VARIANTS, cell_config  # noqa: E402
 from frostline.lab.loop import iterate_batches  # noqa: E402
 from frostline.lab.recipe import set_up, train_step  # noqa: E402
 
 
 def make_run(suite, model: str, variant: str, seed: int, out: Path, cache: str | None = None):
-    dataset, _, extra = next(c for c in suite.combos() if c[1] == model)
-    cell = _cell(suite, dataset, model, extra, variant, seed)
-    fields = set(config_fields())
-    settings = {k: v for k, v in cell.settings if k in fields and v is not None}
-    if cache is not None:
-        settings["cache"] = cache
-    cfg = TrainConfig(**{**settings, "out": str(out), "progress": False})
-    validate(cfg)
-    return set_up(cfg)
+    return set_up(cell_config(suite, model, variant, seed, out, **({"cache": cache} if cache else {})))
 
 
 def steps(run):

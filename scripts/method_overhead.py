@@ -23,19 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from frostline.lab.compare import SUITES, VARIANTS, _cell  # noqa: E402
-from frostline.lab.config import TrainConfig, config_fields, validate  # noqa: E402
+from frostline.lab.compare import SUITES, VARIANTS, cell_config  # noqa: E402
 from frostline.lab.loop import iterate_batches  # noqa: E402
 from frostline.lab.recipe import set_up, train_step  # noqa: E402
 
 
 def make_run(suite, model: str, variant: str, out: Path, threads: int):
-    dataset, _, extra = next(c for c in suite.combos() if c[1] == model)  # main() checked the model is there
-    cell = _cell(suite, dataset, model, extra, variant, 0)
-    fields = set(config_fields())
-    settings = {k: v for k, v in cell.settings if k in fields and v is not None}
-    cfg = TrainConfig(**{**settings, "out": str(out), "progress": False, "threads": threads})
-    validate(cfg)
+    cfg = cell_config(suite, model, variant, 0, out, threads=threads)  # main() checked the model is there
     run = set_up(cfg)
     batches = iterate_batches(run.train_set, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003)
     return run, batches

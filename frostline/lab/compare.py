@@ -371,6 +371,20 @@ def reference_cell(suite: Suite, cell: Cell, root: Path) -> Cell:
     return dataclasses.replace(baseline, extra=True)
 
 
+def cell_config(suite: Suite, model: str, variant: str, seed: int, out: Path, **overrides):
+    """A suite cell's ``frostline train`` settings as a validated TrainConfig, for tools that train
+    it in their own process (``overrides`` replace settings, e.g. ``cache="off"`` for its twin)."""
+    from .config import TrainConfig, config_fields, validate
+
+    dataset, _, extra = next(c for c in suite.combos() if c[1] == model)
+    fields = set(config_fields())
+    settings = {k: v for k, v in _cell(suite, dataset, model, extra, variant, seed).settings
+                if k in fields and v is not None}
+    cfg = TrainConfig(**{**settings, **overrides, "out": str(out), "progress": False})
+    validate(cfg)
+    return cfg
+
+
 def _train_argv(cell: Cell, out: Path, reference: Path | None = None) -> list[str]:
     """The ``frostline train`` command of a cell; a CKA-oracle cell compares with ``reference``."""
     from .config import config_fields
@@ -717,8 +731,13 @@ def own_full_step(summary: dict, metrics: Sequence[dict]) -> float | None:
     """Seconds per full-model step over the run's own steps before its first freeze, when they
     span :data:`PROBE_STRETCH_MIN_STEPS` (and the run was not resumed: its log restarts); what
     tells whether it ran at its baseline's speed (:func:`_same_speed`)."""
-    stretch = None if summary.get("resumed_from_step") else full_speed_stretch(metrics)
+    stretch = _own_stretch(summary, metrics)
     return stretch[1] if stretch and stretch[0] >= PROBE_STRETCH_MIN_STEPS else None
+
+
+def _own_stretch(summary: dict, metrics: Sequence[dict]) -> tuple[int, float] | None:
+    """The run's full-speed stretch (:func:`full_speed_stretch`); none for a resumed run, whose log restarts."""
+    return None if summary.get("resumed_from_step") else full_speed_stretch(metrics)
 
 
 def relative_time(summary: dict, metrics: Sequence[dict], min_steps: float) -> float | None:
@@ -734,7 +753,7 @@ def relative_time(summary: dict, metrics: Sequence[dict], min_steps: float) -> f
     total, spent = summary.get("total_steps"), summary.get("train_time_s")
     if not total or not spent:
         return None
-    stretch = None if summary.get("resumed_from_step") else full_speed_stretch(metrics)
+    stretch = _own_stretch(summary, metrics)
     probe = (summary.get("full_speed_probe") or {}).get("step_s")
     if probe:
         speeds = [probe] + ([stretch[1]] if stretch and stretch[0] >= PROBE_STRETCH_MIN_STEPS else [])
