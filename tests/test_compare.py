@@ -692,7 +692,7 @@ def test_cache_rows_pair_each_cached_variant_with_its_uncached_twin():
     assert "| resnet | freezeout+auto | freezeout | 1 (1 froze otherwise) |" in "\n".join(cache_lines(list(rows.values())))
 
 
-def test_twins_trained_in_one_process_decide_the_cache_verdict(tmp_path):
+def test_twins_trained_in_one_process_decide_the_cache_verdict(tmp_path, capsys):
     """Across runs the cached VGG cell reads 4% slower (machine drift between two runs); trained side
     by side in one process its twins read 0.99, which decides. A pair that froze differently, or
     an `auto` pair measured under an older payoff rule, is left out; an unreadable file is skipped."""
@@ -714,6 +714,8 @@ def test_twins_trained_in_one_process_decide_the_cache_verdict(tmp_path):
     (twins / "broken.json").write_text("{not json")
     side = read_twins(tmp_path)
     assert [e["seed"] for e in side[("vgg", "linear-start0.25")]] == [0, 1]
+    told = capsys.readouterr().err
+    assert "seed 2 (its runs froze differently)" in told and f"seed 3 (made under payoff rule {RULE_VERSION - 1}" in told
     row = cache_rows(cells, results, side)[0]
     assert row["in_process_ratio"] == pytest.approx(0.99) and row["in_process_pairs"] == 2
     assert row["in_process_worst"] == pytest.approx(1.0) and row["verdict"] == "not slower"

@@ -792,6 +792,11 @@ def read_twins(root: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
             auto = cache_mode(e["variant"]) == "auto"
             if e.get("same_freezes") and (not auto or e.get("payoff_rule") == PAYOFF_RULE):
                 out.setdefault((e["model"], e["variant"]), []).append(e)
+            else:  # never dropped without a word
+                why = "its runs froze differently" if not e.get("same_freezes") else \
+                    f"made under payoff rule {e.get('payoff_rule')}, not {PAYOFF_RULE}"
+                print(f"frostline bench: {path.name}: leaving out {e['model']} {e['variant']} seed {e.get('seed')} "
+                      f"({why})", file=sys.stderr)
     return out
 
 
