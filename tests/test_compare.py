@@ -727,3 +727,32 @@ def test_twins_trained_in_one_process_decide_the_cache_verdict(tmp_path, capsys)
     only_side = {**row, "variant": "autofreeze+auto", "pairs": 0, "ratio": float("nan")}
     line = cache_summary_lines([row, only_side])[0]
     assert "not slower in 2 of 2" in line and "(4 twin pairs)" in line and "highest 1.041 (linear-start0.25" in line
+
+
+def test_a_suite_without_uncached_cells_is_judged_by_its_twins_alone(tmp_path):
+    """The standard suite's `linear` cells take the default `--cache auto` and have no `cache=off`
+    copy among its cells: their twins, trained side by side in one process, are the whole cache
+    comparison. A slow pair says slower; twins of a variant the suite does not run are not its rows."""
+    from frostline.exploit.payoff import RULE_VERSION
+    from frostline.lab.compare import Cell, cache_lines, cache_rows, cache_summary_lines, read_twins
+
+    cells = [Cell("fashion-mnist", m, v, 0, ()) for m in ("vgg", "resnet") for v in ("none", "linear")]
+    assert cache_rows(cells, {}) == []
+    twins = tmp_path / "twins"
+    twins.mkdir()
+    entry = {"variant": "linear", "same_freezes": True, "payoff_rule": RULE_VERSION, "seed": 0,
+             "payoff": [{"boundary": 4, "served_from_step": 296}, {"boundary": 5, "declined_at_step": 300}]}
+    (twins / "vgg-linear.json").write_text(json.dumps([{**entry, "model": "vgg", "time_ratio": 0.97}]))
+    (twins / "resnet-linear.json").write_text(json.dumps([{**entry, "model": "resnet", "time_ratio": 1.04}]))
+    (twins / "vgg-other.json").write_text(json.dumps([{**entry, "model": "vgg", "variant": "linear-start0.25",
+                                                        "time_ratio": 0.9}]))
+    rows = cache_rows(cells, {}, read_twins(tmp_path))
+    assert [(r["model"], r["variant"], r["verdict"]) for r in rows] == [
+        ("resnet", "linear", "slower"), ("vgg", "linear", "not slower")]
+    assert rows[1]["boundaries_served"] == 1 and rows[1]["pairs"] == 0
+    table = "\n".join(cache_lines(rows))
+    assert "| vgg | linear | cache off, same process | 0.970 (worst 0.970, 1 seed) | 1.0 | not slower |" in table
+    assert "| pairs |" not in table and "wall ratio" not in table and "cache MB" not in table
+    line = cache_summary_lines(rows)[0]
+    assert "not slower in 1 of 2" in line and "across runs" not in line
+    assert "side by side in one process (2 twin pairs): mean 1.005, highest 1.040 (linear on resnet)" in line

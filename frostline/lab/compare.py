@@ -838,20 +838,40 @@ def cache_rows(cells: Sequence[Cell], results: dict[str, dict],
             if s.get("relative_time") is not None and o.get("relative_time") is not None:
                 ratios.append(s["relative_time"] / o["relative_time"])
         served = [sum("served_from_step" in r for r in ((s.get("cache") or {}).get("payoff") or ())) for s in seeds.values()]
-        ratio = statistics.fmean(ratios) if ratios else math.nan
-        side = [e["time_ratio"] for e in (twins or {}).get((model, variant), ())]
-        in_process = statistics.fmean(side) if side else math.nan
-        judged = in_process if side else ratio  # side by side in one process, drift cancels: it decides where measured
-        rows.append({"dataset": dataset, "model": model, "variant": variant, "uncached": twin, "cache": mode,
-                     "pairs": len(ratios), "not_twins": not_twins, "ratio": ratio, "worst_ratio": max(ratios) if ratios else math.nan,
-                     "wall_ratio": statistics.fmean(walls) if walls else math.nan,
-                     "in_process_ratio": in_process, "in_process_pairs": len(side),
-                     "in_process_worst": max(side) if side else math.nan,
-                     "cache_mb": statistics.fmean(((s.get("cache") or {}).get("peak_memory_mb") or 0.0) for s in seeds.values()),
-                     "boundaries_served": statistics.fmean(served) if mode == "auto" else None,
-                     "verdict": "not measured" if not (ratios or side) else
-                     ("not slower" if judged <= 1 + CACHE_TOLERANCE else "slower")})
+        rows.append(_cache_row(dataset, model, variant, twin, ratios, (twins or {}).get((model, variant), ()),
+                               not_twins=not_twins, wall_ratio=statistics.fmean(walls) if walls else math.nan,
+                               cache_mb=statistics.fmean(((s.get("cache") or {}).get("peak_memory_mb") or 0.0)
+                                                         for s in seeds.values()),
+                               served=served))
+    # a suite without uncached cells (standard, quick: their plain variants take the default `auto`) is
+    # judged by the twins alone, each trained beside its `cache=off` copy in one process
+    covered = {(r["model"], r["variant"]) for r in rows}
+    planned = {(c.model, c.variant): c.dataset for c in cells}
+    for (model, variant), side in (twins or {}).items():
+        if (model, variant) in covered or (model, variant) not in planned or cache_mode(variant) == "off":
+            continue
+        rows.append(_cache_row(planned[(model, variant)], model, variant, "cache off, same process", (), side,
+                               served=[sum("served_from_step" in p for p in e.get("payoff") or ()) for e in side]))
     return rows
+
+
+def _cache_row(dataset: str, model: str, variant: str, uncached: str, ratios: Sequence[float],
+               side: Sequence[dict[str, Any]], not_twins: int = 0, wall_ratio: float = math.nan,
+               cache_mb: float = math.nan, served: Sequence[int] = ()) -> dict[str, Any]:
+    """One row of the cache comparison: the across-run ratios and the twins side by side in one
+    process, which decide the verdict where they were measured (drift cancels in one process)."""
+    mode, inside = cache_mode(variant), [e["time_ratio"] for e in side]
+    ratio = statistics.fmean(ratios) if ratios else math.nan
+    in_process = statistics.fmean(inside) if inside else math.nan
+    judged = in_process if inside else ratio
+    return {"dataset": dataset, "model": model, "variant": variant, "uncached": uncached, "cache": mode,
+            "pairs": len(ratios), "not_twins": not_twins, "ratio": ratio,
+            "worst_ratio": max(ratios) if ratios else math.nan, "wall_ratio": wall_ratio,
+            "in_process_ratio": in_process, "in_process_pairs": len(inside),
+            "in_process_worst": max(inside) if inside else math.nan, "cache_mb": cache_mb,
+            "boundaries_served": statistics.fmean(served) if mode == "auto" and served else None,
+            "verdict": "not measured" if not (ratios or inside) else
+            ("not slower" if judged <= 1 + CACHE_TOLERANCE else "slower")}
 
 
 def cache_summary_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -880,31 +900,38 @@ def cache_summary_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def cache_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The cache comparison as a table, with the rule it is judged by."""
+    """The cache comparison as a table, with the rule it is judged by. The across-run columns appear
+    when the bench has uncached cells, the *in one process* column when it has twins."""
     from .report import markdown_table
 
     if not rows:
         return []
-    side = any(r.get("in_process_pairs") for r in rows)
+    across, side = any(r["pairs"] or r.get("not_twins") for r in rows), any(r.get("in_process_pairs") for r in rows)
     table = [[r["model"], r["variant"], r["uncached"],
-              str(r["pairs"]) + (f" ({r['not_twins']} froze otherwise)" if r.get("not_twins") else ""),
-              *(f"{x:.3f}" if x == x else "—" for x in (r["ratio"], r["worst_ratio"], r["wall_ratio"])),
+              *([str(r["pairs"]) + (f" ({r['not_twins']} froze otherwise)" if r.get("not_twins") else ""),
+                 *(f"{x:.3f}" if x == x else "—" for x in (r["ratio"], r["worst_ratio"], r["wall_ratio"]))]
+                if across else []),
               *([(f"{r['in_process_ratio']:.3f} (worst {r['in_process_worst']:.3f}, {r['in_process_pairs']} "
                   f"seed{'s' if r['in_process_pairs'] != 1 else ''})"
                   if r.get("in_process_pairs") else "—")] if side else []),
-              f"{r['cache_mb']:.0f}", "—" if r["boundaries_served"] is None else f"{r['boundaries_served']:.1f}",
+              *([f"{r['cache_mb']:.0f}" if r["cache_mb"] == r["cache_mb"] else "—"] if across else []),
+              "—" if r["boundaries_served"] is None else f"{r['boundaries_served']:.1f}",
               r["verdict"]] for r in rows]
-    return ["Cache against no cache: each cached run's training time over its uncached twin's (same method, "
-            "same seed, so the same steps), each taken relative to its own run's full speed before anything froze "
-            "(*wall* is the plain ratio); a pair whose runs froze differently (another machine's arithmetic can "
-            "change an adaptive method's decisions) is not a pair. "
-            + ("*In one process*: the twins trained side by side in one process, alternating blocks of 10 steps, "
-               "so the machine's drift hits both alike (`scripts/cache_twins.py`, results under `twins/`); the "
-               "whole run's time ratio, mean over seeds; where measured it decides the verdict. " if side else "")
+    return ["Cache against no cache: "
+            + ("each cached run's training time over its uncached twin's (same method, same seed, so the same "
+               "steps), each taken relative to its own run's full speed before anything froze (*wall* is the "
+               "plain ratio); a pair whose runs froze differently (another machine's arithmetic can change an "
+               "adaptive method's decisions) is not a pair. " if across else "")
+            + ("*In one process*: the cell's settings and the same with `cache=off`, trained side by side in one "
+               "process, alternating blocks of 10 steps, so the machine's drift hits both alike "
+               "(`scripts/cache_twins.py`, results under `twins/`); the whole run's time ratio, mean over seeds; "
+               "where measured it decides the verdict. " if side else "")
             + f"*Not slower* means a mean ratio of at most {1 + CACHE_TOLERANCE:g}. "
             "*served* counts the frozen prefixes the payoff rule found worth replaying.", "",
-            markdown_table(["model", "cached", "uncached", "pairs", "time ratio", "worst seed", "wall ratio",
-                            *(["in one process"] if side else []), "cache MB", "served", "verdict"], table), ""]
+            markdown_table(["model", "cached", "uncached",
+                            *(["pairs", "time ratio", "worst seed", "wall ratio"] if across else []),
+                            *(["in one process"] if side else []), *(["cache MB"] if across else []),
+                            "served", "verdict"], table), ""]
 
 
 def run_time_saved(s: dict, base: dict | None) -> float | None:
