@@ -7,21 +7,29 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from .errors import CheckpointError
 
 
-def load_plain(path: str | os.PathLike) -> Any:
-    """``torch.load`` of ``path`` on the CPU, refusing anything but tensors and plain data."""
+def load_plain(path: str | os.PathLike, unreadable: Callable[[Exception], Exception] | None = None) -> Any:
+    """``torch.load`` of ``path`` on the CPU, refusing anything but tensors and plain data. A file
+    that is torn or corrupted (torn writes surface as many different exceptions) raises
+    ``unreadable(exception)`` where the caller gives one: the error that says what to do about it."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # torn or corrupted, not code: the caller's "unreadable"
+        if "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"{path} holds more than tensors and plain data (a pickled object or callable), and loading it "
+                "could run code, so frostline refuses it: use files written by frostline, or load a file you trust "
+                "yourself") from None
+        if unreadable is None:
             raise
-        raise CheckpointError(
-            f"{path} holds more than tensors and plain data (a pickled object or callable), and loading it "
-            "could run code, so frostline refuses it: use files written by frostline, or load a file you trust "
-            "yourself") from None
+        raise unreadable(e) from None
+    except Exception as e:
+        if unreadable is None:
+            raise
+        raise unreadable(e) from None

@@ -200,12 +200,7 @@ class FrostlineCallback(TrainerCallback):
                 "FrostlineCallback(..., resume_from='<checkpoint folder>') when the checkpoint is not "
                 f"{Path(args.output_dir) / f'checkpoint-{state.global_step}'}, or resume from a checkpoint "
                 "saved with the callback")
-        try:
-            saved = load_plain(path)
-        except CheckpointError:
-            raise
-        except Exception as e:
-            raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+        saved = load_plain(path, lambda e: CheckpointError(f"{path} is unreadable ({type(e).__name__}: {e})"))
         if isinstance(saved, dict) and saved.get("step") != state.global_step:
             raise CheckpointError(
                 f"{path} is from step {saved.get('step')}, the Trainer resumed at step {state.global_step}: "

@@ -27,12 +27,7 @@ def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        state = load_plain(path)
-    except CheckpointError:
-        raise
-    except Exception as e:  # torn writes surface as many different exceptions
-        raise CheckpointError(f"{path.name} is unreadable ({type(e).__name__})") from None
+    state = load_plain(path, lambda e: CheckpointError(f"{path.name} is unreadable ({type(e).__name__})"))
     if not isinstance(state, dict) or state.get("format") != FORMAT or any(k not in state for k in REQUIRED):
         raise CheckpointError(f"{path.name} is not a complete frostline checkpoint")
     return state

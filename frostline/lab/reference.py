@@ -35,12 +35,8 @@ def load_reference(run_dir, like: nn.Module, model_name: str | None = None) -> n
         ref_shape = (saved.get("model"), saved.get("width"), saved.get("depth"))
     except (FileNotFoundError, json.JSONDecodeError):
         ref_shape = None
-    try:
-        state = load_plain(weights)
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise CheckpointError(f"reference {weights} is unreadable ({type(e).__name__}): retrain the reference run") from None
+    state = load_plain(weights, lambda e: CheckpointError(
+        f"reference {weights} is unreadable ({type(e).__name__}): retrain the reference run"))
     what = f"a {ref_model!r} model" + (f" (width {ref_shape[1]}, depth {ref_shape[2]})" if ref_shape else "")
     wanted = f"this run trains {model_name!r}" if model_name else "this run's model differs"
     if not isinstance(state, dict):

@@ -230,12 +230,7 @@ def load_collected(path) -> dict[str, Any]:
         path = path / DATASET_FILE
     if not path.is_file():
         raise DataError(f"{path} does not exist: pass folders written by `frostline predictor collect`")
-    try:
-        ds = load_plain(path)
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise DataError(f"{path} is unreadable ({type(e).__name__}): collect it again") from None
+    ds = load_plain(path, lambda e: DataError(f"{path} is unreadable ({type(e).__name__}): collect it again"))
     if not isinstance(ds, dict) or ds.get("format") != FORMAT:
         raise DataError(f"{path} is not a frostline SmartFRZ dataset: collect it with `frostline predictor collect`")
     ds["path"] = str(path)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -198,12 +197,8 @@ def load_predictor(path=None) -> tuple[SmartFRZPredictor, dict[str, Any]]:
            else "train one with `frostline predictor train`, or leave --predictor unset to use the shipped one")
     if not path.is_file():
         raise CheckpointError(f"SmartFRZ predictor {path} does not exist: {how}")
-    try:
-        saved = load_plain(path)
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise CheckpointError(f"SmartFRZ predictor {path} is unreadable or corrupted ({type(e).__name__}): {how}") from None
+    saved = load_plain(path, lambda e: CheckpointError(
+        f"SmartFRZ predictor {path} is unreadable or corrupted ({type(e).__name__}): {how}"))
     if not isinstance(saved, dict) or saved.get("format") != FORMAT or "state_dict" not in saved:
         if isinstance(saved, dict) and str(saved.get("format", "")).startswith("frostline-smartfrz-predictor-"):
             raise CheckpointError(f"{path} is a SmartFRZ predictor of an older format ({saved['format']}, this "
