@@ -892,7 +892,8 @@ def cache_summary_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
                      f"highest {worst['ratio']:.3f} ({worst['variant']} on {worst['model']})")
         if side:
             top = max(side, key=lambda r: r["in_process_worst"])
-            line += (f"; side by side in one process ({sum(r['in_process_pairs'] for r in side)} twin pairs): mean "
+            n = sum(r["in_process_pairs"] for r in side)
+            line += (f"; side by side in one process ({n} twin pair{'s' if n != 1 else ''}): mean "
                      f"{statistics.fmean(r['in_process_ratio'] for r in side):.3f}, highest "
                      f"{top['in_process_worst']:.3f} ({top['variant']} on {top['model']})")
         lines.append(line + ".")
@@ -1085,18 +1086,20 @@ def convergence_rows(checks: Sequence[Cell], results: dict[str, dict],
     return rows
 
 
-def convergence_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The convergence criterion, stated, and its verdict per model with the measured numbers."""
+def convergence_lines(rows: Sequence[dict[str, Any]], brief: bool = False) -> list[str]:
+    """The convergence criterion, stated, and its verdict per model with the measured numbers
+    (``brief``: the README's shorter wording, the same figures)."""
     lines = []
     for r in rows:
         seeds = "seed " + ", ".join(str(s) for s in r["seeds"])
         what = f"{r['model']} on {r['dataset']}"
+        to, instead = ((f"{r['long_epochs']:g} epochs", f" instead of {r['epochs']:g}") if brief else
+                       (f"training the baseline to {_epochs(r['long_epochs'])}", f" instead of {_epochs(r['epochs'])}"))
+        gains = f"{'gain' if brief else 'gains'} at most {r['tolerance']:g} points{'' if brief else ' of test accuracy'}"
         if r["verdict"] == "not measured yet":
-            lines.append(f"- Convergence of {what}: training the baseline to {_epochs(r['long_epochs'])} gains at "
-                         f"most {r['tolerance']:g} points of test accuracy ({seeds}) — **not measured yet**.")
+            lines.append(f"- Convergence of {what}: {to} {gains} ({seeds}) — **not measured yet**.")
             continue
-        lines.append(f"- Convergence of {what}: training the baseline to {_epochs(r['long_epochs'])} instead of "
-                     f"{_epochs(r['epochs'])} gains at most {r['tolerance']:g} points of test accuracy ({seeds}): "
+        lines.append(f"- Convergence of {what}: {to}{instead} {gains} ({seeds}): "
                      f"{r['accuracy']:.2f}% vs {r['long_accuracy']:.2f}% ({r['gap']:+.2f} points) — **{r['verdict']}**"
                      + (": no goal can pass on this baseline." if r["verdict"] == "FAIL" else "."))
     return lines
@@ -1229,8 +1232,8 @@ def goal_lines(goal: Goal, rows: Sequence[dict[str, Any]], convergence: Sequence
             continue
         rivals = "".join(f"; {v}: {_figures(r, brief)}" + ("" if brief else f" ({_versus(e['versus'][v])})")
                          for v, r in e["rivals"].items())
-        lines.append(f"{head}: best **{e['best']}**, {_figures(e, brief)} on average over {e['pairs']} "
-                     f"model/dataset pairs{rivals}{why}")
+        over = f" on average over {e['pairs']} model/dataset pairs" if e["pairs"] != 1 else ""
+        lines.append(f"{head}: best **{e['best']}**, {_figures(e, brief)}{over}{rivals}{why}")
         if not brief:  # the README names the best variant; the docs list the others
             lines += [f"  - {v}: {_figures(a, brief)}." for v, a in sorted(e["others"].items())]
     return lines
@@ -1456,7 +1459,7 @@ def summary_markdown(suite: Suite, data: dict[str, Any], plot: str, details: str
     begin, end = summary_markers(suite.name)
     machine = data["machine"]
     convergence = data.get("convergence")
-    lines = [*convergence_lines(convergence or ()),
+    lines = [*convergence_lines(convergence or (), brief=True),
              *[line for goal in suite.goals for line in goal_lines(goal, data["rows"], convergence, brief=True)],
              *cache_summary_lines(data.get("cache_rows") or ())]
     missing = data.get("missing") or ()
