@@ -729,7 +729,7 @@ def test_twins_trained_in_one_process_decide_the_cache_verdict(tmp_path, capsys)
     assert "not slower in 2 of 2" in line and "(4 twin pairs)" in line and "highest 1.041 (linear-start0.25" in line
 
 
-def test_a_suite_without_uncached_cells_is_judged_by_its_twins_alone(tmp_path):
+def test_a_suite_without_uncached_cells_is_judged_by_its_twins_alone(tmp_path, capsys):
     """The standard suite's `linear` cells take the default `--cache auto` and have no `cache=off`
     copy among its cells: their twins, trained side by side in one process, are the whole cache
     comparison. A slow pair says slower; twins of a variant the suite does not run are not its rows."""
@@ -749,6 +749,7 @@ def test_a_suite_without_uncached_cells_is_judged_by_its_twins_alone(tmp_path):
     rows = cache_rows(cells, {}, read_twins(tmp_path))
     assert [(r["model"], r["variant"], r["verdict"]) for r in rows] == [
         ("resnet", "linear", "slower"), ("vgg", "linear", "not slower")]
+    assert "leaving out the twins of vgg linear-start0.25: this suite does not run that cell" in capsys.readouterr().err
     assert rows[1]["boundaries_served"] == 1 and rows[1]["pairs"] == 0
     table = "\n".join(cache_lines(rows))
     assert "| vgg | linear | cache off, same process | 0.970 (worst 0.970, 1 seed) | 1.0 | not slower |" in table
