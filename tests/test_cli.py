@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +36,14 @@ TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "-
     (["--method", "freezeout", "--cooldown", "5"], "cooldown does not apply"),
     (["--method", "none", "--cooldown", "5"], "freezes nothing"),
     (["--method", "linear", "--const-time", "--cooldown", "5"], "cooldown"),
+    # a flag the run would not read is an error, not a silent no-op
+    (["--method", "freezeout", "--freeze-start", "0.3"], "--freeze-start does nothing here: it is a setting of linear"),
+    (["--method", "linear", "--stages-per-epoch", "4"], "setting of cka-oracle, smartfrz"),
+    (["--cache", "off", "--cache-dtype", "float16"], "--cache-dtype does nothing here"),
+    (["--optimizer", "adamw", "--momentum", "0.5"], "only --optimizer sgd has momentum"),
+    (["--max-length", "32"], "only text datasets"),
+    (["--method", "linear", "--reference", "runs/x"], "only --method cka-oracle"),
+    (["--compile-backend", "aot_eager"], "without --compile"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(args, needle, capsys, tmp_path):
     code = main(["train", *args, *TINY, "--out", str(tmp_path / "run")])
@@ -42,6 +51,32 @@ def test_bad_input_is_one_clear_line_and_exit_2(args, needle, capsys, tmp_path):
     assert code == 2
     assert needle in err and "Traceback" not in err
     assert err.startswith("frostline: error:") and err.count("\n") == 1
+
+
+def test_a_resumed_run_says_which_new_flags_it_would_not_read(tmp_path, capsys):
+    """--resume continues with the run's own settings: a new --epochs must not pass in silence."""
+    code = main(["train", "--resume", str(tmp_path / "run"), "--epochs", "3", "--lr", "0.1", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("frostline: error: --epochs, --lr do nothing here: a resumed run keeps")
+    assert "--threads" not in err
+
+
+def test_every_bench_cell_reads_every_flag_it_passes():
+    """A bench cell runs `frostline train` with its settings as flags; each must be one its method
+    and settings read, or the cell would stop with the error above."""
+    from frostline.lab.cli import _config, _given
+    from frostline.lab.compare import SUITES, _train_argv, check_cells, suite_cells
+    from frostline.lab.config import TrainConfig, unread_settings
+    from frostline.policies import list_policies
+
+    parser, checked = build_parser(), 0
+    for suite in SUITES.values():
+        for cell in suite_cells(suite, list_policies())[0] + check_cells(suite):
+            argv = _train_argv(cell, Path("runs/x"), reference=Path("runs/reference"))[3:]
+            args = parser.parse_args(argv)
+            assert unread_settings(_config(args, TrainConfig), _given(args, TrainConfig)) == [], cell.key
+            checked += 1
+    assert checked > 100
 
 
 def test_missing_dataset_names_the_install_command(capsys, tmp_path, monkeypatch):
@@ -228,9 +263,8 @@ def test_bench_steptime_rejects_bad_settings(tmp_path, capsys):
 
 @pytest.mark.integration
 def test_report_compares_runs_against_the_baseline(tmp_path, capsys):
-    for method in ["none", "linear"]:
-        assert main(["train", "--method", method, "--epochs", "1", "--freeze-start", "0.1", *TINY,
-                     "--out", str(tmp_path / method)]) == 0
+    for method, flags in [("none", []), ("linear", ["--freeze-start", "0.1"])]:
+        assert main(["train", "--method", method, "--epochs", "1", *flags, *TINY, "--out", str(tmp_path / method)]) == 0
     capsys.readouterr()
     assert main(["report", str(tmp_path / "none"), str(tmp_path / "linear")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

@@ -15,21 +15,21 @@ from frostline.lab.cli import main
 
 pytestmark = pytest.mark.integration  # real trainings, killed subprocesses
 
-ARGS = ["--method", "freezeout", "--t-0", "0.3", "--schedule", "linear", "--epochs", "2", "--train-subset", "512",
-        "--val-size", "64", "--test-subset", "64", "--batch-size", "32", "--threads", "1", "--cache", "off",
-        "--log-every", "1", "--checkpoint-every", "1", "--no-progress"]
+RUN = ["--epochs", "2", "--train-subset", "512", "--val-size", "64", "--test-subset", "64", "--batch-size", "32",
+       "--threads", "1", "--cache", "off", "--log-every", "1", "--checkpoint-every", "1", "--no-progress"]
+FREEZEOUT = ["--method", "freezeout", "--t-0", "0.3", "--schedule", "linear"]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    assert main(["train", *ARGS, "--out", str(out)]) == 0
+    assert main(["train", *RUN, *FREEZEOUT, "--out", str(out)]) == 0
     return out
 
 
-def _kill_at(out, step, extra=()):
-    """Start a run (``ARGS`` then ``extra``) and SIGKILL it once its metrics show ``step`` steps done."""
-    proc = subprocess.Popen([sys.executable, "-m", "frostline", "train", *ARGS, *extra, "--out", str(out)],
+def _kill_at(out, step, method=FREEZEOUT):
+    """Start a run (``RUN`` and ``method``'s flags) and SIGKILL it once its metrics show ``step`` steps done."""
+    proc = subprocess.Popen([sys.executable, "-m", "frostline", "train", *RUN, *method, "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 180
@@ -72,10 +72,10 @@ COOLING = ["--method", "linear", "--freeze-start", "0.2", "--cooldown", "5"]
 
 def test_killed_mid_cooldown_and_resumed_run_equals_uninterrupted(tmp_path):
     reference = tmp_path / "full"
-    assert main(["train", *ARGS, *COOLING, "--out", str(reference)]) == 0
+    assert main(["train", *RUN, *COOLING, "--out", str(reference)]) == 0
     decided = json.loads((reference / "summary.json").read_text())["timeline"][0]["decided_step"]
     out = tmp_path / "run"
-    _kill_at(out, decided + 2, extra=COOLING)
+    _kill_at(out, decided + 2, method=COOLING)
     resumed_at = torch.load(out / "checkpoint.pt", weights_only=True)["freezer"]
     assert resumed_at["cooling"]  # the checkpoint is mid-cool-down
     assert main(["train", "--resume", str(out), "--no-progress", "--threads", "1"]) == 0

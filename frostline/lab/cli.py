@@ -63,8 +63,9 @@ HELP = {
 
 def _add_config_flags(parser: argparse.ArgumentParser, config_cls, overrides: dict[str, str] | None = None) -> None:
     """One flag per field of ``config_cls``; its help from ``overrides``, the field's own (method
-    hyperparameters) or :data:`HELP`. A field some pretrained model's fine-tuning settings name is
-    left off the parsed flags when unset, so :func:`_config` can tell it was not given."""
+    hyperparameters) or :data:`HELP`. A flag left unset is left off the parsed arguments, so
+    :func:`_config` can tell what was given: a pretrained model's fine-tuning settings fill only
+    the flags left unset, and a given flag the run would not read is an error (:func:`_given`)."""
     from .pretrained import FINETUNE_SETTINGS
 
     recipe_fields = {name for settings in FINETUNE_SETTINGS.values() for name in settings}
@@ -73,16 +74,20 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls, overrides: di
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         text = (overrides or {}).get(f.name) or f.metadata.get("help") or HELP.get(f.name, "")
-        help_text = f"{text} (default: {f.default})"
+        help_text = text if "(default:" in text else f"{text} (default: {f.default})"
         if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
             continue
         base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
         if f.name in recipe_fields:  # left unset, a pretrained model's fine-tuning setting replaces the default
-            parser.add_argument(flag, dest=f.name, type=base, default=argparse.SUPPRESS,
-                                help=f"{text} (default: {f.default}; a pretrained model's fine-tuning setting)")
-            continue
-        parser.add_argument(flag, dest=f.name, type=base, default=f.default, help=help_text)
+            help_text = f"{text} (default: {f.default}; a pretrained model's fine-tuning setting)"
+        parser.add_argument(flag, dest=f.name, type=base, default=argparse.SUPPRESS, help=help_text)
+
+
+def _given(args: argparse.Namespace, config_cls) -> set[str]:
+    """The fields of ``config_cls`` whose flags were given on the command line."""
+    return {f.name for f in dataclasses.fields(config_cls) if hasattr(args, f.name)}
 
 
 def _config(args: argparse.Namespace, config_cls):
@@ -218,11 +223,19 @@ def _measured_line(summary: dict, out: Path) -> str:
 
 
 # -- one function per command ----------------------------------------------------------------------
-def _train(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
-    from .recipe import train
+def _run_config(args: argparse.Namespace):
+    """The TrainConfig of ``train`` and ``estimate``, none of whose given flags goes unread."""
+    from .config import TrainConfig, check_all_read
 
     cfg = _config(args, TrainConfig)
+    check_all_read(cfg, _given(args, TrainConfig))
+    return cfg
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .recipe import train
+
+    cfg = _run_config(args)
     summary = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
@@ -259,11 +272,10 @@ def _cache_line(cache: dict, units: list[str], frozen: int) -> str:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
     from .recipe import plan
     from .report import markdown_table
 
-    p = plan(_config(args, TrainConfig))
+    p = plan(_run_config(args))
     print(markdown_table(["unit", "freezes at"], [[u, "never" if t is None else f"{t:.3f}"] for u, t in zip(p["units"], p["freeze_times"])]))
     prof = p["profile"]
     print(f"predicted time saved: {100 * p['time_saving']:.1f}% | with the activation cache: {100 * p['time_saving_cached']:.1f}% "

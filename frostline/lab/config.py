@@ -253,6 +253,49 @@ def _check_combinations(cfg: TrainConfig) -> None:
                           "(the --out folder of a finished `frostline train` of the same model)")
 
 
+#: Run settings only some runs read: field -> (whether this run reads it, why not).
+READ_ONLY_WHEN = {
+    "reference": (lambda c: c.method == "cka-oracle", "only --method cka-oracle compares with a reference run"),
+    "probe_size": (lambda c: c.method == "cka-oracle", "only --method cka-oracle measures CKA on a probe batch"),
+    "cache_dtype": (lambda c: c.cache != "off", "the activation cache is off (--cache off)"),
+    "cache_memory_mb": (lambda c: c.cache != "off", "the activation cache is off (--cache off)"),
+    "compile_backend": (lambda c: c.compile, "nothing is compiled without --compile"),
+    "max_length": (lambda c: c.dataset in TEXT_DATASETS, f"only text datasets ({', '.join(TEXT_DATASETS)}) are tokenised"),
+    "momentum": (lambda c: c.optimizer == "sgd", "only --optimizer sgd has momentum"),
+}
+#: What ``--resume`` takes from the new command line; everything else comes from the run's config.json.
+RESUME_READS = ("resume", "progress", "threads")
+
+
+def unread_settings(cfg: TrainConfig, given) -> list[tuple[str, str]]:
+    """Of the settings ``given`` (the fields a user set, e.g. by flag), those this run would not read,
+    each as ``(field, why)``. A setting that changes nothing must not pass in silence: the user
+    meant something by it (a method's hyperparameter given to another method, a cache dtype with
+    the cache off, a new epoch count for a resumed run)."""
+    if cfg.resume:
+        return [(name, f"a resumed run keeps the settings in {Path(cfg.resume) / 'config.json'} (to change them, "
+                       "start a new run with another --out)") for name in sorted(set(given) - set(RESUME_READS))]
+    methods = {f.name: f.metadata.get("methods") for f in fields(TrainConfig)}
+    unread = []
+    for name in sorted(given):
+        if methods.get(name) and cfg.method not in methods[name]:
+            unread.append((name, f"it is a setting of {', '.join(methods[name])}, and --method {cfg.method} does not read it"))
+        elif name in READ_ONLY_WHEN and not READ_ONLY_WHEN[name][0](cfg):
+            unread.append((name, READ_ONLY_WHEN[name][1]))
+    return unread
+
+
+def check_all_read(cfg: TrainConfig, given) -> None:
+    """:func:`unread_settings` as one clear error."""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in unread_settings(cfg, given):
+        by_reason.setdefault(why, []).append("--" + name.replace("_", "-"))
+    if by_reason:
+        raise ConfigError("; ".join(f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} nothing here: {why}"
+                                    for why, flags in by_reason.items())
+                          + (": drop it" if sum(map(len, by_reason.values())) == 1 else ": drop them"))
+
+
 def resumed_config(cfg: TrainConfig) -> TrainConfig:
     """The settings a run folder was started with; only how this process runs (progress bar,
     threads) comes from the new command line."""
