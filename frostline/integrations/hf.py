@@ -36,12 +36,12 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from ..errors import CheckpointError, FrostlineError
 from ..exploit.cache import CachedPrefixModel
 from ..freezer import Freezer
-from ..freezer.cooldown import check_cooldown
-from ..policies import FreezePolicy, as_policy, fresh_policy, policy_class
+from ..policies import FreezePolicy, fresh_policy
 from ..atomic import atomic_torch_save
 from ..loading import load_plain
 from .layout import optimizer_state_in_original_layout, scheduler_state_in_original_layout
-from .trainer_cache import TrainerCache, cannot_cache, check_cache_options
+from .callback_options import checked_options
+from .trainer_cache import TrainerCache, cannot_cache
 
 #: The Freezer's state inside each ``checkpoint-<step>`` folder.
 STATE_FILE = "frostline.pt"
@@ -86,13 +86,8 @@ class FrostlineCallback(TrainerCallback):
         cache: str = "off",
         cache_memory_mb: int = 4096,
     ):
-        check_cache_options(cache, cache_memory_mb)
-        if not isinstance(policy, str):
-            policy = as_policy(policy, **(policy_kwargs or {}))
-        self.policy = policy
-        self.policy_kwargs = dict(policy_kwargs or {})
-        # an unknown name or a bad cooldown fails here, not at on_train_begin
-        self.cooldown = check_cooldown(cooldown, policy_class(policy))
+        self.policy, self.policy_kwargs, self.cooldown = checked_options(policy, policy_kwargs, cooldown, cache,
+                                                                         cache_memory_mb)
         self.units = units
         self.granularity = granularity
         self.freeze_head = freeze_head

@@ -39,9 +39,9 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError, FrostlineError
 from ..freezer import Freezer
-from ..freezer.cooldown import check_cooldown
-from ..policies import FreezePolicy, as_policy, fresh_policy, policy_class
-from .trainer_cache import TrainerCache, cannot_cache, check_cache_options
+from ..policies import FreezePolicy, fresh_policy, policy_class
+from .callback_options import checked_options
+from .trainer_cache import TrainerCache, cannot_cache
 
 
 def _import_lightning():
@@ -105,13 +105,8 @@ class FrostlineCallback(_pl.Callback):
         cache_memory_mb: int = 4096,
     ):
         super().__init__()
-        check_cache_options(cache, cache_memory_mb)
-        if not isinstance(policy, str):
-            policy = as_policy(policy, **(policy_kwargs or {}))
-        self.policy = policy
-        self.policy_kwargs = dict(policy_kwargs or {})
-        # an unknown name or a bad cooldown fails here, not at on_train_start
-        self.cooldown = check_cooldown(cooldown, policy_class(policy))
+        self.policy, self.policy_kwargs, self.cooldown = checked_options(policy, policy_kwargs, cooldown, cache,
+                                                                         cache_memory_mb)
         self.units = units
         self.granularity = granularity
         self.freeze_head = freeze_head
