@@ -398,8 +398,9 @@ def test_warns_when_no_gradient_reaches_the_policy():
     # the Freezer built on a copy of the model that trains: the copy's parameters get no gradient
     trained = _mlp()
     optimizer = torch.optim.SGD(trained.parameters(), lr=0.1)
-    freezer = Freezer(copy.deepcopy(trained), optimizer, AutoFreeze(interval_steps=2), 4,
-                      example_input=data[0][0])
+    with pytest.warns(UserWarning, match="optimizer holds no trainable parameter of any unit"):  # said at once
+        freezer = Freezer(copy.deepcopy(trained), optimizer, AutoFreeze(interval_steps=2), 4,
+                          example_input=data[0][0])
     with pytest.warns(UserWarning, match="not a copy"):
         for s in range(4):
             nn.functional.cross_entropy(trained(data[s][0]), data[s][1]).backward()

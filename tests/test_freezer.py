@@ -389,3 +389,36 @@ def test_a_run_that_froze_nothing_says_so_once():
     model, optimizer, freezer = _setup(LinearFreezing(0.0, 1.0), total=3)
     with pytest.warns(UserWarning, match=r"linear froze no unit.*freezer.step\(\) was never called"):
         freezer.close()
+
+
+def test_an_optimizer_that_holds_none_of_a_unit_is_said_once():
+    """Freezing works by taking a unit out of its optimizer: an optimizer built from another model
+    (or from parameters a later copy replaced) has nothing to give up and trains nothing here."""
+    x = torch.randn(4, 1, 28, 28)
+    torch.manual_seed(0)
+    model, other = create_model("resnet"), create_model("resnet")
+
+    def told(optimizer):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            Freezer(model, optimizer, LinearFreezing(0.0, 1.0), 3, example_input=x)
+        return [str(w.message) for w in caught if "optimizer holds no trainable parameter" in str(w.message)]
+
+    assert told(torch.optim.SGD(model.parameters(), lr=0.1)) == []
+    other_model = told(torch.optim.SGD(other.parameters(), lr=0.1))
+    assert len(other_model) == 1 and "of any unit" in other_model[0]
+    head_only = told(torch.optim.SGD(list(model.parameters())[-2:], lr=0.1))  # the head's weight and bias
+    assert len(head_only) == 1 and "'stem'" in head_only[0] and "'head'" not in head_only[0]
+
+
+def test_stepping_past_total_steps_is_said_once():
+    """A Freezer told too few steps (epochs passed for steps) ends its schedule early: say so."""
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    model, optimizer, freezer = _setup(LinearFreezing(0.5, 1.0), total=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(6):
+            _train_step(model, optimizer, x, y)
+            freezer.step()
+    said = [str(w.message) for w in caught if "more than the total_steps=3" in str(w.message)]
+    assert len(said) == 1

@@ -181,6 +181,7 @@ class Freezer:
     def _setup(self, units: list[FreezeUnit]) -> None:
         self._recorder = None
         self._bind(units)
+        self._say_if_optimizer_misses(units)
         if self.per_unit_lr:  # only then: a run without per-unit lrs keeps the user's optimizer layout
             param_groups.split_per_unit(self.optimizer, [u.params for u in units])
             self.schedulers.sync()
@@ -205,6 +206,19 @@ class Freezer:
             collector = self._collectors[name]
             if hasattr(collector, "bind"):
                 collector.bind(self)
+
+    def _say_if_optimizer_misses(self, units: list[FreezeUnit]) -> None:
+        """Freezing takes a unit's parameters out of the optimizer; an optimizer that holds none of a
+        unit's trainable parameters (built from another model, or from a copy) has nothing to give
+        up, and that unit does not train through it either. Said once, at set-up."""
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        missing = [u.name for u in units if any(p.requires_grad for p in u.params)
+                   and not any(id(p) in held for p in u.params if p.requires_grad)]
+        if missing:
+            which = "any unit" if len(missing) == len(units) else f"unit(s) {missing}"
+            warnings.warn(f"frostline: the optimizer holds no trainable parameter of {which}: freezing cannot take them "
+                          "out of it, and it does not train them (build the optimizer from this model's parameters, "
+                          "after any copy or .to() that replaces them)", stacklevel=4)
 
     def _required_collectors(self) -> dict[str, Any]:
         return {name: self._collectors[name] for name in sorted(self.policy.requires) if name in self._collectors}
@@ -268,6 +282,10 @@ class Freezer:
             self.finish_trace()
         self._check_lrs_untouched()
         self.step_count += 1
+        if self.step_count == self.total_steps + 1:
+            warnings.warn(f"frostline: freezer.step() was called more than the total_steps={self.total_steps} it was "
+                          "given: its schedule was planned for that many steps and has run out (pass the optimizer "
+                          "steps of the whole run)", stacklevel=2)
         progress = self.progress
         if self.step_count >= self._policy_due:  # the policy's answers can change at this step
             t0 = time.perf_counter()
