@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,15 @@ def test_hf_minilm_example_trains_with_the_callback(tmp_path):
                                                "--max-length", "32", "--out", str(tmp_path)])
     assert result["frozen"] > 0
     assert 0 <= result["test_accuracy"] <= 100
+
+
+def test_gpt2_from_scratch_example_freezes_blocks_but_never_the_tied_embedding():
+    """A decoder whose token embedding is its output layer: the embedding lives in the head, which
+    never freezes; the blocks before it do."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("rdata")
+    result = load("gpt2_from_scratch").main(["--method", "linear", "--epochs", "1", "--train-bytes", "20000",
+                                             "--layers", "2", "--width", "32"])
+    assert result["units"] == ["transformer.wpe", "transformer.h.0", "transformer.h.1", "lm_head"]
+    assert result["frozen"] == 3 and result["frozen_at"]["lm_head"] is None
+    assert math.isfinite(result["val_loss"]) and result["val_loss"] < math.log(256)  # better than uniform bytes
