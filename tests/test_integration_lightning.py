@@ -394,6 +394,13 @@ def test_bad_configuration_is_reported(synthetic):
 
     with pytest.raises(ConfigError):
         FrostlineCallback(policy="no-such-method")
+    # a setting the method does not take, or a bad value, fails when the callback is made, not at fit
+    with pytest.raises(ConfigError, match=r"'freezeout' does not take \['freeze_start'\]"):
+        FrostlineCallback(policy="freezeout", policy_kwargs={"freeze_start": 0.3})
+    with pytest.raises(ConfigError, match="t_0 must be in"):
+        FrostlineCallback(policy="freezeout", policy_kwargs={"t_0": 3.0})
+    with pytest.raises(ConfigError, match=r"'cka-oracle' does not take \['bogus'\]"):  # needs a reference: names only
+        FrostlineCallback(policy="cka-oracle", policy_kwargs={"bogus": 1})
     with pytest.raises(ConfigError, match="known run length"):
         trainer([FrostlineCallback()], max_epochs=-1, max_steps=-1).fit(Net(), *loaders(synthetic))
 

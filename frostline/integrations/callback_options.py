@@ -1,12 +1,18 @@
 """A framework callback's freezing options (Hugging Face, Lightning), checked when the callback is
-made: an unknown method, hyperparameters given with a policy object, a bad cool-down or cache
-option fail at construction, not minutes later when training begins."""
+made: an unknown method, a setting it does not take or a bad value for one, hyperparameters given
+with a policy object, a bad cool-down or cache option fail at construction, not minutes later when
+training begins."""
 
 from __future__ import annotations
 
 from ..freezer.cooldown import check_cooldown
 from ..policies import FreezePolicy, as_policy, policy_class
+from ..policies.registry import check_policy_kwargs, policy_spec
 from .trainer_cache import check_cache_options
+
+#: Stand-ins for what a callback learns only when training begins, to build a method once at
+#: construction and so check its settings (the run's own policy is built at train begin).
+TRIAL_RUNTIME = {"steps_per_epoch": 1_000_000, "seed": 0}
 
 
 def checked_options(policy: FreezePolicy | str, policy_kwargs: dict | None, cooldown: int, cache: str,
@@ -15,6 +21,11 @@ def checked_options(policy: FreezePolicy | str, policy_kwargs: dict | None, cool
     (its policy is built per run, once the trainer's epoch length is known), a policy object is
     checked now."""
     check_cache_options(cache, cache_memory_mb)
+    kwargs = dict(policy_kwargs or {})
     if not isinstance(policy, str):
-        policy = as_policy(policy, **(policy_kwargs or {}))
-    return policy, dict(policy_kwargs or {}), check_cooldown(cooldown, policy_class(policy))
+        policy = as_policy(policy, **kwargs)
+    elif set(policy_spec(policy).runtime) - set(kwargs) <= set(TRIAL_RUNTIME):
+        as_policy(policy, runtime=TRIAL_RUNTIME, **kwargs)  # a bad name or value fails now
+    else:  # it needs what only the run has (a reference model): its names at least
+        check_policy_kwargs(policy, kwargs)
+    return policy, kwargs, check_cooldown(cooldown, policy_class(policy))

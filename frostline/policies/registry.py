@@ -102,8 +102,8 @@ def policy_spec(name: str) -> PolicySpec:
     return spec if spec is not None and spec.cls is POLICIES[name] else PolicySpec(name, POLICIES[name], (), ())
 
 
-def create_policy(name: str, **kwargs):
-    """Build a policy by name; hyperparameters the policy does not take are an error."""
+def check_policy_kwargs(name: str, kwargs) -> type:
+    """Method ``name``'s class; arguments it does not take are an error."""
     cls = policy_spec(name).cls
     accepted = set(inspect.signature(cls).parameters)
     unknown = set(kwargs) - accepted
@@ -111,4 +111,9 @@ def create_policy(name: str, **kwargs):
         raise ConfigError(
             f"method {name!r} does not take {sorted(unknown)}; it takes {sorted(accepted) or 'nothing'}"
         )
-    return cls(**kwargs)
+    return cls
+
+
+def create_policy(name: str, **kwargs):
+    """Build a policy by name; hyperparameters the policy does not take are an error."""
+    return check_policy_kwargs(name, kwargs)(**kwargs)
