@@ -37,12 +37,12 @@ TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "-
     (["--method", "none", "--cooldown", "5"], "freezes nothing"),
     (["--method", "linear", "--const-time", "--cooldown", "5"], "cooldown"),
     # a flag the run would not read is an error, not a silent no-op
-    (["--method", "freezeout", "--freeze-start", "0.3"], "--freeze-start does nothing here: it is a setting of linear"),
-    (["--method", "linear", "--stages-per-epoch", "4"], "setting of cka-oracle, smartfrz"),
+    (["--method", "freezeout", "--freeze-start", "0.3"], "--freeze-start does nothing here: read only by linear (this run: --method freezeout)"),
+    (["--method", "linear", "--stages-per-epoch", "4"], "read only by cka-oracle, smartfrz"),
     (["--cache", "off", "--cache-dtype", "float16"], "--cache-dtype does nothing here"),
     (["--optimizer", "adamw", "--momentum", "0.5"], "only --optimizer sgd has momentum"),
     (["--max-length", "32"], "only text datasets"),
-    (["--method", "linear", "--reference", "runs/x"], "only --method cka-oracle"),
+    (["--method", "linear", "--reference", "runs/x"], "--reference does nothing here: read only by cka-oracle"),
     (["--compile-backend", "aot_eager"], "without --compile"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(args, needle, capsys, tmp_path):

@@ -253,18 +253,19 @@ def _check_combinations(cfg: TrainConfig) -> None:
                           "(the --out folder of a finished `frostline train` of the same model)")
 
 
-#: Run settings only some runs read: field -> (whether this run reads it, why not).
+#: Run settings that feed a method's runtime argument (:func:`runtime_arguments`): field -> argument.
+RUNTIME_FIELDS = {"reference": "reference", "probe_size": "probe"}
+#: Other run settings only some runs read: field -> (whether this run reads it, why not).
 READ_ONLY_WHEN = {
-    "reference": (lambda c: c.method == "cka-oracle", "only --method cka-oracle compares with a reference run"),
-    "probe_size": (lambda c: c.method == "cka-oracle", "only --method cka-oracle measures CKA on a probe batch"),
     "cache_dtype": (lambda c: c.cache != "off", "the activation cache is off (--cache off)"),
     "cache_memory_mb": (lambda c: c.cache != "off", "the activation cache is off (--cache off)"),
     "compile_backend": (lambda c: c.compile, "nothing is compiled without --compile"),
     "max_length": (lambda c: c.dataset in TEXT_DATASETS, f"only text datasets ({', '.join(TEXT_DATASETS)}) are tokenised"),
     "momentum": (lambda c: c.optimizer == "sgd", "only --optimizer sgd has momentum"),
 }
-#: What ``--resume`` takes from the new command line; everything else comes from the run's config.json.
-RESUME_READS = ("resume", "progress", "threads")
+#: What a resumed run takes from the new command line (how this process runs); everything else
+#: comes from the run's config.json.
+RESUME_TAKES = ("progress", "threads")
 
 
 def unread_settings(cfg: TrainConfig, given) -> list[tuple[str, str]]:
@@ -274,12 +275,14 @@ def unread_settings(cfg: TrainConfig, given) -> list[tuple[str, str]]:
     the cache off, a new epoch count for a resumed run)."""
     if cfg.resume:
         return [(name, f"a resumed run keeps the settings in {Path(cfg.resume) / 'config.json'} (to change them, "
-                       "start a new run with another --out)") for name in sorted(set(given) - set(RESUME_READS))]
+                       "start a new run with another --out)") for name in sorted(set(given) - {"resume", *RESUME_TAKES})]
     methods = {f.name: f.metadata.get("methods") for f in fields(TrainConfig)}
+    methods.update({name: tuple(m for m in list_policies() if argument in policy_spec(m).runtime)
+                    for name, argument in RUNTIME_FIELDS.items()})
     unread = []
     for name in sorted(given):
         if methods.get(name) and cfg.method not in methods[name]:
-            unread.append((name, f"it is a setting of {', '.join(methods[name])}, and --method {cfg.method} does not read it"))
+            unread.append((name, f"read only by {', '.join(methods[name])} (this run: --method {cfg.method})"))
         elif name in READ_ONLY_WHEN and not READ_ONLY_WHEN[name][0](cfg):
             unread.append((name, READ_ONLY_WHEN[name][1]))
     return unread
@@ -307,4 +310,5 @@ def resumed_config(cfg: TrainConfig) -> TrainConfig:
         raise CheckpointError(f"{path} does not exist: --resume takes the folder of an earlier `frostline train`") from None
     except (json.JSONDecodeError, TypeError) as e:
         raise CheckpointError(f"{path} is unreadable ({e}): start a new run without --resume") from None
-    return replace(resumed, out=str(Path(cfg.resume)), resume=str(cfg.resume), progress=cfg.progress, threads=cfg.threads)
+    return replace(resumed, out=str(Path(cfg.resume)), resume=str(cfg.resume),
+                   **{name: getattr(cfg, name) for name in RESUME_TAKES})
