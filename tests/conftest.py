@@ -22,6 +22,14 @@ def _small_threads():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """One thread for a test (``pytestmark = pytest.mark.usefixtures("one_thread")``): on 2 shared
+    cores, two contending threads made some of these small steps ~10x slower. The next test gets
+    its two threads back from ``_small_threads``."""
+    torch.set_num_threads(1)
+
+
 def _synthetic_splits(seed: int = 0) -> DataSplits:
     """Images of 10 classes, each a fixed random pattern plus noise: learnable, so training steps
     see a falling loss and real gradients, yet nothing is read from disk."""

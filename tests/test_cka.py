@@ -7,13 +7,7 @@ from frostline.cka import MinibatchCKA, _gram_inner, hsic1, linear_cka, minibatc
 from frostline.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The 2 CPU cores are shared with other jobs; two threads contend (much slower than one)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- textbook references, written from the papers' formulas with explicit n x n matrices ----------

@@ -12,13 +12,7 @@ from frostline.policies import POLICIES, CKAOracle, cka_ready, create_policy
 from frostline.policies.cka_oracle import normalised_cka
 from frostline.signals import ReferenceCKA, quiet_eval
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The 2 cores are shared: two contending threads made these steps ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "--batch-size", "64",

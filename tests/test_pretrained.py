@@ -14,13 +14,7 @@ from frostline.lab.zoo import create_model
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("rdata")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

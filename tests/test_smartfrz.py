@@ -19,13 +19,7 @@ TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "-
         "--no-progress", "--threads", "1", "--width", "8"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The 2 cores are shared: two contending threads made these steps ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _biased(freeze: bool, size: int = 1024) -> SmartFRZPredictor:
