@@ -17,9 +17,10 @@ TRIAL_RUNTIME = {"steps_per_epoch": 1_000_000, "seed": 0}
 
 def checked_options(policy: FreezePolicy | str, policy_kwargs: dict | None, cooldown: int, cache: str,
                     cache_memory_mb) -> tuple[FreezePolicy | str, dict, int]:
-    """``(policy, policy_kwargs, cooldown)`` as the callback keeps them: a method name stays a name
-    (its policy is built per run, once the trainer's epoch length is known), a policy object is
-    checked now."""
+    """``(policy, policy_kwargs, cooldown)`` as the callback keeps them. A method name stays a name
+    (its policy is built per run, once the trainer's epoch length is known), but it is built once
+    now with stand-ins for what only the run knows, so that a bad setting fails here; a policy
+    object is checked as it is."""
     check_cache_options(cache, cache_memory_mb)
     kwargs = dict(policy_kwargs or {})
     if not isinstance(policy, str):
