@@ -20,6 +20,11 @@ One run of each with the defaults, one after the other on a 2-core CPU (AMD EPYC
 137 s; `linear` froze the position embedding at 60% and a block every tenth of training after it,
 2.204 in 130 s. The times include the per-epoch evaluation, and there is one seed each: how much
 of these differences the seed would move is not measured here.
+
+SmartFRZ's predictor judges a unit by how far its weights moved relative to their size. At a
+fine-tuning learning rate (`--lr 5e-5`), a model trained from scratch moves its weights little
+and is far from converged: there SmartFRZ froze three of the four blocks at its first decision,
+a fifth of the way in, and ended at 3.126 nats/byte in 105 s against `none`'s 3.070 in 144 s.
 """
 
 from __future__ import annotations
