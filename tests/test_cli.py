@@ -259,6 +259,8 @@ def test_bench_steptime_rejects_bad_settings(tmp_path, capsys):
     assert "repeats" in capsys.readouterr().err
     assert main(["bench", "steptime", "--optimizer", "adam", "--out", str(tmp_path)]) == 2
     assert "unknown optimizer 'adam'" in capsys.readouterr().err
+    assert main(["bench", "steptime", "--max-length", "32", "--out", str(tmp_path)]) == 2  # an image model
+    assert "--max-length does nothing here" in capsys.readouterr().err
 
 
 @pytest.mark.integration

@@ -286,9 +286,11 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _bench_steptime(args: argparse.Namespace) -> int:
+    from .config import check_all_read
     from .steptime import BenchConfig, steptime
 
     cfg = _config(args, BenchConfig)
+    check_all_read(cfg, _given(args, BenchConfig))
     result = steptime(cfg)
     print(result["table"])
     print(f"results: {cfg.out}/steptime.json, {cfg.out}/steptime.md")

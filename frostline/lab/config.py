@@ -268,15 +268,16 @@ READ_ONLY_WHEN = {
 RESUME_TAKES = ("progress", "threads")
 
 
-def unread_settings(cfg: TrainConfig, given) -> list[tuple[str, str]]:
+def unread_settings(cfg, given) -> list[tuple[str, str]]:
     """Of the settings ``given`` (the fields a user set, e.g. by flag), those this run would not read,
     each as ``(field, why)``. A setting that changes nothing must not pass in silence: the user
     meant something by it (a method's hyperparameter given to another method, a cache dtype with
-    the cache off, a new epoch count for a resumed run)."""
-    if cfg.resume:
+    the cache off, a new epoch count for a resumed run). ``cfg``: a :class:`TrainConfig`, or another
+    command's settings that share some of its fields (``bench steptime``'s)."""
+    if getattr(cfg, "resume", None):
         return [(name, f"a resumed run keeps the settings in {Path(cfg.resume) / 'config.json'} (to change them, "
                        "start a new run with another --out)") for name in sorted(set(given) - {"resume", *RESUME_TAKES})]
-    methods = {f.name: f.metadata.get("methods") for f in fields(TrainConfig)}
+    methods = {f.name: f.metadata.get("methods") for f in fields(cfg)}
     methods.update({name: tuple(m for m in list_policies() if argument in policy_spec(m).runtime)
                     for name, argument in RUNTIME_FIELDS.items()})
     unread = []
@@ -288,7 +289,7 @@ def unread_settings(cfg: TrainConfig, given) -> list[tuple[str, str]]:
     return unread
 
 
-def check_all_read(cfg: TrainConfig, given) -> None:
+def check_all_read(cfg, given) -> None:
     """:func:`unread_settings` as one clear error."""
     by_reason: dict[str, list[str]] = {}
     for name, why in unread_settings(cfg, given):
