@@ -6,13 +6,9 @@ training begins."""
 from __future__ import annotations
 
 from ..freezer.cooldown import check_cooldown
-from ..policies import FreezePolicy, as_policy, policy_class
+from ..policies import TRIAL_RUNTIME, FreezePolicy, as_policy, policy_class
 from ..policies.registry import check_policy_kwargs, policy_spec
 from .trainer_cache import check_cache_options
-
-#: Stand-ins for what a callback learns only when training begins, to build a method once at
-#: construction and so check its settings (the run's own policy is built at train begin).
-TRIAL_RUNTIME = {"steps_per_epoch": 1_000_000, "seed": 0}
 
 
 def checked_options(policy: FreezePolicy | str, policy_kwargs: dict | None, cooldown: int, cache: str,

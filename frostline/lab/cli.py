@@ -96,11 +96,11 @@ def _config(args: argparse.Namespace, config_cls):
     unset, and the command says which on stderr."""
     from .pretrained import FINETUNE_SETTINGS
 
-    fields = dataclasses.fields(config_cls)
-    cfg = config_cls(**{f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)})
-    names = {f.name for f in fields}
+    given = _given(args, config_cls)
+    cfg = config_cls(**{name: getattr(args, name) for name in given})
+    names = {f.name for f in dataclasses.fields(config_cls)}
     recipe = {k: v for k, v in FINETUNE_SETTINGS.get(getattr(cfg, "model", None), {}).items()
-              if k in names and not hasattr(args, k)}
+              if k in names and k not in given}
     if recipe:
         cfg = dataclasses.replace(cfg, **recipe)
     if recipe and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks

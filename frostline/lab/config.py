@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError, check_int
 from ..exploit.cache import DTYPES
 from ..freezer.cooldown import check_cooldown
-from ..policies import Hyperparameter, create_policy, list_policies, policy_spec
+from ..policies import TRIAL_RUNTIME, Hyperparameter, create_policy, list_policies, policy_spec
 from .data import TEXT_DATASETS
 from .pretrained import TEXT_MODELS
 
@@ -161,7 +161,7 @@ def runtime_arguments(cfg: TrainConfig, run: RunContext | None = None) -> dict[s
     suppliers = {
         "reference": lambda: load_reference(cfg.reference, run.model, cfg.model),
         "probe": lambda: probe_batch(run.train_data, cfg.probe_size, cfg.seed).to(run.device),
-        "steps_per_epoch": lambda: run.steps_per_epoch if run else 10**9,
+        "steps_per_epoch": lambda: run.steps_per_epoch if run else TRIAL_RUNTIME["steps_per_epoch"],
         "seed": lambda: cfg.seed,
     }
     wanted = policy_spec(cfg.method).runtime

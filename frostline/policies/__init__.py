@@ -33,6 +33,12 @@ def as_policy(policy, runtime: dict | None = None, **kwargs) -> FreezePolicy:
     return policy
 
 
+#: Stand-ins for the runtime arguments a run supplies (its epoch length, its seed), to build a method
+#: before that run exists and so check its settings: the CLI's validation and the callbacks'
+#: constructors. An epoch this long never limits a setting that counts per epoch.
+TRIAL_RUNTIME = {"steps_per_epoch": 10**9, "seed": 0}
+
+
 def fresh_policy(policy, policy_kwargs: dict, steps_per_epoch: int) -> FreezePolicy:
     """The policy for one run of a framework callback: a copy of a given object (a policy's history
     must not leak from one run into the next), or one built from its name with ``policy_kwargs``
@@ -51,6 +57,7 @@ def policy_class(policy) -> type:
 
 
 __all__ = [
+    "TRIAL_RUNTIME",
     "as_policy",
     "fresh_policy",
     "policy_class",
