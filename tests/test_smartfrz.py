@@ -69,6 +69,25 @@ def test_predictor_is_the_papers_network_and_masks_padding():
     assert torch.allclose(alone, padded, atol=1e-5)
 
 
+def test_predictor_computes_the_network_it_describes():
+    """The shipped predictor's logits are the described network's: keys and values through their
+    whole MLPs on every snapshot, dot-product attention of the newest query, the head (the
+    predictor skips the key's and value's last layer per row; that must change nothing)."""
+    model, _ = load_predictor()
+    g = torch.Generator().manual_seed(4)
+    windows = [torch.randn(1024, generator=g) + torch.cumsum(s * torch.randn(n, 1024, generator=g), 0)
+               for s, n in ((1e-3, 30), (3e-2, 12), (1e-1, 30))]
+    x, mask = batch_windows([window_features(w) for w in windows])
+    context = torch.stack([window_context(w, 0.4) for w in windows])
+    with torch.no_grad():
+        x_in = x * model.input_scale
+        k, q, v = model.key(x_in), model.query(x_in[:, -1]), model.value(x_in)
+        attn = torch.softmax((k @ q.unsqueeze(-1)).squeeze(-1).masked_fill(~mask, float("-inf")), dim=1)
+        summary = (attn.unsqueeze(-1) * v).sum(dim=1)
+        described = model.head(torch.cat([summary, (context - model.context_mean) / model.context_std], dim=1))
+        assert torch.allclose(model(x, mask, context), described, atol=1e-4)
+
+
 def test_predictor_output_changes_with_window_content():
     """The query is the newest snapshot's row, which depends on the whole window (not zero by
     construction): two windows that end at the same weights but got there differently get
