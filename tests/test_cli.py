@@ -53,6 +53,23 @@ def test_bad_input_is_one_clear_line_and_exit_2(args, needle, capsys, tmp_path):
     assert err.startswith("frostline: error:") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--method", "smartfrz"], "--method does nothing here: both runs of a collection train without freezing"),
+    (["--freeze-threshold", "0.7", "--history-window", "10"],
+     "--freeze-threshold, --history-window do nothing here: a setting of smartfrz, and a collection trains"),
+    (["--cache", "memory"], "--cache does nothing here"),
+    (["--resume", "x"], "--resume does nothing here: a collection does not resume"),
+])
+def test_predictor_collect_says_which_flags_it_would_not_read(args, needle, capsys, tmp_path):
+    """A collection trains without freezing: a method's settings it would not read are an error
+    before anything trains (its own, --tailor-size and the like, are read)."""
+    code = main(["predictor", "collect", "--model", "resnet", "--tailor-size", "64", *args, *TINY,
+                 "--out", str(tmp_path / "col")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("frostline: error: " + needle.split(" does")[0]) and needle in err, err
+    assert "--tailor-size" not in err and not (tmp_path / "col" / "reference").exists()
+
+
 def test_a_resumed_run_says_which_new_flags_it_would_not_read(tmp_path, capsys):
     """--resume continues with the run's own settings: a new --epochs must not pass in silence."""
     code = main(["train", "--resume", str(tmp_path / "run"), "--epochs", "3", "--lr", "0.1", "--threads", "1"])

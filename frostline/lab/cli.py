@@ -171,7 +171,7 @@ def _predictor_parsers(pred_sub) -> None:
     p_collect = _command(pred_sub, "collect", "predictor collect",
                          help="reference run + recording run -> DIR/dataset.pt (CKA-labelled snapshots)")
     _add_config_flags(p_collect, TrainConfig, {
-        "method": "ignored (both runs train without freezing)",
+        "method": "not read: both runs train without freezing",
         "out": "folder for reference/, recording/ and dataset.pt",
         "stages_per_epoch": "labelled stages per epoch (default 4)",
         "reference": "finished run (same model, another seed) to label against (default: one trained here "
@@ -337,10 +337,11 @@ def _data_list(args: argparse.Namespace) -> int:
 
 
 def _predictor_collect(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
-    from .predictor.collect import collect, load_collected
+    from .config import TrainConfig, check_all_read
+    from .predictor.collect import collect, load_collected, unread_by_collect
 
     cfg = _config(args, TrainConfig)
+    check_all_read(cfg, _given(args, TrainConfig), unread_by_collect)
     path = collect(cfg, cfg.out, reference=cfg.reference, tailor_size=cfg.tailor_size, snapshots_per_epoch=cfg.snapshots_per_epoch,
                    label_stages_per_epoch=cfg.stages_per_epoch or 4, probe_size=cfg.probe_size)
     ds = load_collected(path)

@@ -289,10 +289,10 @@ def unread_settings(cfg, given) -> list[tuple[str, str]]:
     return unread
 
 
-def check_all_read(cfg, given) -> None:
-    """:func:`unread_settings` as one clear error."""
+def check_all_read(cfg, given, unread=unread_settings) -> None:
+    """``unread(cfg, given)`` (by default :func:`unread_settings`) as one clear error."""
     by_reason: dict[str, list[str]] = {}
-    for name, why in unread_settings(cfg, given):
+    for name, why in unread(cfg, given):
         by_reason.setdefault(why, []).append("--" + name.replace("_", "-"))
     if by_reason:
         raise ConfigError("; ".join(f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} nothing here: {why}"

@@ -128,6 +128,37 @@ def label_stages(cka: torch.Tensor, initial: torch.Tensor, rule: LabelRule = Lab
 
 #: The reference run's seed is the recording's plus this, unless a finished run is given.
 REFERENCE_SEED_OFFSET = 1
+#: The settings of a method a collection reads (its snapshots and labels); it reads the training
+#: settings too, and nothing else: both of its runs train every unit to the end.
+READS = ("tailor_size", "snapshots_per_epoch", "stages_per_epoch", "reference", "probe_size")
+NOT_READ = {
+    "method": "both runs of a collection train without freezing",
+    "cooldown": "both runs of a collection train without freezing",
+    "const_time": "both runs of a collection train without freezing",
+    "cache": "both runs of a collection train without freezing, so nothing is cached",
+    "cache_dtype": "both runs of a collection train without freezing, so nothing is cached",
+    "cache_memory_mb": "both runs of a collection train without freezing, so nothing is cached",
+    "resume": "a collection does not resume (run it again with the same --out: a finished reference is reused)",
+}
+
+
+def unread_by_collect(cfg, given) -> list[tuple[str, str]]:
+    """Of the settings ``given`` to :func:`collect`, those it would not read, each as ``(field,
+    why)`` (:func:`frostline.lab.config.check_all_read` turns them into one error)."""
+    from dataclasses import fields
+
+    from ..config import READ_ONLY_WHEN
+
+    methods = {f.name: f.metadata.get("methods") for f in fields(cfg)}
+    unread = []
+    for name in sorted(given):
+        if name in NOT_READ:
+            unread.append((name, NOT_READ[name]))
+        elif methods.get(name) and name not in READS:
+            unread.append((name, f"a setting of {', '.join(methods[name])}, and a collection trains without freezing"))
+        elif name in READ_ONLY_WHEN and not READ_ONLY_WHEN[name][0](cfg):
+            unread.append((name, READ_ONLY_WHEN[name][1]))
+    return unread
 
 
 def _finished_run(folder: Path) -> dict | None:
