@@ -59,7 +59,7 @@ class History:
                 self.projected[u][t] = row
         held = [len(self.snapshots[u]) for u in units]
         longest = max(held)
-        mask = torch.tensor([[t >= longest - n for t in range(longest)] for n in held])
+        mask = torch.arange(longest) >= longest - torch.tensor(held).unsqueeze(1)
         raw, projected = (_padded([self.snapshots[u] for u in units], longest),
                           _padded([self.projected[u] for u in units], longest))
         count = torch.tensor(held, dtype=raw.dtype).unsqueeze(1)
