@@ -9,7 +9,8 @@ training steps each small tensor operation costs several times more (the step ha
 the caches), so the two differ, and this one is what a run's ``decision_time_s`` adds up. Prints,
 per kind of call, how many there were and their mean time: the snapshot read (``Tailor``: scattered
 reads of 1,024 weights per unit), keeping it (``History.add``), and the decisions
-(``SmartFRZ.freeze_probabilities``: the predictor's passes, with their inputs, ``History.inputs``).
+(``SmartFRZ.freeze_probabilities``: the predictor's pass, ``forward_projected``, with its inputs,
+``History.inputs``).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from frostline.lab.config import TrainConfig  # noqa: E402
 from frostline.lab.recipe import train  # noqa: E402
 from frostline.policies.smartfrz import SmartFRZ, Tailor  # noqa: E402
 from frostline.policies.smartfrz.history import History  # noqa: E402
+from frostline.policies.smartfrz.predictor import SmartFRZPredictor  # noqa: E402
 
 CALLS = ((Tailor, "sample_units", "snapshot read (Tailor.sample_units)"),
          (History, "add", "snapshot kept (History.add)"),
          (History, "inputs", "decision inputs (History.inputs)"),
+         (SmartFRZPredictor, "forward_projected", "predictor pass (forward_projected)"),
          (SmartFRZ, "freeze_probabilities", "decision, inputs included (freeze_probabilities)"))
 
 

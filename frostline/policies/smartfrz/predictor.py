@@ -126,7 +126,7 @@ class SmartFRZPredictor(nn.Module):
         = (Wᵀq) · h + q · b``, and ``q · b`` is the same for every row of a window, which the
         softmax ignores; attention weights sum to 1, so the weighted sum of values is the last
         layer applied once to the weighted sum of its inputs. Same logits, a fifth less arithmetic
-        per decision (a decision is a cost SmartFRZ adds to training)."""
+        on the rows past their first layer (a decision is a cost SmartFRZ adds to training)."""
         scores = torch.einsum("btd,bd->bt", k_hidden, q @ self.key[-1].weight)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
