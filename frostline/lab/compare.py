@@ -88,8 +88,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "smartfrz+cache": {"method": "smartfrz", "cache": "memory"},
     "smartfrz+auto": {"method": "smartfrz", "cache": "auto"},
     # anneal, then freeze: a decided unit's lr falls to zero over 100 steps (a quarter of a full
-    # Fashion-MNIST epoch at batch 128) before it freezes; measured against the same method without
-    "smartfrz+cache+cooldown": {"method": "smartfrz", "cache": "memory", "cooldown": 100},
+    # Fashion-MNIST epoch at batch 128) before it freezes, at the threshold calibrated for it on
+    # validation runs (`python scripts/calibrate_threshold.py --cooldown 100 --candidates 0.657 0.8`,
+    # table in benchmarks/smartfrz-threshold/calibration-1stages-cooldown100.json)
+    "smartfrz+cache+cooldown": {"method": "smartfrz", "cache": "memory", "cooldown": 100, "freeze_threshold": 0.8},
     # four decisions per epoch instead of one: a unit freezes at the first quarter-epoch its
     # P(freeze) clears the threshold, not at the end of the epoch it did
     "smartfrz+cache+4stages": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 4},
