@@ -23,7 +23,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +145,6 @@ NOT_READ = {
 def unread_by_collect(cfg, given) -> list[tuple[str, str]]:
     """Of the settings ``given`` to :func:`collect`, those it would not read, each as ``(field,
     why)`` (:func:`frostline.lab.config.check_all_read` turns them into one error)."""
-    from dataclasses import fields
-
     from ..config import READ_ONLY_WHEN
 
     methods = {f.name: f.metadata.get("methods") for f in fields(cfg)}
