@@ -131,13 +131,10 @@ REFERENCE_SEED_OFFSET = 1
 #: The settings of a method a collection reads (its snapshots and labels); it reads the training
 #: settings too, and nothing else: both of its runs train every unit to the end.
 READS = ("tailor_size", "snapshots_per_epoch", "stages_per_epoch", "reference", "probe_size")
+_NO_FREEZING = "both runs of a collection train without freezing"
 NOT_READ = {
-    "method": "both runs of a collection train without freezing",
-    "cooldown": "both runs of a collection train without freezing",
-    "const_time": "both runs of a collection train without freezing",
-    "cache": "both runs of a collection train without freezing, so nothing is cached",
-    "cache_dtype": "both runs of a collection train without freezing, so nothing is cached",
-    "cache_memory_mb": "both runs of a collection train without freezing, so nothing is cached",
+    **dict.fromkeys(("method", "cooldown", "const_time"), _NO_FREEZING),
+    **dict.fromkeys(("cache", "cache_dtype", "cache_memory_mb"), _NO_FREEZING + ", so nothing is cached"),
     "resume": "a collection does not resume (run it again with the same --out: a finished reference is reused)",
 }
 
