@@ -11,7 +11,7 @@ import torch
 
 from frostline.lab.cli import main
 from frostline.lab.compare import (ADAPTIVE, FROM_SCRATCH, STANDARD_EPOCHS, SUITES, VARIANTS, Cell, Goal, Suite,
-                                   _finished, _train_argv, aggregate, check_cells, convergence_rows, goal_lines,
+                                   _finished, _train_argv, aggregate, check_cells, convergence_lines, convergence_rows, goal_lines,
                                    in_run_saving, judge, per_run_lines,
                                    publish_results, reference_cell, results_markers, run_suite, suite_cells,
                                    summary_markers)
@@ -361,6 +361,8 @@ def test_convergence_verdict_from_summaries():
     assert convergence_rows(checks, {**results, checks[0].key: _fake_summary(checks[0], 92.51)})[0]["verdict"] == "FAIL"
     del results[checks[1].key]
     assert [r["verdict"] for r in convergence_rows(checks, results)] == ["PASS", "not measured yet"]
+    for brief in (False, True):  # a check not trained yet is said so, in the docs and in the README
+        assert "**not measured yet**" in convergence_lines(convergence_rows(checks, results), brief=brief)[1]
 
 
 def test_a_partial_bench_reports_from_summaries_on_disk(tmp_path):

@@ -1108,12 +1108,12 @@ def convergence_lines(rows: Sequence[dict[str, Any]], brief: bool = False) -> li
     for r in rows:
         seeds = "seed " + ", ".join(str(s) for s in r["seeds"])
         what = f"{r['model']} on {r['dataset']}"
-        to, instead = ((f"{r['long_epochs']:g} epochs", f" instead of {r['epochs']:g}") if brief else
-                       (f"training the baseline to {_epochs(r['long_epochs'])}", f" instead of {_epochs(r['epochs'])}"))
+        to = f"{r['long_epochs']:g} epochs" if brief else f"training the baseline to {_epochs(r['long_epochs'])}"
         gains = f"{'gain' if brief else 'gains'} at most {r['tolerance']:g} points{'' if brief else ' of test accuracy'}"
-        if r["verdict"] == "not measured yet":
+        if r["verdict"] == "not measured yet":  # no pair yet, so no epochs of the suite's own baseline to name
             lines.append(f"- Convergence of {what}: {to} {gains} ({seeds}) — **not measured yet**.")
             continue
+        instead = f" instead of {r['epochs']:g}" if brief else f" instead of {_epochs(r['epochs'])}"
         lines.append(f"- Convergence of {what}: {to}{instead} {gains} ({seeds}): "
                      f"{r['accuracy']:.2f}% vs {r['long_accuracy']:.2f}% ({r['gap']:+.2f} points) — **{r['verdict']}**"
                      + (": no goal can pass on this baseline." if r["verdict"] == "FAIL" else "."))
