@@ -658,6 +658,21 @@ def test_finetune_suite_pairs_each_pretrained_model_with_its_dataset_and_setting
     assert SUITES["finetune"].max_jobs == 1 and SUITES["finetune"].convergence  # honest times, a plateau shown
 
 
+def test_the_longer_finetune_trains_efficientnet_as_the_finetune_suite_does_but_longer():
+    """Its cells must differ from the 3-epoch suite's only in the epochs, or the two regimes could
+    not be read side by side."""
+    methods = ["none", "linear", "freezeout", "autofreeze", "smartfrz"]
+    short = {c.variant: dict(c.settings) for c in suite_cells(SUITES["finetune"], methods)[0]
+             if c.model == "efficientnet-lite0" and c.seed == 0}
+    cells, skipped = suite_cells(SUITES["finetune-long"], methods)
+    assert not skipped and {(c.dataset, c.model) for c in cells} == {("fashion-mnist", "efficientnet-lite0")}
+    for cell in (c for c in cells if c.seed == 0 and c.variant in short):
+        longer = dict(cell.settings)
+        assert longer.pop("epochs") == 2 * short[cell.variant].pop("epochs")
+        assert longer == short[cell.variant], cell.variant
+    assert SUITES["finetune-long"].max_jobs == 1 and SUITES["finetune-long"].convergence
+
+
 def test_cache_rows_pair_each_cached_variant_with_its_uncached_twin():
     """Times relative to each run's own full speed, paired by seed; a cached variant slower than
     its twin beyond the tolerance is called slower, and the README line says how many were not."""

@@ -148,8 +148,8 @@ def _bench_parsers(bench_sub) -> None:
                      help="every method side by side on real data (resumable); writes report.md and plots")
     p_cmp.add_argument("--suite", default="quick",
                        help="standard (the regime goals are judged on: full Fashion-MNIST, converged baseline, one run "
-                            "at a time; hours on 2 CPU cores), quick (about 30 min; no goals), smoke, finetune, full "
-                            "(default: quick)")
+                            "at a time; hours on 2 CPU cores), quick (about 30 min; no goals), smoke, finetune, finetune-long "
+                            "(EfficientNet-Lite0 fine-tuned 6 epochs), full (default: quick)")
     p_cmp.add_argument("--out", default="runs/bench-compare", help="bench folder; finished runs in it are reused (default: runs/bench-compare)")
     p_cmp.add_argument("--jobs", type=int, default=1, help="runs at once (default: 1); use one per core with the suite's one thread per run (standard allows only 1)")
     p_cmp.add_argument("--report-only", action="store_true", help="redraw report.md and plots from the runs already there")
