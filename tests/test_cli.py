@@ -184,6 +184,13 @@ def test_a_speed_probe_measures_time_saved_against_the_runs_own_full_speed(tmp_p
     assert errors["bracket"] == pytest.approx((errors["probe"] + errors["stretch"]) / 2)
     with pytest.raises(Exception, match="not a `none` run"):
         check.errors(tmp_path / "linear", stretch=4)
+    budget = _script("same_budget")  # a freezing run's cost in full steps, against a baseline's steps
+    pair = budget.compare(tmp_path / "linear", tmp_path / "none")
+    saved = in_run_saving(lin, read_metrics(tmp_path / "linear"))
+    assert pair["cost_steps"] == pytest.approx(lin["total_steps"] * (1 - saved))
+    assert pair["short_steps"] == runs["none"]["total_steps"] and pair["short_accuracy"] == runs["none"]["test_accuracy"]
+    with pytest.raises(Exception, match="not a `none` run"):
+        budget.compare(tmp_path / "none", tmp_path / "linear")  # the pair given the wrong way round
     bound = _script("finetune_bound")  # what 2x would ask, from the linear run's own step-time profile
     rows = bound.bound_table(lin, target=2.0)
     assert [r["first_trainable"] for r in rows] == lin["units"][1:]
