@@ -295,7 +295,8 @@ SUITES: dict[str, Suite] = {
         ),
         goals=(FINE_TUNING,), convergence=1.5, max_jobs=1),
     "finetune-long": Suite(
-        "finetune-long", (), (), 3, ("none", "linear-start0-end0.75+cache", "linear-start0-end0.5+cache"),
+        "finetune-long", (), (), 3, ("none", "linear-start0-end0.75+cache", "linear-start0-end0.5+cache",
+                                      "smartfrz+cache"),
         {"epochs": FINETUNE_LONG_EPOCHS, "optimizer": "adamw", "weight_decay": 0.01, "threads": 2, "log_every": 5,
          "speed_probe": FINETUNE_SPEED_PROBE},
         f"the fine-tune of ImageNet EfficientNet-Lite0 as in the `finetune` suite (12,000 Fashion-MNIST images "
