@@ -231,9 +231,17 @@ FINETUNE_EPOCHS = 3
 #: at 4.5 epochs, +0.83 at 6, seed 0), and in a longer run the cache's one epoch of fills weighs less.
 FINETUNE_LONG_EPOCHS = 6
 
+#: The EfficientNet-Lite0 fine-tune both fine-tuning suites run, so the longer one differs only in its epochs.
+EFFICIENTNET_FINETUNE = ("fashion-mnist", "efficientnet-lite0", {"lr": 1e-3, "batch_size": 64, "train_subset": 12000,
+                                                                 "val_size": 1000, "test_subset": None})
+
 #: Full-speed steps each finetune run times after training: its methods freeze within the first
 #: ~50 steps, too few to measure the run's full speed on (see :func:`relative_time`).
 FINETUNE_SPEED_PROBE = 40
+
+#: Training settings both fine-tuning suites share (all but the epochs).
+FINETUNE_SETTINGS = {"optimizer": "adamw", "weight_decay": 0.01, "threads": 2, "log_every": 5,
+                     "speed_probe": FINETUNE_SPEED_PROBE}
 
 SUITES: dict[str, Suite] = {
     "standard": Suite(
@@ -277,8 +285,7 @@ SUITES: dict[str, Suite] = {
                                "linear-start0-end0.001-level0.65+cache", "freezeout+cache", "autofreeze+cache",
                                "autofreeze-p80+cache", "smartfrz", "smartfrz+cache", "smartfrz+auto",
                                "smartfrz+cache+4stages", "smartfrz+cache+4stages+cooldown"),
-        {"epochs": FINETUNE_EPOCHS, "optimizer": "adamw", "weight_decay": 0.01, "threads": 2, "log_every": 5,
-         "speed_probe": FINETUNE_SPEED_PROBE},
+        {"epochs": FINETUNE_EPOCHS, **FINETUNE_SETTINGS},
         f"fine-tuning pretrained models, {FINETUNE_EPOCHS} epochs (AdamW, cosine decay), two threads per run and one "
         "run at a time: all-MiniLM-L6-v2 on every fine-food training review (3,600 after the 400-review validation "
         "hold-out; 64 tokens, lr 5e-5, batch 32; tested on all 1,000 test reviews) and ImageNet EfficientNet-Lite0 "
@@ -290,15 +297,13 @@ SUITES: dict[str, Suite] = {
         pairs=(
             ("fine-foods", "minilm", {"lr": 5e-5, "batch_size": 32, "max_length": 64, "train_subset": None,
                                        "val_size": 400}),
-            ("fashion-mnist", "efficientnet-lite0", {"lr": 1e-3, "batch_size": 64, "train_subset": 12000,
-                                                     "val_size": 1000, "test_subset": None}),
+            EFFICIENTNET_FINETUNE,
         ),
         goals=(FINE_TUNING,), convergence=1.5, max_jobs=1),
     "finetune-long": Suite(
         "finetune-long", (), (), 3, ("none", "linear-start0-end0.75+cache", "linear-start0-end0.5+cache",
                                       "smartfrz+cache"),
-        {"epochs": FINETUNE_LONG_EPOCHS, "optimizer": "adamw", "weight_decay": 0.01, "threads": 2, "log_every": 5,
-         "speed_probe": FINETUNE_SPEED_PROBE},
+        {"epochs": FINETUNE_LONG_EPOCHS, **FINETUNE_SETTINGS},
         f"the fine-tune of ImageNet EfficientNet-Lite0 as in the `finetune` suite (12,000 Fashion-MNIST images "
         f"upscaled to 64 x 64, AdamW, lr 1e-3, batch 64, cosine decay, tested on all 10,000 test images), trained "
         f"{FINETUNE_LONG_EPOCHS} epochs instead of {FINETUNE_EPOCHS}, where its baseline had not yet stopped climbing; "
@@ -307,8 +312,7 @@ SUITES: dict[str, Suite] = {
         "(`--speed-probe`) and its own steps before its first freeze. MiniLM is not in it: trained longer, it ends "
         "lower (past its best at 3 epochs)",
         pairs=(
-            ("fashion-mnist", "efficientnet-lite0", {"lr": 1e-3, "batch_size": 64, "train_subset": 12000,
-                                                     "val_size": 1000, "test_subset": None}),
+            EFFICIENTNET_FINETUNE,
         ),
         goals=(FINE_TUNING,), convergence=1.5, max_jobs=1),
     "full": Suite(
