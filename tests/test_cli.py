@@ -191,6 +191,11 @@ def test_a_speed_probe_measures_time_saved_against_the_runs_own_full_speed(tmp_p
     assert pair["short_steps"] == runs["none"]["total_steps"] and pair["short_accuracy"] == runs["none"]["test_accuracy"]
     with pytest.raises(Exception, match="not a `none` run"):
         budget.compare(tmp_path / "none", tmp_path / "linear")  # the pair given the wrong way round
+    phases = _script("phase_times").phases(tmp_path / "linear", every=2)  # step time stretch by stretch
+    assert phases[0][1] == 0 and all(ms > 0 for *_, ms in phases)  # starts at full speed
+    assert phases[-1][1] > 0  # the last stretch ran with units frozen
+    with pytest.raises(SystemExit, match="no metrics.jsonl"):
+        _script("phase_times").phases(tmp_path, every=2)
     bound = _script("finetune_bound")  # what 2x would ask, from the linear run's own step-time profile
     rows = bound.bound_table(lin, target=2.0)
     assert [r["first_trainable"] for r in rows] == lin["units"][1:]
