@@ -262,3 +262,23 @@ def test_a_boundary_right_after_dropout_outside_the_units_is_never_served():
     assert losses == plain
     assert set(cached.unservable) == {2} and "drop" in cached.unservable[2] and cached.boundary() == 1
     assert cached.cache.stats["hits"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_stores_live_on_it_and_replay_exactly(tmp_path):
+    """A replay on a GPU is an on-device gather, not a host gather and a copy; what it serves (and
+    what a saved cache serves after a reload) is what the prefix computes."""
+    torch.manual_seed(0)
+    model = _Mlp().cuda()
+    freezer = frostline.Freezer(model, torch.optim.SGD(model.parameters(), lr=0.1), frostline.NoFreezing(), 10,
+                                units=["enc", "mid", "dec"])
+    freezer.freeze(0)
+    cached = CachedPrefixModel(model, freezer, ActivationCache(4))
+    x = torch.randn(4, 8, device="cuda")
+    first = cached(torch.arange(4), x)
+    assert all(store.data.device.type == "cuda" for store in cached.cache.stores.values())
+    again = cached(torch.arange(4), x)
+    assert cached.cache.stats["hits"] == 4 and torch.equal(first, again) and torch.allclose(again, model(x))
+    cached.cache.save(tmp_path)
+    reloaded = ActivationCache.load(tmp_path, prefix_fingerprint=cached.prefix_fingerprint, num_samples=4)
+    assert torch.equal(CachedPrefixModel(model, freezer, reloaded)(torch.arange(4), x), first)
