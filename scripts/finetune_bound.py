@@ -24,7 +24,6 @@ evaluation are left out.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from frostline.errors import ConfigError, run_script
 from frostline.exploit.timing import StepTimeModel
 from frostline.lab.machine import label
+from frostline.lab.report import read_summary
 
 
 def run_time(t: float, epochs: int, frozen: float, cached: float) -> float:
@@ -79,10 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.target <= 1 or (args.epochs is not None and args.epochs < 1):
         raise ConfigError("--target must be above 1 and --epochs at least 1")
-    try:
-        summary = json.loads((args.run / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{args.run}: no readable summary.json ({e}); pass the folder of a finished run") from None
+    summary = read_summary(args.run)
     epochs = args.epochs or summary["epochs"]
     rows = bound_table(summary, args.target, epochs)
     machine = label(summary["machine"]) if summary.get("machine") else summary.get("device", "?")

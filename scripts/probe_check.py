@@ -15,21 +15,17 @@ A positive error overstates the full step, so it overstates a freezing run's tim
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from frostline.errors import ConfigError, run_script
-from frostline.lab.report import read_metrics
+from frostline.lab.report import read_metrics, read_summary
 
 
 def errors(run: Path, stretch: int) -> dict[str, float]:
-    try:
-        summary = json.loads((run / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{run}: no readable summary.json ({e}); pass folders of finished `frostline train` runs") from None
+    summary = read_summary(run)
     probe = (summary.get("full_speed_probe") or {}).get("step_s")
     if summary.get("method") != "none" or not probe:
         raise ConfigError(f"{run}: not a `none` run made with --speed-probe; only those know their own full speed")

@@ -15,7 +15,6 @@ different days or machines can be set side by side). The shorter baseline's cost
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,21 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from frostline.errors import ConfigError, run_script
 from frostline.lab.compare import in_run_saving
-from frostline.lab.report import read_metrics
-
-
-def _summary(run: Path) -> dict:
-    try:
-        summary = json.loads((run / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{run}: no readable summary.json ({e}); pass folders of finished `frostline train` runs") from None
-    if summary.get("status") != "finished":
-        raise ConfigError(f"{run}: the run has not finished")
-    return summary
+from frostline.lab.report import read_metrics, read_summary
 
 
 def compare(run: Path, baseline: Path) -> dict:
-    long, short = _summary(run), _summary(baseline)
+    long, short = read_summary(run), read_summary(baseline)
     if short.get("method") != "none":
         raise ConfigError(f"{baseline}: not a `none` run; the second folder of a pair is the shorter baseline")
     if long.get("seed") != short.get("seed"):

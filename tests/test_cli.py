@@ -191,6 +191,12 @@ def test_a_speed_probe_measures_time_saved_against_the_runs_own_full_speed(tmp_p
     assert pair["short_steps"] == runs["none"]["total_steps"] and pair["short_accuracy"] == runs["none"]["test_accuracy"]
     with pytest.raises(Exception, match="not a `none` run"):
         budget.compare(tmp_path / "none", tmp_path / "linear")  # the pair given the wrong way round
+    with pytest.raises(SystemExit, match="in pairs"):  # one clear line, not a traceback
+        budget.run_script(lambda: budget.main([str(tmp_path / "linear")]))
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "summary.json").write_text(json.dumps({**lin, "status": "running"}))
+    with pytest.raises(Exception, match="did not finish"):
+        budget.compare(tmp_path / "unfinished", tmp_path / "none")
     phases = _script("phase_times").phases(tmp_path / "linear", every=2)  # step time stretch by stretch
     assert phases[0][1] == 0 and all(ms > 0 for *_, ms in phases)  # starts at full speed
     assert phases[-1][1] > 0  # the last stretch ran with units frozen

@@ -374,9 +374,9 @@ def _predictor_eval(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import cache_table, runs_table
+    from .report import cache_table, read_summary, runs_table
 
-    summaries = [_with_own_saving(_read_summary(run), Path(run)) for run in args.runs]
+    summaries = [_with_own_saving(read_summary(run), Path(run)) for run in args.runs]
     print(runs_table(summaries))
     cache = cache_table(summaries)
     if cache:
@@ -393,22 +393,6 @@ def _with_own_saving(summary: dict, folder: Path) -> dict:
     from .report import read_metrics
 
     return {**summary, "in_run_time_saved": in_run_saving(summary, read_metrics(folder))}
-
-
-def _read_summary(run: str) -> dict:
-    import json
-    from pathlib import Path
-
-    path = Path(run) / "summary.json"
-    try:
-        summary = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FrostlineError(f"{path} does not exist: pass folders written by `frostline train`") from None
-    except json.JSONDecodeError as e:
-        raise FrostlineError(f"{path} is not valid JSON ({e}); re-run that training") from None
-    if summary.get("status") != "finished":
-        raise FrostlineError(f"{path} is from a run that did not finish (status {summary.get('status')!r})")
-    return summary
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -105,6 +105,26 @@ def _groups(cells) -> list[tuple[str, str]]:
     return list(dict.fromkeys((c.dataset, c.model) for c in cells))
 
 
+def read_summary(folder: str | Path) -> dict[str, Any]:
+    """A finished run's ``summary.json``, or one clear error saying what is wrong with the folder."""
+    import json
+
+    from ..errors import FrostlineError
+
+    path = Path(folder) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FrostlineError(f"{path} does not exist: pass folders written by `frostline train`") from None
+    except OSError as e:
+        raise FrostlineError(f"{path} cannot be read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise FrostlineError(f"{path} is not valid JSON ({e}); re-run that training") from None
+    if summary.get("status") != "finished":
+        raise FrostlineError(f"{path} is from a run that did not finish (status {summary.get('status')!r})")
+    return summary
+
+
 def read_metrics(folder: Path) -> list[dict[str, Any]]:
     import json
 
