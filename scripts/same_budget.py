@@ -46,11 +46,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if len(args.pairs) % 2:
         raise ConfigError("pass folders in pairs: a freezing run, then the shorter regime's `none` run of its seed")
+    rows = [compare(run, baseline) for run, baseline in zip(args.pairs[::2], args.pairs[1::2])]
     print("| seed | freezing run: epochs, cost in full steps | shorter baseline: epochs, steps | cost ratio | "
           "test acc % (freezing) | test acc % (shorter baseline) | Δ |")
     print("|---|---|---|---|---|---|---|")
-    for run, baseline in zip(args.pairs[::2], args.pairs[1::2]):
-        r = compare(run, baseline)
+    for r in rows:
         print(f"| {r['seed']} | {r['epochs']:g}, {r['cost_steps']:.0f} | {r['short_epochs']:g}, {r['short_steps']} | "
               f"{r['cost_steps'] / r['short_steps']:.2f} | {r['accuracy']:.2f} | {r['short_accuracy']:.2f} | "
               f"{r['accuracy'] - r['short_accuracy']:+.2f} |")
