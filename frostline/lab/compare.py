@@ -302,7 +302,7 @@ SUITES: dict[str, Suite] = {
         goals=(FINE_TUNING,), convergence=1.5, max_jobs=1),
     "finetune-long": Suite(
         "finetune-long", (), (), 3, ("none", "linear-start0-end0.75+cache", "linear-start0-end0.5+cache",
-                                      "smartfrz+cache", "smartfrz+cache+4stages"),
+                                      "smartfrz+cache", "smartfrz+cache+4stages", "autofreeze+cache"),
         {"epochs": FINETUNE_LONG_EPOCHS, **FINETUNE_SETTINGS},
         f"the fine-tune of ImageNet EfficientNet-Lite0 as in the `finetune` suite (12,000 Fashion-MNIST images "
         f"upscaled to 64 x 64, AdamW, lr 1e-3, batch 64, cosine decay, tested on all 10,000 test images), trained "
