@@ -13,12 +13,10 @@ out=${1:?usage: scripts/gpu_bench.sh OUT [SECONDS]}
 budget=${2:-480}
 end=$((SECONDS + budget))
 
-python3 - <<'EOF'
-import torch
-assert torch.cuda.is_available(), "no CUDA GPU: this script measures GPU times only"
-print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}")
-EOF
-[ $? -eq 0 ] || exit 1
+python3 -c 'import sys, torch
+if not torch.cuda.is_available():
+    sys.exit("error: no CUDA GPU here; this script measures GPU times only (frostline bench steptime runs on a CPU)")
+print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}")' || exit 1
 
 for model in resnet vgg vit efficientnet-lite0; do
   timeout 90 python3 -m frostline bench steptime --model "$model" --device cuda --repeats 25 --no-progress \

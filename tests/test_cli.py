@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import frostline
 from frostline.lab.cli import COMMANDS, build_parser, main
@@ -418,3 +419,16 @@ def test_a_pretrained_model_fine_tunes_with_its_own_settings_where_flags_are_uns
     for _, model, pair in suite.pairs:
         ran = {**suite.settings, **pair}
         assert {k: ran[k] for k in FINETUNE_SETTINGS[model]} == FINETUNE_SETTINGS[model]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_the_gpu_bench_script_refuses_a_machine_without_a_gpu(tmp_path):
+    """One clear line and exit 1, before anything is written: its figures would not be GPU times."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_bench.sh"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        "error: no CUDA GPU here; this script measures GPU times only (frostline bench steptime runs on a CPU)"]
+    assert not (tmp_path / "out").exists()
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
+    assert done.returncode != 0 and "usage: scripts/gpu_bench.sh OUT [SECONDS]" in done.stderr
