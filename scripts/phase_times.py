@@ -12,9 +12,11 @@ stretch pays it back.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+from frostline.lab.report import read_metrics  # noqa: E402
 
 
 def phases(run: Path, every: int) -> list[tuple[int, int, float]]:
@@ -22,14 +24,7 @@ def phases(run: Path, every: int) -> list[tuple[int, int, float]]:
     path = run / "metrics.jsonl"
     if not path.is_file():
         raise SystemExit(f"error: {run} has no metrics.jsonl; give the folder of a `frostline train` run")
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by an interrupted run
-        if row.get("kind") == "step":
-            rows.append(row)
+    rows = [row for row in read_metrics(run) if row.get("kind") == "step"]
     if len(rows) < 2:
         raise SystemExit(f"error: {path} logged fewer than two training steps")
     out = []
