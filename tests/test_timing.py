@@ -59,7 +59,8 @@ def test_a_runs_profile_leaves_its_random_stream_where_it_was(synthetic):
     profile = profile_run(TrainConfig(batch_size=32, optimizer="adamw", lr=1e-3), model, units, synthetic.train,
                           torch.device("cpu"), rounds=1)
     assert torch.equal(rng, torch.get_rng_state())
-    assert 0 < profile.step_cost({0}) < 1
+    # one round of a millisecond step: only that it timed both situations, not how they compare
+    assert profile.full_step_s > 0 and profile.prefix[0] == 1.0 and profile.prefix[1] > 0
 
 
 def test_profile_refuses_what_it_cannot_time():
