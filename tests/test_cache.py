@@ -58,7 +58,7 @@ def test_disk_tier_gives_the_same_run(fmnist, tmp_path):
     disk = ActivationCache(len(fmnist.train), memory_budget_bytes=0, directory=tmp_path / "cache")
     _, losses = _run(fmnist, cache=disk)
     assert losses == pytest.approx(ref_losses, abs=1e-6)
-    assert disk.memory_bytes == 0 and disk.peak_disk_bytes > 0
+    assert disk.memory_bytes == 0 and disk.peak_disk_bytes > 0 and disk.kept_on == {"disk"}
     assert list((tmp_path / "cache").glob("boundary*.bin"))
 
 
@@ -150,6 +150,7 @@ def test_trainer_cache_on_and_off_agree(tmp_path):
     on = json.loads((tmp_path / "on" / "summary.json").read_text())
     assert on["test_accuracy"] == off["test_accuracy"]
     assert on["cache"]["extended"] > 0 and on["train_flops"] < off["train_flops"]
+    assert on["cache"]["kept_on"] == ["cpu"]  # where its arrays lived: with the activations
     def loss(run):
         rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
         return [r["loss"] for r in rows if r["kind"] == "step"]

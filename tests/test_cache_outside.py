@@ -282,3 +282,24 @@ def test_on_a_gpu_the_stores_live_on_it_and_replay_exactly(tmp_path):
     cached.cache.save(tmp_path)
     reloaded = ActivationCache.load(tmp_path, prefix_fingerprint=cached.prefix_fingerprint, num_samples=4)
     assert torch.equal(CachedPrefixModel(model, freezer, reloaded)(torch.arange(4), x), first)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_short_of_memory_the_stores_go_to_host_memory_and_it_says_so(monkeypatch):
+    """An array that would fill the GPU past half its free memory is kept in host memory: slower
+    replays (a copy each), so one warning says so, and the cache records it; it still replays
+    exactly what the prefix computes."""
+    torch.manual_seed(0)
+    model = _Mlp().cuda()
+    freezer = frostline.Freezer(model, torch.optim.SGD(model.parameters(), lr=0.1), frostline.NoFreezing(), 10,
+                                units=["enc", "mid", "dec"])
+    freezer.freeze(0)
+    cached = CachedPrefixModel(model, freezer, ActivationCache(4))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (64, 2**30))  # 64 bytes free
+    x = torch.randn(4, 8, device="cuda")
+    with pytest.warns(UserWarning, match="host memory"):
+        first = cached(torch.arange(4), x)
+    assert cached.cache.kept_on == {"host"}
+    assert all(store.data.device.type == "cpu" for store in cached.cache.stores.values())
+    again = cached(torch.arange(4), x)
+    assert cached.cache.stats["hits"] == 4 and torch.equal(first, again) and again.device.type == "cuda"
