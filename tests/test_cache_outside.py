@@ -264,16 +264,20 @@ def test_a_boundary_right_after_dropout_outside_the_units_is_never_served():
     assert cached.cache.stats["hits"] > 0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_on_a_gpu_the_stores_live_on_it_and_replay_exactly(tmp_path):
-    """A replay on a GPU is an on-device gather, not a host gather and a copy; what it serves (and
-    what a saved cache serves after a reload) is what the prefix computes."""
+def _gpu_mlp_with_its_encoder_frozen():
     torch.manual_seed(0)
     model = _Mlp().cuda()
     freezer = frostline.Freezer(model, torch.optim.SGD(model.parameters(), lr=0.1), frostline.NoFreezing(), 10,
                                 units=["enc", "mid", "dec"])
     freezer.freeze(0)
-    cached = CachedPrefixModel(model, freezer, ActivationCache(4))
+    return model, freezer, CachedPrefixModel(model, freezer, ActivationCache(4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_stores_live_on_it_and_replay_exactly(tmp_path):
+    """A replay on a GPU is an on-device gather, not a host gather and a copy; what it serves (and
+    what a saved cache serves after a reload) is what the prefix computes."""
+    model, freezer, cached = _gpu_mlp_with_its_encoder_frozen()
     x = torch.randn(4, 8, device="cuda")
     first = cached(torch.arange(4), x)
     assert all(store.data.device.type == "cuda" for store in cached.cache.stores.values())
@@ -289,12 +293,7 @@ def test_on_a_gpu_short_of_memory_the_stores_go_to_host_memory_and_it_says_so(mo
     """An array that would fill the GPU past half its free memory is kept in host memory: slower
     replays (a copy each), so one warning says so, and the cache records it; it still replays
     exactly what the prefix computes."""
-    torch.manual_seed(0)
-    model = _Mlp().cuda()
-    freezer = frostline.Freezer(model, torch.optim.SGD(model.parameters(), lr=0.1), frostline.NoFreezing(), 10,
-                                units=["enc", "mid", "dec"])
-    freezer.freeze(0)
-    cached = CachedPrefixModel(model, freezer, ActivationCache(4))
+    cached = _gpu_mlp_with_its_encoder_frozen()[2]
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (64, 2**30))  # 64 bytes free
     x = torch.randn(4, 8, device="cuda")
     with pytest.warns(UserWarning, match="host memory"):
