@@ -1,6 +1,7 @@
 """Models frostline did not write, built small and randomly initialised, for tests that use
-frostline the way a user would: torchvision and timm image models, Hugging Face BERT and GPT-2
-(its head tied to its embedding), and a PEFT LoRA BERT.
+frostline the way a user would: torchvision and timm image models, Hugging Face BERT, GPT-2
+(its head tied to its embedding) and Llama (rotary position encoding computed once, outside every
+layer, and read by each), and a PEFT LoRA BERT.
 
 PyPI's torchvision wheel is linked against CUDA builds of torch: beside the CPU build its import
 dies while registering fake kernels for its C++ detection ops (``torchvision::nms does not
@@ -96,6 +97,17 @@ def hf_gpt2():
     return model, lambda n, seed=0: _tokens(n, seed, causal=True)
 
 
+def hf_llama():
+    """A Llama decoder with its head untied, as Llama 2 and 3 have it: the model computes the
+    rotary cosines and sines once (``model.rotary_emb``, in no layer) and hands them to every layer."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      tie_word_embeddings=False)
+    return transformers.LlamaForCausalLM(config), lambda n, seed=0: _tokens(n, seed, causal=True)
+
+
 def peft_lora_bert():
     """A LoRA-wrapped BERT: only the adapters (and the classifier) train; most modules hold
     nothing trainable."""
@@ -111,6 +123,7 @@ BUILDERS = {
     "timm-vit": timm_vit_tiny,
     "hf-bert": hf_bert,
     "hf-gpt2": hf_gpt2,
+    "hf-llama": hf_llama,
     "peft-lora-bert": peft_lora_bert,
 }
 

@@ -34,7 +34,8 @@ CASES = [pytest.param(m, p, ORDERS[(i + j) % 2], id=f"{m}-{p}-{ORDERS[(i + j) % 
     pytest.param("torchvision-resnet18", "linear", ORDERS[0], marks=SLOW, id="torchvision-resnet18-linear"),
     pytest.param("timm-resnet18", "autofreeze", ORDERS[1], marks=SLOW, id="timm-resnet18-autofreeze"),
     pytest.param("timm-vit", "freezeout", ORDERS[0], id="timm-vit-freezeout"),
-    pytest.param("peft-lora-bert", "smartfrz", ORDERS[1], id="peft-lora-bert-smartfrz")]
+    pytest.param("peft-lora-bert", "smartfrz", ORDERS[1], id="peft-lora-bert-smartfrz"),
+    pytest.param("hf-llama", "autofreeze", ORDERS[0], id="hf-llama-autofreeze")]
 
 def _in_optimizer(optimizer):
     return {id(p) for g in optimizer.param_groups for p in g["params"]}
