@@ -303,3 +303,22 @@ def test_on_a_gpu_short_of_memory_the_stores_go_to_host_memory_and_it_says_so(mo
     assert all(store.data.device.type == "cpu" for store in cached.cache.stores.values())
     again = cached(torch.arange(4), x)
     assert cached.cache.stats["hits"] == 4 and torch.equal(first, again) and again.device.type == "cuda"
+
+
+@pytest.mark.parametrize("how", ["torch.compile(model)", "model.compile()"])
+def test_a_model_compiled_whole_is_refused_with_the_way_that_works(how):
+    """Dynamo would trace the cache's hooks into the model's graph (a deep error from inside it):
+    said up front, with regional compilation (which the cache serves) as the way out."""
+    model = _Mlp()
+    if how == "model.compile()":
+        model.compile(backend="aot_eager")
+    else:
+        model = torch.compile(model, backend="aot_eager")
+    freezer = frostline.Freezer(model, torch.optim.SGD(model.parameters(), lr=0.1), frostline.NoFreezing(), 10,
+                                units=["enc", "mid", "dec"])
+    with pytest.raises(ConfigError, match="compiled as a whole.*compile_units"):
+        CachedPrefixModel(model, freezer, ActivationCache(4))
+    with pytest.warns(UserWarning, match="compiled as a whole"):
+        cached = CachedPrefixModel(model, freezer, ActivationCache(4), on_refuse="warn")
+    freezer.freeze(0)
+    assert cached.refused and cached.boundary() == 0  # the plain (compiled) model runs, uncached
