@@ -322,3 +322,34 @@ def test_a_model_compiled_whole_is_refused_with_the_way_that_works(how):
         cached = CachedPrefixModel(model, freezer, ActivationCache(4), on_refuse="warn")
     freezer.freeze(0)
     assert cached.refused and cached.boundary() == 0  # the plain (compiled) model runs, uncached
+
+
+@pytest.mark.integration  # dynamo tracing: a few seconds
+def test_a_model_compiled_unit_by_unit_is_served_as_the_eager_one():
+    from frostline.exploit.compiling import compile_units
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 8, generator=g), torch.randint(0, 2, (8,), generator=g)
+    losses, stats = {}, {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = _Mlp()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), 10, units=["enc", "mid", "dec"])
+        if compiled:
+            assert compile_units(freezer.units, backend="aot_eager") == 3
+        cached = CachedPrefixModel(model, freezer, ActivationCache(8))
+        losses[compiled] = []
+        for step in range(6):
+            if step == 2:
+                freezer.freeze(0)
+            idx = torch.arange(4) + 4 * (step % 2)
+            loss = nn.functional.cross_entropy(cached(idx, x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            freezer.step()
+            losses[compiled].append(loss.item())
+        stats[compiled] = cached.cache.stats
+    assert losses[True] == pytest.approx(losses[False], abs=1e-6) and stats[True] == stats[False]
+    assert stats[True]["hits"] > 0
