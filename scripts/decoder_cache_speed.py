@@ -73,7 +73,7 @@ def measure(k: int, args) -> dict[str, float]:
     return {n: 1000 * statistics.median(ts) for n, ts in times.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=256)
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--frozen", type=int, nargs="*", default=[3, 5, 7], help="frozen units: embedding + layers")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if any(not 1 <= k <= args.layers for k in args.frozen):
         parser.error(f"--frozen counts the embedding and the layers: 1..{args.layers}")
     print(f"Llama-style decoder: {args.layers} layers, hidden {args.hidden}, vocab {args.vocab}, batch {args.batch} x "

@@ -380,6 +380,19 @@ def test_without_the_lab_extra_the_cli_says_which_extra_to_install(monkeypatch, 
     assert "matplotlib missing" in err and "frostline[lab]" in err and "Traceback" not in err
 
 
+def test_decoder_cache_speed_times_a_llama_step_full_frozen_and_cached(capsys):
+    pytest.importorskip("transformers")
+    script = _script("decoder_cache_speed")
+    tiny = ["--layers", "2", "--hidden", "64", "--vocab", "100", "--seq", "8", "--batch", "2", "--repeats", "1",
+            "--warmup", "0"]
+    script.main([*tiny, "--frozen", "1", "2"])
+    out = capsys.readouterr().out
+    assert "k=1 frozen: full" in out and "k=2 frozen: full" in out and out.count("cached/frozen") == 2
+    with pytest.raises(SystemExit):  # more units than the embedding and the layers
+        script.main([*tiny, "--frozen", "3"])
+    assert "--frozen counts the embedding and the layers: 1..2" in capsys.readouterr().err
+
+
 @pytest.mark.integration
 def test_a_command_whose_run_froze_nothing_says_so_in_one_line(tmp_path):
     """A schedule that reaches no unit in a run this short: the warning reads as one line on the
