@@ -119,14 +119,16 @@ def test_a_skip_across_the_boundary_is_refused():
     assert cached.cache.stats["hits"] == 4
 
 
-def test_a_refused_model_can_run_without_the_cache_with_one_warning():
+def test_with_warn_a_model_that_cannot_replay_runs_without_the_cache_with_one_warning():
     torch.manual_seed(0)
     model = _SkipAcross()
-    with pytest.warns(UserWarning, match="train without the cache"):
+    with pytest.warns(UserWarning, match="skip connection across the boundary"):
         cached, x, out = _freeze_first_and_call(model, ActivationCache(4), on_refuse="warn")
-    assert cached.refused and cached.boundary() == 0
+    assert cached.boundary() == 0 and 1 in cached.inexact
     assert torch.equal(out, model(x))
-    assert torch.equal(cached(torch.arange(4), x), model(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not at every step
+        assert torch.equal(cached(torch.arange(4), x), model(x))
 
 
 def test_nested_sequential_is_cut_inside_its_children():
@@ -353,3 +355,42 @@ def test_a_model_compiled_unit_by_unit_is_served_as_the_eager_one():
         stats[compiled] = cached.cache.stats
     assert losses[True] == pytest.approx(losses[False], abs=1e-6) and stats[True] == stats[False]
     assert stats[True]["hits"] > 0
+
+
+class _SkipIntoTheNext(nn.Module):
+    """``enc``'s output reaches ``mid2`` past ``mid`` (boundary 1 cannot replay it), but ``mid2``
+    receives everything it reads as its one input (boundary 2 replays exactly)."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.enc, self.mid = nn.Linear(width, width), nn.Linear(width, width)
+        self.mid2, self.dec = nn.Linear(2 * width, width), nn.Linear(width, 2)
+
+    def forward(self, x):
+        e = torch.relu(self.enc(x))
+        return self.dec(torch.relu(self.mid2(torch.cat([torch.relu(self.mid(e)), e], dim=1))))
+
+
+def test_with_warn_a_boundary_that_replays_inexactly_is_skipped_and_a_deeper_one_served():
+    """Best effort (``--cache auto``): the cache says which boundary it cannot replay, trains
+    exactly without it, and serves the frozen prefix once it reaches a boundary that replays."""
+    torch.manual_seed(0)
+    model = _SkipIntoTheNext()
+    freezer = frostline.Freezer(model, torch.optim.SGD(model.parameters(), lr=0.1), frostline.NoFreezing(), 10,
+                                units=["enc", "mid", "mid2", "dec"])
+    cached = CachedPrefixModel(model, freezer, ActivationCache(4), on_refuse="warn")
+    x, idx = torch.randn(4, 8), torch.arange(4)
+    freezer.freeze(0)
+    with pytest.warns(UserWarning, match="units 0..0 replayed, the output differs.*serves again once a deeper"):
+        out = cached(idx, x)
+    assert torch.equal(out, model(x)) and not cached.refused and cached.boundary() == 0
+    assert not (cached.cache.levels > 0).any() and not cached.cache.stores  # nothing kept at the inexact boundary
+    freezer.freeze(1)
+    cached(idx, x)
+    assert cached.boundary() == 2 and torch.allclose(cached(idx, x), model(x)) and cached.cache.stats["hits"] == 4
+    with pytest.raises(ConfigError, match="units 0..0 replayed.*train without the cache"):  # strict: as before
+        model2 = _SkipIntoTheNext()
+        f2 = frostline.Freezer(model2, torch.optim.SGD(model2.parameters(), lr=0.1), frostline.NoFreezing(), 10,
+                               units=["enc", "mid", "mid2", "dec"])
+        f2.freeze(0)
+        CachedPrefixModel(model2, f2, ActivationCache(4))(idx, x)

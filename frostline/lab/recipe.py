@@ -526,7 +526,10 @@ def _cache_summary(run: Run) -> dict[str, Any] | None:
     cache, cost = run.cached.cache, run.cost
     runs = run.cache_unit_runs if run.cache_unit_runs is not None else cache.unit_runs
     run.state.train_flops += sum(round(n * cost.units[u].forward_flops / cost.batch_size) for u, n in runs.items())
-    return {**cache.stats, "refused": run.cached.refused, "dtype": run.cfg.cache_dtype, "peak_memory_mb": cache.peak_memory_bytes / 2**20,
+    return {**cache.stats, "refused": run.cached.refused,
+            "skipped_boundaries": {str(k): why for k, why in sorted({**run.cached.unservable,
+                                                                     **run.cached.inexact}.items())},
+            "dtype": run.cfg.cache_dtype, "peak_memory_mb": cache.peak_memory_bytes / 2**20,
             "peak_disk_mb": cache.peak_disk_bytes / 2**20, "kept_on": sorted(cache.kept_on),
             "payoff": run.cached.payoff.summary() if run.cached.payoff is not None else None,
             "payoff_rule": RULE_VERSION if run.cached.payoff is not None else None}
