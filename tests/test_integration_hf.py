@@ -283,6 +283,38 @@ def test_the_cache_replays_the_frozen_prefix_and_trains_exactly_as_without_it(tm
     assert cached.cached.cache.stats["hits"] == hits  # evaluation never goes through the cache
 
 
+class Continuations(Reviews):
+    """The reviews as language-model data: each predicts its own next tokens (padding masked out)."""
+
+    def __getitem__(self, i):
+        item = self.items[i]
+        return {"input_ids": item["input_ids"], "attention_mask": item["attention_mask"],
+                "labels": item["input_ids"].masked_fill(item["attention_mask"] == 0, -100)}
+
+
+def test_a_llama_style_decoder_is_served_and_trains_exactly_as_without_the_cache(tmp_path):
+    """The model computes its rotary encoding once, before the first layer, and every layer reads it:
+    a replay computes it too, so the frozen prefix is served and the runs end bit for bit alike."""
+    def llama():
+        torch.manual_seed(0)
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=SEQ, tie_word_embeddings=False))
+
+    runs = {}
+    for cache in ("auto", "off"):
+        frost = FrostlineCallback(LinearFreezing(**HALF_EARLY), cache=cache)
+        trainer = _trainer(tmp_path / cache, [frost], model=llama())
+        trainer.train_dataset = torch.utils.data.Subset(Continuations(), range(24))
+        assert not _train_quietly(trainer)
+        runs[cache] = (frost, trainer)
+    (cached, a), (plain, b) = runs["auto"], runs["off"]
+    assert cached.freezer.timeline == plain.freezer.timeline and cached.freezer.frozen_prefix >= 2
+    assert cached.cached.cache.stats["hits"] > 0 and plain.cached is None
+    for (name, x), y in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.equal(x, y), name
+
+
 def test_the_cache_says_when_it_cannot_serve(tmp_path):
     # a head tied to the embedding (GPT-2): the prefix's input would change with every step
     config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=2, n_positions=SEQ)
