@@ -108,6 +108,17 @@ def hf_llama():
     return transformers.LlamaForCausalLM(config), lambda n, seed=0: _tokens(n, seed, causal=True)
 
 
+def hf_opt():
+    """An OPT decoder with its head untied: its learned position embedding is a unit of its own,
+    after the token embedding, whose output reaches the layers past it (added to the positions)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=3,
+                                    num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32,
+                                    tie_word_embeddings=False, dropout=0.0)
+    return transformers.OPTForCausalLM(config), lambda n, seed=0: _tokens(n, seed, causal=True)
+
+
 def peft_lora_bert():
     """A LoRA-wrapped BERT: only the adapters (and the classifier) train; most modules hold
     nothing trainable."""
@@ -124,6 +135,7 @@ BUILDERS = {
     "hf-bert": hf_bert,
     "hf-gpt2": hf_gpt2,
     "hf-llama": hf_llama,
+    "hf-opt": hf_opt,
     "peft-lora-bert": peft_lora_bert,
 }
 

@@ -371,6 +371,27 @@ class _SkipIntoTheNext(nn.Module):
         return self.dec(torch.relu(self.mid2(torch.cat([torch.relu(self.mid(e)), e], dim=1))))
 
 
+@pytest.mark.integration
+def test_an_untied_opt_is_served_past_its_position_embedding_unit():
+    """OPT's token embedding (unit 0) reaches the layers past the position-embedding unit (unit 1):
+    best effort skips boundary 1 with one warning and serves from boundary 2, exactly."""
+    model, batch_of = BUILDERS["hf-opt"]()
+    assert [u.name for u in frostline.freeze_units(model, example_input=batch_of(2))[:2]] == [
+        "model.decoder.embed_tokens", "model.decoder.embed_positions"]
+    data, idx = batch_of(4), torch.arange(4)
+    freezer = frostline.Freezer(model, torch.optim.SGD(model.parameters(), lr=0.1), frostline.NoFreezing(), 10)
+    cached = CachedPrefixModel(model, freezer, ActivationCache(4), on_refuse="warn")
+    model(**data)
+    freezer.freeze(0)
+    with pytest.warns(UserWarning, match="units 0..0 replayed, the output differs"):
+        out = cached(idx, **data)
+    assert torch.equal(out.loss, model(**data).loss) and cached.boundary() == 0 and not cached.refused
+    freezer.freeze(1)
+    cached(idx, **data)
+    assert cached.boundary() == 2 and torch.allclose(cached(idx, **data).loss, model(**data).loss)
+    assert cached.cache.stats["hits"] == 4
+
+
 def test_with_warn_a_boundary_that_replays_inexactly_is_skipped_and_a_deeper_one_served():
     """Best effort (``--cache auto``): the cache says which boundary it cannot replay, trains
     exactly without it, and serves the frozen prefix once it reaches a boundary that replays."""
