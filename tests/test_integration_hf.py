@@ -323,18 +323,13 @@ def test_the_cache_says_when_it_cannot_serve(tmp_path):
         torch.manual_seed(0)
         return transformers.GPT2LMHeadModel(config)
 
-    class Texts(Reviews):
-        def __getitem__(self, i):
-            item = self.items[i]
-            return {"input_ids": item["input_ids"], "attention_mask": item["attention_mask"], "labels": item["input_ids"]}
-
     def trainer(out, frost, data):
         t = _trainer(out, [frost], model=gpt2())
         t.train_dataset = data
         return t
 
     with pytest.raises(ConfigError, match="tied"):
-        trainer(tmp_path / "m", FrostlineCallback(LinearFreezing(**HALF_EARLY), cache="memory"), Texts()).train()
+        trainer(tmp_path / "m", FrostlineCallback(LinearFreezing(**HALF_EARLY), cache="memory"), Continuations()).train()
     # inputs that change every epoch (random masking): no sample could ever come back
     class Masked(Reviews):
         def __getitem__(self, i):

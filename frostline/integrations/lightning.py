@@ -38,6 +38,7 @@ import warnings
 from typing import Any, Sequence
 
 from ..errors import ConfigError, FrostlineError
+from ..exploit.cache import compiled_whole
 from ..freezer import Freezer
 from ..policies import FreezePolicy, fresh_policy, policy_class
 from .callback_options import checked_options
@@ -250,7 +251,7 @@ class FrostlineCallback(_pl.Callback):
         name, holder = _unit_holder(module, self.freezer.units)
         parts = name.split(".") if name else []
         path = [module] + [module.get_submodule(".".join(parts[:i + 1])) for i in range(len(parts))]
-        if getattr(module, "_compiler_ctx", None) or any(hasattr(m, "_orig_mod") for m in path):
+        if getattr(module, "_compiler_ctx", None) or any(compiled_whole(m) for m in path):
             cannot_cache(self.cache, "the model is compiled (torch.compile), and a compiled forward cannot be routed "
                                      "through the cache; compile nothing above the units to use it")
             return
