@@ -59,18 +59,35 @@ class ExecutionOrderRecorder:
 
     def __init__(self, model: nn.Module, on_done=None):
         self.order: list[str] = []
+        #: name -> [when it first started, when it last returned], counted in module starts: a
+        #: module that returned before another started (``spans[a][1] < spans[b][0]``) ran wholly before it
+        self.spans: dict[str, list[int]] = {}
+        self._starts = 0
         self._seen: set[str] = set()
         self._handles = []
         self._on_done = on_done
         for name, module in model.named_modules():
             self._handles.append(module.register_forward_pre_hook(self._make_hook(name)))
+            self._handles.append(module.register_forward_hook(self._make_end_hook(name)))
         self._handles.append(model.register_forward_hook(self._finish))
 
     def _make_hook(self, name):
         def hook(_module, _args):
+            if not name and name in self.spans:  # the model runs again: a first pass stopped part way
+                self.spans, self._starts = {}, 0  # (an activation cache's capture): keep the whole one
+            self._starts += 1
+            if name not in self.spans:
+                self.spans[name] = [self._starts, self._starts]
             if name not in self._seen:
                 self._seen.add(name)
                 self.order.append(name)
+
+        return hook
+
+    def _make_end_hook(self, name):
+        def hook(_module, _args, _output):
+            if name in self.spans:
+                self.spans[name][1] = self._starts
 
         return hook
 

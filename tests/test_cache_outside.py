@@ -47,17 +47,19 @@ def _train(model, batch_of, cache: ActivationCache | None, steps=8, payoff=None)
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", ["torchvision-resnet18", "timm-vit", "hf-bert", "hf-llama"])
+@pytest.mark.parametrize("name", ["torchvision-resnet18", "timm-vit", "hf-bert", "hf-llama", "peft-lora-bert"])
 def test_cache_on_outside_models_gives_the_same_training(name):
     """BERT keeps its dropout (0.1) in the trainable units: the cached forward draws the same
     random numbers as the plain one, so even then the runs agree. Llama's layers read the rotary
-    encoding the model computes before the first of them: a replay computes it too."""
+    encoding the model computes before the first of them: a replay computes it too. A LoRA BERT's
+    embeddings (frozen by PEFT, in no unit, dropout 0.1) join the frozen prefix in eval mode."""
     ref_model, batch_of = BUILDERS[name]()
     ref = _train(ref_model, batch_of, None)
     model, batch_of = BUILDERS[name]()
     cache = ActivationCache(N)
     losses = _train(model, batch_of, cache)
     assert losses == pytest.approx(ref, abs=1e-6)
+    assert cache.stats["hits"] > 0
     for (n, p), q in zip(ref_model.named_parameters(), model.parameters()):
         assert torch.allclose(p, q, atol=1e-6, rtol=0), n
     assert cache.stats["hits"] >= 2 * BATCH and cache.stats["extended"] > 0 and cache.stats["computed"] > 0

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from frostline import ConfigError, Freezer, FreezeOut, FrostlineError, LinearFreezing, NoFreezing
+from frostline.freezer.eval_mode import _run_in_eval
 from frostline.lab.zoo import create_model
 from frostline.policies import FreezePolicy
 
@@ -95,11 +96,65 @@ def test_eval_pinning_is_reapplied_on_resume(batch):
     model2, optimizer2, freezer2 = _setup(FreezeList(1, [0]), units=freezer.unit_names)
     freezer2.load_state_dict(state)
     freezer2.load_state_dict(state)  # loading twice pins once: the hooks of the first load go
-    assert sum(len(m._forward_pre_hooks) for m in freezer2.units[0].modules[0].modules()) == \
-        len(list(freezer2.units[0].modules[0].modules()))
+    pins = [h for m in freezer2.units[0].modules[0].modules() for h in m._forward_pre_hooks.values()
+            if h is _run_in_eval]  # (the first forward's trace hooks every module too, until it runs)
+    assert len(pins) == len(list(freezer2.units[0].modules[0].modules()))
     model2.train()
     _check_frozen_bn_stays_put(model2, optimizer2, freezer2.units[0], x, y)
     assert model2[2].training
+
+
+class _FrozenStem(nn.Module):
+    """A stem frozen by hand before frostline sees the model (in no unit: nothing in it trains),
+    three units, and a dropout the model uses twice: on the stem's output and before the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Dropout(0.5))
+        self.twice = nn.Dropout(0.5)
+        self.a, self.b, self.head = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 2)
+        self.stem.requires_grad_(False)
+
+    def forward(self, x):
+        h = torch.relu(self.b(torch.relu(self.a(self.twice(self.stem(x))))))
+        return self.head(self.twice(h))
+
+
+def test_modules_frozen_by_hand_join_the_frozen_prefix_in_eval_mode_and_resume_so():
+    """Once the unit after it freezes, the stem is part of a frozen prefix: its BatchNorm statistics
+    stop moving and its dropout stops drawing, as in a frozen unit (else no activation cache could
+    replay the prefix). The dropout used again before the head keeps regularising what trains."""
+    torch.manual_seed(0)
+    model = _FrozenStem()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    freezer = Freezer(model, optimizer, NoFreezing(), 10)
+    x, y = torch.randn(16, 8), torch.randint(0, 2, (16,))
+    _train_step(model, optimizer, x, y)
+    freezer.step()
+    assert freezer.unit_names == ["a", "b", "head"] and freezer.pinned_outside == []
+    assert model.stem[1].num_batches_tracked == 1  # before any freeze the stem is left as the user set it
+    freezer.freeze(0)
+    assert freezer.pinned_outside == ["stem", "stem.0", "stem.1", "stem.2"]
+
+    def check_pinned(model, optimizer):
+        bn = model.stem[1]
+        stats = bn.running_mean.clone(), int(bn.num_batches_tracked)
+        model.train()
+        _train_step(model, optimizer, x, y)
+        assert torch.equal(bn.running_mean, stats[0]) and int(bn.num_batches_tracked) == stats[1]
+        assert not model.stem[2].training and model.twice.training
+        assert torch.equal(model.stem(x), model.stem(x))  # no dropout draws in the frozen prefix
+
+    check_pinned(model, optimizer)
+    state = freezer.state_dict()
+    torch.manual_seed(0)
+    model2 = _FrozenStem()
+    model2.load_state_dict(model.state_dict())
+    optimizer2 = torch.optim.SGD([p for p in model2.parameters() if p.requires_grad], lr=0.1)
+    freezer2 = Freezer(model2, optimizer2, NoFreezing(), 10, units=["a", "b", "head"])
+    freezer2.load_state_dict(state)  # pinned before the first forward, as in the uninterrupted run
+    assert freezer2.pinned_outside == freezer.pinned_outside
+    check_pinned(model2, optimizer2)
 
 
 def test_frozen_dropout_is_off(batch):

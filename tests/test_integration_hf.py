@@ -315,6 +315,29 @@ def test_a_llama_style_decoder_is_served_and_trains_exactly_as_without_the_cache
         assert torch.equal(x, y), name
 
 
+def test_a_lora_model_is_served_and_trains_exactly_as_without_the_cache(tmp_path):
+    """PEFT freezes the embeddings (in no unit, dropout 0.1): once the first layer freezes they run
+    in eval mode with it, in both runs, so the prefix is served and the runs end bit for bit alike."""
+    peft = pytest.importorskip("peft")
+
+    def lora():
+        return peft.get_peft_model(_model(), peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
+
+    runs = {}
+    for cache in ("auto", "off"):
+        frost = FrostlineCallback(LinearFreezing(**HALF_EARLY), cache=cache)
+        trainer = _trainer(tmp_path / cache, [frost], model=lora())
+        trainer.train_dataset = torch.utils.data.Subset(Reviews(), range(24))
+        assert not _train_quietly(trainer)
+        runs[cache] = (frost, trainer)
+    (cached, a), (plain, b) = runs["auto"], runs["off"]
+    assert cached.freezer.timeline == plain.freezer.timeline and cached.freezer.frozen_prefix >= 1
+    assert "base_model.model.bert.embeddings.dropout" in cached.freezer.pinned_outside
+    assert cached.cached.cache.stats["hits"] > 0 and plain.cached is None
+    for (name, x), y in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.equal(x, y), name
+
+
 def test_the_cache_says_when_it_cannot_serve(tmp_path):
     # a head tied to the embedding (GPT-2): the prefix's input would change with every step
     config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=2, n_positions=SEQ)

@@ -30,7 +30,7 @@ from ..units import (GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, check_un
                      units_from_names)
 from . import param_groups
 from .cooldown import Cooling, check_cooldown, cooldown_scale
-from .eval_mode import pin_eval, unpin
+from .eval_mode import outside_prefix, pin_eval, pin_eval_alone, unpin
 from .schedulers import SchedulerBridge
 
 #: Epochs a named per-epoch method (SmartFRZ, the CKA oracle) assumes when it is not told.
@@ -132,6 +132,11 @@ class Freezer:
         self._extra_signals = dict(signals or {})
         self._collectors: dict[str, Any] = {}
         self._eval_pins: dict[int, list] = {}  # unit index -> its forward pre-hook handles
+        #: Modules in no unit pinned to eval mode with the frozen prefix they run in (name -> handles;
+        #: :func:`~frostline.freezer.eval_mode.outside_prefix`), found from the spans of the first forward.
+        self._outside_pins: dict[str, list] = {}
+        self._spans: dict[str, list[int]] | None = None
+        self._span_recorder = ExecutionOrderRecorder(model, lambda _order: self._take_spans())
         #: LRs the Freezer last wrote into the unit groups (to notice a scheduler it was not given).
         self._lrs_written: list[float] | None = None
         self._warned_lr = False
@@ -177,6 +182,30 @@ class Freezer:
         if self._recorder is not None:
             self._recorder.detach()
             self._recorder = None
+        if self._span_recorder is not None:
+            self._span_recorder.detach()
+            self._span_recorder = None
+
+    def _take_spans(self) -> None:
+        """The first forward has run: keep when each module ran, and pin what a frozen prefix holds."""
+        recorder, self._span_recorder = self._span_recorder, None
+        recorder.detach()
+        self._spans = recorder.spans
+        self._pin_outside_prefix()
+
+    def _pin_outside_prefix(self) -> None:
+        """Pin to eval mode the modules in no unit that now belong to the frozen prefix."""
+        if self._spans is None or self.units is None:
+            return
+        modules = dict(self.model.named_modules())
+        for name in outside_prefix(self.model, self.units, self._spans, self.frozen_prefix):
+            if name not in self._outside_pins:
+                self._outside_pins[name] = pin_eval_alone(modules[name])
+
+    @property
+    def pinned_outside(self) -> list[str]:
+        """Modules in no unit that run in eval mode with the frozen prefix (a LoRA model's embeddings)."""
+        return sorted(self._outside_pins)
 
     def _setup(self, units: list[FreezeUnit]) -> None:
         self._recorder = None
@@ -280,6 +309,8 @@ class Freezer:
         self._require_units()
         if self.tracing and self._recorder.order:  # named units, and the root forward never returned
             self.finish_trace()
+        if self._span_recorder is not None and self._span_recorder.order:  # likewise
+            self._take_spans()
         self._check_lrs_untouched()
         self.step_count += 1
         if self.step_count == self.total_steps + 1:
@@ -349,6 +380,7 @@ class Freezer:
         self._stop_training(index)
         param_groups.remove_params(self.optimizer, unit.params)
         self.frozen.add(index)
+        self._pin_outside_prefix()
         self.timeline.append(FreezeEvent(unit.name, index, self.step_count, self.step_count / self.total_steps,
                                          signal if signal is not None else decided.signal, decided.decided_step))
 
@@ -449,6 +481,7 @@ class Freezer:
             "decision_time_s": self.decision_time_s,
             "total_steps": self.total_steps,
             "timeline": [asdict(e) for e in self.timeline],
+            "pinned_outside": self.pinned_outside,
             "policy": self.policy.state_dict(),
             "signals": {name: c.state_dict() for name, c in self._required_collectors().items()
                         if hasattr(c, "state_dict")},
@@ -472,7 +505,9 @@ class Freezer:
         if saved_cooldown != self.cooldown:
             raise CheckpointError(f"saved run had cooldown={saved_cooldown}, this one {self.cooldown}: "
                                   "resume with the same cooldown")
-        self.detach_trace()
+        if self._recorder is not None:  # the units come from the state (the span trace still waits)
+            self._recorder.detach()
+            self._recorder = None
         try:
             units = units_from_names(self.model, state["units"])
         except ModelError as e:
@@ -491,6 +526,11 @@ class Freezer:
         self.cooling = {c["index"]: Cooling(c["decided_step"], c["signal"]) for c in state.get("cooling", [])}
         for i in self.frozen:
             self._stop_training(i)
+        for handles in self._outside_pins.values():
+            unpin(handles)
+        modules = dict(self.model.named_modules())
+        self._outside_pins = {n: pin_eval_alone(modules[n]) for n in state.get("pinned_outside", []) if n in modules}
+        self._pin_outside_prefix()
         saved_signals = state.get("signals") or {}  # absent from states written before collectors kept any
         for name, collector in self._required_collectors().items():
             if hasattr(collector, "load_state_dict"):
