@@ -269,6 +269,110 @@ def test_a_boundary_right_after_dropout_outside_the_units_is_never_served():
     assert cached.cache.stats["hits"] > 0
 
 
+class _Checkpointed(nn.Module):
+    """Blocks run under ``torch.utils.checkpoint``, as models short of memory do: backward calls
+    each block a second time, with the arguments its first call got."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(16, 16), nn.Tanh()) for _ in range(4)])
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return self.head(x)
+
+
+def test_a_checkpointed_model_s_first_trainable_block_gets_the_stored_inputs_in_backward_too():
+    """A replay hands the boundary block a placeholder and swaps the stored inputs in; backward
+    recomputes the block from the placeholder it was called with, so without the swap there too
+    its gradients would come from zeros and the runs would part."""
+    def train(cached):
+        torch.manual_seed(0)
+        model = _Checkpointed()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), 20)
+        wrapper = CachedPrefixModel(model, freezer, ActivationCache(16)) if cached else None
+        x, y = torch.randn(16, 16), torch.randint(0, 4, (16,))
+        losses = []
+        for step in range(8):
+            idx = torch.randperm(16, generator=torch.Generator().manual_seed(step))[:8]
+            loss = nn.functional.cross_entropy(wrapper(idx, x[idx]) if cached else model(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step == 1:
+                freezer.freeze(0)
+                freezer.freeze(1)
+            losses.append(loss.item())
+        return losses, model, wrapper
+
+    plain, _, _ = train(False)
+    losses, model, cached = train(True)
+    assert cached.cache.stats["hits"] > 0
+    assert losses == pytest.approx(plain, abs=1e-6)
+    assert not model.blocks[2]._forward_pre_hooks  # nothing left on the model once backward is done
+
+
+@pytest.mark.integration
+def test_a_timm_resnet_with_gradient_checkpointing_trains_as_without_the_cache():
+    """timm checkpoints each block (``set_grad_checkpointing``); its BatchNorm statistics move at
+    every recomputation, so the check's own backward must leave them as they were."""
+    runs = []
+    for cache in (None, ActivationCache(N)):
+        model, batch_of = BUILDERS["timm-resnet18"]()
+        model.set_grad_checkpointing(True)
+        runs.append(_train(model, batch_of, cache))
+    assert runs[1] == pytest.approx(runs[0], abs=1e-6)
+    assert cache.stats["hits"] > 0
+
+
+class _CheckpointedPairs(_Checkpointed):
+    """Checkpointed two blocks at a time: backward recomputes block 1 from block 0's output."""
+
+    def forward(self, x):
+        for i in (0, 2):
+            x = torch.utils.checkpoint.checkpoint(nn.Sequential(self.blocks[i], self.blocks[i + 1]), x,
+                                                  use_reentrant=False)
+        return self.head(x)
+
+
+def test_a_checkpointed_segment_across_the_boundary_is_skipped_and_one_at_its_start_served():
+    """Inside a segment the backward recomputes the frozen block from a placeholder: the check
+    tries a backward, sees it and skips that boundary (strict: raises); the next segment's start
+    replays exactly and is served, and training matches the uncached run."""
+    def train(cached, on_refuse="warn"):
+        torch.manual_seed(0)
+        model = _CheckpointedPairs()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), 20, units=[
+            "blocks.0", "blocks.1", "blocks.2", "blocks.3", "head"])
+        wrapper = CachedPrefixModel(model, freezer, ActivationCache(16), on_refuse=on_refuse) if cached else None
+        x, y = torch.randn(16, 16), torch.randint(0, 4, (16,))
+        losses = []
+        for step in range(10):
+            idx = torch.randperm(16, generator=torch.Generator().manual_seed(step))[:8]
+            loss = nn.functional.cross_entropy(wrapper(idx, x[idx]) if cached else model(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step in (1, 4):
+                freezer.freeze(0 if step == 1 else 1)
+            losses.append(loss.item())
+        return losses, wrapper
+
+    plain, _ = train(False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses, cached = train(True)
+    assert losses == pytest.approx(plain, abs=1e-6)
+    assert [w for w in caught if "checkpoints a segment" in str(w.message)] and set(cached.inexact) == {1}
+    assert cached.boundary() == 2 and cached.cache.stats["hits"] > 0
+    with pytest.raises(ConfigError, match="checkpoints a segment"):
+        train(True, on_refuse="raise")
+
+
 def _gpu_mlp_with_its_encoder_frozen():
     torch.manual_seed(0)
     model = _Mlp().cuda()
