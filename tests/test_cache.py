@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -127,6 +128,52 @@ def test_augmentation_is_detected_and_fixed_augmentation_is_cacheable(synthetic)
     assert is_deterministic(synthetic.train)
     assert not is_deterministic(AugmentedDataset(synthetic.train), probe=(0, 1, 2))
     assert is_deterministic(AugmentedDataset(synthetic.train, fixed=True))
+
+
+def _train_cached(data, indices_of, on_refuse, use_cache=True, epochs=3, batch=16):
+    """A chain (the zoo's resnet) frozen from its second step, through the cache (or not): the
+    losses. ``indices_of(idx)`` gives the indices the loop passes for dataset indices ``idx``."""
+    torch.manual_seed(0)
+    model = create_model("resnet")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    freezer = Freezer(model, optimizer, FreezeOut(t_0=0.2, schedule="linear"), 1000,
+                      units=[[n] for n, _ in model.named_children()])
+    cached = CachedPrefixModel(model, freezer, ActivationCache(64), on_refuse=on_refuse) if use_cache else None
+    losses = []
+    for epoch in range(epochs):
+        for idx in torch.randperm(64, generator=torch.Generator().manual_seed(epoch)).split(batch):
+            x, y = data.get_batch(idx)
+            loss = nn.functional.cross_entropy(cached(indices_of(idx), x) if cached else model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            freezer.step()
+            if freezer.step_count == 1:
+                freezer.freeze(0)
+                freezer.freeze(1)
+            losses.append(loss.item())
+    return losses, cached
+
+
+def test_inputs_that_change_between_visits_are_never_served_stale(synthetic):
+    """The cache is keyed by the index the loop passes: a random augmentation, or indices that are
+    not the samples' own, would replay another input's activations. Strict: a ConfigError that
+    says so; warn: one warning, and the changed samples are computed afresh (the run then equals
+    one without the cache). Fixed inputs pass the check once per sample and are not checked again."""
+    augmented = AugmentedDataset(synthetic.train)
+    with pytest.raises(ConfigError, match="came back with other inputs"):
+        _train_cached(augmented, lambda idx: idx, "raise")
+    with pytest.raises(ConfigError, match="not each sample's own index"):
+        _train_cached(synthetic.train, lambda idx: torch.arange(len(idx)), "raise")  # positions in the batch
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses, _ = _train_cached(augmented, lambda idx: idx, "warn")
+    assert len([w for w in caught if "came back with other inputs" in str(w.message)]) == 1
+    plain, _ = _train_cached(augmented, lambda idx: idx, "warn", use_cache=False)
+    assert losses == pytest.approx(plain, abs=1e-6)
+    _, fixed = _train_cached(synthetic.train, lambda idx: idx, "raise")
+    assert fixed.cache.verified.all() and fixed.cache.stats["hits"] > 0
+    assert not fixed.cache.unverified(torch.arange(64))  # nothing more to check
 
 
 @pytest.mark.integration
