@@ -48,7 +48,7 @@ def outside_prefix(model: nn.Module, units, spans: dict[str, list[int]], k: int)
     """Names of the modules of ``model`` in no unit that belong to the frozen prefix of units
     ``0..k-1`` (see the module docstring). ``spans`` from
     :class:`~frostline.units.ExecutionOrderRecorder`: when each module first started and last returned."""
-    if k < 1 or k >= len(units):
+    if not 1 <= k <= len(units):
         return []
     inside = {id(m) for u in units for top in u.modules for m in top.modules()}
     modules = dict(model.named_modules())
