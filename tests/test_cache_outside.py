@@ -284,32 +284,34 @@ class _Checkpointed(nn.Module):
         return self.head(x)
 
 
+def _train_checkpointed(make, cached: bool, freeze_at: dict[int, list[int]], steps: int, on_refuse="raise"):
+    """Epoch-shuffled steps on random data; ``freeze_at`` step -> units frozen after it."""
+    torch.manual_seed(0)
+    model = make()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), 20,
+                                units=["blocks.0", "blocks.1", "blocks.2", "blocks.3", "head"])
+    wrapper = CachedPrefixModel(model, freezer, ActivationCache(16), on_refuse=on_refuse) if cached else None
+    x, y = torch.randn(16, 16), torch.randint(0, 4, (16,))
+    losses = []
+    for step in range(steps):
+        idx = torch.randperm(16, generator=torch.Generator().manual_seed(step))[:8]
+        loss = nn.functional.cross_entropy(wrapper(idx, x[idx]) if cached else model(x[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        for i in freeze_at.get(step, []):
+            freezer.freeze(i)
+        losses.append(loss.item())
+    return losses, model, wrapper
+
+
 def test_a_checkpointed_model_s_first_trainable_block_gets_the_stored_inputs_in_backward_too():
     """A replay hands the boundary block a placeholder and swaps the stored inputs in; backward
     recomputes the block from the placeholder it was called with, so without the swap there too
     its gradients would come from zeros and the runs would part."""
-    def train(cached):
-        torch.manual_seed(0)
-        model = _Checkpointed()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), 20)
-        wrapper = CachedPrefixModel(model, freezer, ActivationCache(16)) if cached else None
-        x, y = torch.randn(16, 16), torch.randint(0, 4, (16,))
-        losses = []
-        for step in range(8):
-            idx = torch.randperm(16, generator=torch.Generator().manual_seed(step))[:8]
-            loss = nn.functional.cross_entropy(wrapper(idx, x[idx]) if cached else model(x[idx]), y[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if step == 1:
-                freezer.freeze(0)
-                freezer.freeze(1)
-            losses.append(loss.item())
-        return losses, model, wrapper
-
-    plain, _, _ = train(False)
-    losses, model, cached = train(True)
+    plain, _, _ = _train_checkpointed(_Checkpointed, False, {1: [0, 1]}, 8)
+    losses, model, cached = _train_checkpointed(_Checkpointed, True, {1: [0, 1]}, 8)
     assert cached.cache.stats["hits"] > 0
     assert losses == pytest.approx(plain, abs=1e-6)
     assert not model.blocks[2]._forward_pre_hooks  # nothing left on the model once backward is done
@@ -343,23 +345,7 @@ def test_a_checkpointed_segment_across_the_boundary_is_skipped_and_one_at_its_st
     tries a backward, sees it and skips that boundary (strict: raises); the next segment's start
     replays exactly and is served, and training matches the uncached run."""
     def train(cached, on_refuse="warn"):
-        torch.manual_seed(0)
-        model = _CheckpointedPairs()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), 20, units=[
-            "blocks.0", "blocks.1", "blocks.2", "blocks.3", "head"])
-        wrapper = CachedPrefixModel(model, freezer, ActivationCache(16), on_refuse=on_refuse) if cached else None
-        x, y = torch.randn(16, 16), torch.randint(0, 4, (16,))
-        losses = []
-        for step in range(10):
-            idx = torch.randperm(16, generator=torch.Generator().manual_seed(step))[:8]
-            loss = nn.functional.cross_entropy(wrapper(idx, x[idx]) if cached else model(x[idx]), y[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if step in (1, 4):
-                freezer.freeze(0 if step == 1 else 1)
-            losses.append(loss.item())
+        losses, _, wrapper = _train_checkpointed(_CheckpointedPairs, cached, {1: [0], 4: [1]}, 10, on_refuse)
         return losses, wrapper
 
     plain, _ = train(False)
