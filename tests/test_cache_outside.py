@@ -3,6 +3,7 @@ exact on models frostline did not write, refused where the prefix reaches the re
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -356,6 +357,51 @@ def test_a_checkpointed_segment_across_the_boundary_is_skipped_and_one_at_its_st
     assert [w for w in caught if "checkpoints a segment" in str(w.message)] and set(cached.inexact) == {1}
     assert cached.boundary() == 2 and cached.cache.stats["hits"] > 0
     with pytest.raises(ConfigError, match="checkpoints a segment"):
+        train(True, on_refuse="raise")
+
+
+class _NumpyMasked(_Mlp):
+    """Random masking drawn from NumPy's global generator in the forward, outside every module,
+    between ``enc`` and ``mid`` (as wav2vec2's SpecAugment masks its features)."""
+
+    def forward(self, x):
+        h = torch.relu(self.enc(x))
+        if self.training:
+            h = h * torch.from_numpy(np.random.rand(*h.shape) > 0.3).to(h.dtype)
+        return self.dec(torch.cat([torch.relu(self.mid(h)), x], dim=1))
+
+
+def test_randomness_before_the_boundary_outside_any_module_is_found_and_the_run_stays_exact():
+    """The replay check alone cannot see it (the capture draws the very mask the plain pass
+    draws): the prefix is captured again with every generator moved, and differs. The cache's own
+    passes leave NumPy's generator where it was, so the run equals one without the cache."""
+    def train(cached, on_refuse="warn"):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        model = _NumpyMasked()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), 20, units=["enc", "mid", "dec"])
+        wrapper = CachedPrefixModel(model, freezer, ActivationCache(8), on_refuse=on_refuse) if cached else None
+        x, y = torch.randn(8, 8), torch.randint(0, 2, (8,))
+        losses = []
+        for step in range(6):
+            idx = torch.randperm(8, generator=torch.Generator().manual_seed(step))[:4]
+            loss = nn.functional.cross_entropy(wrapper(idx, x[idx]) if cached else model(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step == 1:
+                freezer.freeze(0)
+            losses.append(loss.item())
+        return losses, wrapper
+
+    plain, _ = train(False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses, cached = train(True)
+    assert losses == plain
+    assert [w for w in caught if "something random runs before it" in str(w.message)] and set(cached.inexact) == {1}
+    with pytest.raises(ConfigError, match="something random runs before it"):
         train(True, on_refuse="raise")
 
 
