@@ -119,6 +119,26 @@ def hf_opt():
     return transformers.OPTForCausalLM(config), lambda n, seed=0: _tokens(n, seed, causal=True)
 
 
+def hf_wav2vec2():
+    """A wav2vec2 classifier with its convolutional feature encoder frozen (``freeze_feature_encoder``,
+    the usual fine-tuning), whose training forward masks features at random with NumPy's generator
+    (SpecAugment), in no module, before the encoder."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.Wav2Vec2Config(
+        vocab_size=32, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_feat_extract_layers=2, num_labels=2,
+        mask_time_prob=0.05, layerdrop=0.0)
+    model = transformers.Wav2Vec2ForSequenceClassification(config)
+    model.freeze_feature_encoder()
+
+    def batch(n, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        return {"input_values": torch.randn(n, 800, generator=g), "labels": torch.randint(0, 2, (n,), generator=g)}
+
+    return model, batch
+
+
 def peft_lora_bert():
     """A LoRA-wrapped BERT: only the adapters (and the classifier) train; most modules hold
     nothing trainable."""
@@ -136,6 +156,7 @@ BUILDERS = {
     "hf-gpt2": hf_gpt2,
     "hf-llama": hf_llama,
     "hf-opt": hf_opt,
+    "hf-wav2vec2": hf_wav2vec2,
     "peft-lora-bert": peft_lora_bert,
 }
 

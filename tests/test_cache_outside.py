@@ -17,13 +17,14 @@ N, BATCH = 16, 8  # two steps per epoch
 FREEZE_AFTER = {1: 2, 3: 4}  # after step 1 freeze units 0..1, after step 3 units 2..3 (stored entries are extended)
 
 
-def _train(model, batch_of, cache: ActivationCache | None, steps=8, payoff=None):
+def _train(model, batch_of, cache: ActivationCache | None, steps=8, payoff=None, on_refuse="raise"):
     """Epoch-shuffled steps; units freeze at FREEZE_AFTER. Returns the losses."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     data = batch_of(N, 0)
     freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), steps)
-    cached = CachedPrefixModel(model, freezer, cache, payoff=payoff) if cache is not None else None
+    cached = CachedPrefixModel(model, freezer, cache, payoff=payoff, on_refuse=on_refuse) if cache is not None else None
     torch.manual_seed(1)  # the same dropout draws with and without the cache
+    np.random.seed(1)  # (and the same NumPy draws: wav2vec2's masking)
     model.train()
     losses = []
     for step in range(steps):
@@ -403,6 +404,21 @@ def test_randomness_before_the_boundary_outside_any_module_is_found_and_the_run_
     assert [w for w in caught if "something random runs before it" in str(w.message)] and set(cached.inexact) == {1}
     with pytest.raises(ConfigError, match="something random runs before it"):
         train(True, on_refuse="raise")
+
+
+@pytest.mark.integration
+def test_a_wav2vec2_is_served_before_its_random_masking_and_trains_as_without_the_cache():
+    """Its masking draws from NumPy in no module before the encoder: boundaries after it are
+    skipped (one warning each), the one before it served, and the run is the uncached one."""
+    ref_model, batch_of = BUILDERS["hf-wav2vec2"]()
+    ref = _train(ref_model, batch_of, None)
+    model, batch_of = BUILDERS["hf-wav2vec2"]()
+    cache = ActivationCache(N)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses = _train(model, batch_of, cache, on_refuse="warn")
+    assert losses == ref
+    assert cache.stats["hits"] > 0 and [w for w in caught if "cannot serve" in str(w.message)]
 
 
 def _gpu_mlp_with_its_encoder_frozen():
