@@ -337,6 +337,33 @@ def test_the_cache_replays_the_frozen_prefix_and_trains_exactly_as_without_it(fm
     assert "forward" not in a.net.__dict__  # the module's own forward is back after training
 
 
+class StemFrozenByHand(Net):
+    """The stem frozen before the callback sees the model: in no unit, its BatchNorm in training mode."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.net[0].requires_grad_(False)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=self.lr, momentum=0.9)
+
+
+@pytest.mark.integration
+def test_a_stem_frozen_by_hand_joins_the_frozen_prefix_and_the_cache_serves_it(fmnist):
+    """training_step calls ``self.net``, never the LightningModule's forward: the Freezer learns
+    when each module ran from the first step's calls. Once the first unit freezes, the stem before
+    it runs in eval mode in both runs, so the cache replays it and the runs end bit for bit alike."""
+    cached, plain = (FrostlineCallback("linear", policy_kwargs=EARLY_HALF, cache=c) for c in ("memory", "off"))
+    a, b = StemFrozenByHand(), StemFrozenByHand()
+    assert not _fit(cached, a, fmnist) and not _fit(plain, b, fmnist)
+    assert cached.freezer.unit_names[0] == "net.block1_1"
+    assert "net.stem.bn" in cached.freezer.pinned_outside == plain.freezer.pinned_outside
+    assert cached.cached.cache.stats["hits"] > 0
+    for (name, x), y in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(x, y), name
+    assert torch.equal(a.net[0].bn.running_mean, b.net[0].bn.running_mean)
+
+
 class PartsNet(Net):
     """Runs the units one by one: the module holding them all is never called."""
 
