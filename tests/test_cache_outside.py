@@ -286,18 +286,20 @@ class _Checkpointed(nn.Module):
         return self.head(x)
 
 
-def _train_checkpointed(make, cached: bool, freeze_at: dict[int, list[int]], steps: int, on_refuse="raise"):
-    """Epoch-shuffled steps on random data; ``freeze_at`` step -> units frozen after it."""
+def _train_small(make, cached: bool, freeze_at: dict[int, list[int]], steps: int, units: list[str],
+                 on_refuse="raise", samples=16, width=16, classes=4):
+    """A small model on random data, half the samples a step; ``freeze_at`` step -> units frozen
+    after it. NumPy is seeded too (a model may draw from it). Returns (losses, model, wrapper, freezer)."""
     torch.manual_seed(0)
+    np.random.seed(0)
     model = make()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), 20,
-                                units=["blocks.0", "blocks.1", "blocks.2", "blocks.3", "head"])
-    wrapper = CachedPrefixModel(model, freezer, ActivationCache(16), on_refuse=on_refuse) if cached else None
-    x, y = torch.randn(16, 16), torch.randint(0, 4, (16,))
+    freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), 20, units=units)
+    wrapper = CachedPrefixModel(model, freezer, ActivationCache(samples), on_refuse=on_refuse) if cached else None
+    x, y = torch.randn(samples, width), torch.randint(0, classes, (samples,))
     losses = []
     for step in range(steps):
-        idx = torch.randperm(16, generator=torch.Generator().manual_seed(step))[:8]
+        idx = torch.randperm(samples, generator=torch.Generator().manual_seed(step))[:samples // 2]
         loss = nn.functional.cross_entropy(wrapper(idx, x[idx]) if cached else model(x[idx]), y[idx])
         optimizer.zero_grad()
         loss.backward()
@@ -305,15 +307,19 @@ def _train_checkpointed(make, cached: bool, freeze_at: dict[int, list[int]], ste
         for i in freeze_at.get(step, []):
             freezer.freeze(i)
         losses.append(loss.item())
-    return losses, model, wrapper
+    return losses, model, wrapper, freezer
+
+
+BLOCKS = ["blocks.0", "blocks.1", "blocks.2", "blocks.3", "head"]
+MLP = dict(units=["enc", "mid", "dec"], samples=8, width=8, classes=2)
 
 
 def test_a_checkpointed_model_s_first_trainable_block_gets_the_stored_inputs_in_backward_too():
     """A replay hands the boundary block a placeholder and swaps the stored inputs in; backward
     recomputes the block from the placeholder it was called with, so without the swap there too
     its gradients would come from zeros and the runs would part."""
-    plain, _, _ = _train_checkpointed(_Checkpointed, False, {1: [0, 1]}, 8)
-    losses, model, cached = _train_checkpointed(_Checkpointed, True, {1: [0, 1]}, 8)
+    plain, _, _, _ = _train_small(_Checkpointed, False, {1: [0, 1]}, 8, BLOCKS)
+    losses, model, cached, _ = _train_small(_Checkpointed, True, {1: [0, 1]}, 8, BLOCKS)
     assert cached.cache.stats["hits"] > 0
     assert losses == pytest.approx(plain, abs=1e-6)
     assert not model.blocks[2]._forward_pre_hooks  # nothing left on the model once backward is done
@@ -347,7 +353,7 @@ def test_a_checkpointed_segment_across_the_boundary_is_skipped_and_one_at_its_st
     tries a backward, sees it and skips that boundary (strict: raises); the next segment's start
     replays exactly and is served, and training matches the uncached run."""
     def train(cached, on_refuse="warn"):
-        losses, _, wrapper = _train_checkpointed(_CheckpointedPairs, cached, {1: [0], 4: [1]}, 10, on_refuse)
+        losses, _, wrapper, _ = _train_small(_CheckpointedPairs, cached, {1: [0], 4: [1]}, 10, BLOCKS, on_refuse)
         return losses, wrapper
 
     plain, _ = train(False)
@@ -377,23 +383,7 @@ def test_randomness_before_the_boundary_outside_any_module_is_found_and_the_run_
     draws): the prefix is captured again with every generator moved, and differs. The cache's own
     passes leave NumPy's generator where it was, so the run equals one without the cache."""
     def train(cached, on_refuse="warn"):
-        torch.manual_seed(0)
-        np.random.seed(0)
-        model = _NumpyMasked()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), 20, units=["enc", "mid", "dec"])
-        wrapper = CachedPrefixModel(model, freezer, ActivationCache(8), on_refuse=on_refuse) if cached else None
-        x, y = torch.randn(8, 8), torch.randint(0, 2, (8,))
-        losses = []
-        for step in range(6):
-            idx = torch.randperm(8, generator=torch.Generator().manual_seed(step))[:4]
-            loss = nn.functional.cross_entropy(wrapper(idx, x[idx]) if cached else model(x[idx]), y[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if step == 1:
-                freezer.freeze(0)
-            losses.append(loss.item())
+        losses, _, wrapper, _ = _train_small(_NumpyMasked, cached, {1: [0]}, 6, on_refuse=on_refuse, **MLP)
         return losses, wrapper
 
     plain, _ = train(False)
@@ -439,22 +429,7 @@ def test_a_prefix_that_mixes_the_samples_of_a_batch_is_not_served_until_it_stops
     BatchNorm runs before a frozen unit, joins the frozen prefix in eval mode and is served, and the
     run stays the uncached one."""
     def train(cached):
-        torch.manual_seed(0)
-        model = _BatchNormBetween()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        freezer = frostline.Freezer(model, optimizer, frostline.NoFreezing(), 20, units=["enc", "mid", "dec"])
-        wrapper = CachedPrefixModel(model, freezer, ActivationCache(8), on_refuse="warn") if cached else None
-        x, y = torch.randn(8, 8), torch.randint(0, 2, (8,))
-        losses = []
-        for step in range(8):
-            idx = torch.randperm(8, generator=torch.Generator().manual_seed(step))[:4]
-            loss = nn.functional.cross_entropy(wrapper(idx, x[idx]) if cached else model(x[idx]), y[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if step in (1, 3):
-                freezer.freeze(0 if step == 1 else 1)
-            losses.append(loss.item())
+        losses, _, wrapper, freezer = _train_small(_BatchNormBetween, cached, {1: [0], 3: [1]}, 8, on_refuse="warn", **MLP)
         return losses, wrapper, freezer
 
     plain, _, _ = train(False)
