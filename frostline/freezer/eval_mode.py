@@ -44,8 +44,8 @@ def pin_eval_alone(module: nn.Module) -> list[RemovableHandle]:
     return [module.register_forward_pre_hook(_run_in_eval)]
 
 
-def outside_prefix(model: nn.Module, units, spans: dict[str, list[int]], k: int) -> list[str]:
-    """Names of the modules of ``model`` in no unit that belong to the frozen prefix of units
+def outside_prefix(model: nn.Module, units, spans: dict[str, list[int]], k: int) -> list[tuple[str, nn.Module]]:
+    """The modules of ``model`` (name, module) in no unit that belong to the frozen prefix of units
     ``0..k-1`` (see the module docstring). ``spans`` from
     :class:`~frostline.units.ExecutionOrderRecorder`: when each module first started and last returned."""
     if not 1 <= k <= len(units):
@@ -58,7 +58,7 @@ def outside_prefix(model: nn.Module, units, spans: dict[str, list[int]], k: int)
     if not starts:
         return []
     limit = min(starts)
-    return [n for n, m in modules.items()
+    return [(n, m) for n, m in modules.items()
             if n and n in spans and spans[n][1] < limit and not any(id(sub) in inside for sub in m.modules())]
 
 

@@ -197,10 +197,9 @@ class Freezer:
         """Pin to eval mode the modules in no unit that now belong to the frozen prefix."""
         if self._spans is None or self.units is None:
             return
-        modules = dict(self.model.named_modules())
-        for name in outside_prefix(self.model, self.units, self._spans, self.frozen_prefix):
+        for name, module in outside_prefix(self.model, self.units, self._spans, self.frozen_prefix):
             if name not in self._outside_pins:
-                self._outside_pins[name] = pin_eval_alone(modules[name])
+                self._outside_pins[name] = pin_eval_alone(module)
 
     @property
     def pinned_outside(self) -> list[str]:
