@@ -108,17 +108,19 @@ def test_predictor_output_changes_with_window_content():
 def test_decisions_reuse_each_snapshot_and_answer_as_the_plain_network():
     """The policy projects each snapshot once and keeps its step length; its probabilities must be
     the predictor's own on the same windows (slid past the window size, of different lengths), and
-    a run resumed between decisions must decide exactly as one that was not."""
+    a run resumed between decisions must decide exactly as one that was not. (An epoch of 20
+    snapshots: windows of 20 and of 30 are judged in one pass; the stage at the epoch's end never
+    comes, the test asks itself.)"""
     model, _ = load_predictor()
     g = torch.Generator().manual_seed(1)
     trajectories = [torch.randn(1024, generator=g) + torch.cumsum(s * torch.randn(45, 1024, generator=g), 0)
                     for s in (1e-3, 1e-2, 3e-2, 1e-1)]
-    policy = SmartFRZ(predictor=model, window=30, stage_steps=1000, snapshot_steps=1)
+    policy = SmartFRZ(predictor=model, window=30, steps_per_epoch=1000, snapshots_per_epoch=20)
     policy.bind(["a", "b", "c", "d", "head"])
     for t in range(45):
         if t == 30:
             policy.freeze_probabilities(Progress(t, 100))  # projects the rows so far; later ones wait
-            resumed = SmartFRZ(predictor=model, window=30, stage_steps=1000, snapshot_steps=1)
+            resumed = SmartFRZ(predictor=model, window=30, steps_per_epoch=1000, snapshots_per_epoch=20)
             resumed.bind(["a", "b", "c", "d", "head"])
             resumed.load_state_dict(policy.state_dict())
         rows = [w[t] if t >= 25 * (i % 2) else None for i, w in enumerate(trajectories)] + [torch.zeros(1024)]
@@ -136,7 +138,7 @@ def test_decisions_reuse_each_snapshot_and_answer_as_the_plain_network():
     older = {**policy.state_dict()}  # a checkpoint from before the kept projections were key-value only
     older["history"] = {k: v for k, v in older["history"].items() if k not in ("projection", "steps")}
     older["history"]["projected"] = [[torch.zeros(768)] * policy.history.length(u) for u in range(5)]
-    reloaded = SmartFRZ(predictor=model, window=30, stage_steps=1000, snapshot_steps=1)
+    reloaded = SmartFRZ(predictor=model, window=30, steps_per_epoch=1000, snapshots_per_epoch=20)
     reloaded.bind(["a", "b", "c", "d", "head"])
     reloaded.load_state_dict(older)
     again = reloaded.freeze_probabilities(Progress(45, 100))
@@ -174,6 +176,24 @@ def test_default_cadences_fit_every_epoch_length():
             s = policy.next_call(Progress(s, 3 * steps))
             asked.append(s)
         assert asked[:-1] == snaps and asked[-1] > 3 * steps
+
+
+@pytest.mark.integration  # 2 epochs of 12 resnet steps
+def test_units_are_judged_only_from_an_epochs_window(synthetic):
+    """The predictor learned "freeze" only from windows holding an epoch of snapshots: deciding
+    four times an epoch, the always-freeze predictor freezes nothing before the first epoch ends and
+    everything at its end; a run too short to fill a window says why nothing froze."""
+    policy = SmartFRZ(predictor=_biased(True), steps_per_epoch=12, stages_per_epoch=4)
+    assert policy.judged_from == 12  # an epoch of 12 steps holds 12 snapshots (fewer than the window of 30)
+    fz = _run(policy, synthetic, steps=24)
+    assert fz.frozen == set(range(len(fz.units) - 1))
+    assert {e.step for e in fz.timeline} == {12} and {e.signal["snapshots"] for e in fz.timeline} == {12}
+    with pytest.warns(UserWarning, match="held the 12 snapshots it is judged from"):
+        short = _run(SmartFRZ(predictor=_biased(True), steps_per_epoch=12, stages_per_epoch=4), synthetic, steps=11,
+                     total_steps=11)
+    assert not short.frozen
+    assert [SmartFRZ(predictor=_biased(True), steps_per_epoch=n).judged_from for n in (1, 2, 29, 430)] == [2, 2, 29, 30]
+    assert SmartFRZ(predictor=_biased(True), stage_steps=4, snapshot_steps=1).judged_from == 30  # no epoch: the window
 
 
 def test_stage_clock_next_end_is_the_next_step_that_closes_a_stage():
@@ -244,15 +264,15 @@ def test_validation():
             SmartFRZ(predictor=pred, steps_per_epoch=30, **kw)
 
 
-def _run(policy, data, steps=8):
+def _run(policy, data, steps=8, total_steps=100):
     torch.manual_seed(0)
     model = create_model("resnet", width=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     x0 = data.train.get_batch(torch.arange(16))[0]
-    freezer = Freezer(model, opt, policy, 100, example_input=x0)
+    freezer = Freezer(model, opt, policy, total_steps, example_input=x0)
     model.train()
     for s in range(steps):
-        x, y = data.train.get_batch(torch.arange(s * 32, s * 32 + 32))
+        x, y = data.train.get_batch(torch.arange(s * 32, s * 32 + 32) % len(data.train))
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -263,8 +283,9 @@ def _run(policy, data, steps=8):
 
 @pytest.mark.integration  # 16 resnet steps
 def test_policy_mechanics_on_real_training(synthetic):
-    # snapshot every step, a stage every 4: the always-freeze predictor freezes every unit but the head
-    fz = _run(SmartFRZ(predictor=_biased(True), stage_steps=4, snapshot_steps=1), synthetic)
+    # snapshot every step, a stage every 4, a window of 4: the always-freeze predictor freezes every
+    # unit but the head at the first stage
+    fz = _run(SmartFRZ(predictor=_biased(True), stage_steps=4, snapshot_steps=1, window=4), synthetic)
     assert fz.frozen == set(range(len(fz.units) - 1))
     first = fz.timeline[0]
     assert first.step == 4 and first.signal["freeze_probability"] > 0.99 and first.signal["snapshots"] == 4
@@ -273,7 +294,7 @@ def test_policy_mechanics_on_real_training(synthetic):
     never = _run(SmartFRZ(predictor=_biased(False), stage_steps=4, snapshot_steps=1, window=3), synthetic)
     assert not never.frozen and all(never.policy.history.length(u) == 3 for u in range(len(never.units) - 1))  # window caps history
     # prefix_only: a unit that is not ready blocks every unit after it
-    p = SmartFRZ(predictor=_biased(True), stage_steps=2, snapshot_steps=1, prefix_only=True)
+    p = SmartFRZ(predictor=_biased(True), stage_steps=2, snapshot_steps=1, window=2, prefix_only=True)
     p.bind(["a", "b", "c", "head"])
     snap = [torch.randn(1024) for _ in range(4)]
     p.observe(Progress(1, 100), {"tailored_weights": snap})
@@ -281,7 +302,7 @@ def test_policy_mechanics_on_real_training(synthetic):
     p.observe(Progress(2, 100), {"tailored_weights": [s + 0.1 for s in snap]})
     assert p.decide(Progress(2, 100)) == {0}
     # resume
-    q = SmartFRZ(predictor=_biased(True), stage_steps=2, snapshot_steps=1, prefix_only=True)
+    q = SmartFRZ(predictor=_biased(True), stage_steps=2, snapshot_steps=1, window=2, prefix_only=True)
     q.bind(["a", "b", "c", "head"])
     q.load_state_dict(p.state_dict())
     assert q.decide(Progress(2, 100)) == {0} and [q.history.length(u) for u in range(4)] == [0, 1, 2, 0]

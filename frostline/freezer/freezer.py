@@ -350,9 +350,9 @@ class Freezer:
             why = "freezer.step() was never called: call it after every optimizer.step()"
         else:
             cooling = f", {len(self.cooling)} unit(s) still cooling down" if self.cooling else ""
-            how = ("no unit looked ready to it (a longer run, or a lower threshold, lets it freeze)"
-                   if self.policy.requires else
-                   "its schedule reached no unit in a run this long (check total_steps and its settings)")
+            how = ("its schedule reached no unit in a run this long (check total_steps and its settings)"
+                   if not self.policy.requires else self.policy.why_idle()
+                   or "no unit looked ready to it (a longer run, or a lower threshold, lets it freeze)")
             why = f"after {self.step_count} of the {self.total_steps} steps it was told{cooling}, {how}"
         warnings.warn(f"frostline: {self.policy.name} froze no unit, so this run saved nothing: {why}", stacklevel=3)
 

@@ -489,6 +489,8 @@ def _finished(folder: Path, cell: Cell) -> dict | None:
         used = (summary.get("policy") or {}).get("predictor_sha256")
         if used is not None and used != _shipped_predictor_sha():
             return None  # made with an earlier shipped predictor (its weights or its threshold)
+        if _judged_short_windows(summary):
+            return None  # froze a unit from a window shorter than an epoch, which SmartFRZ no longer judges
     cache = summary.get("cache")
     if settings.get("cache", "auto") == "auto" and cache is not None:
         if "payoff" not in cache:
@@ -502,6 +504,19 @@ def _finished(folder: Path, cell: Cell) -> dict | None:
             cell.model, "none", f"seed{cell.reference_seed}"):
         return None  # compared with another reference (older benches used the same seed's)
     return summary
+
+
+def _judged_short_windows(summary: dict) -> bool:
+    """Whether a SmartFRZ run made before units were judged only from an epoch's window of snapshots
+    froze a unit from a shorter one (so this frostline would not make it). Runs whose units all froze
+    later decided exactly as they would now: a decision that freezes nothing changes nothing."""
+    policy = summary.get("policy") or {}
+    if "judged_from" in policy:
+        return False
+    window, per_epoch, steps = policy.get("window", 30), policy.get("snapshots_per_epoch", 30), policy.get("steps_per_epoch")
+    judged_from = window if steps is None else max(2, min(window, per_epoch, steps))
+    return any((entry.get("signal") or {}).get("snapshots", judged_from) < judged_from
+               for entry in summary.get("timeline") or [])
 
 
 def run_suite(suite: str | Suite, out: str | os.PathLike, *, progress: bool = True, report_only: bool = False,

@@ -84,6 +84,11 @@ class FreezePolicy:
         """The signal behind freezing ``unit`` (recorded in the timeline), if any."""
         return None
 
+    def why_idle(self) -> str | None:
+        """Why nothing froze, when the policy knows better than "no unit looked ready" (the
+        Freezer's word to a run that saved nothing)."""
+        return None
+
     def config(self) -> dict[str, Any]:
         """Hyperparameters, for summaries and for checking a resumed run uses the same ones."""
         return {}

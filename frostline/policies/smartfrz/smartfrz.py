@@ -27,9 +27,6 @@ from ..base import Progress
 from ..stages import StageClock, StagedPolicy
 from ..registry import Hyperparameter, register_policy
 
-MIN_SNAPSHOTS = 2
-
-
 @register_policy(
     "smartfrz",
     Hyperparameter("predictor", "predictor file from `frostline predictor train` (default: the one shipped with frostline)",
@@ -50,12 +47,14 @@ class SmartFRZ(StagedPolicy):
     def __init__(self, predictor=None, threshold: float | None = None, window: int = 30, tailor_size: int = 1024, snapshots_per_epoch: int = 30,
                  stages_per_epoch: int = 1, steps_per_epoch: int | None = None, stage_steps: int | None = None,
                  snapshot_steps: int | None = None, prefix_only: bool = False, seed: int = 0):
-        window = check_int(window, "the SmartFRZ history window", low=1)
+        window = check_int(window, "the SmartFRZ history window (at least two snapshots: a trajectory)", low=2)
         tailor_size = check_int(tailor_size, "tailor size", low=1)
         super().__init__(stages_per_epoch, steps_per_epoch, stage_steps, prefix_only)
         self.window, self.tailor_size, self.seed = window, tailor_size, int(seed)
         self.snapshots = StageClock(snapshots_per_epoch, steps_per_epoch, snapshot_steps,
                                     per_epoch_name="snapshots_per_epoch", every_name="snapshot_steps")
+        #: snapshots a unit's window must hold before the predictor judges it: an epoch's worth
+        self.judged_from = window if steps_per_epoch is None else max(2, min(window, self.snapshots.per_epoch))
         if isinstance(predictor, SmartFRZPredictor):
             self.predictor, self.predictor_meta = predictor.eval(), {"path": None, "sha256": None}
         else:
@@ -88,9 +87,9 @@ class SmartFRZ(StagedPolicy):
 
     @torch.no_grad()
     def freeze_probabilities(self, progress: Progress) -> dict[int, float]:
-        """P(freeze) per active unit (below the head) with at least two snapshots."""
+        """P(freeze) per active unit (below the head) whose window holds :attr:`judged_from` snapshots."""
         units = [i for i in range(self.num_units - 1)
-                 if i not in self.frozen and self.history.length(i) >= MIN_SNAPSHOTS]
+                 if i not in self.frozen and self.history.length(i) >= self.judged_from]
         if not units:
             return {}
         inputs = self.history.inputs(units, self.predictor.project, progress.fraction)
@@ -110,6 +109,12 @@ class SmartFRZ(StagedPolicy):
                     "step": progress.step, "predictor": self.predictor_meta.get("sha256")}
                 for i, p in probs.items() if p > self.threshold}
 
+    def why_idle(self) -> str | None:
+        if self.last_stage is not None and self.last_stage["freeze_probability"]:
+            return None  # units were judged: the general word (none looked ready) is the right one
+        return (f"no unit's window ever held the {self.judged_from} snapshots it is judged from (an epoch's worth, "
+                "see --history-window) at a decision: train longer, or pass a smaller window")
+
     def _freeze(self, units: set[int]) -> None:
         super()._freeze(units)
         for i in units:
@@ -119,7 +124,7 @@ class SmartFRZ(StagedPolicy):
         return {"threshold": self.threshold, "window": self.window, "tailor_size": self.tailor_size, "seed": self.seed,
                 "snapshots_per_epoch": self.snapshots.per_epoch, "snapshot_steps": self.snapshots.every_steps,
                 "stages_per_epoch": self.clock.per_epoch, "stage_steps": self.clock.every_steps,
-                "steps_per_epoch": self.clock.steps_per_epoch, "prefix_only": self.prefix_only,
+                "steps_per_epoch": self.clock.steps_per_epoch, "prefix_only": self.prefix_only, "judged_from": self.judged_from,
                 "predictor_sha256": self.predictor_meta.get("sha256")}
 
     def _own_state(self) -> dict[str, Any]:
