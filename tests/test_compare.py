@@ -475,6 +475,20 @@ def test_a_smartfrz_cell_made_with_an_earlier_shipped_predictor_is_rerun(tmp_pat
         assert (_finished(folder, cell) is not None) == reused
 
 
+def test_a_smartfrz_cell_that_froze_from_a_short_window_is_rerun(tmp_path):
+    """Before units were judged only from an epoch's window, four decisions an epoch froze units from
+    7 snapshots: such a run is made again; one whose units all froze from full windows still counts."""
+    from frostline.lab.compare import _shipped_predictor_sha
+
+    cell, folder = _smartfrz_cell_with_its_config(tmp_path)
+    policy = {"predictor_sha256": _shipped_predictor_sha(), "window": 30, "snapshots_per_epoch": 30,
+              "steps_per_epoch": 430}
+    for snapshots, reused in ((7, False), (30, True)):
+        timeline = [{"unit": "conv1", "signal": {"snapshots": 30}}, {"unit": "conv2", "signal": {"snapshots": snapshots}}]
+        (folder / "summary.json").write_text(json.dumps({"status": "finished", "policy": policy, "timeline": timeline}))
+        assert (_finished(folder, cell) is not None) == reused
+
+
 def test_a_cache_auto_cell_made_before_the_payoff_rule_is_rerun(tmp_path):
     cells, _ = suite_cells(SUITES["standard"], METHODS)
     cell = next(c for c in cells if c.variant == "linear")  # the default cache: auto

@@ -507,12 +507,11 @@ def _finished(folder: Path, cell: Cell) -> dict | None:
 
 
 def _judged_short_windows(summary: dict) -> bool:
-    """Whether a SmartFRZ run made before units were judged only from an epoch's window of snapshots
-    froze a unit from a shorter one (so this frostline would not make it). Runs whose units all froze
-    later decided exactly as they would now: a decision that freezes nothing changes nothing."""
+    """Whether a SmartFRZ run froze a unit from a window shorter than an epoch's snapshots, as it did
+    before units were judged only from such windows (so this frostline would not make it). Runs whose
+    units all froze later decided exactly as they would now: a decision that freezes nothing changes
+    nothing."""
     policy = summary.get("policy") or {}
-    if "judged_from" in policy:
-        return False
     window, per_epoch, steps = policy.get("window", 30), policy.get("snapshots_per_epoch", 30), policy.get("steps_per_epoch")
     judged_from = window if steps is None else max(2, min(window, per_epoch, steps))
     return any((entry.get("signal") or {}).get("snapshots", judged_from) < judged_from

@@ -124,7 +124,7 @@ class SmartFRZ(StagedPolicy):
         return {"threshold": self.threshold, "window": self.window, "tailor_size": self.tailor_size, "seed": self.seed,
                 "snapshots_per_epoch": self.snapshots.per_epoch, "snapshot_steps": self.snapshots.every_steps,
                 "stages_per_epoch": self.clock.per_epoch, "stage_steps": self.clock.every_steps,
-                "steps_per_epoch": self.clock.steps_per_epoch, "prefix_only": self.prefix_only, "judged_from": self.judged_from,
+                "steps_per_epoch": self.clock.steps_per_epoch, "prefix_only": self.prefix_only,
                 "predictor_sha256": self.predictor_meta.get("sha256")}
 
     def _own_state(self) -> dict[str, Any]:
