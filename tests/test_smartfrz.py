@@ -258,7 +258,7 @@ def test_predictor_file_roundtrip_and_bad_files(tmp_path):
 def test_validation():
     assert POLICIES["smartfrz"] is SmartFRZ
     pred = _biased(True)
-    for kw in [dict(window=0), dict(window=-3), dict(tailor_size=0), dict(tailor_size=-1), dict(stages_per_epoch=0),
+    for kw in [dict(window=0), dict(window=1), dict(window=-3), dict(tailor_size=0), dict(tailor_size=-1), dict(stages_per_epoch=0),
                dict(threshold=0), dict(threshold=1.0), dict(threshold="high")]:
         with pytest.raises(ConfigError):
             SmartFRZ(predictor=pred, steps_per_epoch=30, **kw)
