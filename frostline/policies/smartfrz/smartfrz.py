@@ -10,6 +10,14 @@ on held-out runs when the predictor was trained). Units may freeze in any order 
 paper's point); ``prefix_only`` keeps to a growing prefix. A frozen unit's history is dropped.
 The head never freezes.
 
+A unit is judged only once its window holds an epoch of snapshots, or the whole window when that is
+less (:attr:`SmartFRZ.judged_from`; the whole window when the epoch's length is unknown): the
+predictor's labels call a unit converged only after an epoch of stable CKA, so it learned "freeze"
+from full windows alone, and every shorter window it saw was labelled "keep training". Judged on a
+few snapshots anyway, a fine-tune's barely moving pretrained weights look settled at once: deciding
+four times an epoch, the first decision (a twenty-fourth of a 6-epoch EfficientNet-Lite0 fine-tune)
+froze its lowest blocks from seven snapshots each.
+
 The predictor is the shipped one (``frostline/smartfrz/predictor.pt``) unless ``predictor``
 names a file from ``frostline predictor train`` (or is a :class:`SmartFRZPredictor`).
 """
@@ -26,6 +34,7 @@ from .predictor import SmartFRZPredictor, load_predictor
 from ..base import Progress
 from ..stages import StageClock, StagedPolicy
 from ..registry import Hyperparameter, register_policy
+
 
 @register_policy(
     "smartfrz",
@@ -53,7 +62,7 @@ class SmartFRZ(StagedPolicy):
         self.window, self.tailor_size, self.seed = window, tailor_size, int(seed)
         self.snapshots = StageClock(snapshots_per_epoch, steps_per_epoch, snapshot_steps,
                                     per_epoch_name="snapshots_per_epoch", every_name="snapshot_steps")
-        #: snapshots a unit's window must hold before the predictor judges it: an epoch's worth
+        #: snapshots a unit's window must hold before the predictor judges it: an epoch's, at most the window
         self.judged_from = window if steps_per_epoch is None else max(2, min(window, self.snapshots.per_epoch))
         if isinstance(predictor, SmartFRZPredictor):
             self.predictor, self.predictor_meta = predictor.eval(), {"path": None, "sha256": None}
@@ -112,8 +121,8 @@ class SmartFRZ(StagedPolicy):
     def why_idle(self) -> str | None:
         if self.last_stage is not None and self.last_stage["freeze_probability"]:
             return None  # units were judged: the general word (none looked ready) is the right one
-        return (f"no unit's window ever held the {self.judged_from} snapshots it is judged from (an epoch's worth, "
-                "see --history-window) at a decision: train longer, or pass a smaller window")
+        return (f"no unit's window ever held the {self.judged_from} snapshots it is judged from (an epoch's, at most "
+                "--history-window) at a decision: train longer, or pass a smaller window")
 
     def _freeze(self, units: set[int]) -> None:
         super()._freeze(units)
