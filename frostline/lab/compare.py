@@ -515,9 +515,11 @@ def _judged_short_windows(summary: dict) -> bool:
     before units were judged only from such windows (so this frostline would not make it). Runs whose
     units all froze later decided exactly as they would now: a decision that freezes nothing changes
     nothing."""
+    from ..policies.smartfrz.smartfrz import snapshots_judged_from
+
     policy = summary.get("policy") or {}
-    window, per_epoch, steps = policy.get("window", 30), policy.get("snapshots_per_epoch", 30), policy.get("steps_per_epoch")
-    judged_from = window if steps is None else max(2, min(window, per_epoch, steps))
+    judged_from = snapshots_judged_from(policy.get("window", 30), policy.get("snapshots_per_epoch", 30),
+                                        policy.get("steps_per_epoch"))
     return any((entry.get("signal") or {}).get("snapshots", judged_from) < judged_from
                for entry in summary.get("timeline") or [])
 

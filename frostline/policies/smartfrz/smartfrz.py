@@ -36,6 +36,15 @@ from ..stages import StageClock, StagedPolicy
 from ..registry import Hyperparameter, register_policy
 
 
+def snapshots_judged_from(window: int, snapshots_per_epoch: int, steps_per_epoch: int | None) -> int:
+    """How many snapshots a unit's window must hold before the predictor judges it: an epoch's (a
+    short epoch takes one per step), at most the window; the whole window when the epoch's length
+    is unknown (see the module docstring)."""
+    if steps_per_epoch is None:
+        return window
+    return max(2, min(window, snapshots_per_epoch, steps_per_epoch))
+
+
 @register_policy(
     "smartfrz",
     Hyperparameter("predictor", "predictor file from `frostline predictor train` (default: the one shipped with frostline)",
@@ -62,8 +71,7 @@ class SmartFRZ(StagedPolicy):
         self.window, self.tailor_size, self.seed = window, tailor_size, int(seed)
         self.snapshots = StageClock(snapshots_per_epoch, steps_per_epoch, snapshot_steps,
                                     per_epoch_name="snapshots_per_epoch", every_name="snapshot_steps")
-        #: snapshots a unit's window must hold before the predictor judges it: an epoch's, at most the window
-        self.judged_from = window if steps_per_epoch is None else max(2, min(window, self.snapshots.per_epoch))
+        self.judged_from = snapshots_judged_from(window, snapshots_per_epoch, steps_per_epoch)
         if isinstance(predictor, SmartFRZPredictor):
             self.predictor, self.predictor_meta = predictor.eval(), {"path": None, "sha256": None}
         else:
