@@ -292,6 +292,19 @@ class Continuations(Reviews):
                 "labels": item["input_ids"].masked_fill(item["attention_mask"] == 0, -100)}
 
 
+def _with_and_without_cache(tmp_path, make_model, dataset):
+    """The same model and 24 samples trained with ``cache="auto"`` and ``"off"``, each from a fresh
+    ``make_model()``: ((callback, trainer) cached, (callback, trainer) uncached)."""
+    runs = {}
+    for cache in ("auto", "off"):
+        frost = FrostlineCallback(LinearFreezing(**HALF_EARLY), cache=cache)
+        trainer = _trainer(tmp_path / cache, [frost], model=make_model())
+        trainer.train_dataset = torch.utils.data.Subset(dataset, range(24))
+        assert not _train_quietly(trainer)
+        runs[cache] = (frost, trainer)
+    return runs["auto"], runs["off"]
+
+
 def test_a_llama_style_decoder_is_served_and_trains_exactly_as_without_the_cache(tmp_path):
     """The model computes its rotary encoding once, before the first layer, and every layer reads it:
     a replay computes it too, so the frozen prefix is served and the runs end bit for bit alike."""
@@ -301,14 +314,7 @@ def test_a_llama_style_decoder_is_served_and_trains_exactly_as_without_the_cache
             vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=SEQ, tie_word_embeddings=False))
 
-    runs = {}
-    for cache in ("auto", "off"):
-        frost = FrostlineCallback(LinearFreezing(**HALF_EARLY), cache=cache)
-        trainer = _trainer(tmp_path / cache, [frost], model=llama())
-        trainer.train_dataset = torch.utils.data.Subset(Continuations(), range(24))
-        assert not _train_quietly(trainer)
-        runs[cache] = (frost, trainer)
-    (cached, a), (plain, b) = runs["auto"], runs["off"]
+    (cached, a), (plain, b) = _with_and_without_cache(tmp_path, llama, Continuations())
     assert cached.freezer.timeline == plain.freezer.timeline and cached.freezer.frozen_prefix >= 2
     assert cached.cached.cache.stats["hits"] > 0 and plain.cached is None
     for (name, x), y in zip(a.model.named_parameters(), b.model.parameters()):
@@ -323,14 +329,7 @@ def test_a_lora_model_is_served_and_trains_exactly_as_without_the_cache(tmp_path
     def lora():
         return peft.get_peft_model(_model(), peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
 
-    runs = {}
-    for cache in ("auto", "off"):
-        frost = FrostlineCallback(LinearFreezing(**HALF_EARLY), cache=cache)
-        trainer = _trainer(tmp_path / cache, [frost], model=lora())
-        trainer.train_dataset = torch.utils.data.Subset(Reviews(), range(24))
-        assert not _train_quietly(trainer)
-        runs[cache] = (frost, trainer)
-    (cached, a), (plain, b) = runs["auto"], runs["off"]
+    (cached, a), (plain, b) = _with_and_without_cache(tmp_path, lora, Reviews())
     assert cached.freezer.timeline == plain.freezer.timeline and cached.freezer.frozen_prefix >= 1
     assert "base_model.model.bert.embeddings.dropout" in cached.freezer.pinned_outside
     assert cached.cached.cache.stats["hits"] > 0 and plain.cached is None
