@@ -12,6 +12,7 @@ from frostline.policies import POLICIES, SmartFRZ, create_policy
 from frostline.policies.smartfrz import (SmartFRZPredictor, Tailor, batch_windows, load_predictor, save_predictor,
                                         window_context, window_features)
 from frostline.lab.predictor.collect import LabelRule, label_stages, load_collected
+from frostline.policies.smartfrz.history import History
 from frostline.policies.smartfrz.predictor import SHIPPED
 from frostline.policies.stages import StageClock
 
@@ -135,15 +136,54 @@ def test_decisions_reuse_each_snapshot_and_answer_as_the_plain_network():
     mine = policy.freeze_probabilities(Progress(45, 100))
     assert torch.allclose(torch.tensor([mine[i] for i in range(4)]), plain, atol=1e-5)
     assert resumed.freeze_probabilities(Progress(45, 100)) == mine  # bit for bit
-    older = {**policy.state_dict()}  # a checkpoint from before the kept projections were key-value only
-    older["history"] = {k: v for k, v in older["history"].items() if k not in ("projection", "steps")}
-    older["history"]["projected"] = [[torch.zeros(768)] * policy.history.length(u) for u in range(5)]
-    reloaded = SmartFRZ(predictor=model, window=30, steps_per_epoch=1000, snapshots_per_epoch=20)
-    reloaded.bind(["a", "b", "c", "d", "head"])
-    reloaded.load_state_dict(older)
-    again = reloaded.freeze_probabilities(Progress(45, 100))
-    assert torch.allclose(torch.tensor([again[i] for i in range(4)]), torch.tensor([mine[i] for i in range(4)]), atol=1e-6)
+    full = policy.history.inputs([0, 2], model.project, 0.45)  # two full windows: the unpadded pass
+    assert full[1] is None
+    assert torch.allclose(torch.softmax(model.forward_projected(*full), dim=1)[:, 1], plain[[0, 2]], atol=1e-5)
+    oldest = {**policy.state_dict()}  # a checkpoint from before the kept projections were key-value only
+    oldest["history"] = {k: v for k, v in oldest["history"].items() if k not in ("projection", "steps")}
+    oldest["history"]["projected"] = [[torch.zeros(768)] * policy.history.length(u) for u in range(5)]
+    previous = {**policy.state_dict()}  # key-value projections, but no step lengths kept
+    previous["history"] = {**{k: v for k, v in previous["history"].items() if k != "steps"}, "projection": "key-value"}
+    for older in (oldest, previous):
+        reloaded = SmartFRZ(predictor=model, window=30, steps_per_epoch=1000, snapshots_per_epoch=20)
+        reloaded.bind(["a", "b", "c", "d", "head"])
+        reloaded.load_state_dict(older)
+        again = reloaded.freeze_probabilities(Progress(45, 100))
+        assert torch.allclose(torch.tensor([again[i] for i in range(4)]), torch.tensor([mine[i] for i in range(4)]),
+                              atol=1e-6)
     assert len(set(mine.values())) == 4  # the four trajectories are told apart
+
+
+def test_decision_pass_follows_the_predictors_weights():
+    """The decision's pass multiplies out the network's linear steps once and keeps them; a change
+    to any weight or to the context's standardisation must reach its answers, as it reaches the
+    plain network's."""
+    torch.manual_seed(3)
+    p = SmartFRZPredictor(64).eval()
+    history = History(3, window=6)
+    g = torch.Generator().manual_seed(5)
+    walks = [torch.randn(64, generator=g) + torch.cumsum(s * torch.randn(6, 64, generator=g), 0) for s in (0.01, 0.3)]
+    for t in range(6):
+        history.add([walks[0][t], walks[1][t] if t >= 2 else None, None])
+
+    def both():
+        raw = [torch.stack(list(history.snapshots[u])) for u in (0, 1)]
+        x, mask = batch_windows([window_features(w) for w in raw])
+        context = torch.stack([window_context(w, 0.3) for w in raw])
+        with torch.no_grad():
+            return p(x, mask, context), p.forward_projected(*history.inputs([0, 1], p.project, 0.3))
+
+    plain, decided = both()
+    assert torch.allclose(plain, decided, atol=1e-5)
+    with torch.no_grad():  # the encoders' first layers stay: the history keeps projections made with them
+        p.query[2].weight.mul_(2.0)
+        p.key[4].weight.mul_(1.5)
+        p.value[2].weight.mul_(-1.0)
+        p.head[0].bias.add_(0.5)
+        p.context_std.mul_(3.0)
+    plain_after, decided_after = both()
+    assert not torch.allclose(plain, plain_after, atol=1e-3)
+    assert torch.allclose(plain_after, decided_after, atol=1e-5)
 
 
 def test_window_context_tells_drift_from_a_random_walk():

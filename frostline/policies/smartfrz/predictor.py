@@ -75,9 +75,15 @@ class SmartFRZPredictor(nn.Module):
     def forward(self, windows: torch.Tensor, mask: torch.Tensor | None, context: torch.Tensor) -> torch.Tensor:
         """``windows`` (B, T, input_size) of features, newest snapshot last; ``mask`` (B, T) True
         where a snapshot is real (padding on the left) or None; ``context`` (B, CONTEXT_SIZE) from
-        :func:`window_context`. Returns (B, 2) logits."""
+        :func:`window_context`. Returns (B, 2) logits. The network as described, layer by layer:
+        what training runs (a decision runs :meth:`forward_projected`, the same logits)."""
         x = windows * self.input_scale
-        return self._attend(self.key[:-1](x), self.query(x[:, -1]), self.value[:-1](x), mask, context)
+        keys, query, values = self.key(x), self.query(x[:, -1]), self.value(x)
+        scores = torch.einsum("btd,bd->bt", keys, query)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        summary = torch.einsum("bt,btd->bd", torch.softmax(scores, dim=1), values)
+        return self.head(torch.cat([summary, (context - self.context_mean) / self.context_std], dim=1))
 
     def project(self, snapshots: torch.Tensor) -> torch.Tensor:
         """(N, input_size) raw tailored snapshots -> (N, 2 * 256): each snapshot through the first
@@ -88,51 +94,82 @@ class SmartFRZPredictor(nn.Module):
         output of any window from these rows. A snapshot stays in the window for ``window`` of them,
         so the policy projects each once instead of at every decision. The query reads only the
         newest snapshot's row, so it needs no rows kept: :meth:`forward_projected` projects that one
-        row, centred on the window's mean snapshot, at the decision."""
-        return snapshots @ self._first_weights()[0].T
+        row, centred on the window's mean snapshot, at the decision (projecting every snapshot
+        through the query too, to centre it from the projections, cost more than it saved)."""
+        return snapshots @ self._folded()["key_value"].T
 
-    def _first_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(key and value weights stacked, query weights) of the first layers, rebuilt only when the
-        weights change."""
-        layers = (self.key[0].weight, self.value[0].weight, self.query[0].weight)
-        version = tuple((w.data_ptr(), w._version) for w in layers)
-        if getattr(self, "_first_cache", (None, None))[0] != version:
-            self._first_cache = (version, (torch.cat(layers[:2]).detach(), layers[2].detach()))
-        return self._first_cache[1]
+    def _folded(self) -> dict[str, torch.Tensor]:
+        """The weights :meth:`forward_projected` multiplies by, with every pair of linear steps that
+        meet without a ReLU between them multiplied out (in float64, then float32), rebuilt only
+        when a weight changes:
 
-    def forward_projected(self, projected: torch.Tensor, mask: torch.Tensor, newest_centred: torch.Tensor,
+        - a key's score is ``q · (W h + b)``, and ``q · b`` is the same for every row of a window,
+          which the softmax ignores, so the key's last layer and the query's last layer fold into
+          one 256 x 256 matrix applied to the query alone (``query_key``);
+        - attention weights sum to 1, so the weighted sum of values is the value's last layer
+          applied once to the weighted sum of its inputs, and that layer, the context's
+          standardisation and the head's first layer fold into one (``head``)."""
+        tensors = [*self.parameters(), *self.buffers()]
+        version = tuple((t.data_ptr(), t._version) for t in tensors)
+        cached = getattr(self, "_folded_cache", None)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        with torch.no_grad():
+            (k1, k2, k3), (q1, q2, q3), (v1, v2, v3), (h1, h2) = (
+                [m for m in mlp if isinstance(m, nn.Linear)] for mlp in (self.key, self.query, self.value, self.head))
+            wide = {n: t.detach().double() for n, t in (("q3w", q3.weight), ("q3b", q3.bias), ("k3w", k3.weight),
+                                                         ("v3w", v3.weight), ("v3b", v3.bias), ("h1w", h1.weight),
+                                                         ("h1b", h1.bias), ("mean", self.context_mean),
+                                                         ("std", self.context_std))}
+            summary_w, context_w = wide["h1w"][:, :v3.out_features], wide["h1w"][:, v3.out_features:]
+            folded = {
+                "key_value": torch.cat([k1.weight, v1.weight]).detach(),
+                "key_value_bias": torch.cat([k1.bias, v1.bias]).detach(),
+                "query_in": q1.weight.detach().T, "query_in_bias": q1.bias.detach(),
+                "query_mid": q2.weight.detach().T, "query_mid_bias": q2.bias.detach(),
+                "query_key": (wide["q3w"].T @ wide["k3w"]).float(),
+                "query_key_bias": (wide["q3b"] @ wide["k3w"]).float(),
+                "key_mid": k2.weight.detach().T, "key_mid_bias": k2.bias.detach(),
+                "value_mid": v2.weight.detach().T, "value_mid_bias": v2.bias.detach(),
+                "head": torch.cat([summary_w @ wide["v3w"], context_w / wide["std"]], dim=1).T.float().contiguous(),
+                "head_bias": (wide["h1b"] + summary_w @ wide["v3b"] - context_w @ (wide["mean"] / wide["std"])).float(),
+                "out": h2.weight.detach().T, "out_bias": h2.bias.detach(),
+            }
+        self._folded_cache = (version, folded)
+        return folded
+
+    def forward_projected(self, projected: torch.Tensor, mask: torch.Tensor | None, newest_centred: torch.Tensor,
                           rms: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Same logits as :meth:`forward` on the windows' features, from their snapshots'
-        :meth:`project` rows: ``projected`` (B, T, 2 * 256) left-padded like :func:`batch_windows`,
-        ``mask`` (B, T), ``newest_centred`` (B, input_size) each window's newest raw snapshot minus
-        the mean of its snapshots, ``rms`` (B,) the newest snapshot's RMS per window (what the
-        features divide by), ``context`` (B, CONTEXT_SIZE)."""
-        real = mask.unsqueeze(-1).to(projected.dtype)
-        mean = (projected * real).sum(dim=1, keepdim=True) / real.sum(dim=1, keepdim=True)
-        scale = (self.input_scale / rms).view(-1, 1)
-        q_weights = self._first_weights()[1]
-        kv_bias = torch.cat([self.key[0].bias, self.value[0].bias])
-        k_in, v_in = (projected - mean).mul_(scale.unsqueeze(-1)).add_(kv_bias).relu_().chunk(2, dim=-1)
-        q_in = torch.relu(newest_centred @ q_weights.T * scale + self.query[0].bias)
-        return self._attend(self.key[2:-1](k_in), self.query[2:](q_in), self.value[2:-1](v_in), mask, context)
+        :meth:`project` rows: ``projected`` (B, T, 2 * 256) left-padded with zero rows like
+        :func:`batch_windows`, ``mask`` (B, T) or None when no window is padded, ``newest_centred``
+        (B, input_size) each window's newest raw snapshot minus the mean of its snapshots, ``rms``
+        (B,) the newest snapshot's RMS per window (what the features divide by), ``context``
+        (B, CONTEXT_SIZE).
 
-    def _attend(self, k_hidden: torch.Tensor, q: torch.Tensor, v_hidden: torch.Tensor, mask: torch.Tensor | None,
-                context: torch.Tensor) -> torch.Tensor:
-        """The newest snapshot's query attends over the window's keys; the summary and the context
-        go through the head.
-
-        Keys and values arrive before their last (linear) layer, ``k_hidden`` and ``v_hidden``
-        (B, T, 256), because that layer need not run on every row: a key's score is ``q · (W h + b)
-        = (Wᵀq) · h + q · b``, and ``q · b`` is the same for every row of a window, which the
-        softmax ignores; attention weights sum to 1, so the weighted sum of values is the last
-        layer applied once to the weighted sum of its inputs. Same logits, a fifth less arithmetic
-        on the rows past their first layer (a decision is a cost SmartFRZ adds to training)."""
-        scores = torch.einsum("btd,bd->bt", k_hidden, q @ self.key[-1].weight)
+        Why it is written this way: a decision is a cost SmartFRZ adds to training, and between
+        training steps each tensor operation costs tens of microseconds whatever its size, so it
+        runs as few as the network allows (:meth:`_folded`): about twenty, each over a whole batch
+        of windows."""
+        f = self._folded()
+        b, t, width = projected.shape
+        hidden = width // 2
+        scale = (self.input_scale / rms).unsqueeze(1)
+        count = t if mask is None else mask.sum(dim=1, keepdim=True).to(projected.dtype)  # padding rows are zero
+        # relu(scale * (row - mean) + bias) = relu(scale * row + (bias - scale * mean)): one pass over the rows
+        shift = torch.addcmul(f["key_value_bias"], projected.sum(dim=1), scale / count, value=-1)
+        rows = torch.addcmul(shift.unsqueeze(1), projected, scale.unsqueeze(2)).relu_().view(b * t, width)
+        keys = torch.addmm(f["key_mid_bias"], rows[:, :hidden], f["key_mid"]).relu_()
+        values = torch.addmm(f["value_mid_bias"], rows[:, hidden:], f["value_mid"]).relu_()
+        query = torch.addmm(f["query_in_bias"], newest_centred * scale, f["query_in"]).relu_()
+        query = torch.addmm(f["query_mid_bias"], query, f["query_mid"]).relu_()
+        query = torch.addmm(f["query_key_bias"], query, f["query_key"])
+        scores = torch.bmm(keys.view(b, t, hidden), query.unsqueeze(2)).squeeze(2)
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        attn = torch.softmax(scores, dim=1)
-        c = (context - self.context_mean) / self.context_std
-        return self.head(torch.cat([self.value[-1](torch.einsum("bt,btd->bd", attn, v_hidden)), c], dim=1))
+            scores.masked_fill_(~mask, float("-inf"))
+        summary = torch.bmm(torch.softmax(scores, dim=1).unsqueeze(1), values.view(b, t, hidden)).squeeze(1)
+        hidden_head = torch.addmm(f["head_bias"], torch.cat([summary, context], dim=1), f["head"]).relu_()
+        return torch.addmm(f["out_bias"], hidden_head, f["out"])
 
 
 def window_features(snapshots: torch.Tensor) -> torch.Tensor:
