@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from frostline.lab.cli import main
+from run_files import last_step
 
 ROOT = Path(__file__).resolve().parents[1]
 # a tiny ViT (no BatchNorm, so per-rank batch statistics play no part) and FreezeOut freezing
@@ -116,8 +117,7 @@ def test_torchrun_resumes_a_killed_run_from_the_checkpoint_rank_0_wrote(runs, tm
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics, deadline = out / "metrics.jsonl", time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        lines = metrics.read_text().splitlines() if metrics.exists() else []
-        if lines and json.loads(lines[-1]).get("step", 0) >= 4:  # past the freeze (and its checkpoint) at step 3
+        if last_step(metrics) >= 4:  # past the freeze (and its checkpoint) at step 3
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from frostline.lab.cli import main
+from run_files import last_step
 
 pytestmark = pytest.mark.integration  # real trainings, killed subprocesses
 
@@ -34,10 +35,8 @@ def _kill_at(out, step, method=FREEZEOUT):
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists():
-            lines = metrics.read_text().splitlines()
-            if lines and json.loads(lines[-1]).get("step", 0) >= step:
-                break
+        if last_step(metrics) >= step:
+            break
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
