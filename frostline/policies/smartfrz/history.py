@@ -75,14 +75,15 @@ class History:
         held = [len(self.snapshots[u]) for u in units]
         longest = max(held)
         projected = _padded([self.projected[u] for u in units], longest)
-        total = _padded([self.snapshots[u] for u in units], longest).sum(dim=1)  # zero rows add nothing
-        newest = torch.stack([self.snapshots[u][-1] for u in units])
-        oldest = torch.stack([self.snapshots[u][0] for u in units])
-        mask = None
+        raw = _padded([self.snapshots[u] for u in units], longest)
+        total, newest = raw.sum(dim=1), raw[:, -1]  # zero rows add nothing
         if min(held) < longest:
-            mask = torch.arange(longest) >= longest - torch.tensor(held).unsqueeze(1)
-            centred = newest - total / torch.tensor(held, dtype=total.dtype).unsqueeze(1)
+            lengths = torch.tensor(held)
+            mask = torch.arange(longest) >= longest - lengths.unsqueeze(1)
+            oldest = raw[torch.arange(len(units)), longest - lengths]
+            centred = newest - total / lengths.unsqueeze(1).to(total.dtype)
         else:
+            mask, oldest = None, raw[:, 0]
             centred = torch.sub(newest, total, alpha=1 / longest)
         ends = torch.linalg.vector_norm(torch.stack([newest - oldest, newest]), dim=2).tolist()
         root = math.sqrt(newest.shape[1])
