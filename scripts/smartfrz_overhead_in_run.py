@@ -10,7 +10,8 @@ the caches), so the two differ, and this one is what a run's ``decision_time_s``
 per kind of call, how many there were and their mean time: the snapshot read (``Tailor``: scattered
 reads of 1,024 weights per unit), keeping it (``History.add``), and the decisions
 (``SmartFRZ.freeze_probabilities``: the predictor's pass, ``forward_projected``, with its inputs,
-``History.inputs``).
+``History.inputs``, which first projects the snapshots new since the last decision,
+``History._catch_up``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from frostline.policies.smartfrz.predictor import SmartFRZPredictor  # noqa: E40
 
 CALLS = ((Tailor, "sample_units", "snapshot read (Tailor.sample_units)"),
          (History, "add", "snapshot kept (History.add)"),
-         (History, "inputs", "decision inputs (History.inputs)"),
+         (History, "_catch_up", "new snapshots projected and measured (History._catch_up)"),
+         (History, "inputs", "decision inputs, projections included (History.inputs)"),
          (SmartFRZPredictor, "forward_projected", "predictor pass (forward_projected)"),
          (SmartFRZ, "freeze_probabilities", "decision, inputs included (freeze_probabilities)"))
 

@@ -71,6 +71,9 @@ class SmartFRZPredictor(nn.Module):
         self.head = _mlp(64 + CONTEXT_SIZE, 32, 2)
         self.register_buffer("context_mean", torch.zeros(CONTEXT_SIZE))
         self.register_buffer("context_std", torch.ones(CONTEXT_SIZE))
+        #: the linear layers of the key, query, value and head, in order (what :meth:`_folded` reads)
+        self._linears = tuple(m for mlp in (self.key, self.query, self.value, self.head) for m in mlp
+                              if isinstance(m, nn.Linear))
 
     def forward(self, windows: torch.Tensor, mask: torch.Tensor | None, context: torch.Tensor) -> torch.Tensor:
         """``windows`` (B, T, input_size) of features, newest snapshot last; ``mask`` (B, T) True
@@ -109,14 +112,14 @@ class SmartFRZPredictor(nn.Module):
         - attention weights sum to 1, so the weighted sum of values is the value's last layer
           applied once to the weighted sum of its inputs, and that layer, the context's
           standardisation and the head's first layer fold into one (``head``)."""
-        tensors = [*self.parameters(), *self.buffers()]
-        version = tuple((t.data_ptr(), t._version) for t in tensors)
+        # read by attribute: walking the module tree at every call cost more than the check itself
+        tensors = [w for m in self._linears for w in (m.weight, m.bias)] + [self.context_mean, self.context_std]
+        version = [(t.data_ptr(), t._version) for t in tensors]
         cached = getattr(self, "_folded_cache", None)
         if cached is not None and cached[0] == version:
             return cached[1]
         with torch.no_grad():
-            (k1, k2, k3), (q1, q2, q3), (v1, v2, v3), (h1, h2) = (
-                [m for m in mlp if isinstance(m, nn.Linear)] for mlp in (self.key, self.query, self.value, self.head))
+            k1, k2, k3, q1, q2, q3, v1, v2, v3, h1, h2 = self._linears
             wide = {n: t.detach().double() for n, t in (("q3w", q3.weight), ("q3b", q3.bias), ("k3w", k3.weight),
                                                          ("v3w", v3.weight), ("v3b", v3.bias), ("h1w", h1.weight),
                                                          ("h1b", h1.bias), ("mean", self.context_mean),
