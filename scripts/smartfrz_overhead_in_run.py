@@ -31,7 +31,7 @@ from frostline.policies.smartfrz.predictor import SmartFRZPredictor  # noqa: E40
 
 CALLS = ((Tailor, "sample_units", "snapshot read (Tailor.sample_units)"),
          (History, "add", "snapshot kept (History.add)"),
-         (History, "_catch_up", "new snapshots projected and measured (History._catch_up)"),
+         (History, "_catch_up", "new snapshots projected (History._catch_up)"),
          (History, "inputs", "decision inputs, projections included (History.inputs)"),
          (SmartFRZPredictor, "forward_projected", "predictor pass (forward_projected)"),
          (SmartFRZ, "freeze_probabilities", "decision, inputs included (freeze_probabilities)"))
