@@ -112,6 +112,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the cadence between, added to the 6-epoch fine-tune after once and four times an epoch there had
     # bracketed the fine-tuning goal (48.7% saved at -0.17 points; 57.5% at -0.39)
     "smartfrz+cache+2stages": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 2},
+    # anneal, then freeze, on the 6-epoch fine-tune, set before any of their runs after twice and four times an
+    # epoch there had saved past 2x but lost 0.37 and 0.39 points: a decided unit's lr falls to zero over 30 steps
+    # before it freezes (the finetune suite's linear cool-down; a sixth of an epoch here, three times AdamW's
+    # first-moment memory), at the predictor's default threshold; both cadences, so neither is picked after the fact
+    "smartfrz+cache+2stages+cooldown30": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 2,
+                                          "cooldown": 30},
+    "smartfrz+cache+4stages+cooldown30": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 4,
+                                          "cooldown": 30},
     # both, at the threshold calibrated on validation runs for that way of deciding (lowest within 0.1
     # validation points: `python scripts/calibrate_threshold.py --stages-per-epoch 4 --cooldown 100
     # --candidates 0.8 0.85 0.9`, table in benchmarks/smartfrz-threshold/calibration-4stages-cooldown100.json)
@@ -306,6 +314,7 @@ SUITES: dict[str, Suite] = {
     "finetune-long": Suite(
         "finetune-long", (), (), 3, ("none", "linear-start0-end0.75+cache", "linear-start0-end0.5+cache",
                                       "smartfrz+cache", "smartfrz+cache+2stages", "smartfrz+cache+4stages",
+                                      "smartfrz+cache+2stages+cooldown30", "smartfrz+cache+4stages+cooldown30",
                                       "autofreeze+cache"),
         {"epochs": FINETUNE_LONG_EPOCHS, **FINETUNE_SETTINGS},
         f"the fine-tune of ImageNet EfficientNet-Lite0 as in the `finetune` suite (12,000 Fashion-MNIST images "
