@@ -116,6 +116,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # epoch there had saved past 2x but lost 0.37 and 0.39 points: a decided unit's lr falls to zero over 30 steps
     # before it freezes (the finetune suite's linear cool-down; a sixth of an epoch here, three times AdamW's
     # first-moment memory), at the predictor's default threshold; both cadences, so neither is picked after the fact
+    # the same 30-step cool-down on the 3-epoch fine-tunes, once an epoch as `smartfrz+cache` there (which froze
+    # every unit below the head of MiniLM at its first decision, -1.07 points), set before any of its runs
+    "smartfrz+cache+cooldown30": {"method": "smartfrz", "cache": "memory", "cooldown": 30},
     "smartfrz+cache+2stages+cooldown30": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 2,
                                           "cooldown": 30},
     "smartfrz+cache+4stages+cooldown30": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 4,
@@ -295,7 +298,7 @@ SUITES: dict[str, Suite] = {
                                "linear-start0-end0.35-level0.9+cache", "linear-start0-end0.4+cache+cooldown30",
                                "linear-start0-end0.001-level0.65+cache", "freezeout+cache", "autofreeze+cache",
                                "autofreeze-p80+cache", "smartfrz", "smartfrz+cache", "smartfrz+auto",
-                               "smartfrz+cache+4stages", "smartfrz+cache+4stages+cooldown"),
+                               "smartfrz+cache+4stages", "smartfrz+cache+4stages+cooldown", "smartfrz+cache+cooldown30"),
         {"epochs": FINETUNE_EPOCHS, **FINETUNE_SETTINGS},
         f"fine-tuning pretrained models, {FINETUNE_EPOCHS} epochs (AdamW, cosine decay), two threads per run and one "
         "run at a time: all-MiniLM-L6-v2 on every fine-food training review (3,600 after the 400-review validation "
