@@ -112,6 +112,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the cadence between, added to the 6-epoch fine-tune after once and four times an epoch there had
     # bracketed the fine-tuning goal (48.7% saved at -0.17 points; 57.5% at -0.39)
     "smartfrz+cache+2stages": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 2},
+    # both, at the threshold calibrated on validation runs for that way of deciding (lowest within 0.1
+    # validation points: `python scripts/calibrate_threshold.py --stages-per-epoch 4 --cooldown 100
+    # --candidates 0.8 0.85 0.9`, table in benchmarks/smartfrz-threshold/calibration-4stages-cooldown100.json)
+    "smartfrz+cache+4stages+cooldown": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 4,
+                                        "cooldown": 100, "freeze_threshold": 0.8},
     # anneal, then freeze, on the 6-epoch fine-tune, set before any of their runs after twice and four times an
     # epoch there had saved past 2x but lost 0.37 and 0.39 points: a decided unit's lr falls to zero over 30 steps
     # before it freezes (the finetune suite's linear cool-down; a sixth of an epoch here, three times AdamW's
@@ -123,11 +128,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the same 30-step cool-down on the 3-epoch fine-tunes, once an epoch as `smartfrz+cache` there (which froze
     # every unit below the head of MiniLM at its first decision, -1.07 points), set before any of its runs
     "smartfrz+cache+cooldown30": {"method": "smartfrz", "cache": "memory", "cooldown": 30},
-    # both, at the threshold calibrated on validation runs for that way of deciding (lowest within 0.1
-    # validation points: `python scripts/calibrate_threshold.py --stages-per-epoch 4 --cooldown 100
-    # --candidates 0.8 0.85 0.9`, table in benchmarks/smartfrz-threshold/calibration-4stages-cooldown100.json)
-    "smartfrz+cache+4stages+cooldown": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 4,
-                                        "cooldown": 100, "freeze_threshold": 0.8},
 }
 
 #: Methods that are adaptive (decide from training signals).
