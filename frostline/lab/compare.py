@@ -126,7 +126,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "smartfrz+cache+4stages+cooldown30": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 4,
                                           "cooldown": 30},
     # the same 30-step cool-down on the 3-epoch fine-tunes, once an epoch as `smartfrz+cache` there (which froze
-    # every unit below the head of MiniLM at its first decision, -1.07 points), set before any of its runs
+    # every unit below the head of MiniLM at its first decision, -1.07 points), set before any of its runs and
+    # after the two above had given EfficientNet-Lite0 no accuracy back: the cool-down measured on MiniLM too
     "smartfrz+cache+cooldown30": {"method": "smartfrz", "cache": "memory", "cooldown": 30},
 }
 
