@@ -386,3 +386,86 @@ def test_the_cache_says_when_it_cannot_serve(tmp_path):
         FrostlineCallback("linear", cache="disk")
     with pytest.raises(ConfigError, match="cache_memory_mb"):
         FrostlineCallback("linear", cache="auto", cache_memory_mb=0)
+
+
+def test_training_data_without_a_length_needs_the_epoch_given_not_made_up(tmp_path):
+    """The Trainer counts no epochs over an iterable dataset (its num_train_epochs is sys.maxsize):
+    a method that counts epochs must be told their length, not handed a one-step epoch."""
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(Reviews().items)
+
+    def trainer(out, frost):
+        t = _trainer(out, [frost])
+        t.train_dataset = Stream()
+        return t
+
+    with pytest.raises(ConfigError, match="no length.*policy_kwargs"):
+        trainer(tmp_path / "a", FrostlineCallback("smartfrz")).train()
+    frost = FrostlineCallback("smartfrz", policy_kwargs={"steps_per_epoch": 4})
+    _train_quietly(trainer(tmp_path / "b", frost))
+    assert frost.freezer.policy.clock.steps_per_epoch == 4
+    frost = FrostlineCallback("linear", policy_kwargs=HALF_EARLY)  # counts the run, not epochs: needs nothing
+    _train_quietly(trainer(tmp_path / "c", frost))
+    assert frost.freezer.frozen
+
+
+def test_a_resume_from_the_trainer_does_not_use_is_said(tmp_path):
+    frost = FrostlineCallback(LinearFreezing(**HALF_EARLY), resume_from=tmp_path / "nowhere")
+    assert any("resume_from" in m and "step 0" in m for m in _train_quietly(_trainer(tmp_path / "r", [frost])))
+
+
+def test_ddp_that_would_wait_for_frozen_units_gradients_is_refused_before_training():
+    """Under DDP without find_unused_parameters, the first freeze would stop training inside DDP."""
+    from frostline.integrations.hf import _check_ddp_lets_units_freeze
+
+    def args(**kw):
+        return transformers.TrainingArguments(output_dir="unused", use_cpu=True, report_to=[], **kw)
+
+    with pytest.raises(ConfigError, match="ddp_find_unused_parameters=True"):
+        _check_ddp_lets_units_freeze(args(ddp_find_unused_parameters=False), _model(), 2)
+    checkpointing = _model()
+    checkpointing.gradient_checkpointing_enable()
+    with pytest.raises(ConfigError, match="gradient checkpointing"):
+        _check_ddp_lets_units_freeze(args(), checkpointing, 2)
+    _check_ddp_lets_units_freeze(args(), _model(), 2)  # the Trainer's default for a transformers model: on
+    _check_ddp_lets_units_freeze(args(ddp_find_unused_parameters=True), checkpointing, 2)
+
+
+DDP_SCRIPT = '''
+import os, sys, json, torch
+sys.path.insert(0, sys.argv[2])
+import test_integration_hf as t
+from frostline.integrations.hf import FrostlineCallback
+frost = FrostlineCallback("autofreeze", policy_kwargs={"intervals": 6})
+trainer = t._trainer(sys.argv[1], [frost])
+trainer.args.ddp_backend, trainer.args.save_strategy = "gloo", "no"
+trainer.train()
+print("RESULT", json.dumps({"rank": int(os.environ["RANK"]), "frozen": [(e.unit, e.step) for e in frost.freezer.timeline],
+      "sum": sum(float(p.detach().double().sum()) for p in trainer.model.parameters())}), flush=True)
+'''
+
+
+def test_under_torchrun_every_process_freezes_what_rank_0_decided(tmp_path):
+    """AutoFreeze reads each process's own gradients: without rank 0's decision for all, the
+    replicas froze different units and their weights drifted apart."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_distributed import free_port
+
+    script = tmp_path / "ddp_autofreeze.py"
+    script.write_text(DDP_SCRIPT)
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(free_port()), str(script), str(tmp_path / "out"),
+                           str(here)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line]
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    assert results[0]["frozen"] and results[0]["frozen"] == results[1]["frozen"]
+    assert results[0]["sum"] == results[1]["sum"]

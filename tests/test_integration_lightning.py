@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 L = pytest.importorskip("lightning.pytorch")
 
-from frostline import FreezeOut, LinearFreezing, Progress  # noqa: E402
+from frostline import ConfigError, FreezeOut, LinearFreezing, Progress  # noqa: E402
 from frostline.integrations.lightning import FrostlineCallback  # noqa: E402
 from frostline.lab.zoo import create_model  # noqa: E402
 
@@ -441,3 +441,23 @@ def test_a_method_by_name_gets_the_trainer_s_steps_per_epoch(synthetic):
     f = cb.freezer
     assert f.policy.name == "smartfrz" and f.policy.clock.steps_per_epoch == 4 and f.step_count == 8
     assert f.frozen and len(f.units) - 1 not in f.frozen
+
+
+@pytest.mark.integration
+def test_training_data_without_a_length_needs_the_epoch_given_not_made_up(synthetic):
+    """Over an iterable without a length the trainer's epochs cannot be counted: a method that
+    counts them is told their length, or says it needs it (it used to count the whole run as one
+    epoch and decide once, at the end)."""
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(DataLoader(synthetic.train, batch_size=BATCH, shuffle=False))
+
+    def fit(cb):
+        trainer([cb], max_epochs=-1, max_steps=16).fit(Net(), DataLoader(Stream(), batch_size=None))
+
+    kwargs = {"threshold": 1e-6, "window": 4, "snapshots_per_epoch": 4}
+    with pytest.raises(ConfigError, match="no length.*policy_kwargs"):
+        fit(FrostlineCallback(policy="smartfrz", policy_kwargs=kwargs))
+    cb = FrostlineCallback(policy="smartfrz", policy_kwargs={**kwargs, "steps_per_epoch": 8})
+    fit(cb)
+    assert cb.freezer.policy.clock.steps_per_epoch == 8 and cb.freezer.frozen

@@ -26,14 +26,15 @@ from typing import Sequence
 
 
 try:
-    from transformers import TrainerCallback
+    from transformers import PreTrainedModel, TrainerCallback
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
         "frostline.integrations.hf needs the Hugging Face transformers and accelerate packages: "
         "pip install 'frostline[hf]'"
     ) from e
 
-from ..errors import CheckpointError, FrostlineError
+from ..errors import CheckpointError, ConfigError, FrostlineError
+from ..exploit.distributed import DecisionSync
 from ..exploit.cache import CachedPrefixModel
 from ..freezer import Freezer
 from ..policies import FreezePolicy, fresh_policy
@@ -107,10 +108,16 @@ class FrostlineCallback(TrainerCallback):
             raise FrostlineError("FrostlineCallback needs the Trainer's model and optimizer at on_train_begin")
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
         loader = kwargs.get("train_dataloader")
-        per_epoch = self._steps_per_epoch(args, state, loader)
+        per_epoch = self._steps_per_epoch(loader, args)
+        processes = int(getattr(args, "world_size", 1) or 1)
+        if processes > 1:
+            _check_ddp_lets_units_freeze(args, model, processes)
         self.freezer = Freezer(
             model, optimizer, fresh_policy(self.policy, self.policy_kwargs, per_epoch), int(state.max_steps),
             units=self.units, granularity=self.granularity, freeze_head=self.freeze_head, cooldown=self.cooldown,
+            # every process decides from its own batches (AutoFreeze's gradients, SmartFRZ's timing): rank 0's
+            # decision must be everyone's, or the replicas freeze different units and drift apart
+            sync=DecisionSync() if processes > 1 else None,
         )
         if self.cache != "off":
             self._route_through_cache(model, args, state, loader, per_epoch)
@@ -118,6 +125,9 @@ class FrostlineCallback(TrainerCallback):
             self.freezer.attach_scheduler(lr_scheduler)
         if state.global_step > 0:
             self._resume(args, state)
+        elif self.resume_from is not None:
+            warnings.warn(f"frostline: resume_from={str(self.resume_from)!r} is not used: the Trainer starts from step 0 (pass "
+                          "resume_from_checkpoint to trainer.train() to resume)", stacklevel=2)
 
     def on_step_end(self, args, state, control, **kwargs):
         freezer = self._require_freezer()
@@ -154,14 +164,15 @@ class FrostlineCallback(TrainerCallback):
 
     # -- helpers -------------------------------------------------------------------------
     @staticmethod
-    def _steps_per_epoch(args, state, loader) -> int:
-        """The Trainer's optimizer steps per epoch."""
+    def _steps_per_epoch(loader, args) -> int | None:
+        """The Trainer's optimizer steps per epoch; None for training data without a length (the
+        Trainer itself then counts no epochs: its ``num_train_epochs`` is ``sys.maxsize``)."""
         try:
             return math.ceil(len(loader) / max(1, args.gradient_accumulation_steps))
         except TypeError:  # no loader, or an iterable one without a length
-            return math.ceil(state.max_steps / max(1.0, float(state.num_train_epochs or 1)))
+            return None
 
-    def _route_through_cache(self, model, args, state, loader, per_epoch: int) -> None:
+    def _route_through_cache(self, model, args, state, loader, per_epoch: int | None) -> None:
         """Install the activation cache on the model's forward, or say why it cannot be."""
         why = None
         if getattr(args, "world_size", 1) > 1:
@@ -173,7 +184,9 @@ class FrostlineCallback(TrainerCallback):
         try:
             num_samples = len(loader.dataset)
         except (AttributeError, TypeError):
-            num_samples, why = 0, why or "the training set's length is unknown (an iterable dataset)"
+            num_samples = 0
+        if not num_samples or per_epoch is None:
+            why = why or "the training set's length is unknown (an iterable dataset)"
         if why:
             cannot_cache(self.cache, why)
             return
@@ -201,3 +214,22 @@ class FrostlineCallback(TrainerCallback):
                 f"{path} is from step {saved.get('step')}, the Trainer resumed at step {state.global_step}: "
                 "point resume_from at the matching checkpoint")
         self.freezer.load_state_dict(saved)
+
+
+def _check_ddp_lets_units_freeze(args, model, processes: int) -> None:
+    """The Trainer's DDP wrapper waits for a gradient of every parameter it was built with unless
+    ``find_unused_parameters`` is on, so the first freeze would stop training inside DDP; say so
+    before training. The flag as the Trainer resolves it: ``ddp_find_unused_parameters``, else off
+    for a transformers model that checkpoints its activations, else on."""
+    flag = getattr(args, "ddp_find_unused_parameters", None)
+    if flag is None:
+        checkpointing = any(getattr(model, name, False) is True for name in
+                            ("is_gradient_checkpointing", "is_activation_checkpointing")) or any(
+            getattr(args, name, False) is True for name in ("gradient_checkpointing", "activation_checkpointing"))
+        flag = not (isinstance(model, PreTrainedModel) and checkpointing)
+    if not flag:
+        raise ConfigError(
+            f"training runs in {processes} processes with find_unused_parameters off in DDP (ddp_find_unused_parameters"
+            f"={getattr(args, 'ddp_find_unused_parameters', None)}; the Trainer turns it off for gradient checkpointing): "
+            "after the first freeze DDP would wait for the frozen units' gradients and stop; pass "
+            "TrainingArguments(ddp_find_unused_parameters=True)")

@@ -167,7 +167,7 @@ class FrostlineCallback(_pl.Callback):
                 f"(estimated_stepping_batches is {total_steps})")
         total_steps = int(total_steps)
         self._last_global_step = trainer.global_step
-        per_epoch = self._steps_per_epoch(trainer, total_steps)
+        per_epoch = self._steps_per_epoch(trainer)
         policy = fresh_policy(self.policy, self.policy_kwargs, per_epoch)
         self._cache, self._cache_plan, self._calls_before = None, None, None
         if self.cache != "off":
@@ -205,13 +205,14 @@ class FrostlineCallback(_pl.Callback):
             self._started()
 
     @staticmethod
-    def _steps_per_epoch(trainer, total_steps: int) -> int:
+    def _steps_per_epoch(trainer) -> int | None:
         """The trainer's optimizer steps per epoch (a fresh policy is built with them at every fit:
-        a policy's history must not leak from one fit into the next)."""
+        a policy's history must not leak from one fit into the next); None for training data
+        without a length, whose epochs no one can count."""
         batches = trainer.num_training_batches
         if isinstance(batches, (int, float)) and math.isfinite(batches) and batches > 0:
             return math.ceil(batches / max(1, trainer.accumulate_grad_batches))
-        return math.ceil(total_steps / max(1, trainer.max_epochs or 1))  # an iterable without a length
+        return None
 
     def _started(self) -> None:
         self.freezer.step_count = self._start_step
@@ -225,7 +226,7 @@ class FrostlineCallback(_pl.Callback):
         built yet, or refused)."""
         return self._cache.cached if self._cache is not None else None
 
-    def _plan_cache(self, trainer, per_epoch: int, total_steps: int) -> tuple[int, int, int] | None:
+    def _plan_cache(self, trainer, per_epoch: int | None, total_steps: int) -> tuple[int, int, int] | None:
         """What the cache needs to know of the run, or None (said) when it cannot serve it."""
         why = None
         if trainer.world_size > 1:
@@ -237,6 +238,8 @@ class FrostlineCallback(_pl.Callback):
         except (AttributeError, TypeError):
             num_samples, why = 0, why or ("the training data is not one DataLoader over a dataset of known length "
                                           f"(got {type(loader).__name__})")
+        if per_epoch is None:
+            why = why or "the training data has no length, so the steps of an epoch are unknown"
         if why:
             cannot_cache(self.cache, why)
             return None

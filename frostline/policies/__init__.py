@@ -39,13 +39,23 @@ def as_policy(policy, runtime: dict | None = None, **kwargs) -> FreezePolicy:
 TRIAL_RUNTIME = {"steps_per_epoch": 10**9, "seed": 0}
 
 
-def fresh_policy(policy, policy_kwargs: dict, steps_per_epoch: int) -> FreezePolicy:
+def fresh_policy(policy, policy_kwargs: dict, steps_per_epoch: int | None) -> FreezePolicy:
     """The policy for one run of a framework callback: a copy of a given object (a policy's history
     must not leak from one run into the next), or one built from its name with ``policy_kwargs``
-    and the trainer's optimizer steps per epoch (for the methods that count epochs)."""
+    and the trainer's optimizer steps per epoch (for the methods that count epochs; None when the
+    training data has no length: such a method then needs its cadence in ``policy_kwargs``, rather
+    than an epoch made up from the run's length)."""
     if not isinstance(policy, str):
         return copy.deepcopy(policy)
-    return as_policy(policy, runtime={"steps_per_epoch": max(1, int(steps_per_epoch))}, **policy_kwargs)
+    if steps_per_epoch is not None:
+        return as_policy(policy, runtime={"steps_per_epoch": max(1, int(steps_per_epoch))}, **policy_kwargs)
+    try:
+        return as_policy(policy, **policy_kwargs)
+    except ConfigError as e:
+        if "steps_per_epoch" not in policy_spec(policy).runtime:
+            raise
+        raise ConfigError(f"the training data has no length, so the optimizer steps of an epoch are unknown and "
+                          f"{policy!r} cannot count epochs: give them in policy_kwargs ({e})") from None
 
 
 def policy_class(policy) -> type:
