@@ -1,6 +1,7 @@
-"""Errors for bad input, and the one integer check that raises them. Each message says what to do
-about it; the CLI prints it and exits 2."""
+"""Errors for bad input, and the small checks (integer, number, flag, names) that raise them. Each
+message says what to do about it; the CLI prints it and exits 2."""
 
+import math
 import numbers
 
 
@@ -44,6 +45,42 @@ def check_int(value, what: str, *, low: int, high: int | None = None, allow_none
     if value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"between {low} and {high}"
         raise ConfigError(f"{what} must be {bound}, got {value}")
+    return value
+
+
+def check_float(value, what: str, interval: str = "(-inf, inf)", *, note: str = "", allow_none: bool = False) -> float | None:
+    """``value`` as a ``float`` if it is a finite real number in ``interval`` (written as in maths:
+    ``"[0, 1)"``, ``"(0, inf)"``), else a :class:`ConfigError` naming ``what``; ``note`` says what the
+    number means. Like :func:`check_int`: ``True`` is not a number here; ints and numpy numbers are."""
+    if value is None and allow_none:
+        return None
+    about = f" ({note})" if note else ""
+    where = f" in {interval}" if interval != "(-inf, inf)" else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{what} must be a number{where}{about}, got {value!r}")
+    lo, hi = (float(x) for x in interval[1:-1].split(","))
+    x = float(value)
+    above = lo < x if interval[0] == "(" else lo <= x
+    below = x < hi if interval[-1] == ")" else x <= hi
+    if not (math.isfinite(x) and above and below):
+        raise ConfigError(f"{what} must be {f'in {interval}' if where else 'a finite number'}{about}, got {value}")
+    return x
+
+
+def check_bool(value, what: str) -> bool:
+    """``value`` if it is ``True`` or ``False``, else a :class:`ConfigError` naming ``what`` (a string
+    such as ``"no"`` is truthy: never read it as a flag)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be True or False, got {value!r}")
+    return value
+
+
+def check_names(value, what: str):
+    """``value`` unless it is a single string where a list of module names belongs (it would be read
+    letter by letter); then a :class:`ConfigError` naming ``what``."""
+    if isinstance(value, (str, bytes)):
+        raise ConfigError(f"{what} must be a list of module names in the order they run (e.g. "
+                          f"['bert.embeddings', 'bert.encoder.layer.0', ..., 'classifier']), not the string {value!r}")
     return value
 
 

@@ -63,3 +63,37 @@ def test_frozen_layers_leave_optimizer_with_state_and_repeat_is_safe(batch):
 def test_bad_arguments(kw):
     with pytest.raises(ConfigError):
         freeze_layers(_model(), [], 0.5, **kw)
+
+
+@pytest.mark.parametrize("d", [math.nan, math.inf, -math.inf, "0.5", None])
+def test_a_duration_that_is_not_a_finite_number_is_a_config_error(d):
+    model = _model()
+    with pytest.raises(ConfigError, match="current_duration"):
+        freeze_layers(model, [], d)
+    assert all(p.requires_grad for p in model.parameters())  # nothing frozen on the way
+
+
+@pytest.mark.parametrize("kw", [{"freeze_start": "0.5"}, {"freeze_level": None}, {"freeze_start": True}])
+def test_settings_of_the_wrong_kind_are_config_errors(kw):
+    with pytest.raises(ConfigError, match=next(iter(kw))):
+        freeze_layers(_model(), [], 0.5, **kw)
+
+
+def test_a_model_without_parameters_has_depth_zero_as_in_composer():
+    assert freeze_layers(nn.Sequential(nn.ReLU()), [], 0.75, 0.5, 1.0) == (0, 0.5)
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"policy_kwargs": {"freeze_start": "0.2"}}, "freeze_start"), ({"policy_kwargs": {"freeze_start": None}}, "freeze_start"),
+    ({"policy": "freezeout", "policy_kwargs": {"scale_lr": "no"}}, "scale_lr"),
+    ({"freeze_head": "yes"}, "freeze_head"), ({"units": "bert.encoder"}, "list of module names"),
+])
+def test_callback_options_of_the_wrong_kind_are_config_errors(options, needle):
+    from frostline.integrations.callback_options import checked_options
+
+    options = {"policy": "linear", "policy_kwargs": None, "cooldown": 0, "cache": "off", "cache_memory_mb": 4096,
+               **options}
+    with pytest.raises(ConfigError, match=needle):
+        checked_options(options.pop("policy"), options.pop("policy_kwargs"), **options)
+    assert checked_options("linear", {"freeze_start": 0}, 0, "off", 4096, units=["a", "b"], freeze_head=True)[1] == {
+        "freeze_start": 0}

@@ -54,3 +54,39 @@ def test_linear_policy_with_an_early_end_has_frozen_all_but_the_head_by_then():
 def test_bad_policy_arguments(name, kw):
     with pytest.raises(ConfigError):
         create_policy(name, **kw)
+
+
+# -- every numeric or flag hyperparameter of a built-in policy: one ConfigError, never a TypeError or a misread value
+_STAGED = {"steps_per_epoch": 10}  # the runtime argument cka-oracle and smartfrz need
+
+
+@pytest.mark.parametrize("name,field,value", [
+    *[("linear", f, v) for f in ("freeze_start", "freeze_level", "freeze_end") for v in ("0.5", None, True, math.nan)],
+    ("linear", "freeze_level", math.inf),
+    *[("freezeout", "t_0", v) for v in ("0.8", None, False, math.nan)],
+    *[("freezeout", "scale_lr", v) for v in ("no", 0, None)],
+    ("freezeout", "schedule", ["cubic"]), ("freezeout", "schedule", "cosine"),
+    *[("autofreeze", "percentile", v) for v in ("50", True, math.inf)],
+    *[("cka-oracle", f, v) for f in ("tolerance", "floor") for v in ("0.1", None, True, math.nan, math.inf)],
+    *[("cka-oracle", "prefix_only", v) for v in ("yes", 1)],
+    *[("smartfrz", "threshold", v) for v in ("0.5", True, math.nan)],
+    ("smartfrz", "prefix_only", "no"), ("smartfrz", "seed", "3"), ("smartfrz", "seed", True), ("smartfrz", "predictor", 5),
+])
+def test_a_hyperparameter_of_the_wrong_kind_is_one_config_error_naming_it(name, field, value):
+    runtime = _STAGED if name in ("cka-oracle", "smartfrz") else {}
+    with pytest.raises(ConfigError) as e:
+        create_policy(name, **runtime, **{field: value})
+    assert (field if field not in ("tolerance", "floor") else "cka_" + field) in str(e.value)
+    if field == "schedule":
+        assert "linear" in str(e.value) and "cubic" in str(e.value)  # the choices
+
+
+def test_ints_and_numpy_numbers_still_pass_for_float_hyperparameters():
+    import numpy as np
+
+    assert LinearFreezing(freeze_start=0, freeze_level=1, freeze_end=1).config() == {
+        "freeze_start": 0.0, "freeze_level": 1.0, "freeze_end": 1.0}
+    assert FreezeOut(t_0=0, scale_lr=False).config() == {"t_0": 0.0, "schedule": "cubic", "scale_lr": False}
+    assert create_policy("autofreeze", percentile=np.float64(50)).percentile == 50.0
+    oracle = create_policy("cka-oracle", steps_per_epoch=10, tolerance=0, floor=1, prefix_only=True)
+    assert (oracle.tolerance, oracle.floor, oracle.prefix_only) == (0.0, 1.0, True)

@@ -3,8 +3,10 @@
 Same semantics as ``composer.algorithms.layer_freezing.freeze_layers``: layers are the leaf
 modules that own parameters, depth-first in registration order; the last one is never frozen;
 ``freeze_depth = floor(f * (N - 1))`` with ``f = freeze_level * (d - freeze_start) / (1 -
-freeze_start)`` once ``d > freeze_start``; freezing is cumulative and calling again is safe.
-The difference: frozen parameters leave the optimizer *with their state*, so
+freeze_start)`` once ``d > freeze_start``; freezing is cumulative and calling again is safe; a
+model without parameters has depth 0, as ``int(f * len(layers[:-1]))`` gives in Composer.
+The differences: a NaN or infinite ``current_duration`` is a :class:`~frostline.errors.ConfigError`
+(Composer fails converting it to a depth), and frozen parameters leave the optimizer *with their state*, so
 ``optimizer.state_dict()`` keeps working (Composer's leaves the state behind and raises KeyError).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import check_float
 from ..freezer.param_groups import remove_params
 from ..policies.linear.linear import check_linear_args, linear_freeze_depth, linear_freeze_fraction
 
@@ -38,12 +41,13 @@ def freeze_layers(
     """Freeze the first ``freeze_depth`` layers for training progress ``current_duration`` in
     [0, 1]. Returns ``(freeze_depth, freeze_percentage)`` as Composer does."""
     check_linear_args(freeze_start, freeze_level)
+    current_duration = check_float(current_duration, "current_duration", note="fraction of training done")
     if isinstance(optimizers, torch.optim.Optimizer):
         optimizers = [optimizers]
     optimizers = list(optimizers or [])
     layers = _leaf_layers(model)
-    freeze_percentage = linear_freeze_fraction(float(current_duration), freeze_start, freeze_level)
-    freeze_depth = linear_freeze_depth(freeze_percentage, len(layers))
+    freeze_percentage = linear_freeze_fraction(current_duration, freeze_start, freeze_level)
+    freeze_depth = linear_freeze_depth(freeze_percentage, max(len(layers), 1))  # no layers: depth 0
     for layer in layers[:-1][:freeze_depth]:
         params = list(layer.parameters())
         remove_params(optimizers, params)

@@ -107,7 +107,8 @@ class FrostlineCallback(_pl.Callback):
     ):
         super().__init__()
         self.policy, self.policy_kwargs, self.cooldown = checked_options(policy, policy_kwargs, cooldown, cache,
-                                                                         cache_memory_mb)
+                                                                         cache_memory_mb, units=units,
+                                                                         freeze_head=freeze_head)
         self.units = units
         self.granularity = granularity
         self.freeze_head = freeze_head

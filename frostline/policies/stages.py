@@ -13,7 +13,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from typing import Any
 
-from ..errors import CheckpointError, ConfigError, check_int
+from ..errors import CheckpointError, ConfigError, check_bool, check_int
 from .base import FreezePolicy, Progress
 
 
@@ -91,7 +91,7 @@ class StagedPolicy(FreezePolicy):
                  prefix_only: bool):
         super().__init__()
         self.clock = StageClock(stages_per_epoch, steps_per_epoch, stage_steps)
-        self.prefix_only = bool(prefix_only)
+        self.prefix_only = check_bool(prefix_only, "prefix_only")
 
     def _reset(self) -> None:
         self.frozen: set[int] = set()

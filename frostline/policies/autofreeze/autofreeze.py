@@ -47,7 +47,7 @@ import math
 import warnings
 from typing import Any, Sequence
 
-from ...errors import CheckpointError, ConfigError, check_int
+from ...errors import CheckpointError, check_float, check_int
 from ..base import FreezePolicy, Progress
 from ..registry import Hyperparameter, register_policy
 
@@ -57,8 +57,7 @@ SIGNAL = "grad_sum_l1"
 
 def check_autofreeze_args(percentile: float, intervals: int, interval_steps: int | None) -> None:
     """Checks AutoFreeze's settings."""
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not (0.0 < percentile <= 100.0):
-        raise ConfigError(f"percentile must be in (0, 100], got {percentile!r}")
+    check_float(percentile, "percentile", "(0, 100]")
     check_int(intervals, "intervals", low=1)
     if interval_steps is not None:
         check_int(interval_steps, "interval_steps", low=1)

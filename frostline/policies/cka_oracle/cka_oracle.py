@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from ...errors import ConfigError, check_int
+from ...errors import check_float, check_int
 from ..base import Progress
 from ..stages import StagedPolicy
 from ..registry import Hyperparameter, register_policy
@@ -51,10 +51,8 @@ MIN_HEADROOM = 1e-6
 
 def check_rule(window, tolerance, floor) -> None:
     check_int(window, "the CKA window (stages; stability needs two values)", low=2)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
-        raise ConfigError(f"cka_tolerance must be >= 0, got {tolerance!r}")
-    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not (0.0 < floor <= 1.0):
-        raise ConfigError(f"cka_floor must be in (0, 1], got {floor!r}")
+    check_float(tolerance, "cka_tolerance", "[0, inf)", note="spread of the normalised CKA over the window")
+    check_float(floor, "cka_floor", "(0, 1]", note="normalised CKA every unit must reach")
 
 
 def normalised_cka(values: Sequence[float], initial: float | None) -> list[float]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from ...errors import ConfigError
+from ...errors import ConfigError, check_bool, check_float
 from ..base import FreezePolicy, Progress
 from ..registry import Hyperparameter, register_policy
 
@@ -29,9 +29,8 @@ def freezeout_times(num_units: int, t_0: float = 0.8, schedule: str = "cubic") -
 
 
 def check_freezeout_args(t_0: float, schedule: str) -> None:
-    if not (0.0 <= t_0 < 1.0):
-        raise ConfigError(f"t_0 must be in [0, 1) (fraction of training), got {t_0}")
-    if schedule not in SCHEDULES:
+    check_float(t_0, "t_0", "[0, 1)", note="fraction of training")
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
         raise ConfigError(f"unknown FreezeOut schedule {schedule!r}; use one of {list(SCHEDULES)}")
 
 
@@ -53,7 +52,7 @@ class FreezeOut(FreezePolicy):
         check_freezeout_args(t_0, schedule)
         self.t_0 = float(t_0)
         self.schedule = schedule
-        self.scale_lr = bool(scale_lr)
+        self.scale_lr = check_bool(scale_lr, "scale_lr")
         self.times: list[float] = []
 
     def bind(self, unit_names):

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import math
 
-from ...errors import ConfigError
+from ...errors import ConfigError, check_float
 from ..base import FreezePolicy, Progress
 from ..registry import Hyperparameter, register_policy
 
 
 def check_linear_args(freeze_start: float, freeze_level: float, freeze_end: float = 1.0) -> None:
-    if not (0.0 <= freeze_start < 1.0):
-        raise ConfigError(f"freeze_start must be in [0, 1) (fraction of training), got {freeze_start}")
-    if not (0.0 <= freeze_level <= 1.0):
-        raise ConfigError(f"freeze_level must be in [0, 1] (fraction of layers), got {freeze_level}")
-    if not (freeze_start < freeze_end <= 1.0):
+    freeze_start = check_float(freeze_start, "freeze_start", "[0, 1)", note="fraction of training")
+    check_float(freeze_level, "freeze_level", "[0, 1]", note="fraction of layers")
+    freeze_end = check_float(freeze_end, "freeze_end", "(0, 1]", note="fraction of training")
+    if not freeze_start < freeze_end:
         raise ConfigError(f"freeze_end must be after freeze_start ({freeze_start}) and at most 1 "
                           f"(fraction of training), got {freeze_end}")
 

@@ -24,11 +24,12 @@ names a file from ``frostline predictor train`` (or is a :class:`SmartFRZPredict
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 
-from ...errors import ConfigError, check_int
+from ...errors import ConfigError, check_float, check_int
 from .history import History
 from .predictor import SmartFRZPredictor, load_predictor
 from ..base import Progress
@@ -67,8 +68,14 @@ class SmartFRZ(StagedPolicy):
                  snapshot_steps: int | None = None, prefix_only: bool = False, seed: int = 0):
         window = check_int(window, "the SmartFRZ history window (at least two snapshots: a trajectory)", low=2)
         tailor_size = check_int(tailor_size, "tailor size", low=1)
+        threshold = check_float(threshold, "the SmartFRZ freeze threshold", "(0, 1)", note="a probability",
+                                allow_none=True)
+        seed = check_int(seed, "seed", low=-2**63)
+        if predictor is not None and not isinstance(predictor, (str, os.PathLike, SmartFRZPredictor)):
+            raise ConfigError(f"predictor must be a file from `frostline predictor train` (a path), a SmartFRZPredictor "
+                              f"or None (the shipped one), got {type(predictor).__name__}")
         super().__init__(stages_per_epoch, steps_per_epoch, stage_steps, prefix_only)
-        self.window, self.tailor_size, self.seed = window, tailor_size, int(seed)
+        self.window, self.tailor_size, self.seed = window, tailor_size, seed
         self.snapshots = StageClock(snapshots_per_epoch, steps_per_epoch, snapshot_steps,
                                     per_epoch_name="snapshots_per_epoch", every_name="snapshot_steps")
         self.judged_from = snapshots_judged_from(window, snapshots_per_epoch, steps_per_epoch)
@@ -76,9 +83,6 @@ class SmartFRZ(StagedPolicy):
             self.predictor, self.predictor_meta = predictor.eval(), {"path": None, "sha256": None}
         else:
             self.predictor, self.predictor_meta = load_predictor(predictor)
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                      or not 0.0 < threshold < 1.0):
-            raise ConfigError(f"the SmartFRZ freeze threshold is a probability in (0, 1), got {threshold!r}")
         self.threshold = float(self.predictor.threshold if threshold is None else threshold)
         if self.predictor.input_size != tailor_size:
             raise ConfigError(f"the predictor reads {self.predictor.input_size} tailored weights per snapshot, "
