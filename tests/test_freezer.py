@@ -477,3 +477,115 @@ def test_stepping_past_total_steps_is_said_once():
             freezer.step()
     said = [str(w.message) for w in caught if "more than the total_steps=3" in str(w.message)]
     assert len(said) == 1
+
+
+def _tiny_model_and_groups(n_groups):
+    """A 3-unit chain whose parameters are dealt round-robin into ``n_groups`` param groups, so
+    every group spans several units (weights / biases for 2 groups)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    params = list(model.parameters())
+    return model, [{"params": params[i::n_groups], "weight_decay": 0.01 * i} for i in range(n_groups)]
+
+
+def _unit_scales(freezer):
+    """The scale the Freezer applies to each unit now: the cool-down ramp, or the policy's."""
+    from frostline.freezer.cooldown import cooldown_scale
+    if not freezer.cooldown:
+        return freezer.policy.lr_scales(freezer.progress)
+    scales = [0.0 if i in freezer.frozen else 1.0 for i in range(len(freezer.units))]
+    for i, c in freezer.cooling.items():
+        scales[i] = cooldown_scale(freezer.step_count - c.decided_step, freezer.cooldown)
+    return scales
+
+
+def _one_cycle(three_phase=False, chained=False):
+    def make(optimizer):
+        sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=12, three_phase=three_phase)
+        return torch.optim.lr_scheduler.ChainedScheduler([sched], optimizer) if chained else sched
+    return make
+
+
+@pytest.mark.parametrize("n_groups, make_sched, policy, cooldown", [
+    pytest.param(2, _one_cycle(), lambda: FreezeOut(t_0=0.5), 0, id="freezeout-2-groups-2-phases"),
+    pytest.param(2, _one_cycle(), lambda: LinearFreezing(freeze_start=0.2), 2, id="cooldown-2-groups-2-phases"),
+    pytest.param(3, _one_cycle(three_phase=True), lambda: FreezeOut(t_0=0.5), 0, id="freezeout-3-groups-3-phases"),
+    pytest.param(2, _one_cycle(chained=True), lambda: FreezeOut(t_0=0.5), 0, id="chained-freezeout-2-groups"),
+])
+def test_one_cycle_with_as_many_param_groups_as_phases_runs_its_schedule_per_unit(n_groups, make_sched, policy, cooldown):
+    """OneCycleLR's ``_schedule_phases`` is a list as long as the param-group count here, but not
+    per group: expanding it to the per-unit layout made phases share end steps (ZeroDivisionError at
+    the last step). Every unit's lr is OneCycle's lr for its original group times its unit's scale."""
+    total = 12
+    model, groups = _tiny_model_and_groups(n_groups)
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    sched = make_sched(optimizer)  # before the Freezer, as documented
+    _, ref_groups = _tiny_model_and_groups(n_groups)
+    ref = make_sched(torch.optim.AdamW(ref_groups, lr=1e-3))  # the same schedule without frostline
+    freezer = Freezer(model, optimizer, policy(), total, cooldown=cooldown, example_input=torch.randn(1, 4))
+    freezer.attach_scheduler(sched)
+    assert len(optimizer.param_groups) > n_groups  # split per unit
+    scaled = False
+    for _ in range(total):
+        loss = model(torch.randn(8, 4)).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        ref.optimizer.step()  # no gradients: only says it stepped
+        sched.step()
+        ref.step()
+        freezer.step()
+        ref_lrs, scales = ref.get_last_lr(), _unit_scales(freezer)
+        for g in optimizer.param_groups:
+            o = g["frostline_group"]
+            assert g["frostline_base_lr"] == pytest.approx(ref_lrs[o], rel=1e-6)
+            assert g["lr"] == pytest.approx(ref_lrs[o] * scales[g["frostline_unit"]], rel=1e-6, abs=1e-12)
+            assert g["betas"][0] == pytest.approx(ref.optimizer.param_groups[o]["betas"][0], rel=1e-6)
+        scaled = scaled or any(s not in (0.0, 1.0) for s in scales)
+    assert scaled  # the units' scales were exercised, not only 1 and 0
+    assert freezer.frozen
+
+
+def test_a_one_cycle_state_folds_back_with_all_its_phases():
+    """Folding a split scheduler state back to the original layout must keep OneCycleLR's phases,
+    even when there are as many split groups as phases (1 group split into 3 units, 3 phases)."""
+    from frostline.integrations.layout import scheduler_state_in_original_layout
+    model, groups = _tiny_model_and_groups(1)
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=12, three_phase=True)
+    freezer = Freezer(model, optimizer, FreezeOut(t_0=0.5), 12, example_input=torch.randn(1, 4))
+    freezer.attach_scheduler(sched)
+    assert len(optimizer.param_groups) == 3
+    state = sched.state_dict()
+    folded = scheduler_state_in_original_layout(freezer, state)
+    assert folded["_schedule_phases"] == state["_schedule_phases"] and len(folded["_schedule_phases"]) == 3
+    assert len(folded["base_lrs"]) == len(folded["_last_lr"]) == 1
+
+
+def _tiny_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+@pytest.mark.parametrize("index", [3, 7, -1, "0", 1.0, True])
+def test_freezing_a_unit_that_does_not_exist_is_a_config_error_that_freezes_nothing(index):
+    model = _tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    freezer = Freezer(model, optimizer, NoFreezing(), 10, example_input=torch.randn(2, 8))
+    with pytest.raises(ConfigError, match=r"3 units, numbered 0 to 2: \['0', '2', '4'\]"):
+        freezer.freeze(index)
+    assert freezer.frozen == set() and not freezer.timeline and all(p.requires_grad for p in model.parameters())
+    freezer.freeze(2)  # the head, by its real index
+    assert freezer.frozen == {2} and freezer.frozen_at()["4"] == 0.0
+
+
+def test_a_missing_optimizer_or_no_units_is_a_config_error_at_construction():
+    model = _tiny_mlp()
+    with pytest.raises(ConfigError, match="needs the optimizer that trains the model, got None"):
+        Freezer(model, None, "linear", 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match="units=\\[\\] names no unit"):
+        Freezer(model, optimizer, "linear", 10, units=[])
+    assert len(optimizer.param_groups[0]["params"]) == 6  # nothing was split or hooked
+    freezer = Freezer(model, optimizer, "linear", 10, units=iter(["0", "2", "4"]))  # any iterable of names
+    assert freezer.unit_names == ["0", "2", "4"]

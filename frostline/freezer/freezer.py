@@ -14,6 +14,7 @@ Plain PyTorch use is two lines::
 
 from __future__ import annotations
 
+import numbers
 import time
 import warnings
 from dataclasses import dataclass, asdict
@@ -22,7 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, FrostlineError, ModelError, check_int
+from ..errors import CheckpointError, ConfigError, FrostlineError, ModelError, check_bool, check_int, check_names
 from ..policies import as_policy
 from ..policies.base import FreezePolicy, Progress
 from ..signals import STANDARD as STANDARD_COLLECTORS
@@ -39,6 +40,14 @@ EPOCHS_IF_UNKNOWN = 10
 STATE_VERSION = 3
 #: Versions :meth:`Freezer.load_state_dict` still reads (1: no original optimizer layout; 2: no cool-down).
 READABLE_VERSIONS = (1, 2, 3)
+#: Keys every readable state has (``cooldown``, ``cooling``, ``signals``, ``pinned_outside``,
+#: ``decision_time_s`` and ``original_param_groups`` are absent from older versions' states).
+STATE_KEYS = ("total_steps", "units", "unit_names", "frozen", "step", "policy", "timeline", "param_groups")
+
+
+def _few(names: list[str]) -> str:
+    """A unit list short enough for a message."""
+    return str(names) if len(names) <= 8 else f"{names[:4]} ... {names[-2:]} ({len(names)} units)"
 
 
 @dataclass
@@ -95,6 +104,16 @@ class Freezer:
         signals: dict[str, Any] | None = None,
         cooldown: int = 0,
     ):
+        if not hasattr(optimizer, "param_groups"):
+            raise ConfigError(f"Freezer needs the optimizer that trains the model, got {optimizer!r}: build it first "
+                              "(e.g. torch.optim.AdamW(model.parameters(), lr=...)) and pass it; freezing takes "
+                              "frozen parameters out of it")
+        freeze_head = check_bool(freeze_head, "freeze_head")
+        if units is not None:
+            units = list(check_names(units, "units"))
+            if not units:
+                raise ConfigError("units=[] names no unit to freeze: pass the module names (in the order they run), "
+                                  "or leave units out to find them from the first forward pass")
         check_int(total_steps, "total_steps", low=1)
         # a method name is built with its defaults; a bad one fails here
         policy = as_policy(policy, runtime={"steps_per_epoch": -(-total_steps // EPOCHS_IF_UNKNOWN)})
@@ -372,7 +391,12 @@ class Freezer:
     def freeze(self, index: int, signal: dict[str, Any] | None = None) -> None:
         """Freeze unit ``index`` now: no gradients, out of the optimizer, pinned to eval mode.
         A unit still cooling down freezes at once (its decision step and signal are kept)."""
-        unit = self._require_units()[index]
+        units = self._require_units()
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < len(units):
+            raise ConfigError(f"no unit {index!r} to freeze: the model has {len(units)} units, numbered 0 to "
+                              f"{len(units) - 1}: {_few([u.name for u in units])}")
+        index = int(index)
+        unit = units[index]
         if index in self.frozen:
             return
         decided = self.cooling.pop(index, Cooling(self.step_count, signal))
@@ -492,37 +516,23 @@ class Freezer:
         """Restore units, frozen set, policy and param-group layout. Call this *before*
         ``optimizer.load_state_dict`` so the optimizer's groups match the saved ones, or *after*
         loading a state converted by :mod:`frostline.integrations.layout` (original layout): the
-        per-parameter state just loaded is kept, and attached schedulers are expanded."""
-        if not isinstance(state, dict) or state.get("version") not in READABLE_VERSIONS:
-            raise CheckpointError("not a frostline Freezer state (or from an incompatible version)")
-        if state["total_steps"] != self.total_steps:
-            raise CheckpointError(
-                f"saved run had total_steps={state['total_steps']}, this one {self.total_steps}: "
-                "resume with the same epochs, batch size and data"
-            )
-        saved_cooldown = state.get("cooldown", 0)  # states from before cool-downs had none
-        if saved_cooldown != self.cooldown:
-            raise CheckpointError(f"saved run had cooldown={saved_cooldown}, this one {self.cooldown}: "
-                                  "resume with the same cooldown")
+        per-parameter state just loaded is kept, and attached schedulers are expanded. A state that
+        does not fit (another model, another run's settings, corrupted) is a CheckpointError raised
+        before anything changes (but for the policy's own checks: after the units are bound)."""
+        units, timeline = self._check_state(state)
         if self._recorder is not None:  # the units come from the state (the span trace still waits)
             self._recorder.detach()
             self._recorder = None
-        try:
-            units = units_from_names(self.model, state["units"])
-        except ModelError as e:
-            raise CheckpointError(f"saved freeze units do not match this model: {e}") from None
-        for u, name in zip(units, state["unit_names"]):
-            u.name = name
         self._bind(units)
         self.policy.load_state_dict(state["policy"])  # _bind reset _policy_due: asked at the next step
         self.step_count = int(state["step"])
         self.decision_time_s = float(state.get("decision_time_s", 0.0))
-        self.timeline = [FreezeEvent(**e) for e in state["timeline"]]
+        self.timeline = timeline
         for handles in self._eval_pins.values():  # units (and so the modules to pin) may differ
             unpin(handles)
         self._eval_pins = {}
-        self.frozen = set(state["frozen"])
-        self.cooling = {c["index"]: Cooling(c["decided_step"], c["signal"]) for c in state.get("cooling", [])}
+        self.frozen = {int(i) for i in state["frozen"]}
+        self.cooling = {int(c["index"]): Cooling(c["decided_step"], c["signal"]) for c in state.get("cooling", [])}
         for i in self.frozen:
             self._stop_training(i)
         for handles in self._outside_pins.values():
@@ -539,3 +549,94 @@ class Freezer:
         param_groups.restore_layout(self.optimizer, self.model, state["param_groups"])
         self.schedulers.sync()
         self._apply_lr()
+
+    def _check_state(self, state) -> tuple[list[FreezeUnit], list[FreezeEvent]]:
+        """Everything :meth:`load_state_dict` reads from ``state``, checked before it changes anything.
+        Returns the saved units rebuilt on this model (named as saved) and the saved timeline."""
+        if not isinstance(state, dict) or state.get("version") not in READABLE_VERSIONS:
+            raise CheckpointError("not a frostline Freezer state (or from an incompatible version)")
+
+        def bad(what: str) -> CheckpointError:
+            return CheckpointError(f"unusable Freezer state: {what}. Resume from a checkpoint written by the same "
+                                   "model and frostline version, or start the run fresh")
+
+        missing = [k for k in STATE_KEYS if k not in state]
+        if missing:
+            raise bad(f"it lacks {missing}")
+        if state["total_steps"] != self.total_steps:
+            raise CheckpointError(
+                f"saved run had total_steps={state['total_steps']}, this one {self.total_steps}: "
+                "resume with the same epochs, batch size and data"
+            )
+        saved_cooldown = state.get("cooldown", 0)  # states from before cool-downs had none
+        if saved_cooldown != self.cooldown:
+            raise CheckpointError(f"saved run had cooldown={saved_cooldown}, this one {self.cooldown}: "
+                                  "resume with the same cooldown")
+        saved_method = state["policy"].get("name") if isinstance(state["policy"], dict) else None
+        if saved_method is not None and saved_method != self.policy.name:  # the policy checks the rest once bound
+            raise CheckpointError(f"saved freezing state is for method {saved_method!r}, not {self.policy.name!r}: "
+                                  "resume with the same --method")
+
+        def is_int(v):
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
+
+        def is_list(v, item):
+            return isinstance(v, list) and all(item(x) for x in v)
+
+        def is_names(v):
+            return is_list(v, lambda n: isinstance(n, str))
+
+        def is_layout(v):
+            return is_list(v, lambda g: isinstance(g, dict) and is_names(g.get("params")))
+
+        n = len(state["units"]) if isinstance(state["units"], list) else 0
+        expected = {  # key: (check, what it must be)
+            "units": (lambda v: n > 0 and is_list(v, lambda u: isinstance(u, str) or is_names(u)),
+                      "a non-empty list of module-name lists"),
+            "unit_names": (lambda v: is_names(v) and len(v) == n, f"a list of {n} unit names"),
+            "frozen": (lambda v: is_list(v, lambda i: is_int(i) and i < n), f"a list of unit indices 0..{n - 1}"),
+            "cooling": (lambda v: is_list(v, lambda c: isinstance(c, dict) and c.keys() >= {"decided_step", "signal"}
+                                          and is_int(c.get("index")) and c["index"] < n),
+                        f"a list of cool-downs of units 0..{n - 1}"),
+            "step": (is_int, "an integer >= 0"),
+            "decision_time_s": (lambda v: isinstance(v, numbers.Real), "a number"),
+            "policy": (lambda v: isinstance(v, dict), "a dict"),
+            "timeline": (lambda v: is_list(v, lambda e: isinstance(e, dict)), "a list of freeze events"),
+            "param_groups": (is_layout, "a list of param groups of parameter names"),
+            "original_param_groups": (is_layout, "a list of param groups of parameter names"),
+            "pinned_outside": (is_names, "a list of module names"),
+            "signals": (lambda v: v is None or isinstance(v, dict), "a dict"),
+        }
+        for key, (ok, what) in expected.items():
+            if key in state and not ok(state[key]):
+                raise bad(f"{key!r} must be {what}, got {state[key]!r:.100}")
+        try:
+            timeline = [FreezeEvent(**e) for e in state["timeline"]]
+        except TypeError as e:
+            raise bad(f"'timeline' holds an entry that is not a freeze event ({e})") from None
+        # the units, rebuilt on this model: they must be this Freezer's and account for every parameter
+        # its optimizer trains (a state from a smaller model would silently drop the rest)
+        theirs = f"its units {_few(state['unit_names'])}"
+        try:
+            units = units_from_names(self.model, state["units"])
+        except ModelError as e:
+            raise bad(f"it was saved from another model: {theirs} do not fit this one ({e})") from None
+        for u, name in zip(units, state["unit_names"]):
+            u.name = name
+        module_names = [list(u.module_names) for u in units]
+        if self.units is not None and module_names != [list(u.module_names) for u in self.units]:
+            raise bad(f"{theirs} are not this Freezer's {_few(self.unit_names)}: it was saved from another model "
+                      "(or with other units=)")
+        known = set(self.param_name_by_id.values())
+        strange = [p for g in state["param_groups"] for p in g["params"] if p not in known]
+        if strange:
+            raise bad(f"it was saved from another model: its optimizer layout names parameters this model lacks "
+                      f"({strange[:3]}{' ...' if len(strange) > 3 else ''})")
+        kept = {p for g in state["param_groups"] for p in g["params"]}
+        kept |= {self.param_name_by_id.get(id(p)) for i in state["frozen"] for p in units[i].params}
+        dropped = [name for g in self.optimizer.param_groups for p in g["params"]
+                   if (name := self.param_name_by_id.get(id(p))) is not None and name not in kept]
+        if dropped:
+            raise bad(f"it was saved from another model: {theirs} leave out parameters this optimizer trains "
+                      f"({dropped[:3]}{' ...' if len(dropped) > 3 else ''}), which would never train again")
+        return units, timeline

@@ -29,8 +29,13 @@ from typing import Any, Sequence
 from ..errors import ConfigError
 from .param_groups import group_map, unit_groups
 
-#: Scheduler attributes that are lists but not one entry per param group.
-_NOT_PER_GROUP = frozenset({"_milestones", "milestones", "_schedulers"})
+#: Scheduler attributes with one entry per param group, by name: torch's schedulers keep exactly
+#: these (``base_lrs``, ``_last_lr``: all; ``lr_lambdas``: LambdaLR, MultiplicativeLR; ``min_lrs``:
+#: ReduceLROnPlateau; ``max_lrs``, ``base_momentums``, ``max_momentums``: CyclicLR). A list's length
+#: says nothing: OneCycleLR's ``_schedule_phases`` (2 or 3 phases) or SequentialLR's ``_milestones``
+#: can equal the group count by chance, and expanding them corrupts the schedule. OneCycleLR keeps
+#: its per-group values (``initial_lr``, ``max_lr``, ...) in the param groups, which the split copies.
+_PER_GROUP = frozenset({"base_lrs", "_last_lr", "lr_lambdas", "min_lrs", "max_lrs", "base_momentums", "max_momentums"})
 
 
 def group_count(scheduler_state: dict[str, Any]) -> int | None:
@@ -42,15 +47,16 @@ def group_count(scheduler_state: dict[str, Any]) -> int | None:
 
 
 def remap_group_lists(scheduler_state: dict[str, Any], n: int, mapping: Sequence[int]) -> None:
-    """In place: every per-group list of length ``n`` becomes ``[old[i] for i in mapping]``;
-    nested schedulers (SequentialLR, ChainedScheduler) are remapped too."""
-    for key, value in list(scheduler_state.items()):
-        if key in _NOT_PER_GROUP:
-            for sub in value if isinstance(value, list) else ():
-                sub_state = sub if isinstance(sub, dict) else getattr(sub, "__dict__", None)
-                if sub_state is not None and group_count(sub_state) == n:
-                    remap_group_lists(sub_state, n, mapping)
-        elif isinstance(value, list) and len(value) == n:
+    """In place: every per-group list (:data:`_PER_GROUP`) of length ``n`` becomes
+    ``[old[i] for i in mapping]``; nested schedulers (SequentialLR's and ChainedScheduler's
+    ``_schedulers``, objects or state dicts) are remapped too. Other lists are left alone."""
+    for sub in scheduler_state.get("_schedulers") or ():
+        sub_state = sub if isinstance(sub, dict) else getattr(sub, "__dict__", None)
+        if sub_state is not None and group_count(sub_state) == n:
+            remap_group_lists(sub_state, n, mapping)
+    for key in _PER_GROUP & scheduler_state.keys():
+        value = scheduler_state[key]
+        if isinstance(value, list) and len(value) == n:
             scheduler_state[key] = [value[i] for i in mapping]
 
 
