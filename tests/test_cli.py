@@ -458,3 +458,16 @@ def test_the_gpu_bench_script_refuses_a_machine_without_a_gpu(tmp_path):
     assert not (tmp_path / "out").exists()
     done = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
     assert done.returncode != 0 and "usage: scripts/gpu_bench.sh OUT [SECONDS]" in done.stderr
+
+
+@pytest.mark.integration
+def test_a_resumed_run_says_where_its_results_are(tmp_path, capsys, monkeypatch):
+    """--resume writes into the resumed folder: the last line names it, not --out's default."""
+    monkeypatch.chdir(tmp_path)  # were anything written to the default --out, it lands here
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--cache", "off", "--threads", "1", *TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--no-progress", "--threads", "1"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"results: {out}/summary.json, {out}/metrics.jsonl, {out}/timeline.png"
+    assert not (tmp_path / "runs").exists()

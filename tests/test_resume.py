@@ -111,3 +111,124 @@ def test_no_usable_checkpoint_is_a_clear_error_that_deletes_nothing(tmp_path, ca
     assert sorted(p.name for p in out.iterdir()) == before
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
     assert "config.json does not exist" in capsys.readouterr().err
+
+
+def test_resumed_from_the_last_steps_checkpoint_the_run_still_ends_its_last_epoch(tmp_path):
+    """Killed during the final validation, a run's newest checkpoint is the one written at its last
+    step, before the last epoch's row. Resumed from it, the run must still validate that epoch and
+    log its row: its metrics.jsonl ends as an uninterrupted run's does. The kill is simulated
+    exactly by rolling a finished run's folder back to that moment."""
+    import shutil
+
+    run = ["--epochs", "2", "--train-subset", "256", "--val-size", "64", "--test-subset", "64", "--batch-size", "64",
+           "--threads", "1", "--cache", "off", "--checkpoint-every", "4", "--no-progress", *FREEZEOUT]
+    full, out = tmp_path / "full", tmp_path / "run"
+    assert main(["train", *run, "--out", str(full)]) == 0
+    shutil.copytree(full, out)
+    last_step_state = torch.load(out / "checkpoint.prev.pt", weights_only=True)["loop"]
+    total = json.loads((full / "summary.json").read_text())["total_steps"]
+    assert last_step_state["step"] == total and last_step_state["batch"] > 0  # written before the epoch ended
+    (out / "checkpoint.pt").unlink()
+    shutil.copyfile(out / "checkpoint.prev.pt", out / "checkpoint.pt")
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["kind"] == "epoch"
+    (out / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # the row the final validation did not write
+    for name in ["summary.json", "model.pt"]:
+        (out / name).unlink()
+    assert main(["train", "--resume", str(out), "--no-progress", "--threads", "1"]) == 0
+
+    def rows(folder):  # timing fields may differ between runs
+        timing = {"samples_per_s", "memory_mb", "train_time_s"}
+        return [{k: v for k, v in json.loads(line).items() if k not in timing}
+                for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows(out) == rows(full)
+    assert [r["epoch"] for r in rows(out) if r["kind"] == "epoch"] == [0, 1]
+    assert _same_parameters(out, full)
+    assert json.loads((out / "summary.json").read_text())["test_accuracy"] == \
+        json.loads((full / "summary.json").read_text())["test_accuracy"]
+
+
+# -- loading a Freezer state that does not fit: one CheckpointError, raised before anything changes --------
+import copy  # noqa: E402
+
+from torch import nn  # noqa: E402
+
+import frostline  # noqa: E402
+from frostline.errors import CheckpointError  # noqa: E402
+
+
+def _mlp(layers):
+    torch.manual_seed(0)
+    sizes = [8] + [16] * (layers - 1) + [2]
+    mods = []
+    for a, b in zip(sizes, sizes[1:]):
+        mods += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*mods[:-1])
+
+
+def _freezer(layers, traced=False):
+    model = _mlp(layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    example = None if traced else torch.randn(4, 8)
+    return model, opt, frostline.Freezer(model, opt, frostline.LinearFreezing(freeze_start=0.0), 10,
+                                         example_input=example)
+
+
+def _trained_state(layers=3, steps=7):
+    model, opt, fr = _freezer(layers)
+    x = torch.randn(4, 8)
+    for _ in range(steps):
+        model(x).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        fr.step()
+    assert fr.frozen  # the state has something to apply
+    return fr.state_dict()
+
+
+def _untouched(model, opt, fr):
+    return ([p.requires_grad for p in model.parameters()], [len(g["params"]) for g in opt.param_groups],
+            set(fr.frozen), fr.step_count, len(fr.timeline), fr.unit_names if fr.ready else None)
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["units known", "units traced later"])
+def test_a_state_from_another_model_is_refused_before_anything_changes(traced):
+    state = _trained_state(layers=3)
+    model, opt, fr = _freezer(4, traced=traced)
+    before = _untouched(model, opt, fr)
+    with pytest.raises(CheckpointError, match=r"\['0', '2', '4'\]") as e:
+        fr.load_state_dict(state)
+    assert "another model" in str(e.value)
+    if not traced:
+        assert "['0', '2', '4', '6']" in str(e.value)
+    assert _untouched(model, opt, fr) == before
+
+
+def _spoil(state, how):
+    key, value = how
+    if value is KeyError:
+        del state[key]
+    else:
+        state[key] = value
+    return state
+
+
+@pytest.mark.parametrize("how", [
+    *[(k, KeyError) for k in ["units", "unit_names", "frozen", "step", "policy", "param_groups", "timeline"]],
+    ("frozen", [0, 1, 99]), ("frozen", [-1]), ("frozen", "0,1"), ("step", "seven"), ("step", -1),
+    ("units", []), ("units", [["0"], [2]]), ("unit_names", ["0"]), ("timeline", [{"bogus": 1}]),
+    ("timeline", "none"), ("cooling", [{"index": 99, "decided_step": 1, "signal": None}]), ("policy", None),
+    ("param_groups", [{"params": ["no.such.weight"]}]), ("param_groups", [{"lr": 0.1}]),
+    ("pinned_outside", 3), ("decision_time_s", "x"),
+], ids=lambda how: f"{how[0]}={'missing' if how[1] is KeyError else how[1]!r}")
+def test_a_corrupted_state_is_one_checkpoint_error_and_changes_nothing(how):
+    good = _trained_state()
+    model, opt, fr = _freezer(3)
+    before = _untouched(model, opt, fr)
+    with pytest.raises(CheckpointError, match="same model and frostline version") as e:
+        fr.load_state_dict(_spoil(copy.deepcopy(good), how))
+    assert how[0] in str(e.value) or "no.such.weight" in str(e.value)  # it names what is wrong
+    assert _untouched(model, opt, fr) == before
+    fr.load_state_dict(good)  # the Freezer is still usable: the intact state loads
+    assert fr.frozen == set(good["frozen"]) and fr.step_count == good["step"]

@@ -233,12 +233,15 @@ def _run_config(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .config import resumed_config
     from .recipe import train
 
     cfg = _run_config(args)
     summary = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
+    if cfg.resume:  # the run's own settings, as train() read them: its folder (not --out's default), its cooldown
+        cfg = resumed_config(cfg)
     frozen = sum(v is not None for v in summary["frozen_at"].values())
     print(f"test accuracy {summary['test_accuracy']:.2f}% | train time {summary['train_time_s']:.1f}s | "
           f"FLOPs saved {100 * summary['flops_saved']:.1f}% | frozen {frozen}/{len(summary['units'])} units")

@@ -151,7 +151,10 @@ def _train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
     run.bar = progress_bar(run.total_steps, cfg.progress and run.main, f"{cfg.method} {cfg.model}")
     run.bar.update(run.state.step)
     try:
-        while run.state.step < run.total_steps:
+        # An epoch whose steps are all done but whose end (validation row, checkpoint) is not yet
+        # (state.batch > 0: resumed from a checkpoint written at its last step) still has to end,
+        # or its epoch row, which the RunLog dropped as written after that checkpoint, is lost.
+        while run.state.step < run.total_steps or run.state.batch > 0:
             train_epoch(run)
         finish(run)
     except BaseException as exc:
