@@ -469,3 +469,33 @@ def test_under_torchrun_every_process_freezes_what_rank_0_decided(tmp_path):
     assert sorted(r["rank"] for r in results) == [0, 1]
     assert results[0]["frozen"] and results[0]["frozen"] == results[1]["frozen"]
     assert results[0]["sum"] == results[1]["sum"]
+
+
+def test_gradient_checkpointing_runs_no_backward_through_the_frozen_prefix(tmp_path):
+    """transformers makes the embeddings' output require a gradient for checkpointing; with the
+    prefix frozen, that sent backward through every frozen layer. The run must train as without
+    checkpointing, with no gradient reaching a frozen unit's output after it froze."""
+    runs = {}
+    for checkpointing, cache in ((False, "off"), (True, "off"), (True, "memory")):
+        frost = FrostlineCallback(LinearFreezing(**HALF_EARLY), cache=cache)
+        model = _model()
+        reached = []
+
+        def count(module, inputs, output, frost=frost, reached=reached):
+            hidden = output[0] if isinstance(output, tuple) else output
+            if frost.freezer is not None and frost.freezer.units and 1 in frost.freezer.frozen and hidden.requires_grad:
+                hidden.register_hook(lambda g: reached.append(1))
+
+        model.bert.encoder.layer[0].register_forward_hook(count)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model._require_grads_hooks
+        trainer = _trainer(tmp_path / f"{checkpointing}-{cache}", [frost], model=model)
+        trainer.args.save_strategy = "no"
+        assert not _train_quietly(trainer)  # the cache serves it too: the flag is no sign of a trainable prefix
+        assert frost.freezer.frozen_prefix >= 2 and not reached
+        assert cache == "off" or frost.cached.cache.stats["hits"] > 0
+        runs[checkpointing, cache] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        assert getattr(model, "_require_grads_hooks", None) or not checkpointing  # transformers' hooks are back
+    for run in ((True, "off"), (True, "memory")):
+        assert all(torch.allclose(runs[run][n], p, rtol=0, atol=1e-6) for n, p in runs[False, "off"].items()), run

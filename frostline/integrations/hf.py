@@ -34,6 +34,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from ..errors import CheckpointError, ConfigError, FrostlineError
+from ..exploit.boundary import leaves
 from ..exploit.distributed import DecisionSync
 from ..exploit.cache import CachedPrefixModel
 from ..freezer import Freezer
@@ -88,7 +89,8 @@ class FrostlineCallback(TrainerCallback):
         cache_memory_mb: int = 4096,
     ):
         self.policy, self.policy_kwargs, self.cooldown = checked_options(policy, policy_kwargs, cooldown, cache,
-                                                                         cache_memory_mb)
+                                                                         cache_memory_mb, units=units,
+                                                                         freeze_head=freeze_head)
         self.units = units
         self.granularity = granularity
         self.freeze_head = freeze_head
@@ -96,6 +98,7 @@ class FrostlineCallback(TrainerCallback):
         self.cache, self.cache_memory_mb = cache, cache_memory_mb
         self.freezer: Freezer | None = None
         self._cache: TrainerCache | None = None
+        self._input_grads: _InputGradsAtBoundary | None = None
 
     @property
     def cached(self) -> CachedPrefixModel | None:
@@ -123,8 +126,10 @@ class FrostlineCallback(TrainerCallback):
             self._route_through_cache(model, args, state, loader, per_epoch)
         if lr_scheduler is not None:
             self.freezer.attach_scheduler(lr_scheduler)
+        self._input_grads = _InputGradsAtBoundary(model)
         if state.global_step > 0:
             self._resume(args, state)
+            self._input_grads.follow(self.freezer)
         elif self.resume_from is not None:
             warnings.warn(f"frostline: resume_from={str(self.resume_from)!r} is not used: the Trainer starts from step 0 (pass "
                           "resume_from_checkpoint to trainer.train() to resume)", stacklevel=2)
@@ -136,11 +141,13 @@ class FrostlineCallback(TrainerCallback):
                 f"the Freezer counted {freezer.step_count} steps but the Trainer is at step {state.global_step - 1}; "
                 "following the Trainer", stacklevel=2)
             freezer.step_count = state.global_step - 1
-        freezer.step()
+        if freezer.step():
+            self._input_grads.follow(freezer)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.freezer is not None:
             self.freezer.close()  # removes signal hooks (AutoFreeze's) from the model; the frozen units stay
+            self._input_grads.close()
         if self._cache is not None:
             self._cache.finish()
 
@@ -233,3 +240,49 @@ def _check_ddp_lets_units_freeze(args, model, processes: int) -> None:
             f"={getattr(args, 'ddp_find_unused_parameters', None)}; the Trainer turns it off for gradient checkpointing): "
             "after the first freeze DDP would wait for the frozen units' gradients and stop; pass "
             "TrainingArguments(ddp_find_unused_parameters=True)")
+
+
+class _InputGradsAtBoundary:
+    """Keeps gradient checkpointing from running backward through the frozen prefix.
+
+    For gradient checkpointing (and PEFT), transformers makes the input embeddings' output require
+    a gradient (``enable_input_require_grads``), so that a checkpointed layer whose own input needs
+    no gradient still gets its weights' gradients. With a frozen prefix that flag makes backward go
+    through every frozen layer (recomputing each checkpointed one first), for gradients nothing
+    uses. Once a prefix is frozen, the flag moves to the prefix's output: the first trainable unit
+    still receives an input that requires a gradient, backward stops there. The model gets
+    transformers' own hooks back when training ends."""
+
+    def __init__(self, model):
+        self.model = model
+        self.moved = False  # transformers' hooks were taken off
+        self.handles: list = []
+        self.prefix = 0
+
+    def follow(self, freezer: Freezer) -> None:
+        """Move the flag to the end of the frozen prefix, if transformers set it and the prefix grew."""
+        k = freezer.frozen_prefix
+        if k == 0 or k == self.prefix or not (self.moved or getattr(self.model, "_require_grads_hooks", None)):
+            return
+        if not self.moved:
+            self.model.disable_input_require_grads()
+            self.moved = True
+        for h in self.handles:
+            h.remove()
+        self.handles = [m.register_forward_hook(_require_grad) for m in freezer.units[k - 1].modules]
+        self.prefix = k
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles, self.prefix = [], 0
+        if self.moved:
+            self.model.enable_input_require_grads()
+            self.moved = False
+
+
+def _require_grad(module, inputs, output) -> None:
+    """A frozen unit's outputs computed without a graph become inputs that require a gradient."""
+    for _, t in leaves(output):
+        if t.is_floating_point() and not t.requires_grad:
+            t.requires_grad_(True)
