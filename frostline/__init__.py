@@ -17,7 +17,7 @@ from .errors import (
     FrostlineError,
     ModelError,
 )
-from .freezer import FreezeEvent, Freezer
+from .freezer import FreezeEvent, Freezer, unfreeze
 from .policies import (
     AutoFreeze,
     CKAOracle,
@@ -52,6 +52,7 @@ __all__ = [
     "FreezePolicy",
     "FreezeUnit",
     "Freezer",
+    "unfreeze",
     "FrostlineError",
     "LinearFreezing",
     "MinibatchCKA",

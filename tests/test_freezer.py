@@ -589,3 +589,62 @@ def test_a_missing_optimizer_or_no_units_is_a_config_error_at_construction():
     assert len(optimizer.param_groups[0]["params"]) == 6  # nothing was split or hooked
     freezer = Freezer(model, optimizer, "linear", 10, units=iter(["0", "2", "4"]))  # any iterable of names
     assert freezer.unit_names == ["0", "2", "4"]
+
+
+def _dropout_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.5), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def _steps(freezer, model, optimizer, n):
+    for _ in range(n):
+        loss = model(torch.randn(4, 8)).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        freezer.step()
+
+
+def test_a_model_an_earlier_freezer_froze_is_said_and_unfreeze_gives_it_back():
+    """A notebook cell run again on the same model (or after Ctrl-C): what the first Freezer froze
+    looked like the user's own freezes, made no units, and the second run trained the head alone."""
+    model = _dropout_mlp()
+    model[2].bias.requires_grad_(False)  # the user's own freeze: frostline leaves it alone
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    first = Freezer(model, optimizer, "linear", 4, example_input=torch.randn(2, 8))
+    first.freeze(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _steps(first, model, optimizer, 2)  # its own freezes are no news
+    assert not model[0].weight.requires_grad
+    again = Freezer(model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1), "linear", 4,
+                    example_input=torch.randn(2, 8))
+    with pytest.warns(UserWarning, match=r"2 parameters of this model \(\['0'\]\) were frozen by an earlier Freezer.*"
+                                         r"frostline.unfreeze\(model\)"):
+        again.step()
+    assert frostline.unfreeze(model) == ["0.weight", "0.bias"]
+    assert model[0].weight.requires_grad and not model[2].bias.requires_grad
+    assert not any(h is _run_in_eval for m in model.modules() for h in m._forward_pre_hooks.values())
+    model.train()
+    x = torch.ones(2, 8)
+    assert not torch.equal(model[1](x), model[1](x))  # the dropout draws again
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    fresh = Freezer(model, optimizer, "linear", 4, example_input=torch.randn(2, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh.step()
+    assert fresh.unit_names == ["0", "2", "4"]
+
+
+def test_a_resumed_freezer_does_not_take_its_own_freezes_for_an_earlier_run_s():
+    model = _dropout_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = Freezer(model, optimizer, "linear", 4, example_input=torch.randn(2, 8))
+    first.freeze(0)
+    _steps(first, model, optimizer, 1)
+    state = first.state_dict()
+    resumed = Freezer(model, optimizer, "linear", 4, units=["0", "2", "4"])
+    resumed.load_state_dict(state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _steps(resumed, model, optimizer, 1)

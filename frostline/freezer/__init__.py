@@ -6,8 +6,10 @@
 * :mod:`.schedulers` -- the LR-scheduler bridge (per-unit lr = scheduler's lr x policy's scale).
 * :mod:`.cooldown` -- anneal, then freeze: the ramp a decided unit's lr follows before it freezes.
 * :mod:`.eval_mode` -- frozen modules run in eval mode whatever ``model.train()`` said.
+* :mod:`.marks` -- what a Freezer froze, told apart from the user's own freezes; :func:`unfreeze` undoes it.
 """
 
 from .freezer import READABLE_VERSIONS, STATE_VERSION, FreezeEvent, Freezer
+from .marks import unfreeze
 
-__all__ = ["FreezeEvent", "Freezer", "READABLE_VERSIONS", "STATE_VERSION"]
+__all__ = ["FreezeEvent", "Freezer", "READABLE_VERSIONS", "STATE_VERSION", "unfreeze"]

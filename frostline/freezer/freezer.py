@@ -32,6 +32,7 @@ from ..units import (GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, check_un
 from . import param_groups
 from .cooldown import Cooling, check_cooldown, cooldown_scale
 from .eval_mode import outside_prefix, pin_eval, pin_eval_alone, unpin
+from .marks import MARK, mark_frozen
 from .schedulers import SchedulerBridge
 
 #: Epochs a named per-epoch method (SmartFRZ, the CKA oracle) assumes when it is not told.
@@ -47,7 +48,7 @@ STATE_KEYS = ("total_steps", "units", "unit_names", "frozen", "step", "policy", 
 
 def _few(names: list[str]) -> str:
     """A unit list short enough for a message."""
-    return str(names) if len(names) <= 8 else f"{names[:4]} ... {names[-2:]} ({len(names)} units)"
+    return str(names) if len(names) <= 8 else f"{names[:4]} ... {names[-2:]} ({len(names)} in all)"
 
 
 @dataclass
@@ -159,6 +160,7 @@ class Freezer:
         #: LRs the Freezer last wrote into the unit groups (to notice a scheduler it was not given).
         self._lrs_written: list[float] | None = None
         self._warned_lr = False
+        self._said_earlier_freezes = False
         self._told_nothing_froze = False
         self._load_hook = optimizer.register_load_state_dict_pre_hook(self._check_optimizer_state)
         if units is not None and all(isinstance(u, FreezeUnit) for u in units):
@@ -330,6 +332,8 @@ class Freezer:
         if self._span_recorder is not None and self._span_recorder.order:  # likewise
             self._take_spans()
         self._check_lrs_untouched()
+        if not self._said_earlier_freezes:
+            self._say_if_an_earlier_freezer_froze()
         self.step_count += 1
         if self.step_count == self.total_steps + 1:
             warnings.warn(f"frostline: freezer.step() was called more than the total_steps={self.total_steps} it was "
@@ -357,6 +361,21 @@ class Freezer:
         if self.step_count == self.total_steps:
             self._say_if_nothing_froze()
         return newly
+
+    def _say_if_an_earlier_freezer_froze(self) -> None:
+        """Parameters another Freezer froze (a finished or interrupted run on this model) that this one
+        did not: taken for the user's own frozen ones, they are in no unit and never train again."""
+        self._said_earlier_freezes = True
+        mine = {id(p) for i in self.frozen for p in self.units[i].params}
+        earlier = [n for n, p in self.model.named_parameters() if getattr(p, MARK, False) and not p.requires_grad
+                   and id(p) not in mine]
+        if earlier:
+            modules = sorted({n.rsplit(".", 1)[0] for n in earlier})
+            warnings.warn(
+                f"frostline: {len(earlier)} parameters of this model ({_few(modules)}) were frozen by an earlier Freezer "
+                "(a finished or interrupted run) and stay frozen: this one makes no units of them and trains only the "
+                "rest. To train them again, call frostline.unfreeze(model) before building the optimizer and the "
+                "Freezer; to go on with that run, resume it from its checkpoint", stacklevel=3)
 
     def _say_if_nothing_froze(self) -> None:
         """Never a silent no-op: a run that ends (its last planned step, or :meth:`close`) with no
@@ -413,6 +432,7 @@ class Freezer:
         for p in unit.params:
             p.requires_grad_(False)
             p.grad = None
+            mark_frozen(p)
         if index not in self._eval_pins:
             self._eval_pins[index] = [h for m in unit.modules for h in pin_eval(m)]
         for collector in self._required_collectors().values():
@@ -623,8 +643,10 @@ class Freezer:
             raise bad(f"it was saved from another model: {theirs} do not fit this one ({e})") from None
         for u, name in zip(units, state["unit_names"]):
             u.name = name
-        module_names = [list(u.module_names) for u in units]
-        if self.units is not None and module_names != [list(u.module_names) for u in self.units]:
+        def params_of(us):  # (a unit's modules may differ by glue that owns nothing: a traced unit holds its ReLU)
+            return [sorted(id(p) for p in u.params) for u in us]
+
+        if self.units is not None and params_of(units) != params_of(self.units):
             raise bad(f"{theirs} are not this Freezer's {_few(self.unit_names)}: it was saved from another model "
                       "(or with other units=)")
         known = set(self.param_name_by_id.values())
