@@ -234,7 +234,6 @@ def test_freezeout_learning_rates_follow_the_per_unit_cosine(batch):
     assert frozen_at[names[-1]] is None
 
 
-@pytest.mark.integration  # 12 resnet steps
 class EveryFifthStep(FreezeList):
     """Freezes unit 0 from step 8 on, but says it changes its answers only every fifth step."""
 
@@ -250,6 +249,7 @@ class EveryFifthStep(FreezeList):
         return progress.step + 5
 
 
+@pytest.mark.integration  # 12 resnet steps
 def test_the_policy_is_asked_only_when_it_says_its_answers_can_change(batch):
     """Asking a policy costs time on every step; one that acts at stage ends is asked there alone,
     and a freeze it decides between two calls lands at the next call. A resumed Freezer asks at
@@ -648,3 +648,13 @@ def test_a_resumed_freezer_does_not_take_its_own_freezes_for_an_earlier_run_s():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _steps(resumed, model, optimizer, 1)
+
+
+def test_freezing_every_unit_before_the_end_says_that_nothing_trains_any_more():
+    model = _tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    freezer = Freezer(model, optimizer, NoFreezing(), 10, freeze_head=True, example_input=torch.randn(2, 8))
+    freezer.freeze(0)
+    freezer.freeze(1)
+    with pytest.warns(UserWarning, match="every unit is frozen now, at step 0 of 10.*nothing trains any more"):
+        freezer.freeze(2)

@@ -425,6 +425,11 @@ class Freezer:
         self._pin_outside_prefix()
         self.timeline.append(FreezeEvent(unit.name, index, self.step_count, self.step_count / self.total_steps,
                                          signal if signal is not None else decided.signal, decided.decided_step))
+        if len(self.frozen) == len(units) and self.step_count < self.total_steps:
+            warnings.warn(f"frostline: every unit is frozen now, at step {self.step_count} of {self.total_steps} "
+                          "(the head too: freeze_head=True): nothing trains any more, and a backward pass has nothing "
+                          "to compute (PyTorch: 'element 0 of tensors does not require grad'): end training here",
+                          stacklevel=3)
 
     def _stop_training(self, index: int) -> None:
         """No gradients for unit ``index`` and its modules run in eval mode from now on."""

@@ -82,7 +82,7 @@ def optimizer_state_in_original_layout(freezer: Freezer, optimizer_state_dict: d
 
 def scheduler_state_in_original_layout(freezer: Freezer, scheduler_state_dict: dict[str, Any]) -> dict[str, Any]:
     """``scheduler_state_dict`` (of a scheduler attached with ``freezer.attach_scheduler``) with its
-    per-group lists (``base_lrs``, ``_last_lr``, ``_lr_lambdas``, ...) back to one entry per original
+    per-group lists (``base_lrs``, ``_last_lr``, ``lr_lambdas``, ...) back to one entry per original
     param group. A state already in that layout is returned unchanged (as a copy)."""
     state = copy.copy(scheduler_state_dict)
     mapping = group_map(freezer.optimizer)
