@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from frostline import ConfigError, Freezer, FreezeOut, FrostlineError, LinearFreezing, NoFreezing
+from frostline import CheckpointError, ConfigError, Freezer, FreezeOut, FrostlineError, LinearFreezing, NoFreezing
 from frostline.freezer.eval_mode import _run_in_eval
 from frostline.lab.zoo import create_model
 from frostline.policies import FreezePolicy
@@ -658,3 +658,82 @@ def test_freezing_every_unit_before_the_end_says_that_nothing_trains_any_more():
     freezer.freeze(1)
     with pytest.warns(UserWarning, match="every unit is frozen now, at step 0 of 10.*nothing trains any more"):
         freezer.freeze(2)
+
+
+# -- loading a Freezer state that does not fit: one CheckpointError, raised before anything changes --------
+
+
+def _mlp(layers):
+    torch.manual_seed(0)
+    sizes = [8] + [16] * (layers - 1) + [2]
+    mods = []
+    for a, b in zip(sizes, sizes[1:]):
+        mods += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*mods[:-1])
+
+
+def _freezer(layers, traced=False):
+    model = _mlp(layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    example = None if traced else torch.randn(4, 8)
+    return model, opt, frostline.Freezer(model, opt, frostline.LinearFreezing(freeze_start=0.0), 10,
+                                         example_input=example)
+
+
+def _trained_state(layers=3, steps=7):
+    model, opt, fr = _freezer(layers)
+    x = torch.randn(4, 8)
+    for _ in range(steps):
+        model(x).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        fr.step()
+    assert fr.frozen  # the state has something to apply
+    return fr.state_dict()
+
+
+def _untouched(model, opt, fr):
+    return ([p.requires_grad for p in model.parameters()], [len(g["params"]) for g in opt.param_groups],
+            set(fr.frozen), fr.step_count, len(fr.timeline), fr.unit_names if fr.ready else None)
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["units known", "units traced later"])
+def test_a_state_from_another_model_is_refused_before_anything_changes(traced):
+    state = _trained_state(layers=3)
+    model, opt, fr = _freezer(4, traced=traced)
+    before = _untouched(model, opt, fr)
+    with pytest.raises(CheckpointError, match=r"\['0', '2', '4'\]") as e:
+        fr.load_state_dict(state)
+    assert "another model" in str(e.value)
+    if not traced:
+        assert "['0', '2', '4', '6']" in str(e.value)
+    assert _untouched(model, opt, fr) == before
+
+
+def _spoil(state, how):
+    key, value = how
+    if value is KeyError:
+        del state[key]
+    else:
+        state[key] = value
+    return state
+
+
+@pytest.mark.parametrize("how", [
+    *[(k, KeyError) for k in ["units", "unit_names", "frozen", "step", "policy", "param_groups", "timeline"]],
+    ("frozen", [0, 1, 99]), ("frozen", [-1]), ("frozen", "0,1"), ("step", "seven"), ("step", -1),
+    ("units", []), ("units", [["0"], [2]]), ("unit_names", ["0"]), ("timeline", [{"bogus": 1}]),
+    ("timeline", "none"), ("cooling", [{"index": 99, "decided_step": 1, "signal": None}]), ("policy", None),
+    ("param_groups", [{"params": ["no.such.weight"]}]), ("param_groups", [{"lr": 0.1}]),
+    ("pinned_outside", 3), ("decision_time_s", "x"),
+], ids=lambda how: f"{how[0]}={'missing' if how[1] is KeyError else how[1]!r}")
+def test_a_corrupted_state_is_one_checkpoint_error_and_changes_nothing(how):
+    good = _trained_state()
+    model, opt, fr = _freezer(3)
+    before = _untouched(model, opt, fr)
+    with pytest.raises(CheckpointError, match="same model and frostline version") as e:
+        fr.load_state_dict(_spoil(copy.deepcopy(good), how))
+    assert how[0] in str(e.value) or "no.such.weight" in str(e.value)  # it names what is wrong
+    assert _untouched(model, opt, fr) == before
+    fr.load_state_dict(good)  # the Freezer is still usable: the intact state loads
+    assert fr.frozen == set(good["frozen"]) and fr.step_count == good["step"]
