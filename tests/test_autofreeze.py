@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from frostline import CheckpointError, ConfigError, Freezer, FrostlineError, NoFreezing, Progress, SummedGradients, create_policy
+from frostline import CheckpointError, ConfigError, Freezer, FrostlineError, Progress, SummedGradients, create_policy
 from frostline.lab.zoo import create_model
 from frostline.policies import POLICIES, AutoFreeze, policy_spec
 from frostline.policies.autofreeze.autofreeze import SIGNAL, autofreeze_depth, change_rates, percentile_linear

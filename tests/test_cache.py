@@ -1,7 +1,6 @@
 import json
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

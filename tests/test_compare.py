@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from frostline.lab.cli import main
-from frostline.lab.compare import (ADAPTIVE, FROM_SCRATCH, STANDARD_EPOCHS, SUITES, VARIANTS, Cell, Goal, Suite,
+from frostline.lab.compare import (ADAPTIVE, FROM_SCRATCH, STANDARD_EPOCHS, SUITES, VARIANTS, Goal, Suite,
                                    _finished, _train_argv, aggregate, check_cells, convergence_lines, convergence_rows, goal_lines,
                                    in_run_saving, judge, per_run_lines,
                                    publish_results, reference_cell, results_markers, run_suite, suite_cells,

@@ -8,7 +8,7 @@ from torch import nn
 from frostline import CheckpointError, ConfigError, Freezer, Progress
 from frostline.lab.cli import main
 from frostline.lab.zoo import create_model
-from frostline.policies import POLICIES, SmartFRZ, create_policy
+from frostline.policies import POLICIES, SmartFRZ
 from frostline.policies.smartfrz import (SmartFRZPredictor, Tailor, batch_windows, load_predictor, save_predictor,
                                         window_context, window_features)
 from frostline.lab.predictor.collect import LabelRule, label_stages, load_collected
