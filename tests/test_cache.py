@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from frostline import ConfigError, Freezer, FreezeOut
+from frostline import ConfigError, Freezer, FreezeOut, NoFreezing
 from frostline.exploit.cache import ActivationCache, CachedPrefixModel, fingerprint, is_deterministic
 from frostline.lab.cli import main
 from frostline.lab.data import AugmentedDataset
@@ -235,3 +235,27 @@ def test_sample_slots_name_each_sample_by_its_own_inputs():
     told = SampleSlots(capacity=2, ignore=("num_items_in_batch",))  # the loss's normaliser is not the sample
     assert told((), {"input_ids": ids[:2], "num_items_in_batch": torch.tensor(2.0)}).tolist() == [0, 1]
     assert told((), {"input_ids": ids[:2], "num_items_in_batch": torch.tensor(9.0)}).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_model_in_another_dtype_gets_its_replays_in_its_own_dtype(dtype):
+    """The store keeps float32: a float64 chain crashed at its first replay (float rows into float64
+    layers), a bfloat16 one likewise; a float64 model is told its replays are rounded."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2)).to(dtype)
+    x, y = torch.randn(16, 8, dtype=dtype), torch.randint(0, 2, (16,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    freezer = Freezer(model, optimizer, NoFreezing(), 10, example_input=x[:2])
+    cached = CachedPrefixModel(model, freezer, ActivationCache(16))
+    freezer.freeze(0)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            loss = nn.functional.cross_entropy(cached(torch.arange(16), x).float(), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            freezer.step()
+    assert cached.cache.stats["hits"] == 32
+    rounded = [str(w.message) for w in said if "stores and replays them as float32" in str(w.message)]
+    assert len(rounded) == (dtype == torch.float64)

@@ -609,7 +609,8 @@ def test_a_model_an_earlier_freezer_froze_is_said_and_unfreeze_gives_it_back():
     """A notebook cell run again on the same model (or after Ctrl-C): what the first Freezer froze
     looked like the user's own freezes, made no units, and the second run trained the head alone."""
     model = _dropout_mlp()
-    model[2].bias.requires_grad_(False)  # the user's own freeze: frostline leaves it alone
+    model[2].bias.requires_grad_(False)  # the user's own freezes: frostline leaves them alone, in no unit
+    model[0].bias.requires_grad_(False)  # or inside one it freezes
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     first = Freezer(model, optimizer, "linear", 4, example_input=torch.randn(2, 8))
     first.freeze(0)
@@ -619,11 +620,11 @@ def test_a_model_an_earlier_freezer_froze_is_said_and_unfreeze_gives_it_back():
     assert not model[0].weight.requires_grad
     again = Freezer(model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1), "linear", 4,
                     example_input=torch.randn(2, 8))
-    with pytest.warns(UserWarning, match=r"2 parameters of this model \(\['0'\]\) were frozen by an earlier Freezer.*"
+    with pytest.warns(UserWarning, match=r"1 parameter\(s\) of this model \(\['0'\]\) were frozen by an earlier Freezer.*"
                                          r"frostline.unfreeze\(model\)"):
         again.step()
-    assert frostline.unfreeze(model) == ["0.weight", "0.bias"]
-    assert model[0].weight.requires_grad and not model[2].bias.requires_grad
+    assert frostline.unfreeze(model) == ["0.weight"]
+    assert model[0].weight.requires_grad and not model[0].bias.requires_grad and not model[2].bias.requires_grad
     assert not any(h is _run_in_eval for m in model.modules() for h in m._forward_pre_hooks.values())
     model.train()
     x = torch.ones(2, 8)

@@ -372,7 +372,7 @@ class Freezer:
         if earlier:
             modules = sorted({n.rsplit(".", 1)[0] for n in earlier})
             warnings.warn(
-                f"frostline: {len(earlier)} parameters of this model ({_few(modules)}) were frozen by an earlier Freezer "
+                f"frostline: {len(earlier)} parameter(s) of this model ({_few(modules)}) were frozen by an earlier Freezer "
                 "(a finished or interrupted run) and stay frozen: this one makes no units of them and trains only the "
                 "rest. To train them again, call frostline.unfreeze(model) before building the optimizer and the "
                 "Freezer; to go on with that run, resume it from its checkpoint", stacklevel=3)
@@ -435,9 +435,10 @@ class Freezer:
         """No gradients for unit ``index`` and its modules run in eval mode from now on."""
         unit = self.units[index]
         for p in unit.params:
+            if p.requires_grad:  # one the user froze inside the unit is theirs: unfreeze() leaves it
+                mark_frozen(p)
             p.requires_grad_(False)
             p.grad = None
-            mark_frozen(p)
         if index not in self._eval_pins:
             self._eval_pins[index] = [h for m in unit.modules for h in pin_eval(m)]
         for collector in self._required_collectors().values():
