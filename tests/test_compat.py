@@ -97,3 +97,20 @@ def test_callback_options_of_the_wrong_kind_are_config_errors(options, needle):
         checked_options(options.pop("policy"), options.pop("policy_kwargs"), **options)
     assert checked_options("linear", {"freeze_start": 0}, 0, "off", 4096, units=["a", "b"], freeze_head=True)[1] == {
         "freeze_start": 0}
+
+
+def test_a_layer_tied_to_the_head_is_frozen_as_composer_does_but_said():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.body, self.head = nn.Embedding(16, 8), nn.Linear(8, 8), nn.Linear(8, 16, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, ids):
+            return self.head(self.body(self.embed(ids)))
+
+    model = Tied()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="shares a weight with the last layer"):
+        freeze_layers(model, optimizer, 1.0, freeze_start=0.0, freeze_level=1.0)
+    assert not model.head.weight.requires_grad  # Composer's semantics, now said

@@ -12,6 +12,8 @@ The differences: a NaN or infinite ``current_duration`` is a :class:`~frostline.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -48,8 +50,13 @@ def freeze_layers(
     layers = _leaf_layers(model)
     freeze_percentage = linear_freeze_fraction(current_duration, freeze_start, freeze_level)
     freeze_depth = linear_freeze_depth(freeze_percentage, max(len(layers), 1))  # no layers: depth 0
+    head = {id(p) for p in layers[-1].parameters()} if layers else set()
     for layer in layers[:-1][:freeze_depth]:
         params = list(layer.parameters())
+        if head and any(id(p) in head and p.requires_grad for p in params):
+            warnings.warn("frostline: a frozen layer shares a weight with the last layer (a language model's embedding "
+                          "tied to its head), so the head stops training too, as in Composer; untie them, or freeze "
+                          "with frostline.Freezer, which keeps a tied weight training with the head", stacklevel=2)
         remove_params(optimizers, params)
         for p in params:
             p.requires_grad_(False)
