@@ -77,3 +77,17 @@ def test_speedup_estimate_for_freezeout_schedule(batch):
     assert equal["saving"] < est["saving"]
     cached = estimate_speedup(cost, times, cached=True)
     assert cached["saving"] > est["saving"]
+
+
+def test_the_estimate_s_inputs_of_the_wrong_kind_are_config_errors():
+    from frostline import ConfigError
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    units = freeze_units(model, example_input=torch.randn(2, 4))
+    with pytest.raises(ConfigError, match="example_input must be a batch"):
+        measure_costs(model, units, "hello")
+    with pytest.raises(ConfigError, match="must be a CostModel"):
+        estimate_speedup(model, [0.5, None])
+    cost = measure_costs(model, units, torch.randn(2, 4))
+    with pytest.raises(ConfigError, match=r"fractions of training in \[0, 1\]"):
+        estimate_speedup(cost, [2.0, None])
