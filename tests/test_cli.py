@@ -471,3 +471,28 @@ def test_a_resumed_run_says_where_its_results_are(tmp_path, capsys, monkeypatch)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == f"results: {out}/summary.json, {out}/metrics.jsonl, {out}/timeline.png"
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_command_that_fails_leaves_a_finished_run_s_folder_as_it_was(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "resnet", "--width", "8", "--epochs", "1", "--method", "none", "--threads", "1",
+                 *TINY, "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main(["train", "--model", "resnet", "--width", "0", "--epochs", "1", *TINY, "--out", str(out)]) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert main(["train", *TINY, "--out", str(out / "config.json")]) == 2
+    assert "is (or is inside) a file, not a folder" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="holds a finished run: there is nothing to resume"):
+        assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # evaluated again, it rewrote its results
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_data_list_says_what_is_installed_text_included(capsys):
+    from frostline.lab.finefoods import read_reviews
+
+    try:
+        read_reviews("test")
+    except frostline.FrostlineError:
+        pytest.skip("the fine-food reviews are not installed")
+    assert main(["data", "list"]) == 0
+    assert "fine-foods: installed" in capsys.readouterr().out  # it was called missing: no image files

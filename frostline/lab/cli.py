@@ -331,7 +331,12 @@ def _data_list(args: argparse.Namespace) -> int:
 
     for name in data.list_datasets():
         try:
-            data.load_arrays(name, "test")
+            if name in data.TEXT_DATASETS:  # reviews, not image arrays
+                from .finefoods import read_reviews
+
+                read_reviews("test")
+            else:
+                data.load_arrays(name, "test")
             where = "installed"
         except FrostlineError as e:
             where = f"missing ({e})"
@@ -450,7 +455,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"frostline: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("frostline: interrupted; finished results are kept", file=sys.stderr)
+        from .config import TrainConfig
+
+        where = getattr(args, "resume", None) or getattr(args, "out", None) or TrainConfig.out
+        again = (f"; `frostline train --resume {where}` goes on from its last checkpoint (the steps since are trained "
+                 "again)") if args.command_name == "train" and where else ""
+        print(f"frostline: interrupted; finished results are kept{again}", file=sys.stderr)
         return 130
 
 

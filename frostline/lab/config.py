@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -190,8 +191,9 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def _check_numbers(cfg: TrainConfig) -> None:
-    if not (isinstance(cfg.epochs, (int, float)) and cfg.epochs > 0):
-        raise ConfigError(f"epochs must be > 0, got {cfg.epochs}")
+    if not (isinstance(cfg.epochs, (int, float)) and 0 < cfg.epochs < math.inf):
+        raise ConfigError(f"epochs must be a finite number > 0, got {cfg.epochs}")
+    check_int(cfg.threads, "threads (torch CPU threads; leave it out for torch's choice)", low=1, allow_none=True)
     if cfg.batch_size <= 0:
         raise ConfigError(f"batch_size must be > 0, got {cfg.batch_size}")
     if not cfg.lr > 0:
@@ -302,14 +304,16 @@ def check_all_read(cfg, given, unread=unread_settings) -> None:
 
 def resumed_config(cfg: TrainConfig) -> TrainConfig:
     """The settings a run folder was started with; only how this process runs (progress bar,
-    threads) comes from the new command line."""
+    threads, when given) comes from the new command line."""
     path = Path(cfg.resume) / "config.json"
     try:
         saved = json.loads(path.read_text())
         resumed = TrainConfig(**{k: v for k, v in saved.items() if k in config_fields()})
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise CheckpointError(f"{path} does not exist: --resume takes the folder of an earlier `frostline train`") from None
     except (json.JSONDecodeError, TypeError) as e:
         raise CheckpointError(f"{path} is unreadable ({e}): start a new run without --resume") from None
-    return replace(resumed, out=str(Path(cfg.resume)), resume=str(cfg.resume),
-                   **{name: getattr(cfg, name) for name in RESUME_TAKES})
+    takes = {name: getattr(cfg, name) for name in RESUME_TAKES}
+    if takes["threads"] is None:  # not given: the run's own, or the rest would not be the same computation
+        takes["threads"] = resumed.threads
+    return replace(resumed, out=str(Path(cfg.resume)), resume=str(cfg.resume), **takes)

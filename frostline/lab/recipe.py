@@ -11,9 +11,11 @@ shared with other tools (batches, device, evaluation, the run log) are :mod:`fro
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +147,11 @@ def _train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
     checkpoint = None
     if cfg.resume:
         cfg = resumed_config(cfg)
+        finished = _finished_summary(Path(cfg.out))
+        if finished is not None:  # evaluating it again would only rewrite its results
+            warnings.warn(f"frostline: {cfg.out} holds a finished run: there is nothing to resume, its results are as "
+                          "they were", stacklevel=2)
+            return finished
         checkpoint = load_checkpoint(cfg.out)  # every rank reads the same file rank 0 wrote
     validate(cfg)
     run = set_up(cfg, policy, checkpoint)
@@ -168,10 +175,18 @@ def _train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
 
 
 # -- set up ---------------------------------------------------------------------------------------
+def _finished_summary(out: Path) -> dict[str, Any] | None:
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("status") == "finished" else None
+
+
 def set_up(cfg: TrainConfig, policy=None, checkpoint: dict[str, Any] | None = None) -> Run:
     """Everything a run needs. The order keeps runs repeatable: the model (and the CKA reference)
     draw from torch's generator right after it is seeded, and a checkpoint restores it last."""
-    device = _environment(cfg, fresh=checkpoint is None)
+    device = _environment(cfg)
     data, train_set, model = _data_and_model(cfg, device)
     units, cost = _units_and_costs(cfg, model, data.train, len(train_set), device)
     compiled = _CompileWatch(units, cfg.compile_backend) if cfg.compile else None  # after the FLOP count
@@ -195,23 +210,26 @@ def set_up(cfg: TrainConfig, policy=None, checkpoint: dict[str, Any] | None = No
         sync.on_freeze = net.rebuild
     run = Run(cfg, Path(cfg.out), device, data, train_set, model, units, cost, total_steps, optimizer, scheduler,
               freezer, cached, net, compiled, state, resumed_from=checkpoint["loop"]["step"] if checkpoint else None)
+    if checkpoint is None and run.main:  # only now: settings that fail while the run is set up leave the folder as it was
+        atomic_write_json(run.out / "config.json", asdict(cfg))
     run.log = RunLog(run.out, state.step if checkpoint else None, state.epoch) if run.main else NoLog()
     run.summary = _first_summary(run, policy, steps_per_epoch, planned)
     model.train()
     return run
 
 
-def _environment(cfg: TrainConfig, fresh: bool) -> torch.device:
+def _environment(cfg: TrainConfig) -> torch.device:
     """The device (joining torchrun's process group when launched by it), threads, the seed, and
-    the run folder with the run's ``config.json`` (a resumed run keeps the one it has)."""
+    the run folder (its ``config.json`` is written once the run is set up; a resumed run keeps its own)."""
     device = launch.init_from_env(cfg.device) or pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if fresh and launch.is_main():
-        atomic_write_json(out / "config.json", asdict(cfg))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"--out {out} is (or is inside) a file, not a folder: pass a folder for the run") from None
     return device
 
 
