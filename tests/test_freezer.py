@@ -738,3 +738,15 @@ def test_a_corrupted_state_is_one_checkpoint_error_and_changes_nothing(how):
     assert _untouched(model, opt, fr) == before
     fr.load_state_dict(good)  # the Freezer is still usable: the intact state loads
     assert fr.frozen == set(good["frozen"]) and fr.step_count == good["step"]
+
+
+def test_a_compiled_model_without_an_example_input_is_told_to_give_one():
+    """Units found by hooks inside the first compiled forward: an nn.Sequential compiled whole then ran
+    eagerly for the rest of training (a graph break in its loop), which nothing said."""
+    model = _tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="pass example_input="):
+        Freezer(torch.compile(model, backend="eager"), optimizer, "linear", 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Freezer(torch.compile(model, backend="eager"), optimizer, "linear", 10, example_input=torch.randn(2, 8))

@@ -119,7 +119,13 @@ class Freezer:
         # a method name is built with its defaults; a bad one fails here
         policy = as_policy(policy, runtime={"steps_per_epoch": -(-total_steps // EPOCHS_IF_UNKNOWN)})
         self.cooldown = check_cooldown(cooldown, policy, total_steps)
-        model = unwrap_compiled(model)  # torch.compile's wrapper shares the parameters of the model it wraps
+        compiled, model = model, unwrap_compiled(model)  # torch.compile's wrapper shares the parameters of the model
+        if compiled is not model and units is None and example_input is None:
+            warnings.warn(
+                "frostline: a compiled model and no example_input: its units are found by hooks inside its first "
+                "compiled forward, after which torch.compile can give up on a model whose forward loops over its "
+                "layers (an nn.Sequential) and run it eagerly for the rest of training; pass example_input= (one "
+                "batch) to find them before it runs", stacklevel=2)
         if not any(p.requires_grad for p in model.parameters()):
             raise ModelError("the model has no trainable parameters: there is nothing to train or freeze")
         if granularity not in GRANULARITIES:
