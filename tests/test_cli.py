@@ -496,3 +496,11 @@ def test_data_list_says_what_is_installed_text_included(capsys):
         pytest.skip("the fine-food reviews are not installed")
     assert main(["data", "list"]) == 0
     assert "fine-foods: installed" in capsys.readouterr().out  # it was called missing: no image files
+
+
+@pytest.mark.parametrize("flag", [["--out", "elsewhere"], ["--const-time"], ["--cache", "off"], ["--speed-probe", "10"],
+                                  ["--resume", "runs/first"], ["--test-subset", "64"]])
+def test_estimate_says_which_flags_it_never_reads(flag, capsys):
+    """They were accepted without a word: --const-time left the plan as it was, --resume ignored the run."""
+    assert main(["estimate", "--model", "resnet", "--method", "freezeout", *flag]) == 2
+    assert f"{flag[0]} does nothing here: frostline estimate plans the schedule" in capsys.readouterr().err

@@ -274,11 +274,26 @@ def _cache_line(cache: dict, units: list[str], frozen: int) -> str:
             f"{last['served_from_step']}; {counts}")
 
 
+#: ``train`` settings that ``estimate`` never reads: its plan comes from the model, data, method and
+#: schedule alone, and it prints the saving both with and without the cache.
+ESTIMATE_IGNORES = ("out", "resume", "checkpoint_every", "log_every", "speed_probe", "test_subset", "const_time",
+                    "augment", "fixed_augmentation", "cache", "cache_dtype", "cache_memory_mb")
+
+
 def _estimate(args: argparse.Namespace) -> int:
+    from .config import TrainConfig, check_all_read, unread_settings
     from .recipe import plan
     from .report import markdown_table
 
-    p = plan(_run_config(args))
+    def unread(cfg, given):
+        why = ("frostline estimate plans the schedule from the model, data and method before any run, and prints "
+               "the saving with and without the cache")
+        return unread_settings(dataclasses.replace(cfg, resume=None), set(given) - set(ESTIMATE_IGNORES)) + [
+            (name, why) for name in sorted(given) if name in ESTIMATE_IGNORES]
+
+    cfg = _config(args, TrainConfig)
+    check_all_read(cfg, _given(args, TrainConfig), unread=unread)
+    p = plan(cfg)
     print(markdown_table(["unit", "freezes at"], [[u, "never" if t is None else f"{t:.3f}"] for u, t in zip(p["units"], p["freeze_times"])]))
     prof = p["profile"]
     print(f"predicted time saved: {100 * p['time_saving']:.1f}% | with the activation cache: {100 * p['time_saving_cached']:.1f}% "
