@@ -32,7 +32,7 @@ from ..units import (GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, check_un
 from . import param_groups
 from .cooldown import Cooling, check_cooldown, cooldown_scale
 from .eval_mode import outside_prefix, pin_eval, pin_eval_alone, unpin
-from .marks import MARK, mark_frozen
+from .marks import frozen_by_frostline, mark_frozen
 from .schedulers import SchedulerBridge
 
 #: Epochs a named per-epoch method (SmartFRZ, the CKA oracle) assumes when it is not told.
@@ -372,9 +372,8 @@ class Freezer:
         """Parameters another Freezer froze (a finished or interrupted run on this model) that this one
         did not: taken for the user's own frozen ones, they are in no unit and never train again."""
         self._said_earlier_freezes = True
-        mine = {id(p) for i in self.frozen for p in self.units[i].params}
-        earlier = [n for n, p in self.model.named_parameters() if getattr(p, MARK, False) and not p.requires_grad
-                   and id(p) not in mine]
+        mine = {self.param_name_by_id.get(id(p)) for i in self.frozen for p in self.units[i].params}
+        earlier = [n for n in frozen_by_frostline(self.model) if n not in mine]
         if earlier:
             modules = sorted({n.rsplit(".", 1)[0] for n in earlier})
             warnings.warn(
@@ -655,6 +654,7 @@ class Freezer:
             raise bad(f"it was saved from another model: {theirs} do not fit this one ({e})") from None
         for u, name in zip(units, state["unit_names"]):
             u.name = name
+
         def params_of(us):  # (a unit's modules may differ by glue that owns nothing: a traced unit holds its ReLU)
             return [sorted(id(p) for p in u.params) for u in us]
 
