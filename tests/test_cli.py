@@ -487,6 +487,26 @@ def test_a_command_that_fails_leaves_a_finished_run_s_folder_as_it_was(tmp_path,
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
+def test_a_new_run_keeps_an_earlier_run_in_its_folder_aside(tmp_path, capsys):
+    out = tmp_path / "run"
+    tiny = ["train", "--model", "resnet", "--width", "8", "--epochs", "1", "--method", "none", "--threads", "1", *TINY,
+            "--out", str(out)]
+    assert main(tiny) == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main([*tiny, "--seed", "3"]) == 0  # the README command run twice, say
+    err = capsys.readouterr().err
+    kept = tmp_path / "run.earlier"
+    assert f"{out} held a finished run (" in err and f"kept as {kept}, nothing deleted" in err
+    assert {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()} == first
+    assert json.loads((out / "summary.json").read_text())["seed"] == 3
+    # an unfinished run (its checkpoint) is kept too, and the message says how to go on with it
+    (out / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    assert main(tiny) == 0
+    assert "held an unfinished run: kept as" in capsys.readouterr().err
+    assert (tmp_path / "run.earlier-2" / "checkpoint.pt").is_file()
+
+
 def test_data_list_says_what_is_installed_text_included(capsys):
     from frostline.lab.finefoods import read_reviews
 

@@ -33,7 +33,7 @@ from ..exploit.cost import CostModel, estimate_speedup, measure_costs
 from ..exploit.timing import StepTimeModel, profile_step_times
 from ..freezer import Freezer
 from ..units import FreezeUnit, freeze_units
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import RunContext, TrainConfig, make_policy, resumed_config, validate
 from .data import AugmentedDataset, load_dataset
 from .fullspeed import probe_full_speed
@@ -183,6 +183,32 @@ def _finished_summary(out: Path) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) and summary.get("status") == "finished" else None
 
 
+#: what marks a folder as holding a run: a new run there keeps it aside instead of writing over it
+_RUN_FILES = ("summary.json", CHECKPOINT, "config.json")
+
+
+def _keep_earlier_run(out: Path) -> None:
+    """A new run in a folder that holds an earlier one (finished, or cut off with its checkpoint)
+    moves that run to the first free ``<out>.earlier[-N]`` beside it and says so: starting afresh
+    must never lose a finished result or a checkpoint that ``--resume`` could go on from."""
+    if not any((out / name).exists() for name in _RUN_FILES):
+        return
+    if out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        raise ConfigError(f"--out {out} holds an earlier run and is the current folder (or holds it): pass another "
+                          "--out for the new run, or --resume to continue that one")
+    earlier = _finished_summary(out)
+    what = (f"a finished run ({earlier['test_accuracy']:.2f}% test accuracy)" if earlier and "test_accuracy" in earlier
+            else "a finished run" if earlier else "an unfinished run")
+    target, n = out.with_name(out.name + ".earlier"), 1
+    while target.exists():
+        n += 1
+        target = out.with_name(f"{out.name}.earlier-{n}")
+    out.rename(target)
+    out.mkdir()
+    again = "" if earlier else f"; `frostline train --resume {target}` goes on with it"
+    print(f"frostline: {out} held {what}: kept as {target}, nothing deleted{again}", file=sys.stderr)
+
+
 def set_up(cfg: TrainConfig, policy=None, checkpoint: dict[str, Any] | None = None) -> Run:
     """Everything a run needs. The order keeps runs repeatable: the model (and the CKA reference)
     draw from torch's generator right after it is seeded, and a checkpoint restores it last."""
@@ -211,6 +237,7 @@ def set_up(cfg: TrainConfig, policy=None, checkpoint: dict[str, Any] | None = No
     run = Run(cfg, Path(cfg.out), device, data, train_set, model, units, cost, total_steps, optimizer, scheduler,
               freezer, cached, net, compiled, state, resumed_from=checkpoint["loop"]["step"] if checkpoint else None)
     if checkpoint is None and run.main:  # only now: settings that fail while the run is set up leave the folder as it was
+        _keep_earlier_run(run.out)
         atomic_write_json(run.out / "config.json", asdict(cfg))
     run.log = RunLog(run.out, state.step if checkpoint else None, state.epoch) if run.main else NoLog()
     run.summary = _first_summary(run, policy, steps_per_epoch, planned)
