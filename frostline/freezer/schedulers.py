@@ -77,12 +77,27 @@ class SchedulerBridge:
             raise ConfigError("the LR scheduler drives a different optimizer than the Freezer's")
         previous = getattr(type(sched), "_frostline_bridge", None)
         if previous is None:
+            self._rebase_if_built_on_split_groups(sched)
             _wrap_step(sched)
         else:  # attached to an earlier Freezer (a second trainer.train()): move it here
             previous.attached = [s for s in previous.attached if s is not sched]
         type(sched)._frostline_bridge = self
         self.attached.append(sched)
         self.sync()
+
+    def _rebase_if_built_on_split_groups(self, sched) -> None:
+        """A scheduler made after the split (after ``Freezer(..., example_input=x)``) took the lrs the
+        Freezer had just scaled as its base lrs; a closed-form one (LambdaLR, Hugging Face's schedules)
+        then trained every unit at lr x scale x scale, silently. Its base lrs are then exactly what the
+        Freezer wrote: make them the unscaled ones (chainable schedulers do not read them). Base lrs of
+        its own (CyclicLR's, OneCycleLR's, from its arguments) differ and are left alone."""
+        groups, written = self.freezer.optimizer.param_groups, self.freezer._lrs_written
+        if group_map(self.freezer.optimizer) is None or written is None or len(written) != len(groups):
+            return
+        unscaled = [g["frostline_base_lr"] for g in groups]
+        for s in [sched, *(getattr(sched, "_schedulers", None) or ())]:
+            if getattr(s, "base_lrs", None) == written != unscaled:
+                s.base_lrs = list(unscaled)
 
     def sync(self) -> None:
         """Expand attached schedulers' per-group lists to the current (split) layout."""

@@ -5,9 +5,11 @@ modules that own parameters, depth-first in registration order; the last one is 
 ``freeze_depth = floor(f * (N - 1))`` with ``f = freeze_level * (d - freeze_start) / (1 -
 freeze_start)`` once ``d > freeze_start``; freezing is cumulative and calling again is safe; a
 model without parameters has depth 0, as ``int(f * len(layers[:-1]))`` gives in Composer.
-The differences: a NaN or infinite ``current_duration`` is a :class:`~frostline.errors.ConfigError`
-(Composer fails converting it to a depth), and frozen parameters leave the optimizer *with their state*, so
-``optimizer.state_dict()`` keeps working (Composer's leaves the state behind and raises KeyError).
+The differences: a ``current_duration`` outside [0, 1] (an epoch or step count passed for the
+fraction; NaN) is a :class:`~frostline.errors.ConfigError` (Composer freezes everything or fails
+converting it to a depth), as are a model or optimizers of the wrong kind; and frozen parameters
+leave the optimizer *with their state*, so ``optimizer.state_dict()`` keeps working (Composer's
+leaves the state behind and raises KeyError).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..errors import check_float
+from ..errors import ConfigError, check_float
 from ..freezer.param_groups import remove_params
 from ..policies.linear.linear import check_linear_args, linear_freeze_depth, linear_freeze_fraction
 
@@ -33,6 +35,25 @@ def _leaf_layers(module: nn.Module) -> list[nn.Module]:
     return layers
 
 
+def _optimizer_list(optimizers) -> list:
+    """One optimizer, several, or None (as Composer takes them); anything else (``model.parameters()``,
+    a scheduler) would fail deep inside with an AttributeError."""
+    if optimizers is None:
+        return []
+    if isinstance(optimizers, torch.optim.Optimizer) or hasattr(optimizers, "param_groups"):
+        return [optimizers]
+    if isinstance(optimizers, (list, tuple)):
+        bad = [o for o in optimizers if not hasattr(o, "param_groups") or not hasattr(o, "state")]
+        if not bad:
+            return list(optimizers)
+        got = type(bad[0]).__name__
+    else:
+        got = type(optimizers).__name__
+    raise ConfigError(f"optimizers must be the torch optimizer that trains the model, a list of them, or None, got "
+                      f"{got}: freezing takes the frozen parameters out of them (pass the optimizer, not "
+                      "model.parameters())")
+
+
 def freeze_layers(
     model: nn.Module,
     optimizers,
@@ -42,11 +63,14 @@ def freeze_layers(
 ) -> tuple[int, float]:
     """Freeze the first ``freeze_depth`` layers for training progress ``current_duration`` in
     [0, 1]. Returns ``(freeze_depth, freeze_percentage)`` as Composer does."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"freeze_layers(model, optimizers, current_duration, ...) takes the model first, got "
+                          f"{type(model).__name__}")
     check_linear_args(freeze_start, freeze_level)
-    current_duration = check_float(current_duration, "current_duration", note="fraction of training done")
-    if isinstance(optimizers, torch.optim.Optimizer):
-        optimizers = [optimizers]
-    optimizers = list(optimizers or [])
+    current_duration = check_float(current_duration, "current_duration", "[0, 1]",
+                                   note="fraction of training done, as Composer's state.get_elapsed_duration(): "
+                                        "divide the step or epoch by the run's total")
+    optimizers = _optimizer_list(optimizers)
     layers = _leaf_layers(model)
     freeze_percentage = linear_freeze_fraction(current_duration, freeze_start, freeze_level)
     freeze_depth = linear_freeze_depth(freeze_percentage, max(len(layers), 1))  # no layers: depth 0
@@ -61,4 +85,19 @@ def freeze_layers(
         for p in params:
             p.requires_grad_(False)
             p.grad = None
+    if freeze_depth:
+        _say_what_no_layer_holds(model, layers)
     return freeze_depth, freeze_percentage
+
+
+def _say_what_no_layer_holds(model: nn.Module, layers: list[nn.Module]) -> None:
+    """Parameters of a module that has children (nn.MultiheadAttention's ``in_proj_weight``, a ViT's
+    ``pos_embed``) are in no leaf layer, so Composer's schedule never freezes them: they train to the
+    end, and the backward runs through every frozen layer below them to reach them."""
+    held = {id(p) for layer in layers for p in layer.parameters()}
+    loose = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+    if loose:
+        shown = loose if len(loose) <= 4 else loose[:3] + [f"... {len(loose)} in all"]
+        warnings.warn(f"frostline: freeze_layers never freezes {shown}: they belong to a module with children, not to "
+                      "a leaf layer, as in Composer, so they keep training (and the backward keeps running to them); "
+                      "freeze them yourself, or freeze with frostline.Freezer, whose units hold them", stacklevel=3)

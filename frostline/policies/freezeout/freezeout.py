@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import math
 
-from ...errors import ConfigError, check_bool, check_float
+from ...errors import ConfigError, check_bool, check_float, check_int
 from ..base import FreezePolicy, Progress
 from ..registry import Hyperparameter, register_policy
 
 SCHEDULES = {"linear": 1, "squared": 2, "cubic": 3}
+#: ``t_i`` is reached at the step whose fraction equals it: 11/12 and 0.5 + 0.5 * 5/6 differ in the last
+#: bit, which kept a unit training one more step at a learning rate of 0.
+_TOLERANCE = 1e-9
 
 
 def freezeout_times(num_units: int, t_0: float = 0.8, schedule: str = "cubic") -> list[float]:
     """Training fraction at which each unit stops (the head's is 1.0)."""
+    if isinstance(num_units, (list, tuple)):
+        raise ConfigError(f"num_units is a count: got a list of {len(num_units)}, pass len(units)")
+    num_units = check_int(num_units, "num_units (the number of freeze units, head included)", low=0)
     check_freezeout_args(t_0, schedule)
     if num_units <= 1:
         return [1.0] * num_units
@@ -61,13 +67,13 @@ class FreezeOut(FreezePolicy):
 
     def decide(self, progress: Progress) -> set[int]:
         t = progress.fraction
-        return {i for i, t_i in enumerate(self.times[:-1]) if t >= t_i}
+        return {i for i, t_i in enumerate(self.times[:-1]) if t >= t_i - _TOLERANCE}
 
     def lr_scales(self, progress: Progress) -> list[float]:
         t = progress.fraction
         scales = []
         for t_i in self.times:
-            if t_i <= 0.0 or t >= t_i:
+            if t_i <= 0.0 or t >= t_i - _TOLERANCE:
                 scales.append(0.0)
                 continue
             start = 1.0 / t_i if self.scale_lr else 1.0
