@@ -23,15 +23,17 @@ hyperparameters); ``Freezer(..., signals={...})`` overrides both.
 from __future__ import annotations
 
 import contextlib
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from .cka import centered_gram, cka_from_grams
-from .errors import CheckpointError, ModelError
+from .errors import CheckpointError, ConfigError, ModelError
 from .policies.smartfrz.tailor import Tailor
-from .units import FreezeUnit, units_from_names
+from .units import FreezeUnit, units_from_names, unwrap_compiled
 
 
 @contextlib.contextmanager
@@ -51,9 +53,17 @@ def quiet_eval(modules: list[nn.Module]):
                 m.training = was
 
 
-def unit_outputs(model: nn.Module, units: list[FreezeUnit], x: torch.Tensor, wanted: set[int]) -> dict[int, torch.Tensor]:
-    """Outputs of the units in ``wanted`` for input ``x`` (one forward of ``model``), caught by
-    forward hooks on each unit's last module (a unit's modules are in execution order)."""
+def probe_to(x, device):
+    """A probe batch (a tensor, or a dict of keyword tensors) on ``device``."""
+    if isinstance(x, Mapping):
+        return {k: v.to(device) for k, v in x.items()}
+    return x.to(device)
+
+
+def unit_outputs(model: nn.Module, units: list[FreezeUnit], x, wanted: set[int]) -> dict[int, torch.Tensor]:
+    """Outputs of the units in ``wanted`` for input ``x`` (one forward of ``model``; a dict is its
+    keyword arguments), caught by forward hooks on each unit's last module (a unit's modules are in
+    execution order)."""
     caught: dict[int, torch.Tensor] = {}
     handles = []
     for i in wanted:
@@ -62,7 +72,7 @@ def unit_outputs(model: nn.Module, units: list[FreezeUnit], x: torch.Tensor, wan
             caught[i] = out.detach()
         handles.append(units[i].modules[-1].register_forward_hook(hook))
     try:
-        model(x)
+        model(**x) if isinstance(x, Mapping) else model(x)
     finally:
         for h in handles:
             h.remove()
@@ -220,50 +230,117 @@ class SummedGradients:
             self._sums[slot] = saved.to(device=p.device, dtype=acc_dtype, copy=True)
 
 
+def check_probe(probe) -> None:
+    """A CKA probe batch: a tensor of at least 4 samples, or a dict of such tensors (keyword inputs)."""
+    if isinstance(probe, Mapping):
+        tensors = [v for v in probe.values() if isinstance(v, torch.Tensor) and v.dim() >= 1]
+        rows = {v.shape[0] for v in tensors}
+        ok = bool(probe) and len(tensors) == len(probe) and len(rows) == 1 and min(rows) >= 4
+    else:
+        ok = isinstance(probe, torch.Tensor) and probe.dim() >= 2 and probe.shape[0] >= 4
+    if not ok:
+        raise ConfigError(f"the CKA probe must be a batch of at least 4 samples: a tensor (the model's first argument) "
+                          f"or a dict of tensors with the samples first (its keyword arguments, e.g. input_ids and "
+                          f"attention_mask), got {_describe(probe)}")
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)}"
+    if isinstance(x, Mapping):
+        return "a dict of " + ", ".join(f"{k}: {_describe(v)}" for k, v in list(x.items())[:4])
+    return type(x).__name__
+
+
 class ReferenceCKA:
     """Signal ``"cka"``: linear CKA (Kornblith et al. 2019) of each active unit's output with the
-    same unit's output in ``reference``, on the fixed ``probe`` batch.
+    same unit's output in ``reference``, on the fixed ``probe`` batch (a tensor, the model's first
+    argument, or a dict of tensors, its keyword arguments: a Hugging Face model's ``input_ids`` and
+    ``attention_mask``).
 
     Both models run in eval mode under ``no_grad`` with the RNG state restored afterwards (see
     :func:`quiet_eval`), so collecting the signal does not change the training run. The
     reference never changes, so its centred Gram matrices are computed once, at :meth:`bind`;
     each call costs one eval forward of the training model on the probe batch plus one n x n
     Gram matrix per active unit (n = probe size). Frozen units get ``None``.
+
+    ``distinct`` (the CKA oracle's): the reference must not be the model being trained, and a unit
+    that starts with the reference's very weights is warned about (its CKA starts at 1, so it can
+    never show progress towards the reference: a copy, or the same seed, untrained).
     """
 
-    def __init__(self, reference: nn.Module, probe: torch.Tensor):
-        if not isinstance(probe, torch.Tensor) or probe.dim() < 2 or probe.shape[0] < 4:
-            raise ModelError("the CKA probe must be a batch tensor of at least 4 samples")
-        self.reference = reference
+    def __init__(self, reference: nn.Module, probe, distinct: bool = False):
+        if not isinstance(reference, nn.Module):
+            raise ConfigError(f"the CKA reference must be an nn.Module (the model of a finished run of this "
+                              f"architecture), got {type(reference).__name__}: build the model and load the run's "
+                              "weights into it")
+        check_probe(probe)
+        self.reference = unwrap_compiled(reference)
         self.probe = probe
+        self.distinct = distinct
         self._ref_grams: list[torch.Tensor | None] | None = None
 
     def bind(self, freezer) -> None:
         units = freezer.units
+        if self.distinct and self.reference is freezer.model:
+            raise ConfigError("the CKA reference is the model being trained: pass the model of a finished run of the "
+                              "same architecture, trained from another seed")
+        ref_units = self._reference_units(freezer)
+        if self.distinct:
+            self._say_if_identical(freezer, units, ref_units)
+        device = next(self.reference.parameters()).device
+        self.probe = probe_to(self.probe, device)
+        with quiet_eval([self.reference]):
+            outs = unit_outputs(self.reference, ref_units, self.probe, set(range(len(units))))
+        self._ref_grams = [centered_gram(outs[i]) if i in outs else None for i in range(len(units))]
+
+    def _reference_units(self, freezer) -> list[FreezeUnit]:
+        """The training model's units in the reference, which must be the same architecture: the same
+        module names and the same parameter shapes throughout (one deeper, wider or with another head
+        is refused, not compared unit by unit)."""
+        units = freezer.units
+        what = ("the CKA reference must be the same architecture as the model being trained (a finished run of it, "
+                "from another seed), with parameters named as in it")
         try:
             ref_units = units_from_names(self.reference, [u.module_names for u in units])
-        except ModelError as e:
-            raise CheckpointError(f"the reference model does not have this model's units ({e}): "
-                                  "use a reference trained with the same --model, --width and --depth") from None
+        except ModelError:
+            missing = [n for u in units for n in u.module_names if n not in dict(self.reference.named_modules())]
+            raise ConfigError(f"{what}: it has no module {_first(missing)}") from None
         for u, r in zip(units, ref_units):
             shapes = [tuple(p.shape) for p in u.params]
             ref_shapes = [tuple(p.shape) for p in r.params]
             if shapes != ref_shapes:
-                raise CheckpointError(
-                    f"the reference model's unit {u.name} has parameter shapes {ref_shapes}, this model's {shapes}: "
-                    "use a reference trained with the same --model, --width, --depth and dataset")
-        device = next(self.reference.parameters()).device
-        self.probe = self.probe.to(device)
-        with quiet_eval([self.reference]):
-            outs = unit_outputs(self.reference, ref_units, self.probe, set(range(len(units))))
-        self._ref_grams = [centered_gram(outs[i]) if i in outs else None for i in range(len(units))]
+                raise ConfigError(f"{what}: its unit {u.name} has parameter shapes {ref_shapes}, this model's {shapes}")
+        mine = {n: tuple(p.shape) for n, p in freezer.model.named_parameters()}
+        theirs = {n: tuple(p.shape) for n, p in self.reference.named_parameters()}
+        if mine != theirs:
+            extra = sorted(set(theirs) - set(mine))
+            lacking = sorted(set(mine) - set(theirs))
+            other = sorted(n for n in set(mine) & set(theirs) if mine[n] != theirs[n])
+            detail = (f"it has parameters this model lacks ({_first(extra)})" if extra else
+                      f"it lacks parameters of this model ({_first(lacking)})" if lacking else
+                      f"parameter {other[0]} has shape {theirs[other[0]]}, this model's {mine[other[0]]}")
+            raise ConfigError(f"{what}: {detail}")
+        return ref_units
+
+    def _say_if_identical(self, freezer, units, ref_units) -> None:
+        same = [u.name for i, (u, r) in enumerate(zip(units, ref_units))
+                if i < len(units) - 1 and i not in freezer.frozen and u.params
+                and all(torch.equal(p, q.to(p.device)) for p, q in zip(u.params, r.params))]
+        if not same:
+            return
+        which = "every unit below the head" if len(same) == len(units) - 1 - len(freezer.frozen) else f"unit(s) {same}"
+        warnings.warn(f"frostline: the CKA reference has the very weights of this model in {which}: their CKA to it "
+                      "starts at 1 and cannot show progress towards it, so the CKA oracle never freezes them. The "
+                      "reference must be a finished run from another seed (not a copy of this model, nor the same seed "
+                      "untrained)", stacklevel=2)
 
     def __call__(self, freezer) -> list[float | None]:
         if self._ref_grams is None:
             self.bind(freezer)
         units = freezer.units
         active = {i for i in range(len(units)) if i not in freezer.frozen}
-        probe = self.probe.to(next(freezer.model.parameters()).device)
+        probe = probe_to(self.probe, next(freezer.model.parameters()).device)
         with quiet_eval([freezer.model]):
             outs = unit_outputs(freezer.model, units, probe, active)
         values: list[float | None] = [None] * len(units)
@@ -272,6 +349,10 @@ class ReferenceCKA:
             if ref is not None:
                 values[i] = cka_from_grams(centered_gram(out), ref.to(out.device))
         return values
+
+
+def _first(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 class TailoredWeights:

@@ -395,7 +395,7 @@ class Freezer:
             cooling = f", {len(self.cooling)} unit(s) still cooling down" if self.cooling else ""
             how = ("its schedule reached no unit in a run this long (check total_steps and its settings)"
                    if not self.policy.requires else self.policy.why_idle()
-                   or "no unit looked ready to it (a longer run, or a lower threshold, lets it freeze)")
+                   or f"no unit looked ready to it (a longer run, or {self.policy.looser}, lets it freeze)")
             why = f"after {self.step_count} of the {self.total_steps} steps it was told{cooling}, {how}"
         warnings.warn(f"frostline: {self.policy.name} froze no unit, so this run saved nothing: {why}", stacklevel=3)
 

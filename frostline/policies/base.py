@@ -28,6 +28,8 @@ class FreezePolicy:
 
     name = "none"
     requires: frozenset[str] = frozenset()
+    #: the setting that makes an adaptive rule freeze sooner, for the word a run that froze nothing gets
+    looser = "a lower threshold"
     #: True when :meth:`lr_scales` returns multipliers, so the Freezer gives each unit its own
     #: optimizer param group.
     scales_lr = False

@@ -2,7 +2,9 @@
 
 ``per_epoch`` stages per epoch of ``steps_per_epoch`` steps (at most one per step), evenly spread (the k-th stage of an
 epoch ends after ``k * steps_per_epoch // per_epoch`` of its steps), or one stage every
-``every_steps`` steps. A function of the step count alone, so a resumed run meets the same stages.
+``every_steps`` steps (which wins when both are given: a named method is handed the run's epoch
+length whatever cadence the user chose). A function of the step count alone, so a resumed run
+meets the same stages.
 
 :class:`StagedPolicy` is the bookkeeping shared by the policies that decide at stage ends from a
 per-unit readiness rule (the CKA oracle, SmartFRZ); each method keeps only its rule in its file.
@@ -10,6 +12,7 @@ per-unit readiness rule (the CKA oracle, SmartFRZ); each method keeps only its r
 
 from __future__ import annotations
 
+import warnings
 from bisect import bisect_left, bisect_right
 from typing import Any
 
@@ -24,18 +27,19 @@ class StageClock:
     def __init__(self, per_epoch: int, steps_per_epoch: int | None, every_steps: int | None,
                  per_epoch_name: str = "stages_per_epoch", every_name: str = "stage_steps"):
         check_int(per_epoch, per_epoch_name, low=1)
-        if steps_per_epoch is None and every_steps is None:
+        check_int(steps_per_epoch, "steps_per_epoch", low=1, allow_none=True)
+        if every_steps is not None:
+            check_int(every_steps, every_name, low=1)
+            # a cadence in steps wins over one per epoch: the callbacks and the Freezer hand a named
+            # method the run's epoch length, which the user who chose every_steps never gave
+            steps_per_epoch = None
+        elif steps_per_epoch is None:
             raise ConfigError("the length of a stage is unknown: pass steps_per_epoch (optimizer steps per epoch, "
                               f"e.g. len(train_loader)) with {per_epoch_name}, or {every_name}")
-        if steps_per_epoch is not None and every_steps is not None:
-            raise ConfigError(f"pass steps_per_epoch (with {per_epoch_name}) or {every_name}, not both")
-        if steps_per_epoch is not None:
-            check_int(steps_per_epoch, "steps_per_epoch", low=1)
+        else:
             # an epoch shorter than the cadence (a small dataset) gets one stage per step: every
             # dataset size the data loader accepts is a valid run
             per_epoch = min(per_epoch, steps_per_epoch)
-        if every_steps is not None:
-            check_int(every_steps, every_name, low=1)
         self.per_epoch = per_epoch
         self.steps_per_epoch = steps_per_epoch
         self.every_steps = every_steps
@@ -97,13 +101,47 @@ class StagedPolicy(FreezePolicy):
         self.frozen: set[int] = set()
         self.stages_done = 0
         self._reasons: dict[int, dict[str, Any]] = {}
+        self._run_steps: int | None = None  # the run's length, once seen (at the first step)
 
     def bind(self, unit_names):
         super().bind(unit_names)
         self._reset()
 
     def wants(self, progress: Progress) -> frozenset[str]:
+        self._say_if_never_decides(progress)
         return self.requires if self.clock.is_stage_end(progress.step) else frozenset()
+
+    # -- a run too short to decide in: said at its first step, not after it ends --------------
+    def _first_decision(self) -> tuple[int, str]:
+        """The first step at which the rule can freeze a unit, and what sets it."""
+        return self.clock.next_end(0), f"it decides at the end of each stage ({self._cadence()})"
+
+    def _cadence(self) -> str:
+        if self.clock.every_steps is not None:
+            return f"every stage_steps={self.clock.every_steps} steps"
+        return (f"{self.clock.per_epoch} per epoch of steps_per_epoch={self.clock.steps_per_epoch} optimizer steps: "
+                "the optimizer steps of one epoch are len(train_loader) divided by the gradient accumulation steps")
+
+    def _never_decides(self) -> str | None:
+        """Why this run ends before the rule can freeze anything (None: it can)."""
+        if self._run_steps is None:
+            return None
+        first, why = self._first_decision()
+        if first <= self._run_steps:
+            return None
+        return (f"{why}, so its first decision would fall at step {first}, after the {self._run_steps} steps of the "
+                "run; train longer or decide more often")
+
+    def _say_if_never_decides(self, progress: Progress) -> None:
+        if self._run_steps is not None:
+            return
+        self._run_steps = progress.total_steps
+        why = self._never_decides()
+        if why is not None and not self.frozen:
+            warnings.warn(f"frostline: {self.name} can freeze nothing in this run: {why}", stacklevel=4)
+
+    def why_idle(self) -> str | None:
+        return self._never_decides() if not self.frozen else None
 
     def next_call(self, progress: Progress) -> int:
         """Signals are read and decisions change only at stage ends."""

@@ -38,7 +38,8 @@ What differs, and why
 Interval boundaries are a function of the step count alone, and the sums in progress are saved
 with the Freezer's state, so a run resumed from a mid-interval checkpoint decides identically.
 If no unit receives any gradient for a whole interval the policy warns once (the signal is not
-reaching it, so it would silently never freeze).
+reaching it, so it would silently never freeze); so it does at the first step of a run too short
+for two full intervals (``interval_steps`` too long, or ``total_steps`` not the run's optimizer steps).
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class AutoFreeze(FreezePolicy):
 
     name = "autofreeze"
     requires = frozenset({SIGNAL})
+    looser = "a higher percentile"
 
     def __init__(self, percentile: float = 50, intervals: int = 20, interval_steps: int | None = None):
         super().__init__()
@@ -147,6 +149,10 @@ class AutoFreeze(FreezePolicy):
         self._reasons: dict[int, dict[str, Any]] = {}
         #: What the last closed interval saw (for logs): sums, rates, threshold, depth.
         self.last_interval: dict[str, Any] | None = None
+        #: The step of the first verdict this process can see and the run's length (set at the first
+        #: step): a run too short for two full intervals is said at once, not after it ends.
+        self._first_verdict: int | None = None
+        self._run_steps: int | None = None
 
     def bind(self, unit_names):
         super().bind(unit_names)
@@ -163,7 +169,28 @@ class AutoFreeze(FreezePolicy):
         if self._closed_at is None:
             # the first step this policy is asked about: its gradients began the first sum
             self._closed_at = progress.step - 1
+        if self._run_steps is None:
+            self._say_if_too_short(progress)
         return self.requires if progress.step >= self._due(progress) else frozenset()
+
+    def _say_if_too_short(self, progress: Progress) -> None:
+        """A verdict compares two full intervals back to back: a run that ends before the first
+        such pair can never freeze anything, which is better said at its first step."""
+        length = self.interval_length(progress.total_steps)
+        due = self._due(progress)
+        full = due - self._closed_at == length
+        self._first_verdict = due if full and self._prev_full else due + length if full else due + 2 * length
+        self._run_steps = progress.total_steps
+        if self.depth == 0 and self._first_verdict > progress.total_steps:
+            warnings.warn(f"frostline: AutoFreeze can freeze nothing in this run: {self._too_short()}", stacklevel=4)
+
+    def _too_short(self) -> str:
+        length = self.interval_length(self._run_steps)
+        how = (f"interval_steps={self.interval_steps}" if self.interval_steps is not None
+               else f"total_steps // intervals = {self._run_steps} // {self.intervals}")
+        return (f"it compares the gradient sums of two full intervals of {length} steps ({how}), and its first "
+                f"verdict would fall at step {self._first_verdict}, after the {self._run_steps} steps of the run: "
+                "pass a smaller interval_steps, or check that total_steps is the run's optimizer steps")
 
     def _due(self, progress: Progress) -> int:
         """The end of the interval being summed."""
@@ -228,6 +255,17 @@ class AutoFreeze(FreezePolicy):
 
     def reason(self, unit: int):
         return self._reasons.get(unit)
+
+    def why_idle(self) -> str | None:
+        if self.depth:
+            return None
+        if self._run_steps is not None and self._first_verdict > self._run_steps:
+            return self._too_short()
+        if self.num_units == 2:
+            return ("only one unit is below the head, and the percentile rule freezes a unit only when its change rate "
+                    "is below the percentile of the rates, which for one rate is that rate itself: give the Freezer "
+                    "more units (granularity='leaf', or units=[...])")
+        return None
 
     def config(self):
         return {"percentile": self.percentile, "intervals": self.intervals, "interval_steps": self.interval_steps}

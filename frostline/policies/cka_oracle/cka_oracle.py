@@ -27,6 +27,12 @@ every unit's CKA reaches exactly 1 at the end, so the rule would encode time-to-
 oracle: it needs a finished run of the same model, so it is a yardstick rather than a way to save
 time on a first training.
 
+The reference must be an ``nn.Module`` of the trained model's very architecture (the same
+parameter names and shapes: a deeper model or another head is refused with a ConfigError, not
+compared unit by unit), and not the trained model itself; one that starts with the trained model's
+weights (a copy, the same seed untrained) is warned about. The probe is a tensor (the model's first
+argument) or a dict of tensors (its keyword arguments: ``input_ids`` and ``attention_mask``).
+
 With ``prefix_only`` only a growing prefix is frozen (a unit freezes when it and every unit
 before it are ready), which is what the activation cache and the backward savings need;
 otherwise any ready unit freezes. The head never freezes. Decisions are permanent.
@@ -35,9 +41,12 @@ otherwise any ready unit freezes. The head never freezes. Decisions are permanen
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
-from ...errors import check_float, check_int
+from torch import nn
+
+from ...errors import ConfigError, check_float, check_int
 from ..base import Progress
 from ..stages import StagedPolicy
 from ..registry import Hyperparameter, register_policy
@@ -53,6 +62,21 @@ def check_rule(window, tolerance, floor) -> None:
     check_int(window, "the CKA window (stages; stability needs two values)", low=2)
     check_float(tolerance, "cka_tolerance", "[0, inf)", note="spread of the normalised CKA over the window")
     check_float(floor, "cka_floor", "(0, 1]", note="normalised CKA every unit must reach")
+
+
+def check_reference(reference, probe) -> None:
+    """The reference and the probe batch, checked where they are given, not at the first step."""
+    if reference is not None and not isinstance(reference, nn.Module):
+        raise ConfigError(f"the CKA reference must be an nn.Module (the model of a finished run of this architecture, "
+                          f"another seed), got {type(reference).__name__}: build the model and load the run's weights "
+                          "into it (model.load_state_dict(torch.load(path)))")
+    if probe is not None:
+        from ...signals import check_probe
+
+        check_probe(probe)
+    if (reference is None) != (probe is None):
+        raise ConfigError("the CKA oracle needs both reference= (a finished run's model) and probe= (a batch of "
+                          f"inputs); {'probe' if probe is None else 'reference'} is missing")
 
 
 def normalised_cka(values: Sequence[float], initial: float | None) -> list[float]:
@@ -98,11 +122,13 @@ class CKAOracle(StagedPolicy):
 
     name = "cka-oracle"
     requires = frozenset({"cka"})
+    looser = "a lower floor or a larger tolerance"
 
     def __init__(self, reference=None, probe=None, stages_per_epoch: int = 4, steps_per_epoch: int | None = None,
                  stage_steps: int | None = None, window: int = DEFAULT_WINDOW, tolerance: float = DEFAULT_TOLERANCE,
                  floor: float = DEFAULT_FLOOR, prefix_only: bool = False):
         check_rule(window, tolerance, floor)
+        check_reference(reference, probe)
         super().__init__(stages_per_epoch, steps_per_epoch, stage_steps, prefix_only)
         self.reference, self.probe = reference, probe
         self.window, self.tolerance, self.floor = int(window), float(tolerance), float(floor)
@@ -119,9 +145,10 @@ class CKAOracle(StagedPolicy):
             return {}
         from ...signals import ReferenceCKA
 
-        return {"cka": ReferenceCKA(self.reference, self.probe)}
+        return {"cka": ReferenceCKA(self.reference, self.probe, distinct=True)}
 
     def wants(self, progress: Progress) -> frozenset[str]:
+        self._say_if_never_decides(progress)
         first = progress.step == 1 or self._awaiting_initial()
         return self.requires if first else super().wants(progress)
 
@@ -132,8 +159,15 @@ class CKAOracle(StagedPolicy):
     def next_call(self, progress: Progress) -> int:
         return progress.step + 1 if self._awaiting_initial() else super().next_call(progress)
 
+    def _first_decision(self) -> tuple[int, str]:
+        step = 0
+        for _ in range(self.window):
+            step = self.clock.next_end(step)
+        return step, f"it freezes a unit once window={self.window} stages of its CKA agree ({self._cadence()})"
+
     def _record(self, progress: Progress, signals: dict[str, Any]) -> None:
         stage_end = self.clock.is_stage_end(progress.step)
+        first = self._awaiting_initial()
         for i, v in enumerate(self._per_unit(signals["cka"], "CKA values")):
             if v is None or i in self.frozen:
                 continue
@@ -141,6 +175,24 @@ class CKAOracle(StagedPolicy):
                 self.initial[i] = float(v)
             if stage_end:
                 self.history[i].append(float(v))
+        if first and self._unjudgeable():
+            warnings.warn(f"frostline: cka-oracle can freeze nothing in this run: {self._unjudgeable()}", stacklevel=5)
+
+    def _unjudgeable(self) -> str | None:
+        """Why no unit below the head can ever be ready: each started at CKA 1 to the reference, so
+        there is nothing to normalise by (None: some unit can)."""
+        below = [v for v in self.initial[:-1] if v is not None]
+        if not below or not all(math.isnan(normalised_cka([0.0], v)[0]) for v in below):
+            return None
+        return ("every unit already had CKA 1 to the reference at the first step, so its progress towards the "
+                "reference cannot be measured: the reference starts where this model starts (a copy of it, the same "
+                "seed, or the same pretrained weights). Use the finished run of another seed; fine-tuning from the "
+                "same pretrained weights leaves the oracle nothing to measure")
+
+    def why_idle(self) -> str | None:
+        if self.frozen:
+            return None
+        return self._unjudgeable() or super().why_idle()
 
     def _ready(self, progress: Progress) -> dict[int, dict[str, Any]]:
         ready = {}

@@ -78,7 +78,10 @@ class SmartFRZ(StagedPolicy):
         self.window, self.tailor_size, self.seed = window, tailor_size, seed
         self.snapshots = StageClock(snapshots_per_epoch, steps_per_epoch, snapshot_steps,
                                     per_epoch_name="snapshots_per_epoch", every_name="snapshot_steps")
-        self.judged_from = snapshots_judged_from(window, snapshots_per_epoch, steps_per_epoch)
+        self.steps_per_epoch = steps_per_epoch
+        per_epoch = snapshots_per_epoch if snapshot_steps is None or steps_per_epoch is None else max(
+            1, steps_per_epoch // snapshot_steps)
+        self.judged_from = snapshots_judged_from(window, per_epoch, steps_per_epoch)
         if isinstance(predictor, SmartFRZPredictor):
             self.predictor, self.predictor_meta = predictor.eval(), {"path": None, "sha256": None}
         else:
@@ -86,7 +89,7 @@ class SmartFRZ(StagedPolicy):
         self.threshold = float(self.predictor.threshold if threshold is None else threshold)
         if self.predictor.input_size != tailor_size:
             raise ConfigError(f"the predictor reads {self.predictor.input_size} tailored weights per snapshot, "
-                              f"tailor_size is {tailor_size}: use --tailor-size {self.predictor.input_size} "
+                              f"tailor_size is {tailor_size}: use tailor_size={self.predictor.input_size} (--tailor-size) "
                               "or a predictor trained with this tailor size")
         self._reset()
 
@@ -101,7 +104,21 @@ class SmartFRZ(StagedPolicy):
         return {"tailored_weights": TailoredWeights(self.tailor_size, self.seed, head=False)}
 
     def wants(self, progress: Progress) -> frozenset[str]:
+        self._say_if_never_decides(progress)
         return self.requires if self.snapshots.is_stage_end(progress.step) else super().wants(progress)
+
+    def _first_decision(self) -> tuple[int, str]:
+        """The first stage end at which a window holds the :attr:`judged_from` snapshots (a stage
+        end takes a snapshot too)."""
+        step = 0
+        for _ in range(self.judged_from):
+            step = min(self.snapshots.next_end(step), self.clock.next_end(step))
+        if not self.clock.is_stage_end(step):
+            step = self.clock.next_end(step)
+        snapshots = (f"every snapshot_steps={self.snapshots.every_steps} steps" if self.snapshots.every_steps
+                     else f"{self.snapshots.per_epoch} per epoch")
+        return step, (f"it judges a unit at a stage end ({self._cadence()}) once its window holds {self.judged_from} "
+                      f"weight snapshots (taken {snapshots} and at each stage end)")
 
     def next_call(self, progress: Progress) -> int:
         return min(self.snapshots.next_end(progress.step), super().next_call(progress))
@@ -131,10 +148,11 @@ class SmartFRZ(StagedPolicy):
                 for i, p in probs.items() if p > self.threshold}
 
     def why_idle(self) -> str | None:
-        if self.last_stage is not None and self.last_stage["freeze_probability"]:
+        if self.frozen or (self.last_stage is not None and self.last_stage["freeze_probability"]):
             return None  # units were judged: the general word (none looked ready) is the right one
-        return (f"no unit's window ever held the {self.judged_from} snapshots it is judged from (an epoch's, at most "
-                "--history-window) at a decision: train longer, or pass a smaller window")
+        return (self.stages_done == 0 and self._never_decides()) or (
+            f"no unit's window ever held the {self.judged_from} snapshots it is judged from (an epoch's, at most "
+            "the history window) at a decision: train longer, or pass a smaller window (window=, --history-window)")
 
     def _freeze(self, units: set[int]) -> None:
         super()._freeze(units)
@@ -145,7 +163,7 @@ class SmartFRZ(StagedPolicy):
         return {"threshold": self.threshold, "window": self.window, "tailor_size": self.tailor_size, "seed": self.seed,
                 "snapshots_per_epoch": self.snapshots.per_epoch, "snapshot_steps": self.snapshots.every_steps,
                 "stages_per_epoch": self.clock.per_epoch, "stage_steps": self.clock.every_steps,
-                "steps_per_epoch": self.clock.steps_per_epoch, "prefix_only": self.prefix_only,
+                "steps_per_epoch": self.steps_per_epoch, "prefix_only": self.prefix_only,
                 "predictor_sha256": self.predictor_meta.get("sha256")}
 
     def _own_state(self) -> dict[str, Any]:
