@@ -73,6 +73,12 @@ def unit_outputs(model: nn.Module, units: list[FreezeUnit], x, wanted: set[int])
         handles.append(units[i].modules[-1].register_forward_hook(hook))
     try:
         model(**x) if isinstance(x, Mapping) else model(x)
+    except NotImplementedError as e:
+        if 'missing the required "forward"' not in str(e):
+            raise
+        raise ConfigError(f"the CKA probe runs the model's own forward, and {type(model).__name__} has none (a "
+                          "LightningModule that computes in training_step): define forward() to return the network's "
+                          "output for a batch of inputs") from None
     finally:
         for h in handles:
             h.remove()

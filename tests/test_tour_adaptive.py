@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 import frostline
 from frostline import ConfigError
@@ -144,3 +145,26 @@ def test_a_cka_reference_with_the_models_own_weights_is_warned_about():
     with pytest.warns(UserWarning, match="very weights of this model in every unit below the head"):
         frostline.Freezer(model, optimizer, frostline.CKAOracle(reference=same, probe=probe, stage_steps=2),
                           total_steps=8, example_input=probe[:4])
+
+
+def test_a_cka_probe_on_a_model_without_forward_says_to_define_one():
+    class StepOnly(nn.Module):  # a LightningModule computing in training_step, say
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.body, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    model, reference = StepOnly(), StepOnly()
+    torch.nn.init.zeros_(reference.body.weight)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    policy = frostline.CKAOracle(reference=reference, probe=torch.randn(8, 4), stage_steps=1)
+    with pytest.raises(frostline.ConfigError, match="define forward"):
+        frostline.Freezer(model, optimizer, policy, 4, units=["body", "head"]).step()
+
+
+def test_cka_oracle_settings_are_checked_when_a_callback_is_made_without_its_reference():
+    from frostline.integrations.callback_options import checked_options
+
+    with pytest.raises(ConfigError, match="window"):
+        checked_options("cka-oracle", {"window": 1}, 0, "off", 1024)  # the reference comes with the run
+    assert checked_options("cka-oracle", {"window": 3}, 0, "off", 1024) == ("cka-oracle", {"window": 3}, 0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..errors import check_bool, check_names
 from ..freezer.cooldown import check_cooldown
 from ..policies import TRIAL_RUNTIME, FreezePolicy, as_policy, policy_class
-from ..policies.registry import check_policy_kwargs, policy_spec
+from ..policies.registry import check_policy_kwargs
 from .trainer_cache import check_cache_options
 
 
@@ -24,8 +24,7 @@ def checked_options(policy: FreezePolicy | str, policy_kwargs: dict | None, cool
     kwargs = dict(policy_kwargs or {})
     if not isinstance(policy, str):
         policy = as_policy(policy, **kwargs)
-    elif set(policy_spec(policy).runtime) - set(kwargs) <= set(TRIAL_RUNTIME):
-        as_policy(policy, runtime=TRIAL_RUNTIME, **kwargs)  # a bad name or value fails now
-    else:  # it needs what only the run has (a reference model): its names at least
+    else:  # a bad name or value fails now; what only the run has (the CKA oracle's reference) is left out
         check_policy_kwargs(policy, kwargs)
+        as_policy(policy, runtime=TRIAL_RUNTIME, **kwargs)
     return policy, kwargs, check_cooldown(cooldown, policy_class(policy))
