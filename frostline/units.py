@@ -48,6 +48,35 @@ def _is_leaf(module: nn.Module) -> bool:
     return next(module.children(), None) is None
 
 
+def _no_hook(*_args) -> None:
+    """What a copy of a model gets in place of a recorder's hook (see :class:`_RecorderHook`)."""
+
+
+def _inert_hook():
+    return _no_hook
+
+
+class _RecorderHook:
+    """A recorder's hook that stays with the model it was put on. A copy of that model made while
+    the trace waits (``copy.deepcopy``: an EMA's ``AveragedModel``; ``torch.save(model)``) gets a hook
+    that does nothing: the copy's forward must not report into this recorder (its Freezer would set
+    itself up a second time, or crash), and a closure cannot be pickled."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __deepcopy__(self, memo):
+        return _no_hook
+
+    def __reduce__(self):
+        return _inert_hook, ()
+
+
 class ExecutionOrderRecorder:
     """Records module execution order during the *next* forward of ``model``, then detaches and
     calls ``on_done(order)`` (if given) when the model's own ``forward`` returns.
@@ -67,9 +96,9 @@ class ExecutionOrderRecorder:
         self._handles = []
         self._on_done = on_done
         for name, module in model.named_modules():
-            self._handles.append(module.register_forward_pre_hook(self._make_hook(name)))
-            self._handles.append(module.register_forward_hook(self._make_end_hook(name)))
-        self._handles.append(model.register_forward_hook(self._finish))
+            self._handles.append(module.register_forward_pre_hook(_RecorderHook(self._make_hook(name))))
+            self._handles.append(module.register_forward_hook(_RecorderHook(self._make_end_hook(name))))
+        self._handles.append(model.register_forward_hook(_RecorderHook(self._finish)))
 
     def _make_hook(self, name):
         def hook(_module, _args):
@@ -119,6 +148,12 @@ def trace_execution_order(model: nn.Module, example_input) -> list[str]:
                 model(*example_input)
             else:
                 model(example_input)
+    except Exception as e:  # the user's forward on the user's batch: say which input, keep the cause
+        how = ("model(**example_input)" if isinstance(example_input, dict) else "model(*example_input)"
+               if isinstance(example_input, (tuple, list)) else "model(example_input)")
+        raise ModelError(f"the model's forward failed on example_input, called as {how}: {type(e).__name__}: "
+                         f"{str(e)[:300]}. Pass one batch as the model takes it (a tuple or list is spread into "
+                         "positional arguments, a dict into keyword arguments)") from e
     finally:
         recorder.detach()
         model.train(was_training)
@@ -197,7 +232,7 @@ def _resolve_explicit(model: nn.Module, units: Sequence) -> list[list[str]]:
     modules = dict(model.named_modules())
     groups = []
     for u in units:
-        names = [u] if isinstance(u, str) else list(u)
+        names = _names_of_unit(u)
         missing = [n for n in names if n not in modules]
         if missing:
             known = [n for n in modules if n][:12]
@@ -208,6 +243,17 @@ def _resolve_explicit(model: nn.Module, units: Sequence) -> list[list[str]]:
         groups.append(names)
     _check_disjoint(groups)
     return groups
+
+
+def _names_of_unit(unit) -> list[str]:
+    """One entry of ``units=``: a module name or a list of them, else a ModelError saying what to pass
+    (a module object or an index would fail deep inside with "not iterable")."""
+    if isinstance(unit, str):
+        return [unit]
+    if isinstance(unit, (list, tuple)) and all(isinstance(n, str) for n in unit):
+        return list(unit)
+    raise ModelError(f"a unit must be a module name (a string from model.named_modules(), e.g. 'layer1') or a "
+                     f"list of them, got {type(unit).__name__} {unit!r:.60}: pass names, not modules or indices")
 
 
 def _check_disjoint(groups: Sequence[Sequence[str]]) -> None:
@@ -383,6 +429,6 @@ def _build_units(model: nn.Module, groups: Sequence[Sequence[str]]) -> list[Free
 def units_from_names(model: nn.Module, groups: Sequence[Sequence[str]]) -> list[FreezeUnit]:
     """Rebuild units from saved module-name groups, in the saved order (resume needs no trace)."""
     model = unwrap_compiled(model)
-    groups = [[g] if isinstance(g, str) else list(g) for g in groups]
+    groups = [_names_of_unit(g) for g in groups]
     _resolve_explicit(model, groups)
     return _build_units(model, groups)

@@ -51,6 +51,18 @@ def _few(names: list[str]) -> str:
     return str(names) if len(names) <= 8 else f"{names[:4]} ... {names[-2:]} ({len(names)} in all)"
 
 
+def _kind(value) -> str:
+    """What was passed, short enough for a message (the repr of a model or an optimizer runs to pages)."""
+    if value is None or isinstance(value, (bool, numbers.Number, str)):
+        return repr(value)[:60]
+    if isinstance(value, type):
+        return f"the class {value.__name__} (not an instance of it)"
+    if isinstance(value, (list, tuple)):
+        kinds = sorted({type(v).__name__ for v in value})
+        return f"a {type(value).__name__} of {len(value)} ({', '.join(kinds[:3])})"
+    return f"an object of type {type(value).__name__}"
+
+
 @dataclass
 class FreezeEvent:
     """One entry of the freezing timeline: the unit froze after optimizer step ``step``; the policy
@@ -105,9 +117,16 @@ class Freezer:
         signals: dict[str, Any] | None = None,
         cooldown: int = 0,
     ):
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"Freezer needs the model (an nn.Module) as its first argument, got {_kind(model)}: "
+                              "Freezer(model, optimizer, policy, total_steps)")
+        if isinstance(optimizer, (list, tuple)) and optimizer and all(hasattr(o, "param_groups") for o in optimizer):
+            raise ConfigError(f"Freezer takes one optimizer, got {_kind(optimizer)}: pass the one that trains the "
+                              "units that freeze (they leave it with their state); parameters of a frozen unit held by "
+                              "another optimizer get no gradient, so it leaves them as they are")
         if not hasattr(optimizer, "param_groups"):
-            raise ConfigError(f"Freezer needs the optimizer that trains the model, got {optimizer!r}: build it first "
-                              "(e.g. torch.optim.AdamW(model.parameters(), lr=...)) and pass it; freezing takes "
+            raise ConfigError(f"Freezer needs the optimizer that trains the model, got {_kind(optimizer)}: build it "
+                              "first (e.g. torch.optim.AdamW(model.parameters(), lr=...)) and pass it; freezing takes "
                               "frozen parameters out of it")
         freeze_head = check_bool(freeze_head, "freeze_head")
         if units is not None:
@@ -119,6 +138,17 @@ class Freezer:
         # a method name is built with its defaults; a bad one fails here
         policy = as_policy(policy, runtime={"steps_per_epoch": -(-total_steps // EPOCHS_IF_UNKNOWN)})
         self.cooldown = check_cooldown(cooldown, policy, total_steps)
+        if isinstance(optimizer, torch.optim.LBFGS) and (policy.scales_lr or self.cooldown):
+            which = f"method {policy.name!r}" if policy.scales_lr else "a cooldown"
+            raise ConfigError(f"LBFGS takes one param group, and {which} "
+                              "gives each unit its own learning rate (its own group): with LBFGS use a method that "
+                              "does not scale learning rates (e.g. 'linear', 'autofreeze') and cooldown=0")
+        if signals is not None and not isinstance(signals, dict):
+            raise ConfigError(f"signals must be a dict of signal name -> collector (see frostline.signals), "
+                              f"got {_kind(signals)}")
+        if sync is not None and not all(callable(getattr(sync, m, None)) for m in ("agree", "applied")):
+            raise ConfigError(f"sync must have agree(wanted, frozen, num_units, step) and applied(newly) (e.g. "
+                              f"frostline.DecisionSync()), got {_kind(sync)}")
         compiled, model = model, unwrap_compiled(model)  # torch.compile's wrapper shares the parameters of the model
         if compiled is not model and units is None and example_input is None:
             warnings.warn(
@@ -267,10 +297,13 @@ class Freezer:
         unit's trainable parameters (built from another model, or from a copy) has nothing to give
         up, and that unit does not train through it either. Said once, at set-up."""
         held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
-        missing = [u.name for u in units if any(p.requires_grad for p in u.params)
+        # a head that never freezes may train in an optimizer of its own (a second lr, another optimizer type)
+        freezable = units if self.freeze_head or not held else units[:-1]
+        missing = [u.name for u in freezable if any(p.requires_grad for p in u.params)
                    and not any(id(p) in held for p in u.params if p.requires_grad)]
         if missing:
-            which = "any unit" if len(missing) == len(units) else f"unit(s) {missing}"
+            none_held = not any(id(p) in held for u in units for p in u.params)
+            which = "any unit" if none_held else f"unit(s) {missing}"
             warnings.warn(f"frostline: the optimizer holds no trainable parameter of {which}: freezing cannot take them "
                           "out of it, and it does not train them (build the optimizer from this model's parameters, "
                           "after any copy or .to() that replaces them)", stacklevel=4)
@@ -300,6 +333,11 @@ class Freezer:
         before ``Freezer(units=...)``); call ``scheduler.step()`` as usual, before or after
         ``freezer.step()``. Without a scheduler the per-unit lr stays the group's lr at the split.
         How (and why this way): :mod:`frostline.freezer.schedulers`."""
+        sched = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
+        if isinstance(sched, torch.optim.Optimizer) or not callable(getattr(sched, "step", None)) \
+                or not hasattr(sched, "optimizer"):
+            raise ConfigError(f"attach_scheduler needs an LR scheduler of the Freezer's optimizer (e.g. "
+                              f"torch.optim.lr_scheduler.LambdaLR(optimizer, ...)), got {_kind(scheduler)}")
         self.schedulers.attach(scheduler)
 
     # -- the step --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import ConfigError
 from .eval_mode import _run_in_eval
 
 #: attribute set on a parameter a Freezer froze
@@ -33,6 +34,9 @@ def unfreeze(model: nn.Module) -> list[str]:
     mode (dropout and BatchNorm follow ``model.train()`` again). Parameters frozen by anything else
     stay frozen. Returns the names of the parameters made trainable. An optimizer built before
     this call does not hold them: build it (or the Trainer) after, then a new Freezer."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"unfreeze needs the model (an nn.Module), got {type(model).__name__}: "
+                          "frostline.unfreeze(model), then build the optimizer and the Freezer")
     names = []
     for name, p in model.named_parameters():
         if getattr(p, MARK, False):

@@ -32,6 +32,23 @@ def remove_params(optimizers: torch.optim.Optimizer | Iterable[torch.optim.Optim
             group["params"] = [p for p in group["params"] if id(p) not in gone]
         for p in params:
             opt.state.pop(p, None)
+        _refresh_lbfgs(opt)
+
+
+def _refresh_lbfgs(optimizer) -> None:
+    """LBFGS steps the parameter list it took at construction (``_params``), not its group's: a frozen
+    parameter left there goes on moving along the search direction (its curvature history spans
+    every parameter), silently. Point it at the group, and drop its history when the list changed: it
+    is kept flattened over the old list and no longer fits (the next step starts a fresh history)."""
+    if not isinstance(optimizer, torch.optim.LBFGS) or len(optimizer.param_groups) != 1:
+        return
+    params = optimizer.param_groups[0]["params"]
+    if [id(p) for p in optimizer._params] != [id(p) for p in params]:
+        optimizer._params = params
+        optimizer._numel_cache = None
+        optimizer.state.clear()
+    else:
+        optimizer._params = params
 
 
 def layout_by_name(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> list[dict[str, Any]]:
@@ -56,6 +73,7 @@ def restore_layout(optimizer: torch.optim.Optimizer, model: nn.Module, saved: li
         if id(p) not in kept:
             del optimizer.state[p]
     optimizer.param_groups[:] = groups
+    _refresh_lbfgs(optimizer)
 
 
 def split_per_unit(optimizer: torch.optim.Optimizer, unit_params: Sequence[Sequence[nn.Parameter]]) -> None:
