@@ -149,3 +149,19 @@ def test_freeze_layers_on_gpt2_with_two_optimizers_takes_frozen_weights_out_of_b
     held = {id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]}
     assert not any(id(p) in held for p in frozen)
     assert all(len(opt.state_dict()["state"]) == sum(len(g["params"]) for g in opt.param_groups) for opt in optimizers)
+
+
+def test_an_attached_scheduler_pickles_as_the_scheduler_it_was():
+    import io
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 3)
+    freezer = frostline.Freezer(model, optimizer, frostline.FreezeOut(t_0=0.5), 10, units=["0", "1"])
+    freezer.attach_scheduler(scheduler)
+    buffer = io.BytesIO()
+    torch.save({"scheduler": scheduler}, buffer)  # the object itself, as some training scripts keep it
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)["scheduler"]
+    assert type(loaded) is torch.optim.lr_scheduler.StepLR
+    assert loaded.state_dict() == scheduler.state_dict()

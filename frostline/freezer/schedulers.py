@@ -128,6 +128,11 @@ class SchedulerBridge:
             self.freezer._apply_lr()
 
 
+def _plain_instance(cls):
+    """An empty instance of ``cls`` for pickle to fill with a wrapped scheduler's state."""
+    return cls.__new__(cls)
+
+
 def _wrap_step(sched) -> None:
     """Give ``sched`` a class whose ``step`` runs inside its bridge (see the module docstring)."""
     base = type(sched)
@@ -139,5 +144,11 @@ def _wrap_step(sched) -> None:
         bridge.after_step()
         return result
 
+    def reduce(this, protocol):
+        # pickled (torch.save of the scheduler object, a deepcopy) as the plain scheduler it was: the
+        # class made here is no importable name; a loaded copy is attached again if it is to drive a Freezer
+        return _plain_instance, (base,), dict(this.__dict__)
+
     sched.__class__ = type(base.__name__, (base,), {
-        "step": step, "_frostline_bridge": None, "__module__": base.__module__, "__qualname__": base.__qualname__})
+        "step": step, "__reduce_ex__": reduce, "_frostline_bridge": None, "__module__": base.__module__,
+        "__qualname__": base.__qualname__})
