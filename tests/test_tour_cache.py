@@ -121,3 +121,10 @@ def test_an_unreadable_cache_folder_is_said_and_rebuilt(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a folder never saved to is a fresh start, not a problem
         ActivationCache.load(tmp_path / "new", prefix_fingerprint=cached.prefix_fingerprint, num_samples=N)
+
+
+def test_a_cache_directory_that_is_a_file_is_refused_at_once(tmp_path):
+    afile = tmp_path / "cache"
+    afile.write_text("not a folder")
+    with pytest.raises(ConfigError, match="is a file"):
+        ActivationCache(8, memory_budget_bytes=0, directory=afile)
