@@ -161,3 +161,18 @@ def test_an_optimizer_in_the_message_is_named_not_printed():
         Freezer(model, list(model.parameters()), "linear", 10)
     assert len(str(info.value)) < 300 and "a list of 8 (Parameter)" in str(info.value)
     copy.deepcopy(model)  # nothing left behind on the model
+
+
+def test_unfreeze_while_the_freezer_still_steps_is_said():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    freezer = frostline.Freezer(model, optimizer, frostline.create_policy("linear", freeze_start=0.0), 6,
+                                units=["0", "1", "2"])
+    x = torch.randn(8, 4)
+    while not freezer.frozen:
+        model(x).sum().backward()
+        optimizer.step()
+        freezer.step()
+    frostline.unfreeze(model)
+    with pytest.warns(UserWarning, match="train again .* while it still steps"):
+        freezer.step()

@@ -198,6 +198,8 @@ class Freezer:
         self._warned_lr = False
         self._said_earlier_freezes = False
         self._told_nothing_froze = False
+        #: one parameter this Freezer froze: trainable again means unfreeze() ran while this Freezer still steps
+        self._frozen_sample: torch.Tensor | None = None
         self._load_hook = optimizer.register_load_state_dict_pre_hook(self._check_optimizer_state)
         if units is not None and all(isinstance(u, FreezeUnit) for u in units):
             self._setup(list(units))  # already traced (freeze_units)
@@ -378,6 +380,12 @@ class Freezer:
         self._check_lrs_untouched()
         if not self._said_earlier_freezes:
             self._say_if_an_earlier_freezer_froze()
+        if self._frozen_sample is not None and self._frozen_sample.requires_grad:
+            self._frozen_sample = None  # said once
+            warnings.warn("frostline: parameters this Freezer froze train again (frostline.unfreeze(model), or "
+                          "requires_grad_(True)) while it still steps: they get gradients but are in no optimizer, "
+                          "and it still counts their units frozen. After unfreeze, build a new optimizer and a new "
+                          "Freezer", stacklevel=2)
         self.step_count += 1
         if self.step_count == self.total_steps + 1:
             warnings.warn(f"frostline: freezer.step() was called more than the total_steps={self.total_steps} it was "
@@ -480,6 +488,8 @@ class Freezer:
         for p in unit.params:
             if p.requires_grad:  # one the user froze inside the unit is theirs: unfreeze() leaves it
                 mark_frozen(p)
+                if self._frozen_sample is None:
+                    self._frozen_sample = p
             p.requires_grad_(False)
             p.grad = None
         if index not in self._eval_pins:
