@@ -188,6 +188,17 @@ def test_standard_goals_beat_rivals_bound_the_overhead_and_need_every_run():
     assert verdict(autofreeze, rows, conv("FAIL")) == ["not met"] and "baseline not converged" in goal_lines(autofreeze, rows, conv("FAIL"))[0]
 
 
+def test_with_no_variant_within_the_accuracy_bound_the_nearest_is_named_not_the_fastest():
+    autofreeze = SUITES["standard"].goals[1]  # <= 0.3 points lost
+    rows = [_row("none", "none", math.nan, math.nan), _row("autofreeze+cache", "autofreeze", 0.30, -0.35),
+            _row("autofreeze-p80+cache", "autofreeze", 0.60, -0.80)]
+    (entry,) = judge(autofreeze, rows)
+    assert entry["best"] == "autofreeze+cache" and entry["nearest"] and entry["verdict"] == "not met"
+    assert "none within the accuracy bound; nearest **autofreeze+cache**" in goal_lines(autofreeze, rows)[0]
+    within = rows + [_row("autofreeze-p20+cache", "autofreeze", 0.10, -0.1)]
+    assert "best **autofreeze-p20+cache**" in goal_lines(autofreeze, within)[0]
+
+
 def test_beating_a_rival_is_judged_run_by_run_beyond_noise():
     smartfrz = SUITES["standard"].goals[0]
     runs = lambda saved, deltas: [{"seed": k, "time_saved": s, "delta_accuracy": d}  # noqa: E731
