@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, FrostlineError, ModelError, check_bool, check_int, check_names
+from ..exploit.distributed import is_distributed, world_size
 from ..policies import as_policy
 from ..policies.base import FreezePolicy, Progress
 from ..signals import STANDARD as STANDARD_COLLECTORS
@@ -149,6 +150,11 @@ class Freezer:
         if sync is not None and not all(callable(getattr(sync, m, None)) for m in ("agree", "applied")):
             raise ConfigError(f"sync must have agree(wanted, frozen, num_units, step) and applied(newly) (e.g. "
                               f"frostline.DecisionSync()), got {_kind(sync)}")
+        if sync is None and is_distributed() and world_size() > 1:
+            warnings.warn("frostline: a distributed run and no sync=: each process decides what to freeze from its own "
+                          "signals and batches, so the replicas can freeze different units (DDP then fails, or they "
+                          "drift apart); pass sync=frostline.DecisionSync(on_freeze=...) (see the guide's distributed "
+                          "section)", stacklevel=2)
         compiled, model = model, unwrap_compiled(model)  # torch.compile's wrapper shares the parameters of the model
         if compiled is not model and units is None and example_input is None:
             warnings.warn(

@@ -120,7 +120,8 @@ class FrostlineCallback(TrainerCallback):
             units=self.units, granularity=self.granularity, freeze_head=self.freeze_head, cooldown=self.cooldown,
             # every process decides from its own batches (AutoFreeze's gradients, SmartFRZ's timing): rank 0's
             # decision must be everyone's, or the replicas freeze different units and drift apart
-            sync=DecisionSync() if processes > 1 else None,
+            # the Trainer's DDP finds unused parameters (checked above), so a freeze needs no rebuild
+            sync=DecisionSync(on_freeze=_no_rebuild) if processes > 1 else None,
         )
         if self.cache != "off":
             self._route_through_cache(model, args, state, loader, per_epoch)
@@ -221,6 +222,10 @@ class FrostlineCallback(TrainerCallback):
                 f"{path} is from step {saved.get('step')}, the Trainer resumed at step {state.global_step}: "
                 "point resume_from at the matching checkpoint")
         self.freezer.load_state_dict(saved)
+
+
+def _no_rebuild(_newly: list[int]) -> None:
+    """What the Trainer's DDP needs after a freeze: nothing (it runs with find_unused_parameters)."""
 
 
 def _check_ddp_lets_units_freeze(args, model, processes: int) -> None:
