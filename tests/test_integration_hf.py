@@ -441,8 +441,10 @@ frost = FrostlineCallback("autofreeze", policy_kwargs={"intervals": 6})
 trainer = t._trainer(sys.argv[1], [frost])
 trainer.args.ddp_backend, trainer.args.save_strategy = "gloo", "no"
 trainer.train()
-print("RESULT", json.dumps({"rank": int(os.environ["RANK"]), "frozen": [(e.unit, e.step) for e in frost.freezer.timeline],
-      "sum": sum(float(p.detach().double().sum()) for p in trainer.model.parameters())}), flush=True)
+# one file per rank: two processes printing to one pipe can interleave their lines
+with open(f"{sys.argv[1]}-rank{os.environ['RANK']}.json", "w") as f:
+    json.dump({"rank": int(os.environ["RANK"]), "frozen": [(e.unit, e.step) for e in frost.freezer.timeline],
+               "sum": sum(float(p.detach().double().sum()) for p in trainer.model.parameters())}, f)
 '''
 
 
@@ -465,8 +467,8 @@ def test_under_torchrun_every_process_freezes_what_rank_0_decided(tmp_path):
                            "127.0.0.1", "--master_port", str(free_port()), str(script), str(tmp_path / "out"),
                            str(here)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line]
-    assert sorted(r["rank"] for r in results) == [0, 1]
+    results = [json.loads((tmp_path / f"out-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["rank"] for r in results] == [0, 1]
     assert results[0]["frozen"] and results[0]["frozen"] == results[1]["frozen"]
     assert results[0]["sum"] == results[1]["sum"]
 
