@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import ConfigError, ModelError, check_int
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 GRANULARITIES = ("block", "leaf")
@@ -298,8 +298,12 @@ def freeze_units(
     units: Sequence | None = None,
     example_input=None,
     execution_order: Sequence[str] | None = None,
+    head_units: int = 1,
 ) -> list[FreezeUnit]:
     """Split ``model`` into ordered freeze units; the last unit is the head.
+
+    ``head_units`` (default 1) makes the last that many units one head, which keeps training
+    (:func:`merge_head`): the usual fine-tuning choice of leaving the top blocks trainable.
 
     ``units`` (a list of module names, or of lists of names) overrides the automatic split; it
     must list the units in the order they run, each module once, and cover every module that ran
@@ -329,7 +333,7 @@ def freeze_units(
     if units is not None:
         built = units_from_names(model, _resolve_explicit(model, units))
         check_units(model, built, execution_order)
-        return built
+        return merge_head(built, head_units)
     position = {name: i for i, name in enumerate(execution_order)}
     modules = dict(model.named_modules())
     groups = _block_candidates(*_unwrapped(model)) if granularity == "block" else _leaf_candidates(model)
@@ -353,7 +357,28 @@ def freeze_units(
             f"the model splits into only {len(built)} freeze unit(s) {[u.name for u in built]}, and the last (the "
             "head) never freezes, so freezing can save little: name the units yourself (units=[...], module "
             "names in the order they run) or split finer (granularity='leaf')", stacklevel=2)
-    return built
+    return merge_head(built, head_units)
+
+
+def merge_head(units: list[FreezeUnit], head_units: int) -> list[FreezeUnit]:
+    """``units`` with the last ``head_units`` of them made one unit, the head. The head never
+    freezes (unless the Freezer is told ``freeze_head=True``), so the units merged into it keep
+    training however early a method would have frozen them: in a fine-tune the top blocks adapt
+    to the new task longest, and they are the cheapest to keep (the fewest positions, the least
+    activation memory). Every policy sees one unit fewer; nothing else changes."""
+    head_units = check_int(head_units, "head_units (how many of the last units form the head that keeps training)",
+                           low=1)
+    if head_units == 1:
+        return list(units)
+    if head_units >= len(units):
+        raise ConfigError(f"head_units={head_units} would make all {len(units)} units of the model the head, leaving "
+                          f"nothing to freeze: use at most {len(units) - 1} (units: "
+                          f"{', '.join(u.name for u in units[:8])}{' ...' if len(units) > 8 else ''})")
+    top = units[-head_units:]
+    head = FreezeUnit(name="+".join(u.name for u in top), module_names=[n for u in top for n in u.module_names],
+                      modules=[m for u in top for m in u.modules], params=[p for u in top for p in u.params],
+                      param_names=[n for u in top for n in u.param_names])
+    return list(units[:-head_units]) + [head]
 
 
 def check_units(model: nn.Module, units: Sequence[FreezeUnit], execution_order: Sequence[str],

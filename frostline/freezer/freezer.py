@@ -28,8 +28,8 @@ from ..exploit.distributed import is_distributed, world_size
 from ..policies import as_policy
 from ..policies.base import FreezePolicy, Progress
 from ..signals import STANDARD as STANDARD_COLLECTORS
-from ..units import (GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, check_units, freeze_units, unwrap_compiled,
-                     units_from_names)
+from ..units import (GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, check_units, freeze_units, merge_head,
+                     unwrap_compiled, units_from_names)
 from . import param_groups
 from .cooldown import Cooling, check_cooldown, cooldown_scale
 from .eval_mode import outside_prefix, pin_eval, pin_eval_alone, unpin
@@ -92,6 +92,9 @@ class Freezer:
     are traced: from ``example_input`` if given, else from the first forward pass the model runs
     after the Freezer is made.
     ``freeze_head=False`` keeps the last unit trainable whatever the policy says.
+    ``head_units`` (default 1) makes the last that many units, given or found, one head
+    (:func:`frostline.units.merge_head`): ``head_units=3`` keeps a fine-tune's top two blocks training
+    beside its classifier.
     ``sync`` (e.g. :class:`frostline.exploit.distributed.DecisionSync`) makes every rank of a distributed
     run apply the same decision: its ``agree(wanted, frozen, num_units, step)`` returns the set to
     act on, and ``applied(newly)`` hears about units frozen by it (to rebuild DDP).
@@ -114,6 +117,7 @@ class Freezer:
         granularity: str = "block",
         example_input=None,
         freeze_head: bool = False,
+        head_units: int = 1,
         sync=None,
         signals: dict[str, Any] | None = None,
         cooldown: int = 0,
@@ -130,6 +134,8 @@ class Freezer:
                               "first (e.g. torch.optim.AdamW(model.parameters(), lr=...)) and pass it; freezing takes "
                               "frozen parameters out of it")
         freeze_head = check_bool(freeze_head, "freeze_head")
+        self.head_units = check_int(head_units, "head_units (how many of the last units form the head that keeps "
+                                    "training)", low=1)
         if units is not None:
             units = list(check_names(units, "units"))
             if not units:
@@ -273,6 +279,7 @@ class Freezer:
 
     def _setup(self, units: list[FreezeUnit]) -> None:
         self._recorder = None
+        units = merge_head(units, self.head_units)
         self._bind(units)
         self._say_if_optimizer_misses(units)
         if self.per_unit_lr:  # only then: a run without per-unit lrs keeps the user's optimizer layout

@@ -129,6 +129,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # every unit below the head of MiniLM at its first decision, -1.07 points), set before any of its runs and
     # after the two above had given EfficientNet-Lite0 no accuracy back: the cool-down measured on MiniLM too
     "smartfrz+cache+cooldown30": {"method": "smartfrz", "cache": "memory", "cooldown": 30},
+    # the fine-tunes' top block kept training beside the classifier (`--head-units 2`), set before any of its
+    # runs: SmartFRZ ended every 6-epoch EfficientNet-Lite0 run with all 17 units below the head frozen (-0.35
+    # points), and the one block above them is the cheapest to keep: its step time profile put the step with
+    # every unit below the head frozen at 0.195 of a full one and with all but the top block frozen at 0.234
+    # (`step_time_profile.prefix` in the smartfrz_cache cells' summary.json)
+    "smartfrz+cache+head2": {"method": "smartfrz", "cache": "memory", "head_units": 2},
 }
 
 #: Methods that are adaptive (decide from training signals).
@@ -299,7 +305,8 @@ SUITES: dict[str, Suite] = {
                                "linear-start0-end0.35-level0.9+cache", "linear-start0-end0.4+cache+cooldown30",
                                "linear-start0-end0.001-level0.65+cache", "freezeout+cache", "autofreeze+cache",
                                "autofreeze-p80+cache", "smartfrz", "smartfrz+cache", "smartfrz+auto",
-                               "smartfrz+cache+4stages", "smartfrz+cache+4stages+cooldown", "smartfrz+cache+cooldown30"),
+                               "smartfrz+cache+4stages", "smartfrz+cache+4stages+cooldown", "smartfrz+cache+cooldown30",
+                               "smartfrz+cache+head2"),
         {"epochs": FINETUNE_EPOCHS, **FINETUNE_SETTINGS},
         f"fine-tuning pretrained models, {FINETUNE_EPOCHS} epochs (AdamW, cosine decay), two threads per run and one "
         "run at a time: all-MiniLM-L6-v2 on every fine-food training review (3,600 after the 400-review validation "
@@ -319,7 +326,7 @@ SUITES: dict[str, Suite] = {
         "finetune-long", (), (), 3, ("none", "linear-start0-end0.75+cache", "linear-start0-end0.5+cache",
                                       "smartfrz+cache", "smartfrz+cache+2stages", "smartfrz+cache+4stages",
                                       "smartfrz+cache+2stages+cooldown30", "smartfrz+cache+4stages+cooldown30",
-                                      "autofreeze+cache"),
+                                      "autofreeze+cache", "smartfrz+cache+head2"),
         {"epochs": FINETUNE_LONG_EPOCHS, **FINETUNE_SETTINGS},
         f"the fine-tune of ImageNet EfficientNet-Lite0 as in the `finetune` suite (12,000 Fashion-MNIST images "
         f"upscaled to 64 x 64, AdamW, lr 1e-3, batch 64, cosine decay, tested on all 10,000 test images), trained "

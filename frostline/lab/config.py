@@ -70,6 +70,7 @@ class RunSettings:
     reference: str | None = None  # cka-oracle: the run folder its reference model is loaded from
     probe_size: int = 256  # cka-oracle: samples in the probe batch CKA is measured on
     cooldown: int = 0  # optimizer steps of learning-rate ramp to zero before a decided unit freezes
+    head_units: int = 1  # the last this many units form the head, which keeps training
     speed_probe: int = 0  # full-model steps timed after training, to measure time saved in-run (0: none)
 
 
@@ -207,6 +208,7 @@ def _check_numbers(cfg: TrainConfig) -> None:
     if cfg.probe_size < 4:
         raise ConfigError(f"probe_size must be >= 4 samples, got {cfg.probe_size}")
     check_int(cfg.cooldown, "cooldown (optimizer steps)", low=0)
+    check_int(cfg.head_units, "head units (--head-units: how many of the last units keep training as the head)", low=1)
     check_int(cfg.speed_probe, "speed_probe (timed steps; 0: no probe)", low=0)
 
 

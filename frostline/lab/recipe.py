@@ -280,7 +280,7 @@ def _units_and_costs(cfg: TrainConfig, model: nn.Module, train_data, num_train: 
     """The freeze units (from one traced forward) and their FLOP and memory costs, on one real batch."""
     _, x0, y0 = next(iterate_batches(train_data, cfg.batch_size, shuffle=False))
     x0, y0 = x0.to(device), y0.to(device)
-    units = freeze_units(model, example_input=x0)
+    units = freeze_units(model, example_input=x0, head_units=cfg.head_units)
     cost = measure_costs(model, units, x0, y0)
     launch.check_global_batches(num_train, cfg.batch_size, distributed.world_size())
     return units, cost
@@ -626,7 +626,7 @@ def plan(cfg: TrainConfig) -> dict[str, Any]:
     model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
                          image_size=data.image_size, width=cfg.width, depth=cfg.depth)
     _, x, y = next(iterate_batches(data.train, cfg.batch_size, shuffle=False))
-    units = freeze_units(model, example_input=x)
+    units = freeze_units(model, example_input=x, head_units=cfg.head_units)
     cost = measure_costs(model, units, x, y)
     device = pick_device(cfg.device)
     model.to(device)
