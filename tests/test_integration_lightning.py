@@ -216,6 +216,30 @@ def test_resume_from_a_lightning_checkpoint_after_a_freeze_matches_an_uninterrup
 
 
 @pytest.mark.integration
+def test_head_units_keep_the_top_block_training_and_resume(fmnist, tmp_path):
+    """``head_units=2``: the block below the head trains to the end; a resumed run rebuilds the
+    saved units as they are (the head merged once, not twice) and ends as the uninterrupted one."""
+    def run(ckpt_path=None, save=False):
+        cb = FrostlineCallback(policy="linear", policy_kwargs={"freeze_start": 0.0, "freeze_end": 0.25}, head_units=2)
+        callbacks = [cb] + ([L.callbacks.ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)]
+                            if save else [])
+        model = Net()
+        t = trainer(callbacks, max_epochs=2, enable_checkpointing=save)
+        t.fit(model, *loaders(fmnist), ckpt_path=ckpt_path)
+        return model, cb
+
+    full, full_cb = run(save=True)
+    names = full_cb.freezer.unit_names
+    assert names[-1] == "net.block3_1+net.head" and len(full_cb.freezer.frozen) == len(names) - 1
+    assert all(p.requires_grad for p in full.net.block3_1.parameters())
+    resumed, cb = run(ckpt_path=str(tmp_path / "epoch=0-step=8.ckpt"))
+    assert cb.freezer.unit_names == names and cb.freezer.frozen == full_cb.freezer.frozen
+    a, b = _params(full), _params(resumed)
+    for n in a:
+        assert torch.equal(a[n], b[n]), n
+
+
+@pytest.mark.integration
 def test_example_runs_shortened():
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "lightning_fashion_mnist.py"), "--max-steps", "4",

@@ -60,7 +60,7 @@ class FrostlineCallback(TrainerCallback):
     training begins with ``policy_kwargs`` and, for methods that count epochs such as
     ``"smartfrz"``, the Trainer's optimizer steps per epoch).
 
-    ``units``, ``granularity``, ``freeze_head`` and ``cooldown`` (optimizer steps of learning-rate
+    ``units``, ``granularity``, ``freeze_head``, ``head_units`` and ``cooldown`` (optimizer steps of learning-rate
     ramp to zero before a decided unit freezes) are passed to the :class:`~frostline.Freezer`.
     On resume the Freezer's state is read from ``<output_dir>/checkpoint-<global_step>/frostline.pt``;
     ``resume_from`` (a checkpoint folder or a ``frostline.pt`` file) points elsewhere, e.g. when
@@ -83,6 +83,7 @@ class FrostlineCallback(TrainerCallback):
         units: Sequence | None = None,
         granularity: str = "block",
         freeze_head: bool = False,
+        head_units: int = 1,
         resume_from: str | os.PathLike | None = None,
         cooldown: int = 0,
         cache: str = "off",
@@ -90,10 +91,11 @@ class FrostlineCallback(TrainerCallback):
     ):
         self.policy, self.policy_kwargs, self.cooldown = checked_options(policy, policy_kwargs, cooldown, cache,
                                                                          cache_memory_mb, units=units,
-                                                                         freeze_head=freeze_head)
+                                                                         freeze_head=freeze_head, head_units=head_units)
         self.units = units
         self.granularity = granularity
         self.freeze_head = freeze_head
+        self.head_units = head_units
         self.resume_from = resume_from
         self.cache, self.cache_memory_mb = cache, cache_memory_mb
         self.freezer: Freezer | None = None
@@ -117,7 +119,8 @@ class FrostlineCallback(TrainerCallback):
             _check_ddp_lets_units_freeze(args, model, processes)
         self.freezer = Freezer(
             model, optimizer, fresh_policy(self.policy, self.policy_kwargs, per_epoch), int(state.max_steps),
-            units=self.units, granularity=self.granularity, freeze_head=self.freeze_head, cooldown=self.cooldown,
+            units=self.units, granularity=self.granularity, freeze_head=self.freeze_head, head_units=self.head_units,
+            cooldown=self.cooldown,
             # every process decides from its own batches (AutoFreeze's gradients, SmartFRZ's timing): rank 0's
             # decision must be everyone's, or the replicas freeze different units and drift apart
             # the Trainer's DDP finds unused parameters (checked above), so a freeze needs no rebuild

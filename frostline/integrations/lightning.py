@@ -73,7 +73,7 @@ class FrostlineCallback(_pl.Callback):
     :func:`frostline.create_policy` (then ``policy_kwargs`` are its hyperparameters; a method that
     counts epochs, such as ``"smartfrz"``, is built at train start with the trainer's optimizer
     steps per epoch).
-    ``units``/``granularity``/``freeze_head``/``signals``/``cooldown`` go to :class:`~frostline.Freezer`
+    ``units``/``granularity``/``freeze_head``/``head_units``/``signals``/``cooldown`` go to :class:`~frostline.Freezer`
     (``cooldown``: optimizer steps of learning-rate ramp to zero before a decided unit freezes).
     ``units`` are module names relative to the LightningModule (e.g. ``"net.block1_1"``); without
     them the units are traced from the first training batch. The run length the policy sees is
@@ -98,6 +98,7 @@ class FrostlineCallback(_pl.Callback):
         units: Sequence | None = None,
         granularity: str = "block",
         freeze_head: bool = False,
+        head_units: int = 1,
         signals: dict[str, Any] | None = None,
         sync_ranks: bool | None = None,
         rebuild_ddp: bool = True,
@@ -108,10 +109,11 @@ class FrostlineCallback(_pl.Callback):
         super().__init__()
         self.policy, self.policy_kwargs, self.cooldown = checked_options(policy, policy_kwargs, cooldown, cache,
                                                                          cache_memory_mb, units=units,
-                                                                         freeze_head=freeze_head)
+                                                                         freeze_head=freeze_head, head_units=head_units)
         self.units = units
         self.granularity = granularity
         self.freeze_head = freeze_head
+        self.head_units = head_units
         self.signals = signals
         self.sync_ranks = sync_ranks
         self.rebuild_ddp = rebuild_ddp
@@ -173,7 +175,7 @@ class FrostlineCallback(_pl.Callback):
         self._cache, self._cache_plan, self._calls_before = None, None, None
         if self.cache != "off":
             self._cache_plan = self._plan_cache(trainer, per_epoch, total_steps)
-        common = dict(granularity=self.granularity, freeze_head=self.freeze_head,
+        common = dict(granularity=self.granularity, freeze_head=self.freeze_head, head_units=self.head_units,
                       sync=self._make_sync(trainer), signals=self.signals, cooldown=self.cooldown)
         self._start_step = 0
         self._awaiting_trace = False
@@ -182,7 +184,9 @@ class FrostlineCallback(_pl.Callback):
             # by on_save_checkpoint); take the frozen parameters back out, split groups again,
             # restore the policy.
             state, self._pending_state = self._pending_state, None
-            self.freezer = Freezer(pl_module, optimizer, policy, total_steps, units=state["units"], **common)
+            # the saved units are the run's own, head already merged (head_units would merge it again)
+            self.freezer = Freezer(pl_module, optimizer, policy, total_steps, units=state["units"],
+                                   **{**common, "head_units": 1})
             self._attach_schedulers(trainer)
             self.freezer.load_state_dict(state)
             if self.freezer.step_count != trainer.global_step:
