@@ -199,6 +199,19 @@ def test_with_no_variant_within_the_accuracy_bound_the_nearest_is_named_not_the_
     assert "best **autofreeze-p20+cache**" in goal_lines(autofreeze, within)[0]
 
 
+def test_with_none_within_the_bound_the_nearest_of_those_saving_enough_is_named():
+    """One target missed beats two: a slower variant that also loses a little less is not the nearest."""
+    finetune = SUITES["finetune"].goals[0]  # >= 50% saved, <= 0.3 points lost, per model
+    rows = [_row("none", "none", math.nan, math.nan, model="minilm"),
+            _row("smartfrz+cache", "smartfrz", 0.53, -0.35, model="minilm"),
+            _row("smartfrz+cache+head2", "smartfrz", 0.49, -0.32, model="minilm")]
+    (entry,) = judge(finetune, rows)
+    assert entry["best"] == "smartfrz+cache" and entry["why"] == ["too much accuracy lost"]
+    assert "nearest of those saving enough **smartfrz+cache**" in goal_lines(finetune, rows)[0]
+    slow = [r for r in rows if r["variant"] != "smartfrz+cache"]  # none saves enough: the least loss
+    assert judge(finetune, slow)[0]["best"] == "smartfrz+cache+head2"
+
+
 def test_beating_a_rival_is_judged_run_by_run_beyond_noise():
     smartfrz = SUITES["standard"].goals[0]
     runs = lambda saved, deltas: [{"seed": k, "time_saved": s, "delta_accuracy": d}  # noqa: E731
