@@ -175,6 +175,29 @@ def test_a_cooldown_reaches_the_freezer_and_resumes_mid_cooldown(tmp_path):
         FrostlineCallback(FreezeOut(), cooldown=3)
 
 
+def test_head_units_keep_the_top_layer_training_and_resume(tmp_path):
+    def callback():
+        # BERT's units end with its pooler and classifier: the top encoder layer is the third from last
+        return FrostlineCallback(LinearFreezing(freeze_start=0.0, freeze_end=0.3), head_units=3)
+
+    frost = callback()
+    trainer = _trainer(tmp_path, [frost])
+    top = trainer.model.bert.encoder.layer[-1]
+    before = [p.detach().clone() for p in top.parameters()]
+    trainer.train()
+    freezer = frost.freezer
+    assert freezer.unit_names[-1] == "bert.encoder.layer.2+bert.pooler+classifier"
+    assert freezer.frozen == set(range(len(freezer.units) - 1))
+    assert all(p.requires_grad for p in top.parameters())
+    assert any(not torch.equal(b, p) for b, p in zip(before, top.parameters()))
+    frost2 = callback()
+    resumed = _trainer(tmp_path, [frost2])
+    resumed.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{SAVE_AT}"))
+    assert frost2.freezer.unit_names == freezer.unit_names and frost2.freezer.timeline == freezer.timeline
+    for (name, a), b in zip(trainer.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b), name
+
+
 def test_resume_without_frostline_state_is_a_clear_error(uninterrupted, tmp_path):
     out, _, _, _ = uninterrupted
     checkpoint = tmp_path / f"checkpoint-{SAVE_AT}"
