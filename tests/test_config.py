@@ -33,7 +33,7 @@ BEFORE = {
 
 
 #: Fields added since, each with a default that keeps an old config.json's run as it was.
-ADDED = {"cooldown": 0, "speed_probe": 0, "freeze_end": 1.0}
+ADDED = {"cooldown": 0, "speed_probe": 0, "freeze_end": 1.0, "head_units": 1}
 
 
 def test_config_keeps_its_fields_and_defaults():
