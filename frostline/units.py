@@ -30,6 +30,9 @@ class FreezeUnit:
     modules: list[nn.Module] = field(repr=False)
     params: list[nn.Parameter] = field(repr=False)
     param_names: list[str] = field(repr=False)
+    #: How many units :func:`merge_head` made this one of (1: not merged): a head merged once must
+    #: not be merged again, and a saved run's head is checked against the ``head_units`` it resumes with.
+    head_of: int = field(default=1, repr=False)
 
     @property
     def num_params(self) -> int:
@@ -370,6 +373,10 @@ def merge_head(units: list[FreezeUnit], head_units: int) -> list[FreezeUnit]:
                            low=1)
     if head_units == 1:
         return list(units)
+    if units and units[-1].head_of > 1:  # units from freeze_units(..., head_units=k) handed to a Freezer(head_units=n)
+        raise ConfigError(f"these units' head {units[-1].name!r} already merges the last {units[-1].head_of} units "
+                          f"(freeze_units(..., head_units={units[-1].head_of})): head_units={head_units} would merge "
+                          "it again with the units before it; pass head_units once, to freeze_units or to the Freezer")
     if head_units >= len(units):
         raise ConfigError(f"head_units={head_units} would make all {len(units)} units of the model the head, leaving "
                           f"nothing to freeze: use at most {len(units) - 1} (units: "
@@ -377,7 +384,7 @@ def merge_head(units: list[FreezeUnit], head_units: int) -> list[FreezeUnit]:
     top = units[-head_units:]
     head = FreezeUnit(name="+".join(u.name for u in top), module_names=[n for u in top for n in u.module_names],
                       modules=[m for u in top for m in u.modules], params=[p for u in top for p in u.params],
-                      param_names=[n for u in top for n in u.param_names])
+                      param_names=[n for u in top for n in u.param_names], head_of=sum(u.head_of for u in top))
     return list(units[:-head_units]) + [head]
 
 

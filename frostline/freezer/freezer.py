@@ -588,6 +588,7 @@ class Freezer:
             "version": STATE_VERSION,
             "units": [list(u.module_names) for u in units],
             "unit_names": [u.name for u in units],
+            "head_units": units[-1].head_of,
             "frozen": sorted(self.frozen),
             "cooldown": self.cooldown,
             "cooling": [{"index": i, "decided_step": c.decided_step, "signal": c.signal}
@@ -664,6 +665,11 @@ class Freezer:
         if saved_cooldown != self.cooldown:
             raise CheckpointError(f"saved run had cooldown={saved_cooldown}, this one {self.cooldown}: "
                                   "resume with the same cooldown")
+        saved_head = state.get("head_units", 1)  # states from before head_units had a head of one unit
+        if self.units is None and saved_head != self.head_units:  # (units known: compared below, parameter by parameter)
+            raise CheckpointError(f"saved run had head_units={saved_head!r}, this one {self.head_units}: its units "
+                                  "come from the saved state, so this head_units would go unused; resume with the "
+                                  "same head_units (--head-units)")
         saved_method = state["policy"].get("name") if isinstance(state["policy"], dict) else None
         if saved_method is not None and saved_method != self.policy.name:  # the policy checks the rest once bound
             raise CheckpointError(f"saved freezing state is for method {saved_method!r}, not {self.policy.name!r}: "
@@ -686,6 +692,7 @@ class Freezer:
             "units": (lambda v: n > 0 and is_list(v, lambda u: isinstance(u, str) or is_names(u)),
                       "a non-empty list of module-name lists"),
             "unit_names": (lambda v: is_names(v) and len(v) == n, f"a list of {n} unit names"),
+            "head_units": (lambda v: is_int(v) and 1 <= v, "an integer >= 1"),
             "frozen": (lambda v: is_list(v, lambda i: is_int(i) and i < n), f"a list of unit indices 0..{n - 1}"),
             "cooling": (lambda v: is_list(v, lambda c: isinstance(c, dict) and c.keys() >= {"decided_step", "signal"}
                                           and is_int(c.get("index")) and c["index"] < n),
@@ -715,13 +722,14 @@ class Freezer:
             raise bad(f"it was saved from another model: {theirs} do not fit this one ({e})") from None
         for u, name in zip(units, state["unit_names"]):
             u.name = name
+        units[-1].head_of = saved_head  # the saved head, as merged: a resumed run saves it alike
 
         def params_of(us):  # (a unit's modules may differ by glue that owns nothing: a traced unit holds its ReLU)
             return [sorted(id(p) for p in u.params) for u in us]
 
         if self.units is not None and params_of(units) != params_of(self.units):
             raise bad(f"{theirs} are not this Freezer's {_few(self.unit_names)}: it was saved from another model "
-                      "(or with other units=)")
+                      f"(or with other units= or head_units=: its head merges {saved_head} unit(s))")
         known = set(self.param_name_by_id.values())
         strange = [p for g in state["param_groups"] for p in g["params"] if p not in known]
         if strange:
