@@ -366,8 +366,8 @@ def freeze_units(
 def merge_head(units: list[FreezeUnit], head_units: int) -> list[FreezeUnit]:
     """``units`` with the last ``head_units`` of them made one unit, the head. The head never
     freezes (unless the Freezer is told ``freeze_head=True``), so the units merged into it keep
-    training however early a method would have frozen them: in a fine-tune the top blocks adapt
-    to the new task longest, and they are the cheapest to keep (the fewest positions, the least
+    training however early a method would have frozen them: the fine-tuning habit of leaving the
+    top blocks trainable, which are also the cheapest to keep (the fewest positions, the least
     activation memory). Every policy sees one unit fewer; nothing else changes."""
     head_units = check_int(head_units, "head_units (how many of the last units form the head that keeps training)",
                            low=1)
