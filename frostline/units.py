@@ -363,14 +363,19 @@ def freeze_units(
     return merge_head(built, head_units)
 
 
+def check_head_units(head_units) -> int:
+    """``head_units`` as an int >= 1, else one ConfigError: checked where it is given (the Freezer,
+    the callbacks), not at the first forward that finds the units."""
+    return check_int(head_units, "head_units (how many of the last units form the head that keeps training)", low=1)
+
+
 def merge_head(units: list[FreezeUnit], head_units: int) -> list[FreezeUnit]:
     """``units`` with the last ``head_units`` of them made one unit, the head. The head never
     freezes (unless the Freezer is told ``freeze_head=True``), so the units merged into it keep
     training however early a method would have frozen them: the fine-tuning habit of leaving the
     top blocks trainable, which are also the cheapest to keep (the fewest positions, the least
     activation memory). Every policy sees one unit fewer; nothing else changes."""
-    head_units = check_int(head_units, "head_units (how many of the last units form the head that keeps training)",
-                           low=1)
+    head_units = check_head_units(head_units)
     if head_units == 1:
         return list(units)
     if units and units[-1].head_of > 1:  # units from freeze_units(..., head_units=k) handed to a Freezer(head_units=n)

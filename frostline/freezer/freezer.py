@@ -28,8 +28,8 @@ from ..exploit.distributed import is_distributed, world_size
 from ..policies import as_policy
 from ..policies.base import FreezePolicy, Progress
 from ..signals import STANDARD as STANDARD_COLLECTORS
-from ..units import (GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, check_units, freeze_units, merge_head,
-                     unwrap_compiled, units_from_names)
+from ..units import (GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, check_head_units, check_units, freeze_units,
+                     merge_head, unwrap_compiled, units_from_names)
 from . import param_groups
 from .cooldown import Cooling, check_cooldown, cooldown_scale
 from .eval_mode import outside_prefix, pin_eval, pin_eval_alone, unpin
@@ -134,8 +134,7 @@ class Freezer:
                               "first (e.g. torch.optim.AdamW(model.parameters(), lr=...)) and pass it; freezing takes "
                               "frozen parameters out of it")
         freeze_head = check_bool(freeze_head, "freeze_head")
-        self.head_units = check_int(head_units, "head_units (how many of the last units form the head that keeps "
-                                    "training)", low=1)
+        self.head_units = check_head_units(head_units)
         if units is not None:
             units = list(check_names(units, "units"))
             if not units:

@@ -5,10 +5,11 @@ training begins."""
 
 from __future__ import annotations
 
-from ..errors import check_bool, check_int, check_names
+from ..errors import check_bool, check_names
 from ..freezer.cooldown import check_cooldown
 from ..policies import TRIAL_RUNTIME, FreezePolicy, as_policy, policy_class
 from ..policies.registry import check_policy_kwargs
+from ..units import check_head_units
 from .trainer_cache import check_cache_options
 
 
@@ -21,7 +22,7 @@ def checked_options(policy: FreezePolicy | str, policy_kwargs: dict | None, cool
     object is checked as it is. ``units``, ``freeze_head`` and ``head_units`` (the Freezer's) are checked too."""
     check_names(units, "units")
     check_bool(freeze_head, "freeze_head")
-    check_int(head_units, "head_units (how many of the last units form the head that keeps training)", low=1)
+    check_head_units(head_units)
     check_cache_options(cache, cache_memory_mb)
     kwargs = dict(policy_kwargs or {})
     if not isinstance(policy, str):
