@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, FrostlineError, ModelError, check_bool, check_int, check_names
-from ..exploit.distributed import is_distributed, world_size
+from ..exploit.distributed import is_distributed, refuse_sharding, world_size
 from ..policies import as_policy
 from ..policies.base import FreezePolicy, Progress
 from ..signals import STANDARD as STANDARD_COLLECTORS
@@ -161,6 +161,7 @@ class Freezer:
                           "drift apart); pass sync=frostline.DecisionSync(on_freeze=...) (see the guide's distributed "
                           "section)", stacklevel=2)
         compiled, model = model, unwrap_compiled(model)  # torch.compile's wrapper shares the parameters of the model
+        refuse_sharding(model, optimizer)
         if compiled is not model and units is None and example_input is None:
             warnings.warn(
                 "frostline: a compiled model and no example_input: its units are found by hooks inside its first "

@@ -114,6 +114,7 @@ class FrostlineCallback(TrainerCallback):
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
         loader = kwargs.get("train_dataloader")
         per_epoch = self._steps_per_epoch(loader, args)
+        _refuse_sharded_trainer(args)
         processes = int(getattr(args, "world_size", 1) or 1)
         if processes > 1:
             _check_ddp_lets_units_freeze(args, model, processes)
@@ -225,6 +226,27 @@ class FrostlineCallback(TrainerCallback):
                 f"{path} is from step {saved.get('step')}, the Trainer resumed at step {state.global_step}: "
                 "point resume_from at the matching checkpoint")
         self.freezer.load_state_dict(saved)
+
+
+def _refuse_sharded_trainer(args) -> None:
+    """FSDP or DeepSpeed as the Trainer is set up to run them (``fsdp=``, ``deepspeed=``, or an
+    ``accelerate launch`` configuration): the Freezer refuses a model wrapped in them
+    (:func:`~frostline.exploit.distributed.sharding`), and this says so in the Trainer's terms,
+    whatever the model the Trainer hands over looks like yet."""
+    wrapper = ("FSDP" if getattr(args, "fsdp", None) or _env_flag("ACCELERATE_USE_FSDP") else
+               "DeepSpeed" if getattr(args, "deepspeed", None) or getattr(args, "deepspeed_plugin", None)
+               or _env_flag("ACCELERATE_USE_DEEPSPEED") else None)
+    if wrapper is not None:
+        raise ConfigError(
+            f"the Trainer is set up to train under {wrapper}, which FrostlineCallback does not support: sharded "
+            "training hands the optimizer and the backward its own copies of the parameters, so a frozen unit would "
+            f"keep computing (and partly applying) gradients. Train without {wrapper} (one device, or DDP under "
+            "torchrun) to freeze with frostline")
+
+
+def _env_flag(name: str) -> bool:
+    """An ``accelerate launch`` switch as accelerate reads it (``strtobool``)."""
+    return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes", "y", "on", "t")
 
 
 def _no_rebuild(_newly: list[int]) -> None:
