@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError, ModelError, check_int
+from .errors import ConfigError, FrostlineError, ModelError, check_int
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 GRANULARITIES = ("block", "leaf")
@@ -151,6 +151,8 @@ def trace_execution_order(model: nn.Module, example_input) -> list[str]:
                 model(*example_input)
             else:
                 model(example_input)
+    except FrostlineError:
+        raise  # frostline's own word, from a hook this forward ran (a Freezer set up by its first forward)
     except Exception as e:  # the user's forward on the user's batch: say which input, keep the cause
         how = ("model(**example_input)" if isinstance(example_input, dict) else "model(*example_input)"
                if isinstance(example_input, (tuple, list)) else "model(example_input)")

@@ -81,6 +81,17 @@ def test_a_head_of_every_unit_or_a_bad_count_is_one_clear_error(batch):
             Freezer(model, torch.optim.SGD(model.parameters(), lr=0.1), "linear", 10, head_units=bad)
 
 
+def test_a_too_large_head_found_by_a_later_trace_is_said_as_it_is(batch):
+    # a Freezer waiting for its first forward learns its units from whatever forward comes first,
+    # here the one freeze_units runs on example_input: its error must not be blamed on the model
+    x, _ = batch
+    model = create_model("vgg")
+    count = len(freeze_units(model, example_input=x))
+    Freezer(model, torch.optim.SGD(model.parameters(), lr=0.1), "linear", 10, head_units=count)
+    with pytest.raises(ConfigError, match=f"^head_units={count} would make all {count} units"):
+        freeze_units(model, example_input=x)
+
+
 def test_a_run_saved_with_another_head_does_not_resume(batch):
     x, y = batch
     model = create_model("resnet")
