@@ -17,6 +17,7 @@ from __future__ import annotations
 import numbers
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, asdict
 from typing import Any, Sequence
 
@@ -35,6 +36,9 @@ from .cooldown import Cooling, check_cooldown, cooldown_scale
 from .eval_mode import outside_prefix, pin_eval, pin_eval_alone, unpin
 from .marks import frozen_by_frostline, mark_frozen
 from .schedulers import SchedulerBridge
+
+#: Optimizer -> the hook handle of the Freezer that checks it for an LR scheduler not attached.
+_SCHEDULER_CHECKS: "weakref.WeakKeyDictionary[torch.optim.Optimizer, Any]" = weakref.WeakKeyDictionary()
 
 #: Epochs a named per-epoch method (SmartFRZ, the CKA oracle) assumes when it is not told.
 EPOCHS_IF_UNKNOWN = 10
@@ -213,6 +217,15 @@ class Freezer:
         #: one parameter this Freezer froze: trainable again means unfreeze() ran while this Freezer still steps
         self._frozen_sample: torch.Tensor | None = None
         self._load_hook = optimizer.register_load_state_dict_pre_hook(self._check_optimizer_state)
+        #: Before each optimizer step, while per-unit lrs may meet an LR scheduler nobody attached
+        #: (one check per optimizer: a new Freezer on it, as a second fit's, takes over from an earlier one).
+        earlier = _SCHEDULER_CHECKS.pop(optimizer, None)
+        if earlier is not None:
+            earlier.remove()
+        self._step_hook = None
+        if self.per_unit_lr:
+            self._step_hook = _SCHEDULER_CHECKS[optimizer] = optimizer.register_step_pre_hook(
+                self._check_scheduler_attached)
         if units is not None and all(isinstance(u, FreezeUnit) for u in units):
             self._setup(list(units))  # already traced (freeze_units)
         elif units is not None and example_input is not None:
@@ -319,9 +332,14 @@ class Freezer:
         if missing:
             none_held = not any(id(p) in held for u in units for p in u.params)
             which = "any unit" if none_held else f"unit(s) {missing}"
+            # some units held: those others may train in an optimizer of their own (embeddings, a second lr)
+            ramp = f"method {self.policy.name!r}" if self.policy.scales_lr else "the cooldown" if self.cooldown else ""
+            other = "" if none_held else (
+                "; if another optimizer trains them, freezing still stops them (no gradients, which it skips) but "
+                "leaves their state in it" + (f", and {ramp} cannot lower their learning rate" if ramp else ""))
             warnings.warn(f"frostline: the optimizer holds no trainable parameter of {which}: freezing cannot take them "
                           "out of it, and it does not train them (build the optimizer from this model's parameters, "
-                          "after any copy or .to() that replaces them)", stacklevel=4)
+                          f"after any copy or .to() that replaces them{other})", stacklevel=4)
 
     def _required_collectors(self) -> dict[str, Any]:
         return {name: self._collectors[name] for name in sorted(self.policy.requires) if name in self._collectors}
@@ -338,6 +356,8 @@ class Freezer:
         self.detach_trace()
         self._close_collectors()
         self._load_hook.remove()
+        if self._step_hook is not None:
+            self._step_hook.remove()
         self._say_if_nothing_froze()
 
     def attach_scheduler(self, scheduler) -> None:
@@ -544,6 +564,30 @@ class Freezer:
             f"{f', cooldown={self.cooldown}' if self.cooldown else ''}); a scheduler that is not attached changes "
             "only some of them and loses the per-unit scales: call freezer.attach_scheduler(scheduler) once both "
             "exist. Warned once.", stacklevel=3)
+
+    def _check_scheduler_attached(self, optimizer, _args, _kwargs) -> None:
+        """Before an optimizer step: an LR scheduler built on this optimizer (torch marks its
+        ``step``; its groups hold ``initial_lr``) and not attached, once the Freezer has split the
+        groups. Its next ``step()`` comes before ``freezer.step()`` could notice, and a scheduler
+        that keeps a list per group (LambdaLR, SequentialLR, ...) fails there with torch's bare
+        "zip() argument 2 is shorter than argument 1": say why first. Warned once."""
+        if self._warned_lr or self.schedulers.attached or param_groups.group_map(optimizer) is None:
+            return
+        step = optimizer.step
+        wrapped = getattr(step, "_wrapped_by_lr_sched", False) or getattr(step, "_with_counter", False)
+        if not (wrapped or any("initial_lr" in g for g in optimizer.param_groups)):
+            return
+        self._warned_lr = True
+        self._step_hook.remove()
+        warnings.warn(
+            "frostline: an LR scheduler was built on this optimizer but not attached to the Freezer, which split the "
+            f"param groups per unit ({len(self.original_param_groups)} -> {len(optimizer.param_groups)} groups) to "
+            f"give each unit its own learning rate (method {self.policy.name!r}"
+            f"{f', cooldown={self.cooldown}' if self.cooldown else ''}): call freezer.attach_scheduler(scheduler) "
+            "before training. Unattached, a scheduler with per-group lists (LambdaLR, SequentialLR, "
+            "CosineAnnealingWarmRestarts, CyclicLR) fails at its next step() with 'zip() argument 2 is shorter than "
+            "argument 1', and the others change the groups' lrs without the per-unit scales. Warned once.",
+            stacklevel=4 if wrapped else 3)  # the user's optimizer.step(), past torch's wrappers
 
     def _check_optimizer_state(self, optimizer, state_dict) -> None:
         """Before ``optimizer.load_state_dict``: a state that does not fit the optimizer's groups
