@@ -552,6 +552,7 @@ def run_suite(suite: str | Suite, out: str | os.PathLike, *, progress: bool = Tr
     "seed": [...], "variant": [...]}``) runs just the matching cells now, for a long suite spread
     over several sessions; the report still covers the whole suite. Returns the report's data."""
     from ..policies import list_policies
+    from .loop import check_out_folder
 
     if isinstance(suite, str):
         if suite not in SUITES:
@@ -567,8 +568,7 @@ def run_suite(suite: str | Suite, out: str | os.PathLike, *, progress: bool = Tr
     if suite.max_jobs is not None and jobs > suite.max_jobs:
         raise ConfigError(f"suite {suite.name!r} runs {suite.max_jobs} cell at a time so that each run has the "
                           f"machine to itself and its times are honest: drop --jobs {jobs}")
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+    root = check_out_folder(out)
     cells, skipped = suite_cells(suite, list_policies())
     checks = check_cells(suite)
     command = "frostline " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and "frostline" in sys.argv[0] else None
@@ -592,6 +592,10 @@ def run_suite(suite: str | Suite, out: str | os.PathLike, *, progress: bool = Tr
             results[cell.key] = summary
         elif not report_only and not cell.on and all(str(getattr(cell, k)) in v for k, v in wanted.items()):
             todo.append(cell)
+    if report_only and not results:  # a report of nothing would pass for one
+        raise ConfigError(f"--report-only redraws the report from the finished runs in {root}, and it holds none of "
+                          f"suite {suite.name!r}: drop --report-only to run the suite (or pass the bench's --out)")
+    root.mkdir(parents=True, exist_ok=True)
     for cell in baselines_here(todo, cells, results, {"machine": machine_info()}):
         base = results[dataclasses.replace(cell, on=None).key]
         print(f"frostline bench: the seed-{cell.seed} baseline of {cell.model} on {cell.dataset} trained on "

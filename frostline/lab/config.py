@@ -185,10 +185,20 @@ def validate(cfg: TrainConfig) -> None:
     """Reject bad settings before any data is loaded, with a message saying what to use."""
     if cfg.method not in list_policies():
         raise ConfigError(f"unknown method {cfg.method!r}; choose one of {list_policies()}")
+    _check_folders(cfg)
     _check_numbers(cfg)
     _check_choices(cfg)
     _check_combinations(cfg)
     make_policy(cfg)  # checks the method's own hyperparameters
+
+
+def _check_folders(cfg: TrainConfig) -> None:
+    """An empty folder name (``--out "$DIR"`` with ``DIR`` unset) would write into the current folder,
+    and an empty ``--resume`` would start a new run instead of continuing one."""
+    if not str(cfg.out).strip():
+        raise ConfigError("--out is empty: pass the folder the run should write to")
+    if cfg.resume is not None and not str(cfg.resume).strip():
+        raise ConfigError("--resume is empty: pass the folder of the run to continue (or drop --resume to start a new one)")
 
 
 def _check_numbers(cfg: TrainConfig) -> None:
@@ -270,6 +280,8 @@ READ_ONLY_WHEN = {
 #: What a resumed run takes from the new command line (how this process runs); everything else
 #: comes from the run's config.json.
 RESUME_TAKES = ("progress", "threads")
+#: The activation cache's settings: a run that freezes nothing (``--method none``) has no cache.
+CACHE_FIELDS = ("cache", "cache_dtype", "cache_memory_mb")
 
 
 def unread_settings(cfg, given) -> list[tuple[str, str]]:
@@ -288,6 +300,9 @@ def unread_settings(cfg, given) -> list[tuple[str, str]]:
     for name in sorted(given):
         if methods.get(name) and cfg.method not in methods[name]:
             unread.append((name, f"read only by {', '.join(methods[name])} (this run: --method {cfg.method})"))
+        elif (name in CACHE_FIELDS and getattr(cfg, "method", None) == "none"
+              and not (name == "cache" and cfg.cache == "off")):
+            unread.append((name, "--method none freezes nothing, so there is no frozen prefix to cache"))
         elif name in READ_ONLY_WHEN and not READ_ONLY_WHEN[name][0](cfg):
             unread.append((name, READ_ONLY_WHEN[name][1]))
     return unread
@@ -310,6 +325,8 @@ def resumed_config(cfg: TrainConfig) -> TrainConfig:
     path = Path(cfg.resume) / "config.json"
     try:
         saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise TypeError(f"a JSON {type(saved).__name__}, not the run's settings")
         resumed = TrainConfig(**{k: v for k, v in saved.items() if k in config_fields()})
     except (FileNotFoundError, NotADirectoryError):
         raise CheckpointError(f"{path} does not exist: --resume takes the folder of an earlier `frostline train`") from None

@@ -32,6 +32,18 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def check_out_folder(out) -> Path:
+    """``--out`` as a folder to write into, checked before any work: an empty name (it would write
+    into the current folder) or a file where the folder, or one above it, should be is one clear error."""
+    if not str(out).strip():
+        raise ConfigError("--out is empty: pass the folder to write to")
+    path = Path(out)
+    existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"--out {path} is (or is inside) a file, not a folder: pass a folder")
+    return path
+
+
 def iterate_batches(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, skip: int = 0,
                     shard: tuple[int, int] | None = None) -> Iterator[tuple]:
     """``(indices, x, y)`` batches; the order depends only on ``seed`` (so a run is repeatable

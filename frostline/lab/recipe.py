@@ -11,6 +11,7 @@ shared with other tools (batches, device, evaluation, the run log) are :mod:`fro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write_json
-from ..errors import ConfigError, DistributedError
+from ..errors import CheckpointError, ConfigError, DistributedError, FrostlineError
 from ..exploit import distributed
 from . import launch
 from ..exploit.cache import ActivationCache, CachedPrefixModel, is_deterministic
@@ -154,7 +155,14 @@ def _train(cfg: TrainConfig, policy=None) -> dict[str, Any]:
             return finished
         checkpoint = load_checkpoint(cfg.out)  # every rank reads the same file rank 0 wrote
     validate(cfg)
-    run = set_up(cfg, policy, checkpoint)
+    made = [d for d in (Path(cfg.out), *Path(cfg.out).parents) if not d.exists()]  # the folders set_up makes
+    try:
+        run = set_up(cfg, policy, checkpoint)
+    except BaseException:
+        for folder in made:  # a run that could not start leaves no empty folder behind (rmdir: only if empty)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     run.bar = progress_bar(run.total_steps, cfg.progress and run.main, f"{cfg.method} {cfg.model}")
     run.bar.update(run.state.step)
     try:
@@ -214,6 +222,8 @@ def set_up(cfg: TrainConfig, policy=None, checkpoint: dict[str, Any] | None = No
     draw from torch's generator right after it is seeded, and a checkpoint restores it last."""
     device = _environment(cfg)
     data, train_set, model = _data_and_model(cfg, device)
+    if checkpoint is None:  # a resumed run goes on as it was started
+        _check_batch_fits(cfg, len(data.train))
     units, cost = _units_and_costs(cfg, model, data.train, len(train_set), device)
     compiled = _CompileWatch(units, cfg.compile_backend) if cfg.compile else None  # after the FLOP count
     steps_per_epoch = _steps_per_epoch(cfg, len(data.train))
@@ -228,7 +238,7 @@ def set_up(cfg: TrainConfig, policy=None, checkpoint: dict[str, Any] | None = No
     if scheduler is not None and freezer.per_unit_lr:  # a cooling unit's lr = the cosine's lr x its ramp
         freezer.attach_scheduler(scheduler)
     cached = _make_cache(cfg, model, freezer, train_set, Path(cfg.out), steps_per_epoch, total_steps)
-    state = _restore(checkpoint, model, freezer, optimizer, scheduler, device) if checkpoint else LoopState()
+    state = _restore(cfg, checkpoint, model, freezer, optimizer, scheduler, device) if checkpoint else LoopState()
     # DDP over what is trainable now (after a resume: what the checkpoint left trainable), rebuilt
     # by the Freezer's sync at every freeze; in one process this is the module itself.
     net = distributed.ReplicatedModel(_CachedForward(cached) if cached else model, device)
@@ -243,6 +253,15 @@ def set_up(cfg: TrainConfig, policy=None, checkpoint: dict[str, Any] | None = No
     run.summary = _first_summary(run, policy, steps_per_epoch, planned)
     model.train()
     return run
+
+
+def _check_batch_fits(cfg: TrainConfig, num_train: int) -> None:
+    """A batch larger than the training set is one short step per epoch: said, not refused (every
+    dataset size must run with the defaults), so a schedule that looks odd is not a surprise."""
+    if cfg.batch_size > num_train:
+        warnings.warn(f"frostline: --batch-size {cfg.batch_size} is more than the {num_train} training samples (after "
+                      f"--val-size and --train-subset): each epoch is one step of {num_train}; pass --batch-size "
+                      f"{num_train} or less for batches of the size you meant, or train on more samples", stacklevel=2)
 
 
 def _environment(cfg: TrainConfig) -> torch.device:
@@ -314,14 +333,26 @@ def _lr_scheduler(cfg: TrainConfig, optimizer, policy, total_steps: int):
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
 
 
-def _restore(checkpoint: dict[str, Any], model, freezer: Freezer, optimizer, scheduler, device) -> LoopState:
+def _restore(cfg: TrainConfig, checkpoint: dict[str, Any], model, freezer: Freezer, optimizer, scheduler,
+             device) -> LoopState:
     """Continue where the checkpoint stopped: the frozen set and param-group layout first, then the
-    optimizer state that matches them, then the random generators."""
-    model.load_state_dict(checkpoint["model"])
-    freezer.load_state_dict(checkpoint["freezer"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(checkpoint["scheduler"])
+    optimizer state that matches them, then the random generators. A checkpoint that does not fit
+    the run its folder's ``config.json`` describes is one clear error (the files are left as they are)."""
+    try:
+        model.load_state_dict(checkpoint["model"])
+        freezer.load_state_dict(checkpoint["freezer"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(checkpoint["scheduler"])
+    except FrostlineError:
+        raise  # already says what is wrong with the checkpoint
+    except (RuntimeError, ValueError, KeyError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = next((line for line in lines if not line.endswith(":")), lines[0] if lines else type(e).__name__)
+        raise CheckpointError(
+            f"the checkpoint in {cfg.out} does not fit the run its config.json describes ({detail}): was config.json "
+            "edited, or the checkpoint copied from another run? Put back the config.json it was written with, or "
+            "start a new run without --resume") from None
     torch.set_rng_state(checkpoint["rng"]["torch"])
     if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
@@ -621,8 +652,9 @@ def plan(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg.dataset, val_size=0, train_subset=cfg.batch_size, test_subset=1, seed=cfg.seed,
-                        max_length=cfg.max_length)
+    data = load_dataset(cfg.dataset, val_size=cfg.val_size, train_subset=cfg.train_subset, test_subset=1,
+                        seed=cfg.seed, max_length=cfg.max_length)  # the train split as the run will load it
+    _check_batch_fits(cfg, len(data.train))
     model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
                          image_size=data.image_size, width=cfg.width, depth=cfg.depth)
     _, x, y = next(iterate_batches(data.train, cfg.batch_size, shuffle=False))
@@ -632,7 +664,8 @@ def plan(cfg: TrainConfig) -> dict[str, Any]:
     model.to(device)
     profile = profile_run(cfg, model, units, data.train, device, rounds=5, out_of_order=False)  # a prefix schedule
     policy.bind([u.name for u in units])
-    times = planned_freeze_times(policy, len(units), *((_total_steps(cfg), cfg.cooldown) if cfg.cooldown else ()))
+    steps = _run_steps(cfg, _steps_per_epoch(cfg, len(data.train)))
+    times = planned_freeze_times(policy, len(units), *((steps, cfg.cooldown) if cfg.cooldown else ()))
     return {
         "units": [u.name for u in units], "freeze_times": times,
         "time_saving": estimate_speedup(profile, times)["saving"],
@@ -702,13 +735,6 @@ def _cache_served(run: Run) -> bool:
 
 def _freeze_times(freezer: Freezer) -> list[float | None]:
     return list(freezer.frozen_at().values())
-
-
-def _total_steps(cfg: TrainConfig) -> int:
-    """The run's optimizer steps before it starts (the train split as the run loads it)."""
-    data = load_dataset(cfg.dataset, val_size=cfg.val_size, train_subset=cfg.train_subset, test_subset=1,
-                        seed=cfg.seed, max_length=cfg.max_length)
-    return _run_steps(cfg, _steps_per_epoch(cfg, len(data.train)))
 
 
 def _steps_per_epoch(cfg: TrainConfig, num_train: int) -> int:

@@ -112,16 +112,24 @@ def read_summary(folder: str | Path) -> dict[str, Any]:
     from ..errors import FrostlineError
 
     path = Path(folder) / "summary.json"
+    resume = (f": `frostline train --resume {folder}` goes on from its last checkpoint"
+              if (Path(folder) / "checkpoint.pt").exists() or (Path(folder) / "checkpoint.prev.pt").exists() else "")
     try:
         summary = json.loads(path.read_text())
     except FileNotFoundError:
+        if resume:  # cut off before it could write its summary (killed)
+            raise FrostlineError(f"{folder} holds a run that did not finish (no summary.json){resume}") from None
         raise FrostlineError(f"{path} does not exist: pass folders written by `frostline train`") from None
     except OSError as e:
         raise FrostlineError(f"{path} cannot be read ({e})") from None
     except json.JSONDecodeError as e:
         raise FrostlineError(f"{path} is not valid JSON ({e}); re-run that training") from None
+    if not isinstance(summary, dict):
+        raise FrostlineError(f"{path} is not a run's summary (a JSON {type(summary).__name__}); re-run that training")
     if summary.get("status") != "finished":
-        raise FrostlineError(f"{path} is from a run that did not finish (status {summary.get('status')!r})")
+        error = f", {summary['error']}" if summary.get("error") else ""
+        raise FrostlineError(f"{path} is from a run that did not finish (status {summary.get('status')!r}{error})"
+                             + (resume or ": report takes finished runs"))
     return summary
 
 

@@ -32,7 +32,7 @@ from .pretrained import TEXT_MODELS
 from .zoo import create_model
 from ..policies import NoFreezing
 from .report import markdown_table
-from .loop import iterate_batches, pick_device, progress_bar
+from .loop import check_out_folder, iterate_batches, pick_device, progress_bar
 from ..units import freeze_units
 
 
@@ -106,9 +106,11 @@ def _optimizer(name: str) -> Callable[..., torch.optim.Optimizer]:
 def steptime(cfg: BenchConfig) -> dict[str, Any]:
     """Measure and write ``steptime.json`` / ``steptime.md`` under ``cfg.out``."""
     if cfg.repeats < 3 or cfg.warmup < 0 or cfg.batch_size <= 0:
-        raise ConfigError("need repeats >= 3, warmup >= 0 and batch_size > 0")
+        raise ConfigError(f"need --repeats >= 3, --warmup >= 0 and --batch-size > 0, got --repeats {cfg.repeats}, "
+                          f"--warmup {cfg.warmup}, --batch-size {cfg.batch_size}")
     if cfg.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose one of {list(OPTIMIZERS)}")
+    check_out_folder(cfg.out)  # before the minutes of timing, not when their results are written
     make_optimizer = _optimizer(cfg.optimizer)
     device = pick_device(cfg.device)
     if cfg.threads:

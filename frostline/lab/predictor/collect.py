@@ -176,10 +176,10 @@ def collect(cfg, out, *, reference=None, tailor_size: int = 1024, snapshots_per_
     from ..data import load_dataset
     from ..zoo import create_model
     from ..reference import load_reference
-    from ..loop import probe_batch
+    from ..loop import check_out_folder, probe_batch
     from ..recipe import train
 
-    out = Path(out)
+    out = check_out_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     base = replace(cfg, method="none", cache="off", resume=None, const_time=False, reference=None)
     ref_dir = Path(reference) if reference is not None else out / "reference"
