@@ -14,7 +14,9 @@ Hooks (Lightning 2.x; ``pytorch_lightning`` works too):
   ``units=`` names them.
 * ``on_train_batch_end`` -- ``freezer.step()`` once per *optimizer* step: only when
   ``trainer.global_step`` advanced, so gradient accumulation steps the Freezer once per
-  ``accumulate_grad_batches`` batches.
+  ``accumulate_grad_batches`` batches. Manual optimization works the same (the global step counts
+  the steps of ``self.optimizers()``); a training_step that does not step once a batch is told to
+  give the Trainer ``max_steps``, since Lightning counts such a run's length in batches.
 * ``state_dict``/``load_state_dict`` -- the Freezer state travels in ``checkpoint["callbacks"]``.
   ``on_save_checkpoint`` rewrites ``checkpoint["optimizer_states"]`` and ``["lr_schedulers"]``
   into the optimizer's *original* layout (frozen parameters back in their groups, FreezeOut's
@@ -123,6 +125,7 @@ class FrostlineCallback(_pl.Callback):
         self._pending_state: dict[str, Any] | None = None
         self._last_global_step = 0
         self._awaiting_trace = False
+        self._warned_manual = False  # a manual training_step that does not step once a batch (said once a fit)
         self._start_step = 0
         self._trainer = None
         self.cache, self.cache_memory_mb = cache, cache_memory_mb
@@ -162,6 +165,7 @@ class FrostlineCallback(_pl.Callback):
         self._check_strategy(trainer)
         self._trainer = trainer
         self.ddp_rebuilds = 0
+        self._warned_manual = False
         optimizer = self._optimizer(trainer)
         total_steps = trainer.estimated_stepping_batches
         if not math.isfinite(total_steps) or total_steps <= 0:
@@ -299,16 +303,37 @@ class FrostlineCallback(_pl.Callback):
 
     # -- the step ----------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self._last_global_step:
-            return  # accumulating gradients: no optimizer step on this batch
         steps = trainer.global_step - self._last_global_step
+        if steps != 1 and not pl_module.automatic_optimization:
+            self._check_manual_steps(trainer, steps, batch_idx)
+        if steps == 0:
+            return  # accumulating gradients: no optimizer step on this batch
         self._last_global_step = trainer.global_step
         if self.freezer is None or self._awaiting_trace:
-            raise FrostlineError("FrostlineCallback: an optimizer step ran before any training forward was traced")
+            raise FrostlineError(
+                "FrostlineCallback: the optimizer stepped before the first training batch's backward reached the "
+                "callback (on_before_backward), where the units traced from the first forward are taken: with manual "
+                "optimization call self.manual_backward(loss) rather than loss.backward(), or name the units "
+                "(units=[...])")
         for _ in range(steps):
             newly = self.freezer.step()
             if newly and self.freezer.sync is None:
                 self._on_freeze(newly)  # with a DecisionSync, its applied() called this already
+
+    def _check_manual_steps(self, trainer, steps: int, batch_idx: int) -> None:
+        """Manual optimization: Lightning counts the run as one optimizer step a batch unless
+        ``max_steps`` bounds it, and the trainer's global step, which the Freezer follows, counts
+        only the steps of the optimizer ``self.optimizers()`` returns. A training_step that steps
+        less often (accumulating) or more would get a schedule planned for another run: said once."""
+        if self._warned_manual or self.freezer is None or trainer.max_steps == self.freezer.total_steps:
+            return
+        self._warned_manual = True
+        warnings.warn(
+            f"frostline: with manual optimization the policy plans for trainer.estimated_stepping_batches = "
+            f"{self.freezer.total_steps} optimizer steps, one a batch, but batch {batch_idx} made {steps}, so its "
+            "schedule will not fit the run: give the Trainer max_steps=<the run's optimizer steps>, and step the "
+            "optimizer self.optimizers() returns (the trainer's global step does not count a raw optimizer's steps)",
+            stacklevel=2)
 
     def _on_freeze(self, newly: list[int]) -> None:
         if self.rebuild_ddp:
