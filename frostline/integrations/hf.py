@@ -38,6 +38,7 @@ from ..exploit.boundary import leaves
 from ..exploit.distributed import DecisionSync
 from ..exploit.cache import CachedPrefixModel
 from ..freezer import Freezer
+from ..freezer.param_groups import FROSTLINE_KEYS
 from ..policies import FreezePolicy, fresh_policy
 from ..atomic import atomic_torch_save
 from ..loading import load_plain
@@ -112,6 +113,7 @@ class FrostlineCallback(TrainerCallback):
         if model is None or optimizer is None:
             raise FrostlineError("FrostlineCallback needs the Trainer's model and optimizer at on_train_begin")
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+        _refuse_an_optimizer_split_by_an_earlier_run(optimizer)
         loader = kwargs.get("train_dataloader")
         per_epoch = self._steps_per_epoch(loader, args)
         _refuse_sharded_trainer(args)
@@ -242,6 +244,20 @@ def _refuse_sharded_trainer(args) -> None:
             "training hands the optimizer and the backward its own copies of the parameters, so a frozen unit would "
             f"keep computing (and partly applying) gradients. Train without {wrapper} (one device, or DDP under "
             "torchrun) to freeze with frostline")
+
+
+def _refuse_an_optimizer_split_by_an_earlier_run(optimizer) -> None:
+    """A second ``trainer.train()`` on the same Trainer reuses its optimizer, which the first run's
+    Freezer changed: frozen parameters left it and, with per-unit learning rates (FreezeOut, a
+    cool-down), every group was split per unit. A Freezer built on those groups trains, then fails at
+    the first checkpoint (a fresh Trainer could not load that layout); say so before training."""
+    if any(key in group for group in optimizer.param_groups for key in FROSTLINE_KEYS):
+        raise ConfigError(
+            "the Trainer's optimizer was changed by an earlier FrostlineCallback run (its param groups are split per "
+            "unit, frozen parameters left it): a second trainer.train() on the same Trainer reuses it. Set "
+            "trainer.optimizer = None and trainer.lr_scheduler = None before calling trainer.train() again, so that "
+            "the Trainer builds them afresh (call frostline.unfreeze(trainer.model) first to train the frozen units "
+            "again), or build a new Trainer")
 
 
 def _env_flag(name: str) -> bool:
