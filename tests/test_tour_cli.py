@@ -131,3 +131,14 @@ def test_other_commands_refuse_an_out_that_is_a_file_or_empty(command, out, need
 def test_bench_steptime_says_which_setting_is_out_of_range(tmp_path, capsys):
     assert main([*STEPTIME[:6], "--repeats", "2", "--out", str(tmp_path)]) == 2
     _one_line_error(capsys, "got --repeats 2, --warmup 3, --batch-size 16")
+
+
+def test_an_estimate_in_which_nothing_freezes_says_why(capsys):
+    """Two steps, each unit decided on cools down for two: a table of "never" and 0% saved, said in words."""
+    args = ["--method", "linear", "--train-subset", "100", "--val-size", "100", "--batch-size", "64", "--epochs", "1",
+            "--width", "8", "--threads", "1"]
+    assert main(["estimate", *args, "--cooldown", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "no unit freezes within the run's 2 optimizer steps" in out and "shorten --cooldown" in out, out
+    assert main(["estimate", *args]) == 0
+    assert "no unit freezes" not in capsys.readouterr().out

@@ -297,6 +297,11 @@ def _estimate(args: argparse.Namespace) -> int:
     check_all_read(cfg, _given(args, TrainConfig), unread=unread)
     p = plan(cfg)
     print(markdown_table(["unit", "freezes at"], [[u, "never" if t is None else f"{t:.3f}"] for u, t in zip(p["units"], p["freeze_times"])]))
+    if all(t is None for t in p["freeze_times"]):  # a table of "never" and 0% would not say why
+        cooling = f", and each decided unit cools down for {cfg.cooldown} of them first" if cfg.cooldown else ""
+        print(f"no unit freezes within the run's {p['steps']} optimizer steps with these settings{cooling}: nothing "
+              "would be saved; train longer, let the method freeze sooner" + (", or shorten --cooldown" if cfg.cooldown
+                                                                              else ""))
     prof = p["profile"]
     print(f"predicted time saved: {100 * p['time_saving']:.1f}% | with the activation cache: {100 * p['time_saving_cached']:.1f}% "
           f"(step times profiled on {prof['device']}, {prof['threads']} threads: full step {1000 * prof['full_step_s']:.1f} ms)")

@@ -667,7 +667,7 @@ def plan(cfg: TrainConfig) -> dict[str, Any]:
     steps = _run_steps(cfg, _steps_per_epoch(cfg, len(data.train)))
     times = planned_freeze_times(policy, len(units), *((steps, cfg.cooldown) if cfg.cooldown else ()))
     return {
-        "units": [u.name for u in units], "freeze_times": times,
+        "units": [u.name for u in units], "freeze_times": times, "steps": steps,
         "time_saving": estimate_speedup(profile, times)["saving"],
         "time_saving_cached": estimate_speedup(profile, times, cached=True, epoch_fraction=1 / cfg.epochs)["saving"],
         "profile": {"device": profile.device, "threads": profile.threads, "full_step_s": profile.full_step_s,
