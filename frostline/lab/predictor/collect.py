@@ -232,7 +232,24 @@ def collect(cfg, out, *, reference=None, tailor_size: int = 1024, snapshots_per_
             "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
     }
+    keep_earlier_file(out / DATASET_FILE, "a finished collection")
     return atomic_torch_save(dataset, out / DATASET_FILE)
+
+
+def keep_earlier_file(path: Path, what: str) -> None:
+    """A file about to be written over moves to the first free ``<stem>.earlier[-N]<suffix>``
+    beside it, and says so: a re-run never loses a finished collection or predictor."""
+    import sys
+
+    path = Path(path)
+    if not path.exists():
+        return
+    target, n = path.with_name(f"{path.stem}.earlier{path.suffix}"), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.stem}.earlier-{n}{path.suffix}")
+    path.rename(target)
+    print(f"frostline: {path} held {what}: kept as {target}, nothing deleted", file=sys.stderr)
 
 
 def with_datasets(paths) -> list[Path]:
@@ -269,8 +286,10 @@ def samples(ds: dict[str, Any], window: int = 30, rule: LabelRule | None = None
     the last ``window`` snapshots taken at or before the stage, and the predictor's context (the
     fraction of training done at the stage, trajectory statistics). ``rule`` (a :class:`LabelRule`)
     relabels from the recorded CKA; None keeps the labels the dataset was collected with."""
+    from ...errors import check_int
     from ...policies.smartfrz.predictor import window_context, window_features
 
+    check_int(window, "--history-window (snapshots per sample, at least 2 to show a trajectory)", low=2)
     labels = ds["labels"] if rule is None else label_stages(ds["cka"], ds["cka_init"], rule)
     total = total_steps(ds)
     out = []

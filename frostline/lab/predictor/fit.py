@@ -22,13 +22,14 @@ from __future__ import annotations
 import dataclasses
 import random
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ...errors import ConfigError
-from .collect import LabelRule, load_collected, samples
+from .collect import LabelRule, keep_earlier_file, load_collected, samples
 
 from ...policies.smartfrz.predictor import SmartFRZPredictor, batch_windows, save_predictor
 
@@ -113,7 +114,7 @@ def fit_predictor(train_sets: list[dict[str, Any]], *, epochs: int = 40, lr: flo
     from tqdm.auto import tqdm
 
     data = [s for ds in train_sets for s in samples(ds, window, rule)]
-    labels = torch.tensor([t for _, _, t, _ in data])
+    labels = torch.tensor([t for _, _, t, _ in data], dtype=torch.long)
     counts = torch.bincount(labels, minlength=2).double()
     if (counts == 0).any():
         raise ConfigError(f"the training runs have {int(counts[0])} keep / {int(counts[1])} freeze samples: both "
@@ -156,7 +157,13 @@ def train_from_dirs(dirs: list[str], out, *, holdout: list[str] | None = None, e
                     rule: LabelRule = RULE,
                     window: int = 30, progress: bool = True) -> dict[str, Any]:
     """Load collected runs, hold some out *by run*, train, report, save. ``holdout`` names folders
-    (among ``dirs``) to hold out; by default one run, chosen by ``seed``."""
+    (among ``dirs``) to hold out; by default one run, chosen by ``seed``. An existing ``out`` is
+    kept aside (:func:`keep_earlier_file`), never written over."""
+    from ...errors import check_int
+    from ...policies.smartfrz.predictor import SHIPPED
+
+    out = _check_out_file(out, SHIPPED)
+    check_int(epochs, "--epochs (passes over the training samples)", low=1)
     datasets = [load_collected(d) for d in dirs]
     if holdout is None:
         if len(datasets) < 2:
@@ -172,8 +179,12 @@ def train_from_dirs(dirs: list[str], out, *, holdout: list[str] | None = None, e
     held_sets = [ds for i, ds in enumerate(datasets) if i in held_idx]
     if not train_sets:
         raise ConfigError("every run is held out: leave at least one to train on")
-    model = fit_predictor(train_sets, epochs=epochs, seed=seed, window=window, rule=rule, progress=progress)
     calibration = [s for ds in (held_sets or train_sets) for s in samples(ds, window, rule)]
+    if held_sets and not any(t for _, _, t, _ in calibration):
+        raise ConfigError(f"the held-out run(s) {', '.join(run_name(ds) for ds in held_sets)} have no window labelled "
+                          "freeze, so the threshold cannot be calibrated on them (the predictor would never freeze): "
+                          "hold out a run whose units converge (--holdout), or collect longer runs")
+    model = fit_predictor(train_sets, epochs=epochs, seed=seed, window=window, rule=rule, progress=progress)
     model.threshold = calibrate_threshold(freeze_probabilities(model, calibration), [t for _, _, t, _ in calibration])
     report = {"train": evaluate_runs(model, train_sets, window, rule),
               "heldout": evaluate_runs(model, held_sets, window, rule) if held_sets else None}
@@ -183,8 +194,23 @@ def train_from_dirs(dirs: list[str], out, *, holdout: list[str] | None = None, e
             "calibrated_on": "heldout" if held_sets else "train", "label_rule": dataclasses.asdict(rule)}
     for m in meta["trained_on"]:
         m.pop("train_config", None)
+    keep_earlier_file(out, "a predictor")
     save_predictor(model, out, meta)
     return report
+
+
+def _check_out_file(out, shipped) -> Path:
+    """``--out`` as a predictor file to write, checked before any work."""
+    if not str(out).strip():
+        raise ConfigError("--out is empty: pass the predictor file to write (e.g. --out predictor.pt)")
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder: pass the predictor file to write (e.g. --out {path / 'predictor.pt'})")
+    if any(p.exists() and not p.is_dir() for p in path.parents):
+        raise ConfigError(f"--out {path} is inside a file, not a folder: pass a file in a folder")
+    if path.resolve() == Path(shipped).resolve():
+        raise ConfigError(f"--out {path} is the predictor shipped with frostline: pass another file")
+    return path
 
 
 def format_report(report: dict[str, Any]) -> str:
