@@ -34,7 +34,7 @@ from ..units import (GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, check_he
 from . import param_groups
 from .cooldown import Cooling, check_cooldown, cooldown_scale
 from .eval_mode import outside_prefix, pin_eval, pin_eval_alone, unpin
-from .marks import frozen_by_frostline, mark_frozen
+from .marks import MARK, frozen_by_frostline, mark_frozen
 from .schedulers import SchedulerBridge
 
 #: Optimizer -> the hook handle of the Freezer that checks it for an LR scheduler not attached.
@@ -633,6 +633,7 @@ class Freezer:
             "units": [list(u.module_names) for u in units],
             "unit_names": [u.name for u in units],
             "head_units": units[-1].head_of,
+            "freeze_head": self.freeze_head,
             "frozen": sorted(self.frozen),
             "cooldown": self.cooldown,
             "cooling": [{"index": i, "decided_step": c.decided_step, "signal": c.signal}
@@ -657,6 +658,8 @@ class Freezer:
         does not fit (another model, another run's settings, corrupted) is a CheckpointError raised
         before anything changes (but for the policy's own checks: after the units are bound)."""
         units, timeline = self._check_state(state)
+        # a Freezer that has stepped past the saved state (a roll-back): the units it froze since train again
+        thawed = [] if self.units is None else [self.units[i] for i in sorted(self.frozen - set(state["frozen"]))]
         if self._recorder is not None:  # the units come from the state (the span trace still waits)
             self._recorder.detach()
             self._recorder = None
@@ -670,11 +673,22 @@ class Freezer:
         self._eval_pins = {}
         self.frozen = {int(i) for i in state["frozen"]}
         self.cooling = {int(c["index"]): Cooling(c["decided_step"], c["signal"]) for c in state.get("cooling", [])}
+        for unit in thawed:
+            for p in unit.params:
+                if getattr(p, MARK, False):  # frozen by this Freezer (one the user froze stays frozen)
+                    delattr(p, MARK)
+                    p.requires_grad_(True)
+                    if p is self._frozen_sample:
+                        self._frozen_sample = None
+            for m in unit.modules:
+                m.train(self.model.training)  # unpinned above: back to the model's mode
         for i in self.frozen:
             self._stop_training(i)
-        for handles in self._outside_pins.values():
-            unpin(handles)
         modules = dict(self.model.named_modules())
+        for name, handles in self._outside_pins.items():
+            unpin(handles)
+            if name not in state.get("pinned_outside", []):
+                modules[name].training = self.model.training
         self._outside_pins = {n: pin_eval_alone(modules[n]) for n in state.get("pinned_outside", []) if n in modules}
         self._pin_outside_prefix()
         saved_signals = state.get("signals") or {}  # absent from states written before collectors kept any
@@ -709,6 +723,9 @@ class Freezer:
         if saved_cooldown != self.cooldown:
             raise CheckpointError(f"saved run had cooldown={saved_cooldown}, this one {self.cooldown}: "
                                   "resume with the same cooldown")
+        if state.get("freeze_head", self.freeze_head) != self.freeze_head:  # (absent from older states)
+            raise CheckpointError(f"saved run had freeze_head={state['freeze_head']!r}, this one {self.freeze_head}: "
+                                  "resume with the same freeze_head")
         saved_head = state.get("head_units", 1)  # states from before head_units had a head of one unit
         if self.units is None and saved_head != self.head_units:  # (units known: compared below, parameter by parameter)
             raise CheckpointError(f"saved run had head_units={saved_head!r}, this one {self.head_units}: its units "
