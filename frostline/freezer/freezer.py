@@ -356,8 +356,7 @@ class Freezer:
         self.detach_trace()
         self._close_collectors()
         self._load_hook.remove()
-        if self._step_hook is not None:
-            self._step_hook.remove()
+        self._stop_scheduler_check()
         self._say_if_nothing_froze()
 
     def attach_scheduler(self, scheduler) -> None:
@@ -374,6 +373,12 @@ class Freezer:
             raise ConfigError(f"attach_scheduler needs an LR scheduler of the Freezer's optimizer (e.g. "
                               f"torch.optim.lr_scheduler.LambdaLR(optimizer, ...)), got {_kind(scheduler)}")
         self.schedulers.attach(scheduler)
+        self._stop_scheduler_check()  # attached: nothing left to check before each optimizer step
+
+    def _stop_scheduler_check(self) -> None:
+        if self._step_hook is not None:
+            self._step_hook.remove()
+            self._step_hook = None
 
     # -- the step --------------------------------------------------------------------------
     @property
@@ -578,7 +583,7 @@ class Freezer:
         if not (wrapped or any("initial_lr" in g for g in optimizer.param_groups)):
             return
         self._warned_lr = True
-        self._step_hook.remove()
+        self._stop_scheduler_check()
         warnings.warn(
             "frostline: an LR scheduler was built on this optimizer but not attached to the Freezer, which split the "
             f"param groups per unit ({len(self.original_param_groups)} -> {len(optimizer.param_groups)} groups) to "

@@ -38,7 +38,7 @@ from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import RunContext, TrainConfig, make_policy, resumed_config, validate
 from .data import AugmentedDataset, load_dataset
 from .fullspeed import probe_full_speed
-from .loop import NoLog, RunLog, evaluate, iterate_batches, memory_now_mb, peak_memory_mb, pick_device, progress_bar
+from .loop import NoLog, RunLog, evaluate, iterate_batches, keep_aside, memory_now_mb, peak_memory_mb, pick_device, progress_bar
 from .machine import this_machine
 from .zoo import create_model
 
@@ -207,14 +207,8 @@ def _keep_earlier_run(out: Path) -> None:
     earlier = _finished_summary(out)
     what = (f"a finished run ({earlier['test_accuracy']:.2f}% test accuracy)" if earlier and "test_accuracy" in earlier
             else "a finished run" if earlier else "an unfinished run")
-    target, n = out.with_name(out.name + ".earlier"), 1
-    while target.exists():
-        n += 1
-        target = out.with_name(f"{out.name}.earlier-{n}")
-    out.rename(target)
+    keep_aside(out, what, "" if earlier else "; `frostline train --resume {target}` goes on with it")
     out.mkdir()
-    again = "" if earlier else f"; `frostline train --resume {target}` goes on with it"
-    print(f"frostline: {out} held {what}: kept as {target}, nothing deleted{again}", file=sys.stderr)
 
 
 def set_up(cfg: TrainConfig, policy=None, checkpoint: dict[str, Any] | None = None) -> Run:

@@ -35,6 +35,7 @@ from ...loading import load_plain
 from ...policies.base import FreezePolicy, Progress
 from ...policies.cka_oracle.cka_oracle import normalised_cka
 from ...policies.stages import StageClock
+from ..loop import keep_aside
 
 FORMAT = "frostline-smartfrz-dataset-2"  # 2: CKA at initialisation, another-seed reference
 DATASET_FILE = "dataset.pt"
@@ -232,24 +233,9 @@ def collect(cfg, out, *, reference=None, tailor_size: int = 1024, snapshots_per_
             "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
     }
-    keep_earlier_file(out / DATASET_FILE, "a finished collection")
+    if (out / DATASET_FILE).exists():
+        keep_aside(out / DATASET_FILE, "a finished collection")
     return atomic_torch_save(dataset, out / DATASET_FILE)
-
-
-def keep_earlier_file(path: Path, what: str) -> None:
-    """A file about to be written over moves to the first free ``<stem>.earlier[-N]<suffix>``
-    beside it, and says so: a re-run never loses a finished collection or predictor."""
-    import sys
-
-    path = Path(path)
-    if not path.exists():
-        return
-    target, n = path.with_name(f"{path.stem}.earlier{path.suffix}"), 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.stem}.earlier-{n}{path.suffix}")
-    path.rename(target)
-    print(f"frostline: {path} held {what}: kept as {target}, nothing deleted", file=sys.stderr)
 
 
 def with_datasets(paths) -> list[Path]:

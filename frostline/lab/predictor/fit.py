@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
-from .collect import LabelRule, keep_earlier_file, load_collected, samples
+from ..loop import keep_aside
+from .collect import LabelRule, load_collected, samples
 
 from ...policies.smartfrz.predictor import SmartFRZPredictor, batch_windows, save_predictor
 
@@ -158,7 +159,7 @@ def train_from_dirs(dirs: list[str], out, *, holdout: list[str] | None = None, e
                     window: int = 30, progress: bool = True) -> dict[str, Any]:
     """Load collected runs, hold some out *by run*, train, report, save. ``holdout`` names folders
     (among ``dirs``) to hold out; by default one run, chosen by ``seed``. An existing ``out`` is
-    kept aside (:func:`keep_earlier_file`), never written over."""
+    kept aside (:func:`~frostline.lab.loop.keep_aside`), never written over."""
     from ...errors import check_int
     from ...policies.smartfrz.predictor import SHIPPED
 
@@ -194,7 +195,8 @@ def train_from_dirs(dirs: list[str], out, *, holdout: list[str] | None = None, e
             "calibrated_on": "heldout" if held_sets else "train", "label_rule": dataclasses.asdict(rule)}
     for m in meta["trained_on"]:
         m.pop("train_config", None)
-    keep_earlier_file(out, "a predictor")
+    if out.exists():
+        keep_aside(out, "a predictor")
     save_predictor(model, out, meta)
     return report
 
