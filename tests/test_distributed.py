@@ -145,36 +145,40 @@ def _desync_worker(rank, port, outdir):
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), FROSTLINE_DIST_TIMEOUT="10")
     torch.set_num_threads(1)
-    from frostline.exploit import distributed
-    from frostline.errors import DistributedError
     from frostline.lab import launch
-    from frostline.freezer import Freezer
-    from frostline.policies import create_policy
 
     result = {}
     try:
-        device = launch.init_from_env("cpu")
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2))
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        sync = distributed.DecisionSync(device)
-        freezer = Freezer(model, opt, create_policy("none"), 10, units=["0", "1", "2"], sync=sync)
-        net = distributed.ReplicatedModel(model, device)
-        sync.on_freeze = net.rebuild
-        x = torch.randn(4, 4)
-        net(x).sum().backward()
-        opt.step()
-        freezer.step()
-        result["bytes_before"] = net.counter.take()
-        if rank == 1:
-            freezer.freeze(0)  # behind the other rank's back
-        try:
-            freezer.step()
-        except DistributedError as e:
-            result["error"] = str(e)
+        _desync_run(rank, launch.init_from_env("cpu"), result)
     finally:
         torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
-        launch.shutdown()
+        launch.shutdown()  # after the run's DDP reducers became garbage: shutdown frees them first
+
+
+def _desync_run(rank, device, result):
+    from frostline.exploit import distributed
+    from frostline.errors import DistributedError
+    from frostline.freezer import Freezer
+    from frostline.policies import create_policy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sync = distributed.DecisionSync(device)
+    freezer = Freezer(model, opt, create_policy("none"), 10, units=["0", "1", "2"], sync=sync)
+    net = distributed.ReplicatedModel(model, device)
+    sync.on_freeze = net.rebuild
+    x = torch.randn(4, 4)
+    net(x).sum().backward()
+    opt.step()
+    freezer.step()
+    result["bytes_before"] = net.counter.take()
+    if rank == 1:
+        freezer.freeze(0)  # behind the other rank's back
+    try:
+        freezer.step()
+    except DistributedError as e:
+        result["error"] = str(e)
 
 
 @pytest.mark.integration

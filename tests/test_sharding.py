@@ -4,6 +4,7 @@ parameters, so a unit frozen by ``requires_grad`` and taken out of the optimizer
 The wrappers run here for real, in one gloo process on the CPU."""
 
 import datetime
+import gc
 import json
 import os
 import socket
@@ -46,6 +47,8 @@ def _worker(rank: int, port: int, out: str) -> None:
         except ConfigError as e:
             results[name] = str(e)
         results[name + "_trainable"] = all(p.requires_grad for p in model.parameters())
+    del fsdp1, fsdp2, model, optimizer  # FSDP holds the group: freed after it at exit, it can abort
+    gc.collect()
     dist.destroy_process_group()
     with open(out, "w") as f:
         json.dump(results, f)

@@ -4,6 +4,7 @@ signals freeze the same units at the same step and stay bit-identical."""
 
 import copy
 import datetime
+import gc
 import os
 import socket
 import warnings
@@ -98,23 +99,33 @@ def _autofreeze_worker(rank, port, outdir, rebuild):
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=10))
-    result = {"freezes": [], "error": None, "warnings": []}
     try:
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16),
-                              nn.Tanh(), nn.Linear(16, 2))
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        policy = frostline.create_policy("autofreeze", percentile=50, interval_steps=3)
-        sync = DecisionSync()
-        freezer = frostline.Freezer(model, opt, policy, 30, units=["0", "2", "4", "6"], sync=sync)
-        if rebuild:
-            net = ReplicatedModel(model, torch.device("cpu"))
-            sync.on_freeze = net.rebuild
-        else:  # the user's own DDP, never rebuilt
-            net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
-        g = torch.Generator().manual_seed(100 + rank)  # each rank its own data: its own gradient signals
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        torch.save(_autofreeze_run(rank, rebuild), os.path.join(outdir, f"rank{rank}.pt"))
+    finally:
+        # the run's DDP reducers hold the gloo group; one freed at interpreter exit, after the group
+        # is destroyed, aborts the process now and then: free them while the group is alive
+        gc.collect()
+        dist.destroy_process_group()
+
+
+def _autofreeze_run(rank, rebuild):
+    result = {"freezes": [], "error": None, "warnings": []}
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16),
+                          nn.Tanh(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    policy = frostline.create_policy("autofreeze", percentile=50, interval_steps=3)
+    sync = DecisionSync()
+    freezer = frostline.Freezer(model, opt, policy, 30, units=["0", "2", "4", "6"], sync=sync)
+    if rebuild:
+        net = ReplicatedModel(model, torch.device("cpu"))
+        sync.on_freeze = net.rebuild
+    else:  # the user's own DDP, never rebuilt
+        net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
+    g = torch.Generator().manual_seed(100 + rank)  # each rank its own data: its own gradient signals
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
             for _ in range(30):
                 x = torch.randn(8, 8, generator=g)
                 loss = nn.functional.cross_entropy(net(x), (x[:, 0] > 0).long())
@@ -124,14 +135,11 @@ def _autofreeze_worker(rank, port, outdir, rebuild):
                 newly = freezer.step()
                 if newly:
                     result["freezes"].append((freezer.step_count, newly))
-        result["warnings"] = [str(w.message) for w in caught]
-        result["params"] = [p.detach().clone() for p in model.parameters()]
-    except RuntimeError as e:
-        result["warnings"] = [str(w.message) for w in caught]
-        result["error"] = str(e)
-    finally:
-        torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
-        dist.destroy_process_group()
+            result["params"] = [p.detach().clone() for p in model.parameters()]
+        except RuntimeError as e:
+            result["error"] = str(e)
+    result["warnings"] = [str(w.message) for w in caught]
+    return result
 
 
 @pytest.mark.integration  # two spawned processes: about 5 s
