@@ -142,3 +142,14 @@ def test_an_estimate_in_which_nothing_freezes_says_why(capsys):
     assert "no unit freezes within the run's 2 optimizer steps" in out and "shorten --cooldown" in out, out
     assert main(["estimate", *args]) == 0
     assert "no unit freezes" not in capsys.readouterr().out
+
+
+def test_report_lists_a_run_given_twice_once(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert main(["train", "--method", "linear", *TINY, "--out", str(run)]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="run/ is given more than once; it is listed once"):
+        assert main(["report", str(run), "run/"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| linear | resnet | fashion-mnist")]
+    assert len(rows) == 1, rows

@@ -406,7 +406,14 @@ def _predictor_eval(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .report import cache_table, read_summary, runs_table
 
-    summaries = [_with_own_saving(read_summary(run), Path(run)) for run in args.runs]
+    runs, seen = [], set()
+    for run in args.runs:
+        if Path(run).resolve() in seen:
+            warnings.warn(f"frostline: {run} is given more than once; it is listed once")
+            continue
+        seen.add(Path(run).resolve())
+        runs.append(run)
+    summaries = [_with_own_saving(read_summary(run), Path(run)) for run in runs]
     print(runs_table(summaries))
     cache = cache_table(summaries)
     if cache:
