@@ -74,6 +74,17 @@ def test_a_cadence_in_steps_works_by_name_though_the_run_hands_over_its_epoch_le
     assert "lm_head" not in {freezer.unit_names[i] for i in freezer.frozen}
 
 
+def test_a_steps_per_epoch_in_the_settings_wins_over_the_run_s_and_is_said():
+    """A callback's policy_kwargs may set the epoch length a method counts by; where it differs from
+    the trainer's own count, the setting is used, and the user hears that the two disagree."""
+    with pytest.warns(UserWarning, match="uses the steps_per_epoch=10 it was given, where the run counts "
+                                         "steps_per_epoch=50"):
+        assert as_policy("smartfrz", runtime={"steps_per_epoch": 50}, steps_per_epoch=10).steps_per_epoch == 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert as_policy("smartfrz", runtime={"steps_per_epoch": 50}, steps_per_epoch=50).steps_per_epoch == 50
+
+
 def _other_seed(model):
     torch.manual_seed(1)
     with torch.no_grad():

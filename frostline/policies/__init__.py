@@ -4,6 +4,7 @@ itself with its hyperparameters (:func:`register_policy`, :class:`Hyperparameter
 from __future__ import annotations
 
 import copy
+import warnings
 
 from ..errors import ConfigError
 from .registry import POLICIES, SPECS, Hyperparameter, PolicySpec, create_policy, list_policies, policy_spec, register_policy
@@ -25,6 +26,10 @@ def as_policy(policy, runtime: dict | None = None, **kwargs) -> FreezePolicy:
     if isinstance(policy, str):
         wanted = policy_spec(policy).runtime
         supplied = {k: v for k, v in (runtime or {}).items() if k in wanted and k not in kwargs}
+        for k, v in (runtime or {}).items():
+            if k in wanted and k in kwargs and kwargs[k] != v:
+                warnings.warn(f"frostline: {policy!r} uses the {k}={kwargs[k]!r} it was given, where the run "
+                              f"counts {k}={v!r}; drop it from the method's settings to use the run's")
         return create_policy(policy, **kwargs, **supplied)
     if kwargs:
         raise ConfigError("policy hyperparameters only apply when the policy is given by name")
