@@ -74,15 +74,21 @@ def test_a_cadence_in_steps_works_by_name_though_the_run_hands_over_its_epoch_le
     assert "lm_head" not in {freezer.unit_names[i] for i in freezer.frozen}
 
 
-def test_a_steps_per_epoch_in_the_settings_wins_over_the_run_s_and_is_said():
-    """A callback's policy_kwargs may set the epoch length a method counts by; where it differs from
-    the trainer's own count, the setting is used, and the user hears that the two disagree."""
-    with pytest.warns(UserWarning, match="uses the steps_per_epoch=10 it was given, where the run counts "
-                                         "steps_per_epoch=50"):
-        assert as_policy("smartfrz", runtime={"steps_per_epoch": 50}, steps_per_epoch=10).steps_per_epoch == 10
+def test_a_steps_per_epoch_in_policy_kwargs_wins_over_the_trainer_s_and_is_said():
+    """A callback's policy_kwargs may set the epoch length a method counts by (data without a
+    length needs it); where the trainer counts another, the setting is used and the user hears that
+    the two disagree. Building the callback, before any trainer, says nothing."""
+    from frostline.integrations.lightning import FrostlineCallback
+    from frostline.policies import fresh_policy
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert as_policy("smartfrz", runtime={"steps_per_epoch": 50}, steps_per_epoch=50).steps_per_epoch == 50
+        FrostlineCallback("smartfrz", policy_kwargs={"steps_per_epoch": 10, "seed": 3})
+        assert fresh_policy("smartfrz", {"steps_per_epoch": 50}, 50).steps_per_epoch == 50
+        assert fresh_policy("smartfrz", {"steps_per_epoch": 10}, None).steps_per_epoch == 10  # no length: no count
+    with pytest.warns(UserWarning, match="counts epochs of the steps_per_epoch=10 it was given, where the trainer "
+                                         "runs 50 optimizer steps an epoch"):
+        assert fresh_policy("smartfrz", {"steps_per_epoch": 10}, 50).steps_per_epoch == 10
 
 
 def _other_seed(model):

@@ -26,10 +26,6 @@ def as_policy(policy, runtime: dict | None = None, **kwargs) -> FreezePolicy:
     if isinstance(policy, str):
         wanted = policy_spec(policy).runtime
         supplied = {k: v for k, v in (runtime or {}).items() if k in wanted and k not in kwargs}
-        for k, v in (runtime or {}).items():
-            if k in wanted and k in kwargs and kwargs[k] != v:
-                warnings.warn(f"frostline: {policy!r} uses the {k}={kwargs[k]!r} it was given, where the run "
-                              f"counts {k}={v!r}; drop it from the method's settings to use the run's")
         return create_policy(policy, **kwargs, **supplied)
     if kwargs:
         raise ConfigError("policy hyperparameters only apply when the policy is given by name")
@@ -53,7 +49,12 @@ def fresh_policy(policy, policy_kwargs: dict, steps_per_epoch: int | None) -> Fr
     if not isinstance(policy, str):
         return copy.deepcopy(policy)
     if steps_per_epoch is not None:
-        return as_policy(policy, runtime={"steps_per_epoch": max(1, int(steps_per_epoch))}, **policy_kwargs)
+        counted, given = max(1, int(steps_per_epoch)), policy_kwargs.get("steps_per_epoch")
+        if given is not None and given != counted and "steps_per_epoch" in policy_spec(policy).runtime:
+            warnings.warn(f"frostline: {policy!r} counts epochs of the steps_per_epoch={given!r} it was given, where "
+                          f"the trainer runs {counted} optimizer steps an epoch; drop it from policy_kwargs to use "
+                          f"the trainer's")
+        return as_policy(policy, runtime={"steps_per_epoch": counted}, **policy_kwargs)
     try:
         return as_policy(policy, **policy_kwargs)
     except ConfigError as e:
