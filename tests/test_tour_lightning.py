@@ -19,6 +19,7 @@ L = pytest.importorskip("lightning.pytorch")
 from frostline import ConfigError, FrostlineError, ModelError  # noqa: E402
 from frostline.errors import CheckpointError  # noqa: E402
 from frostline.integrations.lightning import FrostlineCallback  # noqa: E402
+from test_integration_lightning import trainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -146,9 +147,7 @@ class Probe(L.Callback):
 
 def make_trainer(callbacks, **kw):
     kw.setdefault("max_epochs", 3)
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, enable_checkpointing=kw.pop("enable_checkpointing", False),
-                     num_sanity_val_steps=0, callbacks=callbacks, deterministic=True, **kw)
+    return trainer(callbacks, **kw)
 
 
 def fit(cb, model=None, val=False, ckpt_path=None, extra=(), shuffle=False, **kw):

@@ -712,10 +712,9 @@ def _resumable(folder: Path, cell: Cell) -> bool:
 def _set_aside(folder: Path) -> None:
     """Keep a run that is not this cell's any more (other settings, an earlier shipped predictor)
     beside the cell, as ``<seed>.superseded[-N]``, instead of resuming or deleting it."""
-    target, n = folder.with_name(folder.name + ".superseded"), 1
-    while target.exists():
-        n += 1
-        target = folder.with_name(f"{folder.name}.superseded-{n}")
+    from .loop import free_name
+
+    target = free_name(folder, "superseded")
     folder.rename(target)
     print(f"frostline bench: {folder} holds a run with other settings; kept as {target.name}, starting afresh",
           file=sys.stderr)

@@ -44,16 +44,22 @@ def check_out_folder(out) -> Path:
     return path
 
 
+def free_name(path: Path, tag: str) -> Path:
+    """The first free ``<name>.<tag>[-N]`` beside ``path`` (a file keeps its suffix after the tag)."""
+    stem, suffix = (path.stem, path.suffix) if path.is_file() else (path.name, "")
+    target, n = path.with_name(f"{stem}.{tag}{suffix}"), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{stem}.{tag}-{n}{suffix}")
+    return target
+
+
 def keep_aside(path: Path, what: str, then: str = "") -> Path:
     """Move ``path`` (a run folder or a result file) to the first free ``<name>.earlier[-N]``
     beside it (a file keeps its suffix: ``dataset.earlier.pt``) and say so: a new run or a re-run
     never loses a finished result. ``then`` is added to the message (``{target}`` in it: where the
     path went). Returns where it went."""
-    stem, suffix = (path.stem, path.suffix) if path.is_file() else (path.name, "")
-    target, n = path.with_name(f"{stem}.earlier{suffix}"), 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{stem}.earlier-{n}{suffix}")
+    target = free_name(path, "earlier")
     path.rename(target)
     print(f"frostline: {path} held {what}: kept as {target}, nothing deleted{then.format(target=target)}",
           file=sys.stderr)
