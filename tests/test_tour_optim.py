@@ -23,24 +23,11 @@ from torch.optim import lr_scheduler as L
 import frostline
 from frostline import Freezer
 from frostline.freezer.cooldown import cooldown_scale
-from frostline.policies import FreezePolicy
+from test_freezer import FreezeList  # a decision known in advance, for exact comparisons
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 T = 16  # optimizer steps of every run here
-
-
-class FreezeAt(FreezePolicy):
-    """Freezes the given units at the given step (a decision known in advance, for exact comparisons)."""
-
-    name = "at"
-
-    def __init__(self, at_step: int, units):
-        super().__init__()
-        self.at_step, self.units = at_step, set(units)
-
-    def decide(self, progress):
-        return set(self.units) if progress.step >= self.at_step else set()
 
 
 def _model(dtype=torch.float32):
@@ -61,7 +48,7 @@ def _batch(i, dtype=torch.float32):
 
 
 def _policy(method):
-    return {"at": lambda: FreezeAt(5, [0, 1]), "linear": lambda: frostline.LinearFreezing(freeze_start=0.1),
+    return {"at": lambda: FreezeList(5, [0, 1]), "linear": lambda: frostline.LinearFreezing(freeze_start=0.1),
             "freezeout": lambda: frostline.FreezeOut(t_0=0.4),
             "autofreeze": lambda: frostline.create_policy("autofreeze")}[method]()
 
@@ -269,7 +256,7 @@ def test_each_optimizer_trains_the_rest_as_if_the_units_were_frozen_by_hand(name
     def setup(freezer=True):
         model = _model()
         optimizer = OPTIMIZERS[name](_decay_groups(model))
-        return model, optimizer, Freezer(model, optimizer, FreezeAt(5, [0, 1]), T) if freezer else None, None
+        return model, optimizer, Freezer(model, optimizer, FreezeList(5, [0, 1]), T) if freezer else None, None
 
     model, optimizer, freezer, _ = setup()
     _train(model, optimizer, freezer, range(T))
@@ -334,7 +321,7 @@ def test_loops_with_accumulation_clipping_and_mixed_precision_train_the_rest_as_
         optimizer = torch.optim.AdamW(_decay_groups(model), lr=0.01)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8) if use_scaler else None
         scalers.append(scaler)
-        return model, optimizer, Freezer(model, optimizer, FreezeAt(5, [0, 1]), T) if freezer else None, None
+        return model, optimizer, Freezer(model, optimizer, FreezeList(5, [0, 1]), T) if freezer else None, None
 
     def loop(model, optimizer, freezer, steps, scheduler=None, hand_frozen=None):
         _loop(model, optimizer, freezer, steps, hand_frozen=hand_frozen, scaler=scalers[-1], **options)
@@ -412,7 +399,7 @@ def test_a_tied_embedding_trains_with_the_head_while_the_blocks_before_it_freeze
         torch.manual_seed(0)
         model = TinyDecoder()
         optimizer = torch.optim.AdamW(_decay_groups(model), lr=0.01)
-        return model, optimizer, Freezer(model, optimizer, FreezeAt(5, [0, 1, 2]), T) if freezer else None, None
+        return model, optimizer, Freezer(model, optimizer, FreezeList(5, [0, 1, 2]), T) if freezer else None, None
 
     model, optimizer, freezer, _ = setup()
     tied = model.tok.weight.detach().clone()
@@ -440,7 +427,7 @@ def test_a_unit_trained_by_a_second_optimizer_is_frozen_and_said_so(method):
         embeddings = [model.tok.weight, model.pos.weight]
         optimizer = torch.optim.AdamW([p for p in model.parameters() if all(p is not e for e in embeddings)], lr=0.01)
         second = torch.optim.Adam(embeddings, lr=0.005)
-        policy = FreezeAt(5, [0, 1]) if method == "at" else frostline.FreezeOut(t_0=0.4)
+        policy = FreezeList(5, [0, 1]) if method == "at" else frostline.FreezeOut(t_0=0.4)
         return model, [optimizer, second], Freezer(model, optimizer, policy, T), None
 
     with pytest.warns(UserWarning, match=r"unit\(s\) \['pos'\].*another optimizer trains them, freezing still stops "

@@ -34,7 +34,7 @@ from ..units import (GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, check_he
 from . import param_groups
 from .cooldown import Cooling, check_cooldown, cooldown_scale
 from .eval_mode import outside_prefix, pin_eval, pin_eval_alone, unpin
-from .marks import MARK, frozen_by_frostline, mark_frozen
+from .marks import frozen_by_frostline, mark_frozen, thaw
 from .schedulers import SchedulerBridge
 
 #: Optimizer -> the hook handle of the Freezer that checks it for an LR scheduler not attached.
@@ -576,11 +576,13 @@ class Freezer:
         groups. Its next ``step()`` comes before ``freezer.step()`` could notice, and a scheduler
         that keeps a list per group (LambdaLR, SequentialLR, ...) fails there with torch's bare
         "zip() argument 2 is shorter than argument 1": say why first. Warned once."""
-        if self._warned_lr or self.schedulers.attached or param_groups.group_map(optimizer) is None:
+        if self._warned_lr or self.schedulers.attached:
             return
         step = optimizer.step
         wrapped = getattr(step, "_wrapped_by_lr_sched", False) or getattr(step, "_with_counter", False)
         if not (wrapped or any("initial_lr" in g for g in optimizer.param_groups)):
+            return  # no scheduler (the common case, every step): the group layout need not be read
+        if param_groups.group_map(optimizer) is None:
             return
         self._warned_lr = True
         self._stop_scheduler_check()
@@ -680,11 +682,9 @@ class Freezer:
         self.cooling = {int(c["index"]): Cooling(c["decided_step"], c["signal"]) for c in state.get("cooling", [])}
         for unit in thawed:
             for p in unit.params:
-                if getattr(p, MARK, False):  # frozen by this Freezer (one the user froze stays frozen)
-                    delattr(p, MARK)
-                    p.requires_grad_(True)
-                    if p is self._frozen_sample:
-                        self._frozen_sample = None
+                thaw(p)  # frozen by this Freezer (one the user froze stays frozen)
+                if p is self._frozen_sample:
+                    self._frozen_sample = None
             for m in unit.modules:
                 m.train(self.model.training)  # unpinned above: back to the model's mode
         for i in self.frozen:

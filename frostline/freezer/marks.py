@@ -23,6 +23,18 @@ def mark_frozen(param: nn.Parameter) -> None:
     setattr(param, MARK, True)
 
 
+def thaw(param: nn.Parameter) -> bool:
+    """Undo a Freezer's freeze of ``param`` (one frozen by anything else stays as it is); True when
+    it requires gradients again because of this call."""
+    if not getattr(param, MARK, False):
+        return False
+    delattr(param, MARK)
+    if param.requires_grad:
+        return False
+    param.requires_grad_(True)
+    return True
+
+
 def frozen_by_frostline(model: nn.Module) -> list[str]:
     """Names of ``model``'s parameters a Freezer froze that are still frozen."""
     return [n for n, p in model.named_parameters() if getattr(p, MARK, False) and not p.requires_grad]
@@ -37,13 +49,7 @@ def unfreeze(model: nn.Module) -> list[str]:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"unfreeze needs the model (an nn.Module), got {type(model).__name__}: "
                           "frostline.unfreeze(model), then build the optimizer and the Freezer")
-    names = []
-    for name, p in model.named_parameters():
-        if getattr(p, MARK, False):
-            delattr(p, MARK)
-            if not p.requires_grad:
-                p.requires_grad_(True)
-                names.append(name)
+    names = [name for name, p in model.named_parameters() if thaw(p)]
     for module in model.modules():
         for key in [k for k, hook in module._forward_pre_hooks.items() if hook is _run_in_eval]:
             del module._forward_pre_hooks[key]

@@ -35,7 +35,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from ..errors import CheckpointError, ConfigError, FrostlineError
 from ..exploit.boundary import leaves
-from ..exploit.distributed import DecisionSync
+from ..exploit.distributed import DecisionSync, sharding_refused
 from ..exploit.cache import CachedPrefixModel
 from ..freezer import Freezer
 from ..freezer.param_groups import FROSTLINE_KEYS
@@ -239,11 +239,8 @@ def _refuse_sharded_trainer(args) -> None:
                "DeepSpeed" if getattr(args, "deepspeed", None) or getattr(args, "deepspeed_plugin", None)
                or _env_flag("ACCELERATE_USE_DEEPSPEED") else None)
     if wrapper is not None:
-        raise ConfigError(
-            f"the Trainer is set up to train under {wrapper}, which FrostlineCallback does not support: sharded "
-            "training hands the optimizer and the backward its own copies of the parameters, so a frozen unit would "
-            f"keep computing (and partly applying) gradients. Train without {wrapper} (one device, or DDP under "
-            "torchrun) to freeze with frostline")
+        raise sharding_refused(f"the Trainer is set up to train under {wrapper}",
+                               f"Train without {wrapper} (one device, or DDP under torchrun) to freeze with frostline")
 
 
 def _refuse_an_optimizer_split_by_an_earlier_run(optimizer) -> None:

@@ -406,14 +406,13 @@ def _predictor_eval(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .report import cache_table, read_summary, runs_table
 
-    runs, seen = [], set()
+    runs: dict[Path, str] = {}  # by the folder itself: two spellings of one run are one row
     for run in args.runs:
-        if Path(run).resolve() in seen:
+        folder = Path(run).resolve()
+        if folder in runs:
             warnings.warn(f"frostline: {run} is given more than once; it is listed once")
-            continue
-        seen.add(Path(run).resolve())
-        runs.append(run)
-    summaries = [_with_own_saving(read_summary(run), Path(run)) for run in runs]
+        runs.setdefault(folder, run)
+    summaries = [_with_own_saving(read_summary(run), Path(run)) for run in runs.values()]
     print(runs_table(summaries))
     cache = cache_table(summaries)
     if cache:

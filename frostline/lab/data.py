@@ -518,6 +518,11 @@ class DataSplits:
     name: str
 
 
+def _subset_name(train_size: int, val_size: int) -> str:
+    """How a train_subset out of range is named: with what the split holds and val_size takes."""
+    return f"train_subset (of the train split's {train_size} samples, val_size holds out {val_size})"
+
+
 def load_dataset(
     name: str = "fashion-mnist",
     *,
@@ -552,8 +557,7 @@ def load_dataset(
     image_size = check_int(image_size, "image_size", low=1)
     val_size = check_int(val_size, "val_size", low=0, high=spec.train_size - 1)
     rest = spec.train_size - val_size
-    train_subset = check_int(train_subset, f"train_subset (of the train split's {spec.train_size} samples, val_size "
-                             f"holds out {val_size})", low=1, high=rest, allow_none=True)
+    train_subset = check_int(train_subset, _subset_name(spec.train_size, val_size), low=1, high=rest, allow_none=True)
     test_subset = check_int(test_subset, "test_subset", low=1, high=spec.test_size, allow_none=True)
 
     train_x, train_y = load_arrays(spec.name, "train", data_dir)
@@ -591,8 +595,8 @@ def _load_text(name: str, *, val_size, train_subset, test_subset, seed, max_leng
     seed = check_int(seed, "seed", low=0)
     max_length = check_int(max_length, "max_length", low=2, high=512)
     val_size = check_int(default_val if val_size is None else val_size, "val_size", low=0, high=train_size - 1)
-    train_subset = check_int(train_subset, f"train_subset (of the train split's {train_size} samples, val_size "
-                             f"holds out {val_size})", low=1, high=train_size - val_size, allow_none=True)
+    train_subset = check_int(train_subset, _subset_name(train_size, val_size), low=1, high=train_size - val_size,
+                             allow_none=True)
     test_subset = check_int(test_subset, "test_subset", low=1, high=finefoods.SIZES["test"], allow_none=True)
     train_text, train_y = finefoods.read_reviews("train")
     test_text, test_y = finefoods.read_reviews("test")
