@@ -115,6 +115,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # both, at the threshold calibrated on validation runs for that way of deciding (lowest within 0.1
     # validation points: `python scripts/calibrate_threshold.py --stages-per-epoch 4 --cooldown 100
     # --candidates 0.8 0.85 0.9`, table in benchmarks/smartfrz-threshold/calibration-4stages-cooldown100.json)
+    # (the 6-epoch fine-tune added it, set before any of its runs there: the from-scratch suite's best, and the
+    # only SmartFRZ setting that lost no accuracy on the 3-epoch EfficientNet-Lite0 fine-tune, -0.02 points)
     "smartfrz+cache+4stages+cooldown": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 4,
                                         "cooldown": 100, "freeze_threshold": 0.8},
     # anneal, then freeze, on the 6-epoch fine-tune, set before any of their runs after twice and four times an
@@ -326,7 +328,7 @@ SUITES: dict[str, Suite] = {
         "finetune-long", (), (), 3, ("none", "linear-start0-end0.75+cache", "linear-start0-end0.5+cache",
                                       "smartfrz+cache", "smartfrz+cache+2stages", "smartfrz+cache+4stages",
                                       "smartfrz+cache+2stages+cooldown30", "smartfrz+cache+4stages+cooldown30",
-                                      "autofreeze+cache", "smartfrz+cache+head2"),
+                                      "autofreeze+cache", "smartfrz+cache+head2", "smartfrz+cache+4stages+cooldown"),
         {"epochs": FINETUNE_LONG_EPOCHS, **FINETUNE_SETTINGS},
         f"the fine-tune of ImageNet EfficientNet-Lite0 as in the `finetune` suite (12,000 Fashion-MNIST images "
         f"upscaled to 64 x 64, AdamW, lr 1e-3, batch 64, cosine decay, tested on all 10,000 test images), trained "
