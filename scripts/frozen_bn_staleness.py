@@ -12,7 +12,9 @@ its first freezes, and then, for every unit, feeds one held-out batch of 256 ima
 units below it in eval mode and compares the unit's output with running statistics (what a
 freeze now would give) against the same with statistics re-estimated for the current weights on
 1,024 training images (what the weights compute): the relative difference, and the share of ReLU6
-outputs clipped at 6 in each (clipped values carry no information to the units above).
+outputs clipped at 6 in each (clipped values carry no information to the units above). Results:
+``benchmarks/frozen-bn-staleness/``; what re-estimating them over a cool-down did to accuracy:
+docs/benchmarks.md (it cost accuracy, so the Freezer leaves the statistics as they are).
 """
 
 from __future__ import annotations
@@ -38,11 +40,6 @@ from frostline.lab.pretrained import efficientnet_lite0  # noqa: E402
 def batches(dataset, size: int, *, shuffle: bool, seed: int):
     g = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=size, shuffle=shuffle, generator=g, drop_last=shuffle)
-
-
-def images(batch):
-    x = batch[0]
-    return x
 
 
 def clipped_share(module: nn.Module, run) -> float:
@@ -98,7 +95,7 @@ def main() -> None:
     step = 0
     while step < run_steps:
         for b in batches(data.train, batch, shuffle=True, seed=args.seed * 1000 + step):
-            loss = nn.functional.cross_entropy(model(images(b)), b[1])
+            loss = nn.functional.cross_entropy(model(b[0]), b[1])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -107,8 +104,8 @@ def main() -> None:
             if step >= run_steps:
                 break
     model.eval()
-    probe = images(next(iter(batches(data.val, 256, shuffle=False, seed=0))))
-    calib = [images(b) for _, b in zip(range(16), batches(data.train, 64, shuffle=True, seed=12345))]
+    probe = next(iter(batches(data.val, 256, shuffle=False, seed=0)))[0]
+    calib = [b[0] for _, b in zip(range(16), batches(data.train, 64, shuffle=True, seed=12345))]
     rows = []
     h, hs = probe, calib
     with torch.no_grad():

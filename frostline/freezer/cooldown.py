@@ -16,18 +16,14 @@ Why a cosine, not a line
     steps (no jump at the decision) and takes small steps at the end (a slope of zero when it reaches
     0), so the unit lands where its last updates leave it rather than on one large final step.
 
-Fresh BatchNorm statistics (``refresh_statistics=True``)
-    A frozen unit normalises with its BatchNorm running statistics from then on, and those are an
-    exponential average over the last ``1 / momentum`` steps (a hundred for EfficientNet-Lite0),
-    taken while the weights still moved: they describe weights that are no longer there. After one
-    epoch of fine-tuning EfficientNet-Lite0, a unit below the head gave outputs 13-53% away from
-    those of the same weights with re-estimated statistics, against 0.3-8% at the end of training
-    (``python scripts/frozen_bn_staleness.py``). With the option, a decided unit's BatchNorm
-    layers forget their statistics when its cool-down begins: the first cool-down batch replaces
-    them, and each later one is averaged in with an equal weight (momentum ``1 / (k + 1)``) until
-    that is less than the layer's own momentum, which then takes over (a layer whose average spans
-    fewer steps than the cool-down ends as it would have). The freeze puts the momenta back. The
-    cool-down's batches run through the unit in training mode anyway: this costs nothing.
+Why a cooling unit's BatchNorm statistics are left as they are
+    A frozen unit normalises with running statistics averaged while its weights still moved:
+    after one epoch of fine-tuning EfficientNet-Lite0 (momentum 0.01) they put a unit's output
+    13-53% away from what its weights give with statistics re-estimated for them, against 0.3-8%
+    at the end of training (``python scripts/frozen_bn_staleness.py``). Re-estimating them over
+    the cool-down (momentum ``1 / (k + 1)`` from its first batch) was measured on the 6-epoch
+    EfficientNet-Lite0 fine-tune, with the same decisions on every seed: it cost 0.14-0.21 points
+    more (docs/benchmarks.md), so the layers keep their own momentum.
 
 The ramp: after ``k`` of its ``C`` steps of cool-down, the unit's next step uses
 ``0.5 * (1 + cos(pi * (k + 1) / (C + 1)))``, so the ``C`` steps it trains for use scales strictly
@@ -41,9 +37,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
-
-from ..errors import ConfigError, check_bool, check_int
+from ..errors import ConfigError, check_int
 
 
 @dataclass
@@ -70,34 +64,3 @@ def check_cooldown(cooldown, policy, total_steps: int | None = None) -> int:
         raise ConfigError(f"cooldown={cooldown} steps is not shorter than the run ({total_steps} steps): "
                           "no unit could finish cooling")
     return cooldown
-
-
-def check_refresh_statistics(refresh: bool, cooldown: int) -> bool:
-    """``refresh_statistics`` as a bool, or a :class:`ConfigError` when there is no cool-down to average over."""
-    refresh = check_bool(refresh, "refresh_statistics")
-    if refresh and not cooldown:
-        raise ConfigError("refresh_statistics re-estimates a decided unit's BatchNorm statistics over its cool-down: "
-                          "set a cooldown (e.g. cooldown=30 steps), or leave refresh_statistics off")
-    return refresh
-
-
-def averaging_layers(modules) -> list[tuple[nn.Module, float | None]]:
-    """Every BatchNorm layer with running statistics in ``modules`` (and below them), with the
-    momentum it has now: what :func:`average_cooldown` sets and :func:`keep_statistics` puts back."""
-    return [(m, m.momentum) for top in modules for m in top.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None]
-
-
-def average_cooldown(layers: list[tuple[nn.Module, float | None]], elapsed: int) -> None:
-    """Momenta for the next batch of a unit ``elapsed`` steps into its cool-down: ``1 / (elapsed + 1)``,
-    so the statistics are the plain average of its cool-down batches, until that weighs a batch
-    less than the layer's own momentum does (then its exponential average goes on)."""
-    fresh = 1.0 / (elapsed + 1)
-    for module, momentum in layers:
-        module.momentum = fresh if momentum is None else max(momentum, fresh)
-
-
-def keep_statistics(layers: list[tuple[nn.Module, float | None]]) -> None:
-    """Put back the momenta :func:`average_cooldown` replaced: the statistics stay as averaged."""
-    for module, momentum in layers:
-        module.momentum = momentum

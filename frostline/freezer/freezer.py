@@ -32,8 +32,7 @@ from ..signals import STANDARD as STANDARD_COLLECTORS
 from ..units import (GRANULARITIES, ExecutionOrderRecorder, FreezeUnit, check_head_units, check_units, freeze_units,
                      merge_head, unwrap_compiled, units_from_names)
 from . import param_groups
-from .cooldown import (Cooling, average_cooldown, averaging_layers, check_cooldown, check_refresh_statistics,
-                       cooldown_scale, keep_statistics)
+from .cooldown import Cooling, check_cooldown, cooldown_scale
 from .eval_mode import outside_prefix, pin_eval, pin_eval_alone, unpin
 from .marks import frozen_by_frostline, mark_frozen, thaw
 from .schedulers import SchedulerBridge
@@ -108,9 +107,7 @@ class Freezer:
     ``cooldown`` (optimizer steps, default 0: freeze at once) anneals a decided unit's learning
     rate to zero over that many steps before freezing it (:mod:`frostline.freezer.cooldown`); it
     gives every unit its own param group, and does not apply to policies that scale learning
-    rates themselves (FreezeOut): a ConfigError. ``refresh_statistics=True`` (with a cooldown)
-    restarts a decided unit's BatchNorm running statistics when its cool-down begins, so it freezes
-    with statistics of its final weights (:mod:`frostline.freezer.cooldown`).
+    rates themselves (FreezeOut): a ConfigError.
     """
 
     def __init__(
@@ -128,7 +125,6 @@ class Freezer:
         sync=None,
         signals: dict[str, Any] | None = None,
         cooldown: int = 0,
-        refresh_statistics: bool = False,
     ):
         if not isinstance(model, nn.Module):
             raise ConfigError(f"Freezer needs the model (an nn.Module) as its first argument, got {_kind(model)}: "
@@ -152,7 +148,6 @@ class Freezer:
         # a method name is built with its defaults; a bad one fails here
         policy = as_policy(policy, runtime={"steps_per_epoch": -(-total_steps // EPOCHS_IF_UNKNOWN)})
         self.cooldown = check_cooldown(cooldown, policy, total_steps)
-        self.refresh_statistics = check_refresh_statistics(refresh_statistics, self.cooldown)
         if isinstance(optimizer, torch.optim.LBFGS) and (policy.scales_lr or self.cooldown):
             which = f"method {policy.name!r}" if policy.scales_lr else "a cooldown"
             raise ConfigError(f"LBFGS takes one param group, and {which} "
@@ -192,8 +187,6 @@ class Freezer:
         self.frozen: set[int] = set()
         #: Units decided but still cooling down (unit index -> when it was decided, and why).
         self.cooling: dict[int, Cooling] = {}
-        #: BatchNorm layers of cooling units averaging their cool-down batches, with the momentum each had
-        self._averaging: dict[int, list[tuple[nn.Module, float | None]]] = {}
         self.timeline: list[FreezeEvent] = []
         self.step_count = 0
         #: Seconds spent collecting signals and deciding (the method's own overhead).
@@ -364,9 +357,6 @@ class Freezer:
         self._close_collectors()
         self._load_hook.remove()
         self._stop_scheduler_check()
-        for layers in self._averaging.values():  # units still cooling when training ended: momenta back
-            keep_statistics(layers)
-        self._averaging = {}
         self._say_if_nothing_froze()
 
     def attach_scheduler(self, scheduler) -> None:
@@ -452,15 +442,12 @@ class Freezer:
                 wanted = self.sync.agree(wanted, self.frozen | set(self.cooling), len(self.units), self.step_count)
             for i in self._admissible(wanted):
                 self.cooling[i] = Cooling(self.step_count, self.policy.reason(i))
-                if self.refresh_statistics:
-                    self._averaging[i] = averaging_layers(self.units[i].modules)
         newly = sorted(i for i, c in self.cooling.items() if self.step_count - c.decided_step >= self.cooldown)
         for i in newly:
             self.freeze(i)
         if newly and self.sync is not None:
             self.sync.applied(newly)
         self._apply_lr()
-        self._average_cooldowns()
         if self.step_count == self.total_steps:
             self._say_if_nothing_froze()
         return newly
@@ -521,7 +508,6 @@ class Freezer:
         if index in self.frozen:
             return
         decided = self.cooling.pop(index, Cooling(self.step_count, signal))
-        keep_statistics(self._averaging.pop(index, []))
         self._stop_training(index)
         param_groups.remove_params(self.optimizer, unit.params)
         self.frozen.add(index)
@@ -549,11 +535,6 @@ class Freezer:
         for collector in self._required_collectors().values():
             if hasattr(collector, "on_freeze"):
                 collector.on_freeze(index)  # e.g. free the gradient sums a frozen unit will never add to
-
-    def _average_cooldowns(self) -> None:
-        """BatchNorm momenta of the cooling units for their next batch (``refresh_statistics``)."""
-        for i, layers in self._averaging.items():
-            average_cooldown(layers, self.step_count - self.cooling[i].decided_step)
 
     def _apply_lr(self) -> None:
         """Unit groups' lr = unscaled lr x the policy's scale now, or x the cool-down ramp (nothing
@@ -662,7 +643,6 @@ class Freezer:
             "freeze_head": self.freeze_head,
             "frozen": sorted(self.frozen),
             "cooldown": self.cooldown,
-            "refresh_statistics": self.refresh_statistics,
             "cooling": [{"index": i, "decided_step": c.decided_step, "signal": c.signal}
                         for i, c in sorted(self.cooling.items())],
             "step": self.step_count,
@@ -700,9 +680,6 @@ class Freezer:
         self._eval_pins = {}
         self.frozen = {int(i) for i in state["frozen"]}
         self.cooling = {int(c["index"]): Cooling(c["decided_step"], c["signal"]) for c in state.get("cooling", [])}
-        for layers in self._averaging.values():
-            keep_statistics(layers)
-        self._averaging = {i: averaging_layers(units[i].modules) for i in self.cooling} if self.refresh_statistics else {}
         for unit in thawed:
             for p in unit.params:
                 thaw(p)  # frozen by this Freezer (one the user froze stays frozen)
@@ -728,7 +705,6 @@ class Freezer:
         param_groups.restore_layout(self.optimizer, self.model, state["param_groups"])
         self.schedulers.sync()
         self._apply_lr()
-        self._average_cooldowns()
 
     def _check_state(self, state) -> tuple[list[FreezeUnit], list[FreezeEvent]]:
         """Everything :meth:`load_state_dict` reads from ``state``, checked before it changes anything.
@@ -752,10 +728,6 @@ class Freezer:
         if saved_cooldown != self.cooldown:
             raise CheckpointError(f"saved run had cooldown={saved_cooldown}, this one {self.cooldown}: "
                                   "resume with the same cooldown")
-        saved_refresh = state.get("refresh_statistics", False)  # states from before the option had none
-        if saved_refresh != self.refresh_statistics:
-            raise CheckpointError(f"saved run had refresh_statistics={saved_refresh!r}, this one "
-                                  f"{self.refresh_statistics}: resume with the same setting")
         if state.get("freeze_head", self.freeze_head) != self.freeze_head:  # (absent from older states)
             raise CheckpointError(f"saved run had freeze_head={state['freeze_head']!r}, this one {self.freeze_head}: "
                                   "resume with the same freeze_head")
@@ -798,7 +770,6 @@ class Freezer:
             "param_groups": (is_layout, "a list of param groups of parameter names"),
             "original_param_groups": (is_layout, "a list of param groups of parameter names"),
             "pinned_outside": (is_names, "a list of module names"),
-            "refresh_statistics": (lambda v: isinstance(v, bool), "true or false"),
             "signals": (lambda v: v is None or isinstance(v, dict), "a dict"),
         }
         for key, (ok, what) in expected.items():

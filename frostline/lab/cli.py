@@ -49,8 +49,6 @@ HELP = {
     "probe_size": "cka-oracle: train samples in the fixed probe batch CKA is measured on",
     "cooldown": "optimizer steps over which a unit the method decided to freeze anneals its learning rate "
                 "to zero (half a cosine) before it freezes; 0 freezes at once (not for freezeout, which anneals itself)",
-    "refresh_statistics": "with --cooldown: a decided unit's BatchNorm running statistics restart when its cool-down "
-                          "begins and average its cool-down batches, so it freezes with statistics of its final weights",
     "head_units": "how many of the model's last units form the head, which never freezes (1: the classifier alone; "
                   "3: it and the two blocks below it, a common choice when fine-tuning)",
     "speed_probe": "after training, time this many steps of a fresh full model (nothing frozen, no cache) in the same "

@@ -127,12 +127,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                           "cooldown": 30},
     "smartfrz+cache+4stages+cooldown30": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 4,
                                           "cooldown": 30},
-    # the 6-epoch fine-tune's four-decision, 30-step cool-down (-0.45 points, 53.0% saved) with each decided unit's
-    # BatchNorm statistics re-estimated over its cool-down, set before any of its runs: after one epoch, when SmartFRZ
-    # first freezes there, EfficientNet-Lite0's running statistics (momentum 0.01) put a unit's output 13-53% away
-    # from what its weights compute with fresh ones (`python scripts/frozen_bn_staleness.py`)
-    "smartfrz+cache+4stages+cooldown30+refresh": {"method": "smartfrz", "cache": "memory", "stages_per_epoch": 4,
-                                                  "cooldown": 30, "refresh_statistics": True},
     # the same 30-step cool-down on the 3-epoch fine-tunes, once an epoch as `smartfrz+cache` there (which froze
     # every unit below the head of MiniLM at its first decision, -1.07 points), set before any of its runs and
     # after the two above had given EfficientNet-Lite0 no accuracy back: the cool-down measured on MiniLM too
@@ -334,8 +328,7 @@ SUITES: dict[str, Suite] = {
         "finetune-long", (), (), 3, ("none", "linear-start0-end0.75+cache", "linear-start0-end0.5+cache",
                                       "smartfrz+cache", "smartfrz+cache+2stages", "smartfrz+cache+4stages",
                                       "smartfrz+cache+2stages+cooldown30", "smartfrz+cache+4stages+cooldown30",
-                                      "autofreeze+cache", "smartfrz+cache+head2", "smartfrz+cache+4stages+cooldown",
-                                      "smartfrz+cache+4stages+cooldown30+refresh"),
+                                      "autofreeze+cache", "smartfrz+cache+head2", "smartfrz+cache+4stages+cooldown"),
         {"epochs": FINETUNE_LONG_EPOCHS, **FINETUNE_SETTINGS},
         f"the fine-tune of ImageNet EfficientNet-Lite0 as in the `finetune` suite (12,000 Fashion-MNIST images "
         f"upscaled to 64 x 64, AdamW, lr 1e-3, batch 64, cosine decay, tested on all 10,000 test images), trained "

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError, check_int
 from ..exploit.cache import DTYPES
-from ..freezer.cooldown import check_cooldown, check_refresh_statistics
+from ..freezer.cooldown import check_cooldown
 from ..policies import TRIAL_RUNTIME, Hyperparameter, create_policy, list_policies, policy_spec
 from .data import TEXT_DATASETS
 from .pretrained import TEXT_MODELS
@@ -70,7 +70,6 @@ class RunSettings:
     reference: str | None = None  # cka-oracle: the run folder its reference model is loaded from
     probe_size: int = 256  # cka-oracle: samples in the probe batch CKA is measured on
     cooldown: int = 0  # optimizer steps of learning-rate ramp to zero before a decided unit freezes
-    refresh_statistics: bool = False  # a decided unit's BatchNorm statistics restart over its cool-down
     head_units: int = 1  # the last this many units form the head, which keeps training
     speed_probe: int = 0  # full-model steps timed after training, to measure time saved in-run (0: none)
 
@@ -263,7 +262,6 @@ def _check_combinations(cfg: TrainConfig) -> None:
             raise ConfigError("const_time plans the run from the schedule's freezing times, which a cooldown "
                               "delays: drop one of --const-time and --cooldown")
         check_cooldown(cfg.cooldown, make_policy(cfg))  # FreezeOut anneals by itself: no cooldown
-    check_refresh_statistics(cfg.refresh_statistics, cfg.cooldown)
     if cfg.method == "cka-oracle" and not cfg.reference:
         raise ConfigError("cka-oracle compares with a finished run: pass --reference RUN_DIR "
                           "(the --out folder of a finished `frostline train` of the same model)")

@@ -228,7 +228,7 @@ def set_up(cfg: TrainConfig, policy=None, checkpoint: dict[str, Any] | None = No
     scheduler = _lr_scheduler(cfg, optimizer, policy, total_steps)  # on the optimizer as made, before any split
     sync = distributed.DecisionSync(device) if distributed.world_size() > 1 else None
     freezer = Freezer(model, optimizer, policy, total_steps, units=units, sync=sync,
-                      cooldown=cfg.cooldown, refresh_statistics=cfg.refresh_statistics)
+                      cooldown=cfg.cooldown)
     if scheduler is not None and freezer.per_unit_lr:  # a cooling unit's lr = the cosine's lr x its ramp
         freezer.attach_scheduler(scheduler)
     cached = _make_cache(cfg, model, freezer, train_set, Path(cfg.out), steps_per_epoch, total_steps)
@@ -360,7 +360,6 @@ def _first_summary(run: Run, policy, steps_per_epoch: int, planned: dict | None)
         "dataset": run.data.name, "epochs": cfg.epochs, "seed": cfg.seed, "total_steps": run.total_steps,
         "steps_per_epoch": steps_per_epoch, "train_samples": len(run.data.train),
         "units": [u.name for u in run.units], "policy": policy.config(), "cooldown": cfg.cooldown,
-        "refresh_statistics": cfg.refresh_statistics,
         "device": str(run.device), "machine": this_machine(run.device),
         "full_step_flops": run.cost.full_step_flops, "const_time_plan": planned,
         "distributed": None, "compile": None,
