@@ -61,6 +61,13 @@ def test_the_docs_have_runnable_blocks_and_only_known_fence_infos():
         assert not indented, f"{path.name}: move indented python blocks out of lists so they are run"
 
 
+def test_the_readme_stays_a_front_door():
+    """At most 12,000 characters: guides, tables and the design live in docs/ (a bench's published
+    summary that grows it past that is the cue to say it shorter)."""
+    size = len((ROOT / "README.md").read_text())
+    assert size <= 12_000, f"README.md has {size} characters; move detail into docs/"
+
+
 @pytest.mark.parametrize("code", _params())
 def test_python_block_runs(code, tmp_path, monkeypatch):
     for name in _frameworks(code):

@@ -187,16 +187,17 @@ class Goal:
     def rival(self, row: dict[str, Any]) -> bool:
         return row["method"] in self.beats and (row["model"] in PRETRAINED) == self.pretrained
 
-    def target(self) -> str:
+    def target(self, brief: bool = False) -> str:
+        """The goal in words; ``brief`` (the README) leaves how it is judged to the docs."""
         parts = []
         if self.min_time_saved is not None:
             speedup = 1 / (1 - self.min_time_saved)
-            parts.append(f"≥ {100 * self.min_time_saved:.0f}% time saved ({speedup:.3g}× faster)")
+            parts.append(f"≥ {100 * self.min_time_saved:.0f}% time saved" + ("" if brief else f" ({speedup:.3g}× faster)"))
         if self.max_accuracy_loss is not None:
             parts.append(f"≤ {self.max_accuracy_loss:g} points accuracy lost")
         if self.beats:
-            parts.append(f"more time saved than {' and '.join(self.beats)} at equal or better accuracy, "
-                         "paired by seed, beyond one standard error")
+            parts.append(f"more time saved than {' and '.join(self.beats)} at equal or better accuracy"
+                         + ("" if brief else ", paired by seed, beyond one standard error"))
         if self.max_decision_overhead is not None:
             parts.append(f"decision overhead < {100 * self.max_decision_overhead:g}% of training-step time")
         return ", ".join(parts)
@@ -1178,7 +1179,7 @@ def convergence_rows(checks: Sequence[Cell], results: dict[str, dict],
 
 def convergence_lines(rows: Sequence[dict[str, Any]], brief: bool = False) -> list[str]:
     """The convergence criterion, stated, and its verdict per model with the measured numbers
-    (``brief``: the README's shorter wording, the same figures)."""
+    (``brief``: the README's shorter wording, with the gain alone)."""
     lines = []
     for r in rows:
         seeds = "seed " + ", ".join(str(s) for s in r["seeds"])
@@ -1188,7 +1189,12 @@ def convergence_lines(rows: Sequence[dict[str, Any]], brief: bool = False) -> li
         if r["verdict"] == "not measured yet":  # no pair yet, so no epochs of the suite's own baseline to name
             lines.append(f"- Convergence of {what}: {to} {gains} ({seeds}) — **not measured yet**.")
             continue
-        instead = f" instead of {r['epochs']:g}" if brief else f" instead of {_epochs(r['epochs'])}"
+        if brief:
+            lines.append(f"- Convergence of {what}: {r['gap']:+.2f} points at {r['long_epochs']:g} epochs instead of "
+                         f"{r['epochs']:g} ({seeds}; at most {r['tolerance']:g}) — **{r['verdict']}**"
+                         + (": no goal can pass on this baseline." if r["verdict"] == "FAIL" else "."))
+            continue
+        instead = f" instead of {_epochs(r['epochs'])}"
         lines.append(f"- Convergence of {what}: {to}{instead} {gains} ({seeds}): "
                      f"{r['accuracy']:.2f}% vs {r['long_accuracy']:.2f}% ({r['gap']:+.2f} points) — **{r['verdict']}**"
                      + (": no goal can pass on this baseline." if r["verdict"] == "FAIL" else "."))
@@ -1313,14 +1319,14 @@ def goal_lines(goal: Goal, rows: Sequence[dict[str, Any]], convergence: Sequence
     for e in judge(goal, rows, convergence):
         head = f"- {goal.title}" + (f" ({e['group']})" if e["group"] else "")
         if e["verdict"] == "not covered":
-            lines.append(f"- {goal.title} (goal: {goal.target()}): no run of this bench is covered.")
+            lines.append(f"- {goal.title} (goal: {goal.target(brief)}): no run of this bench is covered.")
             continue
         if e["verdict"] == "not measured yet":
             waits = (f"{len(e['missing'])} incomplete cell{'s' if len(e['missing']) != 1 else ''}" if brief
                      else f"missing {', '.join(e['missing'])}")
-            lines.append(f"{head}: goal ({goal.target()}) **not measured yet**: {waits}.")
+            lines.append(f"{head}: goal ({goal.target(brief)}) **not measured yet**: {waits}.")
             continue
-        why = f" — goal ({goal.target()}) **{e['verdict']}**" + (f" ({', '.join(e['why'])})." if e["why"] else ".")
+        why = f" — goal ({goal.target(brief)}) **{e['verdict']}**" + (f" ({', '.join(e['why'])})." if e["why"] else ".")
         if goal.min_time_saved is None and goal.max_accuracy_loss is None:  # a bound on overhead alone
             lines.append(f"{head}: worst decision overhead {_fmt_overhead(e.get('worst_overhead'))} "
                          f"over {e['runs']} runs{why}")
@@ -1564,11 +1570,11 @@ def summary_markdown(suite: Suite, data: dict[str, Any], plot: str, details: str
     if missing:
         lines.append(f"- Partial bench: {len(missing)} of {data['cells']} runs not finished yet.")
     return "\n".join([begin, "", f"Suite `{suite.name}` ({suite.seeds} seed{'s' if suite.seeds != 1 else ''} per cell; "
-                       f"{machines_text(data['machines'], brief=True) if data.get('machines') else machine['cpu']}, {machine['date']}; "
-                       "the regime is in the full tables).", "", *lines,
+                       f"{machines_text(data['machines'], brief=True) if data.get('machines') else machine['cpu']}, "
+                       f"{machine['date']}).", "", *lines,
                        *([""] if lines else []),
                        *([f"![{PLOTS[0][1]}]({plot})", ""] if suite.goals else []),  # a suite of goals: its trade-off plot
-                       f"Full tables, machine and command: [{details}]({details}).",
+                       f"The regime, full tables, machines and commands: [{details}]({details}).",
                        "", end])
 
 
