@@ -1189,15 +1189,13 @@ def convergence_lines(rows: Sequence[dict[str, Any]], brief: bool = False) -> li
         if r["verdict"] == "not measured yet":  # no pair yet, so no epochs of the suite's own baseline to name
             lines.append(f"- Convergence of {what}: {to} {gains} ({seeds}) — **not measured yet**.")
             continue
+        verdict = f"**{r['verdict']}**" + (": no goal can pass on this baseline." if r["verdict"] == "FAIL" else ".")
         if brief:
             lines.append(f"- Convergence of {what}: {r['gap']:+.2f} points at {r['long_epochs']:g} epochs instead of "
-                         f"{r['epochs']:g} ({seeds}; at most {r['tolerance']:g}) — **{r['verdict']}**"
-                         + (": no goal can pass on this baseline." if r["verdict"] == "FAIL" else "."))
+                         f"{r['epochs']:g} ({seeds}; at most {r['tolerance']:g}) — {verdict}")
             continue
-        instead = f" instead of {_epochs(r['epochs'])}"
-        lines.append(f"- Convergence of {what}: {to}{instead} {gains} ({seeds}): "
-                     f"{r['accuracy']:.2f}% vs {r['long_accuracy']:.2f}% ({r['gap']:+.2f} points) — **{r['verdict']}**"
-                     + (": no goal can pass on this baseline." if r["verdict"] == "FAIL" else "."))
+        lines.append(f"- Convergence of {what}: {to} instead of {_epochs(r['epochs'])} {gains} ({seeds}): "
+                     f"{r['accuracy']:.2f}% vs {r['long_accuracy']:.2f}% ({r['gap']:+.2f} points) — {verdict}")
     return lines
 
 
