@@ -12,7 +12,10 @@ one SmartFRZ run per candidate threshold, same seed, one run at a time, and read
 *validation* accuracy (never the test set). The chosen threshold is the lowest candidate whose
 mean validation accuracy, over the configurations, is at most ``TOLERANCE`` points below the
 baselines' (lower thresholds freeze earlier and save more). Finished runs are reused, so an
-interrupted calibration continues.
+interrupted calibration continues; so are the committed per-run rows of thresholds not asked for
+again (same predictor, cadence and cool-down), so ``--candidates 0.75`` extends a table on another
+machine: every row is paired with a baseline trained on its own machine (``machine`` says which
+where it was recorded).
 
 ``--stages-per-epoch`` and ``--cooldown`` calibrate another way of deciding (more decisions per
 epoch, anneal-then-freeze): a threshold is only right for the cadence and cool-down it was chosen
@@ -33,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from build_predictor import CORPUS  # noqa: E402
+
+from frostline.lab.machine import label  # noqa: E402
 
 #: Candidate thresholds besides the predictor's own (precision-calibrated) one.
 CANDIDATES = (0.8, 0.9)
@@ -57,8 +62,20 @@ def run(out: Path, model: str, dataset: str, extra: list[str], seed: int, method
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
     s = json.loads(summary.read_text())
-    return {k: s.get(k) for k in ("val_accuracy", "test_accuracy", "train_time_s", "flops_saved", "frozen_at",
-                                  "total_steps")}
+    return {**{k: s.get(k) for k in ("val_accuracy", "test_accuracy", "train_time_s", "flops_saved", "frozen_at",
+                                     "total_steps")}, "machine": label(s["machine"]) if s.get("machine") else None}
+
+
+def committed_rows(path: Path, predictor_sha, stages_per_epoch: int, cooldown: int, rerun: set[float]) -> list[dict]:
+    """The per-run rows of the committed table at ``path`` for thresholds not in ``rerun``, if it was
+    made with the same predictor, cadence and cool-down (else none: they would measure something else)."""
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    if (old.get("predictor_sha256"), old.get("stages_per_epoch"), old.get("cooldown")) != (
+            predictor_sha, stages_per_epoch, cooldown):
+        return []
+    return [r for r in old["runs"] if r["threshold"] not in rerun]
 
 
 def main() -> None:
@@ -83,15 +100,21 @@ def main() -> None:
     path = Path(args.predictor) if args.predictor else SHIPPED
     model, meta = load_predictor(path)
     precision_threshold = float(meta.get("precision_threshold", meta.get("threshold", model.threshold)))
-    thresholds = sorted(set(args.candidates) if args.candidates else {round(precision_threshold, 3), *CANDIDATES})
-    work, rows = Path(args.work), []
+    asked = sorted(set(args.candidates) if args.candidates else {round(precision_threshold, 3), *CANDIDATES})
+    out_file = RESULTS / f"calibration{suffix}.json"
+    work, rows = Path(args.work), committed_rows(out_file, meta.get("sha256"), args.stages_per_epoch, args.cooldown,
+                                                 set(asked))
+    if rows:
+        kept = sorted({r["threshold"] for r in rows})
+        print(f"kept the committed runs of thresholds {', '.join(f'{t:g}' for t in kept)} ({out_file.name})")
     for name, (net, dataset, extra, seed) in validation_configs().items():
         base = run(work / name / "none", net, dataset, extra, seed, ["--method", "none"])
-        for t in thresholds:
+        for t in asked:
             r = run(work / name / f"smartfrz-{t:g}{suffix}", net, dataset, extra, seed,
                     ["--method", "smartfrz", "--freeze-threshold", str(t), "--predictor", str(path), *decide])
             rows.append({"config": name, "seed": seed, "threshold": t, "baseline_val_accuracy": base["val_accuracy"],
                          "delta_val": round(r["val_accuracy"] - base["val_accuracy"], 2), **r})
+    thresholds = sorted({r["threshold"] for r in rows})
     table = []
     for t in thresholds:
         mine = [r for r in rows if r["threshold"] == t]
@@ -106,7 +129,7 @@ def main() -> None:
                   [] if default_config else ["--stages-per-epoch", str(args.stages_per_epoch), "--cooldown",
                                              str(args.cooldown), "--candidates", *map(str, thresholds)])])}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"calibration{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
+    out_file.write_text(json.dumps(result, indent=1) + "\n")
     print("| threshold | mean Δ validation accuracy (points) | mean FLOPs saved |")
     print("|---|---|---|")
     for row in table:
