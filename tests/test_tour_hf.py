@@ -298,6 +298,7 @@ def test_the_cache_with_dynamic_padding_says_so_and_with_max_length_padding_serv
     frost = _linear("auto")
     _, _, said = _train(tmp_path / "auto", frost, model=model, data=items, trainer_kwargs=dynamic)
     assert len(said) == 1 and "padding to each batch's longest" in said[0] and "pad to one length" in said[0], said
+    assert 'padding="max_length" and max_length=N' in said[0]  # the fix, in the Trainer's terms
     assert frost.freezer.frozen  # freezing went on without the cache
     with pytest.raises(ConfigError, match="pad to one length"):
         _train(tmp_path / "memory", _linear("memory"), model=_tokenized(padding=False)[2], data=items,
