@@ -237,6 +237,20 @@ def _script(name: str):
     return module
 
 
+def test_threshold_calibration_keeps_only_committed_rows_of_the_same_setting(tmp_path):
+    calibrate = _script("calibrate_threshold")
+    table = tmp_path / "calibration-4stages-cooldown100.json"
+    rows = [{"config": "vgg-mnist", "threshold": t, "delta_val": 0.0} for t in (0.8, 0.85)]
+    table.write_text(json.dumps({"predictor_sha256": "abc", "stages_per_epoch": 4, "cooldown": 100, "runs": rows}))
+    # asked again for 0.8: its row is trained anew, the other is kept
+    assert [r["threshold"] for r in calibrate.committed_rows(table, "abc", 4, 100, {0.8, 0.75})] == [0.85]
+    # another predictor, cadence or cool-down measured something else: nothing is kept
+    assert calibrate.committed_rows(table, "def", 4, 100, set()) == []
+    assert calibrate.committed_rows(table, "abc", 1, 100, set()) == []
+    assert calibrate.committed_rows(table, "abc", 4, 0, set()) == []
+    assert calibrate.committed_rows(tmp_path / "none.json", "abc", 4, 100, set()) == []
+
+
 @pytest.mark.integration
 def test_const_time_lengthens_training(tmp_path):
     code = main(["train", "--method", "freezeout", "--const-time", "--epochs", "1", *TINY, "--batch-size", "8",
