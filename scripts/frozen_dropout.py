@@ -33,21 +33,22 @@ from frostline.errors import ConfigError, run_script  # noqa: E402
 from frostline.lab.compare import SUITES, cell_config, in_run_saving  # noqa: E402
 from frostline.lab.report import read_metrics, read_summary  # noqa: E402
 
-_models: list = []
+#: the model being trained (the latest one the recipe built)
+_model: list = [None]
 #: forwards of frozen modules that ran in training mode: the check that the pin was replaced
 _trained_forwards = [0]
 
 
 def _follow_the_model(module, args) -> None:
     """Instead of the eval pin: a frozen module runs in the mode of the model it is part of."""
-    module.training = _models[-1].training
+    module.training = _model[0].training
     _trained_forwards[0] += module.training
 
 
 def _remember_model(new_model):
     def make(*args, **kwargs):
         model = new_model(*args, **kwargs)
-        _models.append(model)
+        _model[0] = model
         return model
     return make
 
