@@ -64,7 +64,12 @@ def main(argv=None) -> int:
     if a.suite not in SUITES:
         raise ConfigError(f"unknown suite {a.suite!r}; choose one of {sorted(SUITES)}")
     suite = SUITES[a.suite]
-    dataset = next(c[0] for c in suite.combos() if c[1] == a.model)
+    datasets = {model: dataset for dataset, model, _ in suite.combos()}
+    if a.model not in datasets:
+        raise ConfigError(f"suite {a.suite!r} has no model {a.model!r}; choose one of {sorted(datasets)}")
+    if a.variant not in suite.variants:
+        raise ConfigError(f"suite {a.suite!r} has no variant {a.variant!r}; choose one of {list(suite.variants)}")
+    dataset = datasets[a.model]
     cells = ROOT / "benchmarks" / a.suite / "cells" / dataset / a.model
     slug = a.variant.replace("+", "_")
     eval_mode._run_in_eval = _follow_the_model

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import frostline
+from frostline.errors import ConfigError
 from frostline.lab.cli import COMMANDS, build_parser, main
 
 TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "--batch-size", "64", "--no-progress"]
@@ -249,6 +250,16 @@ def test_threshold_calibration_keeps_only_committed_rows_of_the_same_setting(tmp
     assert calibrate.committed_rows(table, "abc", 1, 100, set()) == []
     assert calibrate.committed_rows(table, "abc", 4, 0, set()) == []
     assert calibrate.committed_rows(tmp_path / "none.json", "abc", 4, 100, set()) == []
+
+
+def test_the_frozen_dropout_script_names_a_model_or_variant_its_suite_lacks():
+    script = _script("frozen_dropout")
+    with pytest.raises(ConfigError, match="has no model 'nope'; choose one of"):
+        script.main(["--model", "nope"])
+    with pytest.raises(ConfigError, match="has no variant 'nope'"):
+        script.main(["--variant", "nope"])
+    import frostline.freezer.eval_mode as eval_mode
+    assert eval_mode._run_in_eval is not script._follow_the_model  # bad input patches nothing
 
 
 @pytest.mark.integration
