@@ -252,6 +252,40 @@ def test_threshold_calibration_keeps_only_committed_rows_of_the_same_setting(tmp
     assert calibrate.committed_rows(tmp_path / "none.json", "abc", 4, 100, set()) == []
 
 
+def test_the_freeze_cost_study_freezes_exactly_its_prefix_at_its_moment():
+    from frostline.policies import LinearFreezing
+    from frostline.policies.base import Progress
+
+    study = _script("freeze_cost")
+    total = 3440  # VGG-11's 8 epochs of 430 steps
+    for k, moments in study.GRID.items():
+        for t in moments:
+            args = study.prefix_args(k, t)
+            options = dict(zip(args[2::2], args[3::2]))
+            policy = LinearFreezing(float(options["--freeze-start"]), float(options["--freeze-level"]),
+                                    float(options["--freeze-end"]))
+            policy.bind([f"u{i}" for i in range(study.UNITS_BELOW_HEAD + 1)])
+            before = int(t * total) - 1
+            assert policy.decide(Progress(before, total)) == set(), (k, t)
+            assert policy.decide(Progress(int(t * total) + 5, total)) == set(range(k)), (k, t)
+            assert policy.decide(Progress(total, total)) == set(range(k)), (k, t)
+    with pytest.raises(ConfigError, match="lists a seed twice"):
+        study.main(["--seeds", "0", "0"])
+    # harmless from a moment on only if every later moment tried is too: a lucky early run is not enough
+    rows = [{"k": 4, "t": t, "delta_test": d} for t, d in ((0.25, 0.0), (0.375, -0.3), (0.5, -0.05))]
+    assert "first 4 units: harmless (within 0.1 points) from 0.5; the clock freezes them at 0.62" in study.harmless(rows)
+    rows[1]["delta_test"] = -0.1
+    assert "first 4 units: harmless (within 0.1 points) from 0.25;" in study.harmless(rows)
+    assert "first 2 units" not in study.harmless(rows)  # not tried: nothing said
+    # a schedule: k units at the earliest harmless moment of k or more units, else the clock's
+    rows += [{"k": 8, "t": 0.5, "delta_test": 0.0}]
+    assert study.harmless_schedule(rows) == {2: 0.25, 4: 0.25, 6: 0.5, 8: 0.5}
+    # priced by a profile: everything frozen at half of training, at half a step's cost, saves a quarter
+    half = [1.0] * 8 + [0.5]
+    assert study.schedule_saving(lambda k: 0.5, half) == pytest.approx(0.25, abs=1e-3)
+    assert study.schedule_saving(study.clock_moment, [1.0] * 9) == pytest.approx(0.0)
+
+
 def test_the_frozen_dropout_script_names_a_model_or_variant_its_suite_lacks():
     script = _script("frozen_dropout")
     with pytest.raises(ConfigError, match="has no model 'nope'; choose one of"):
