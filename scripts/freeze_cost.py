@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(f"--seeds lists a seed twice: {args.seeds}")
     if args.report_only:
         if not RESULTS.exists():
-            raise ConfigError(f"no figures at {RESULTS.relative_to(ROOT)} yet: run without --report-only first")
+            raise ConfigError(f"no figures at {RESULTS} yet: run without --report-only first")
         report(json.loads(RESULTS.read_text())["runs"])
         return
     work = Path(args.work)

@@ -252,7 +252,7 @@ def test_threshold_calibration_keeps_only_committed_rows_of_the_same_setting(tmp
     assert calibrate.committed_rows(tmp_path / "none.json", "abc", 4, 100, set()) == []
 
 
-def test_the_freeze_cost_study_freezes_exactly_its_prefix_at_its_moment():
+def test_the_freeze_cost_study_freezes_exactly_its_prefix_at_its_moment(tmp_path):
     from frostline.policies import LinearFreezing
     from frostline.policies.base import Progress
 
@@ -271,6 +271,9 @@ def test_the_freeze_cost_study_freezes_exactly_its_prefix_at_its_moment():
             assert policy.decide(Progress(total, total)) == set(range(k)), (k, t)
     with pytest.raises(ConfigError, match="lists a seed twice"):
         study.main(["--seeds", "0", "0"])
+    study.RESULTS = tmp_path / "none-yet.json"  # a checkout without the committed figures
+    with pytest.raises(ConfigError, match="no figures at .* yet: run without --report-only first"):
+        study.main(["--report-only"])
     # harmless from a moment on only if every later moment tried is too: a lucky early run is not enough
     rows = [{"k": 4, "t": t, "delta_test": d} for t, d in ((0.25, 0.0), (0.375, -0.3), (0.5, -0.05))]
     assert "first 4 units: harmless (within 0.1 points) from 0.5; the clock freezes them at 0.62" in study.harmless(rows)
