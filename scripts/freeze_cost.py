@@ -39,7 +39,9 @@ COMMON = ["--batch-size", "128", "--epochs", "8", "--threads", "2", "--no-progre
 #: tried at and before the moment the suite's `linear-start0.25` clock reaches it
 #: (0.25 + 0.75 * k / 8: k=2 at 0.44, 4 at 0.63, 6 at 0.81, 8 at 1.0).
 GRID = {2: (0.125, 0.25), 4: (0.25, 0.375, 0.5), 6: (0.375, 0.5, 0.625), 8: (0.5, 0.625, 0.75)}
-CLOCK = ["--method", "linear", "--freeze-start", "0.25"]
+#: The suite's `linear-start0.25` clock: `linear` from a quarter of training to the end.
+CLOCK_START = 0.25
+CLOCK = ["--method", "linear", "--freeze-start", str(CLOCK_START)]
 RESULTS = ROOT / "benchmarks" / "freeze-cost" / "vgg-fmnist.json"
 #: Test accuracy (points, mean over seeds) a freeze may cost and count as harmless: the threshold
 #: calibration's line.
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [r for r in kept if r["seed"] not in args.seeds]  # other seeds' committed rows stay
     for seed in args.seeds:
         base = train(work / f"seed{seed}" / "none", seed, ["--method", "none"])
-        cases = [("linear-start0.25", None, None, CLOCK)] + [
+        cases = [(f"linear-start{CLOCK_START:g}", None, None, CLOCK)] + [
             (f"prefix{k}-at{t:g}", k, t, prefix_args(k, t)) for k, ts in GRID.items() for t in ts]
         for name, k, t, method in cases:
             r = train(work / f"seed{seed}" / name, seed, method)
@@ -119,7 +121,7 @@ def report(rows: list[dict]) -> None:
 
 def clock_moment(k: int) -> float:
     """When the suite's `linear-start0.25` clock has frozen ``k`` units."""
-    return 0.25 + 0.75 * k / UNITS_BELOW_HEAD
+    return CLOCK_START + (1 - CLOCK_START) * k / UNITS_BELOW_HEAD
 
 
 def harmless(rows: list[dict], tolerance: float = TOLERANCE) -> str:
