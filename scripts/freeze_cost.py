@@ -110,7 +110,9 @@ def report(rows: list[dict]) -> None:
     print(table(rows))
     print(harmless(rows))
     profiles = [r["step_time_prefix"] for r in rows if r.get("step_time_prefix")]
-    if profiles:
+    if not profiles:
+        print("no run recorded a step-time profile, so no schedule is priced")
+    else:
         prefix = [sum(p[i] for p in profiles) / len(profiles) for i in range(len(profiles[0]))]
         staircase = harmless_schedule(rows)
         print(f"priced by the runs' step-time profile (mean of {len(profiles)}; no cache): the clock saves "
