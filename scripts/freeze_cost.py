@@ -15,6 +15,14 @@ the same way, one run at a time. Validation and test accuracy are both kept; the
 test accuracy against the baseline of the same seed (the suite's measure) and validation beside it.
 Finished runs are reused, so an interrupted study continues; the per-run figures go to
 ``benchmarks/freeze-cost/vgg-fmnist.json``.
+
+    nice -n 19 python scripts/freeze_cost.py --staircase --seeds 3 4 5
+
+checks what the study found on fresh seeds: it trains, beside each seed's baseline and clock, the
+staircase the study's harmless moments make (:func:`harmless_schedule`) as one run. Its seeds must
+not be the study's, whose test accuracy chose the staircase. Freezing costs read alone need not add
+up, so this run is what says whether the room the study shows is there. Its figures go to
+``benchmarks/freeze-cost/vgg-fmnist-staircase.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
 from frostline.errors import ConfigError, run_script  # noqa: E402
+from frostline.policies.base import FreezePolicy, Progress  # noqa: E402
 from frostline.lab.compare import in_run_saving  # noqa: E402
 from frostline.lab.machine import label  # noqa: E402
 from frostline.lab.report import read_metrics  # noqa: E402
@@ -43,6 +52,7 @@ GRID = {2: (0.125, 0.25), 4: (0.25, 0.375, 0.5), 6: (0.375, 0.5, 0.625), 8: (0.5
 CLOCK_START = 0.25
 CLOCK = ["--method", "linear", "--freeze-start", str(CLOCK_START)]
 RESULTS = ROOT / "benchmarks" / "freeze-cost" / "vgg-fmnist.json"
+STAIRCASE_RESULTS = RESULTS.with_name("vgg-fmnist-staircase.json")
 #: Test accuracy (points, mean over seeds) a freeze may cost and count as harmless: the threshold
 #: calibration's line.
 TOLERANCE = 0.1
@@ -57,13 +67,25 @@ def prefix_args(k: int, t: float) -> list[str]:
 
 
 def train(out: Path, seed: int, method: list[str]) -> dict:
-    summary = out / "summary.json"
-    if not (summary.exists() and json.loads(summary.read_text()).get("status") == "finished"):
-        cmd = [sys.executable, "-m", "frostline", "train", "--model", MODEL, "--dataset", DATASET, *COMMON,
-               "--seed", str(seed), *method, "--out", str(out)]
+    if not _finished(out):
+        cmd = [sys.executable, "-m", "frostline", "train", *_train_args(seed, method, out)]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
-    s = json.loads(summary.read_text())
+    return figures(out)
+
+
+def _train_args(seed: int, method: list[str], out: Path) -> list[str]:
+    return ["--model", MODEL, "--dataset", DATASET, *COMMON, "--seed", str(seed), *method, "--out", str(out)]
+
+
+def _finished(out: Path) -> bool:
+    summary = out / "summary.json"
+    return summary.exists() and json.loads(summary.read_text()).get("status") == "finished"
+
+
+def figures(out: Path) -> dict:
+    """A finished run's figures, as the tables use them."""
+    s = json.loads((out / "summary.json").read_text())
     frozen = {u: round(f, 4) for u, f in s["frozen_at"].items() if f is not None}
     return {"val_accuracy": s["val_accuracy"], "test_accuracy": s["test_accuracy"], "train_time_s": s["train_time_s"],
             "time_saved_in_run": in_run_saving(s, read_metrics(out)), "flops_saved": s.get("flops_saved"),
@@ -71,14 +93,75 @@ def train(out: Path, seed: int, method: list[str]) -> dict:
             "step_time_prefix": (s.get("step_time_profile") or {}).get("prefix")}
 
 
+class Staircase(FreezePolicy):
+    """Unit ``i`` (from the input side) freezes once training is past ``moments[i]``: a schedule in
+    steps, which `linear` cannot express. The head never freezes."""
+
+    name = "staircase"
+
+    def __init__(self, moments: list[float]):
+        super().__init__()
+        self.moments = [float(m) for m in moments]
+
+    def bind(self, unit_names: list[str]) -> None:
+        super().bind(unit_names)
+        if len(self.moments) != self.num_units - 1:
+            raise ConfigError(f"the staircase has {len(self.moments)} moments for a model with "
+                              f"{self.num_units - 1} units below its head")
+
+    def decide(self, progress: Progress) -> set[int]:
+        return {i for i, m in enumerate(self.moments) if progress.fraction > m}
+
+    def config(self) -> dict:
+        return {"moments": self.moments}
+
+
+def staircase_moments(schedule: dict[int, float]) -> list[float]:
+    """Each unit's freezing moment under a schedule of prefix sizes."""
+    return [staircase_moment(schedule, i) for i in range(1, UNITS_BELOW_HEAD + 1)]
+
+
+def train_staircase(out: Path, seed: int, moments: list[float]) -> dict:
+    """One run of the staircase, in the study's settings (the run's config says `linear`, whose
+    settings it shares; its summary names the staircase and its moments). A finished run trained
+    with other moments is an error, not a result."""
+    if _finished(out):
+        kept = json.loads((out / "summary.json").read_text()).get("policy", {}).get("moments")
+        if kept != moments:
+            raise ConfigError(f"{out} holds a staircase run with moments {kept}, not {moments}: move it away to "
+                              "train this one")
+        return figures(out)
+    from frostline.lab.cli import _config, build_parser
+    from frostline.lab.config import TrainConfig
+    from frostline.lab.recipe import train as train_run
+
+    print(f"+ staircase {moments} seed {seed} -> {out}", flush=True)
+    args = build_parser().parse_args(["train", *_train_args(seed, ["--method", "linear"], out)])
+    train_run(_config(args, TrainConfig), policy=Staircase(moments))
+    return figures(out)
+
+
+def paired_row(name: str, k, t, seed: int, r: dict, base: dict) -> dict:
+    return {"run": name, "k": k, "t": t, "seed": seed, **r,
+            "delta_test": round(r["test_accuracy"] - base["test_accuracy"], 2),
+            "delta_val": round(r["val_accuracy"] - base["val_accuracy"], 2),
+            "time_ratio_to_baseline": round(r["train_time_s"] / base["train_time_s"], 4),
+            "baseline_machine": base["machine"]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--work", default=str(ROOT / "runs" / "freeze-cost"), help="folder for the runs")
     parser.add_argument("--report-only", action="store_true", help="print the tables from the committed figures")
+    parser.add_argument("--staircase", action="store_true",
+                        help="train the staircase the study's harmless moments make, on seeds the study did not use")
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds lists a seed twice: {args.seeds}")
+    if args.staircase:
+        staircase_study(args.seeds, Path(args.work), args.report_only)
+        return
     if args.report_only:
         if not RESULTS.exists():
             raise ConfigError(f"no figures at {RESULTS} yet: run without --report-only first")
@@ -92,18 +175,71 @@ def main(argv: list[str] | None = None) -> None:
         cases = [(f"linear-start{CLOCK_START:g}", None, None, CLOCK)] + [
             (f"prefix{k}-at{t:g}", k, t, prefix_args(k, t)) for k, ts in GRID.items() for t in ts]
         for name, k, t, method in cases:
-            r = train(work / f"seed{seed}" / name, seed, method)
-            rows.append({"run": name, "k": k, "t": t, "seed": seed, **r,
-                         "delta_test": round(r["test_accuracy"] - base["test_accuracy"], 2),
-                         "delta_val": round(r["val_accuracy"] - base["val_accuracy"], 2),
-                         "time_ratio_to_baseline": round(r["train_time_s"] / base["train_time_s"], 4),
-                         "baseline_machine": base["machine"]})
+            rows.append(paired_row(name, k, t, seed, train(work / f"seed{seed}" / name, seed, method), base))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"model": MODEL, "dataset": DATASET, "settings": COMMON, "grid": GRID,
                                    "command": "python scripts/freeze_cost.py --seeds " + " ".join(
                                        map(str, sorted({r["seed"] for r in rows}))),
                                    "runs": rows}, indent=1) + "\n")
     report(rows)
+
+
+def staircase_study(seeds: list[int], work: Path, report_only: bool) -> None:
+    """Train (or, with ``report_only``, reprint) the staircase check on ``seeds``."""
+    if report_only:
+        if not STAIRCASE_RESULTS.exists():
+            raise ConfigError(f"no figures at {STAIRCASE_RESULTS} yet: run --staircase without --report-only first")
+        staircase_report(json.loads(STAIRCASE_RESULTS.read_text()))
+        return
+    if not RESULTS.exists():
+        raise ConfigError(f"no figures at {RESULTS}: the staircase comes from the study, run it first")
+    grid = json.loads(RESULTS.read_text())["runs"]
+    chosen_on = sorted({r["seed"] for r in grid})
+    if set(seeds) & set(chosen_on):
+        raise ConfigError(f"seeds {sorted(set(seeds) & set(chosen_on))} chose the staircase (the study ran seeds "
+                          f"{chosen_on}): check it on other seeds")
+    schedule = harmless_schedule(grid)
+    moments = staircase_moments(schedule)
+    kept = json.loads(STAIRCASE_RESULTS.read_text()) if STAIRCASE_RESULTS.exists() else None
+    rows = [r for r in kept["runs"] if r["seed"] not in seeds] if kept and kept["moments"] == moments else []
+    for seed in seeds:
+        base = train(work / f"seed{seed}" / "none", seed, ["--method", "none"])
+        clock = train(work / f"seed{seed}" / f"linear-start{CLOCK_START:g}", seed, CLOCK)
+        rows.append(paired_row(f"linear-start{CLOCK_START:g}", None, None, seed, clock, base))
+        stairs = train_staircase(work / f"seed{seed}" / "staircase", seed, moments)
+        rows.append(paired_row("staircase", None, None, seed, stairs, base))
+    result = {"model": MODEL, "dataset": DATASET, "settings": COMMON, "schedule": schedule, "moments": moments,
+              "chosen_on_seeds": chosen_on,
+              "command": "python scripts/freeze_cost.py --staircase --seeds " + " ".join(
+                  map(str, sorted({r["seed"] for r in rows}))), "runs": rows}
+    STAIRCASE_RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    staircase_report(result)
+
+
+def staircase_report(result: dict) -> None:
+    rows = result["runs"]
+    print(f"staircase chosen on seeds {result['chosen_on_seeds']}: unit moments {result['moments']}")
+    print(table(rows))
+    print(paired_saving(rows))
+
+
+def paired_saving(rows: list[dict]) -> str:
+    """Time saved in-run by the clock and by the staircase, per seed, and their paired difference."""
+    by = {(r["run"], r["seed"]): r for r in rows}
+    seeds = sorted({r["seed"] for r in rows if ("staircase", r["seed"]) in by})
+    clock = f"linear-start{CLOCK_START:g}"
+    pairs = [(by[(clock, s)], by[("staircase", s)]) for s in seeds if (clock, s) in by]
+    pairs = [(c, t) for c, t in pairs if c["time_saved_in_run"] is not None and t["time_saved_in_run"] is not None]
+    if not pairs:
+        return "no seed has an in-run time saving for both the clock and the staircase"
+    saved = lambda r: 100 * r["time_saved_in_run"]  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    gain = [saved(t) - saved(c) for c, t in pairs]
+    cost = [t["delta_test"] - c["delta_test"] for c, t in pairs]
+    return (f"time saved in-run over {len(pairs)} seeds: clock {mean([saved(c) for c, _ in pairs]):.1f}% "
+            f"({', '.join(f'{saved(c):.1f}' for c, _ in pairs)}), staircase {mean([saved(t) for _, t in pairs]):.1f}% "
+            f"({', '.join(f'{saved(t):.1f}' for _, t in pairs)}); staircase minus clock: {mean(gain):+.1f} points of "
+            f"time saved at {mean(cost):+.2f} points of test accuracy")
 
 
 def report(rows: list[dict]) -> None:

@@ -289,6 +289,37 @@ def test_the_freeze_cost_study_freezes_exactly_its_prefix_at_its_moment(tmp_path
     assert study.schedule_saving(study.clock_moment, [1.0] * 9) == pytest.approx(0.0)
 
 
+@pytest.mark.integration
+def test_the_staircase_check_trains_the_studys_moments_on_seeds_the_study_did_not_use(tmp_path):
+    study = _script("freeze_cost")
+    study.COMMON = [*TINY, "--epochs", "2", "--threads", "1"]  # 8 steps of VGG-11 on 256 images
+    study.RESULTS, study.STAIRCASE_RESULTS = tmp_path / "grid.json", tmp_path / "staircase.json"
+    work = ["--work", str(tmp_path / "runs")]
+    with pytest.raises(ConfigError, match="the staircase comes from the study, run it first"):
+        study.main(["--staircase", "--seeds", "3", *work])
+    grid = [{"k": k, "t": t, "seed": 0, "delta_test": 0.0} for k, t in ((2, 0.25), (4, 0.5), (6, 0.5), (8, 0.75))]
+    study.RESULTS.write_text(json.dumps({"runs": grid}))
+    with pytest.raises(ConfigError, match=r"seeds \[0\] chose the staircase"):
+        study.main(["--staircase", "--seeds", "0", "3", *work])
+    study.main(["--staircase", "--seeds", "3", *work])
+    moments = [0.25, 0.25, 0.5, 0.5, 0.5, 0.5, 0.75, 0.75]
+    result = json.loads(study.STAIRCASE_RESULTS.read_text())
+    assert result["moments"] == moments and result["chosen_on_seeds"] == [0]
+    assert [r["run"] for r in result["runs"]] == ["linear-start0.25", "staircase"]
+    summary = json.loads((tmp_path / "runs" / "seed3" / "staircase" / "summary.json").read_text())
+    assert summary["method"] == "staircase" and summary["policy"]["moments"] == moments
+    frozen = [summary["frozen_at"][u] for u in summary["units"][:-1]]
+    assert all(m < f <= m + 1 / 8 for m, f in zip(moments, frozen)), frozen  # each unit the step after its moment
+    assert summary["frozen_at"][summary["units"][-1]] is None  # the head trains on
+    # the staircase changes with the study: a run trained with other moments is not taken for it
+    grid[0]["t"] = 0.125
+    study.RESULTS.write_text(json.dumps({"runs": grid + [{"k": 2, "t": 0.25, "seed": 0, "delta_test": 0.0}]}))
+    with pytest.raises(ConfigError, match="holds a staircase run with moments"):
+        study.main(["--staircase", "--seeds", "3", *work])
+    with pytest.raises(ConfigError, match="12 moments for a model with 8 units"):
+        study.Staircase([0.5] * 12).bind([f"u{i}" for i in range(9)])
+
+
 def test_the_frozen_dropout_script_names_a_model_or_variant_its_suite_lacks():
     script = _script("frozen_dropout")
     with pytest.raises(ConfigError, match="has no model 'nope'; choose one of"):
