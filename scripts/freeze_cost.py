@@ -16,19 +16,22 @@ test accuracy against the baseline of the same seed (the suite's measure) and va
 Finished runs are reused, so an interrupted study continues; the per-run figures go to
 ``benchmarks/freeze-cost/vgg-fmnist.json``.
 
-    nice -n 19 python scripts/freeze_cost.py --staircase --seeds 3 4 5
+    nice -n 19 python scripts/freeze_cost.py --staircase --seeds 3 4 5 [--model resnet]
 
 checks what the study found on fresh seeds: it trains, beside each seed's baseline and clock, the
 staircase the study's harmless moments make (:func:`harmless_schedule`) as one run. Its seeds must
 not be the study's, whose test accuracy chose the staircase. Freezing costs read alone need not add
-up, so this run is what says whether the room the study shows is there. Its figures go to
-``benchmarks/freeze-cost/vgg-fmnist-staircase.json``.
+up, so this run is what says whether the room the study shows is there. With ``--model resnet`` the
+same staircase, by relative depth, goes to ResNet-14, which the study never trained: whether the
+room carries over to another model. Its figures go to
+``benchmarks/freeze-cost/<model>-fmnist-staircase.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +55,9 @@ GRID = {2: (0.125, 0.25), 4: (0.25, 0.375, 0.5), 6: (0.375, 0.5, 0.625), 8: (0.5
 CLOCK_START = 0.25
 CLOCK = ["--method", "linear", "--freeze-start", str(CLOCK_START)]
 RESULTS = ROOT / "benchmarks" / "freeze-cost" / "vgg-fmnist.json"
-STAIRCASE_RESULTS = RESULTS.with_name("vgg-fmnist-staircase.json")
+STAIRCASE_RESULTS = RESULTS.parent / "{model}-fmnist-staircase.json"
+#: Models the staircase check can train (the study itself trains VGG-11 only).
+STAIRCASE_MODELS = ("vgg", "resnet")
 #: Test accuracy (points, mean over seeds) a freeze may cost and count as harmless: the threshold
 #: calibration's line.
 TOLERANCE = 0.1
@@ -66,16 +71,16 @@ def prefix_args(k: int, t: float) -> list[str]:
             "--freeze-level", str(level)]
 
 
-def train(out: Path, seed: int, method: list[str]) -> dict:
+def train(out: Path, seed: int, method: list[str], model: str = MODEL) -> dict:
     if not _finished(out):
-        cmd = [sys.executable, "-m", "frostline", "train", *_train_args(seed, method, out)]
+        cmd = [sys.executable, "-m", "frostline", "train", *_train_args(seed, method, out, model)]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
     return figures(out)
 
 
-def _train_args(seed: int, method: list[str], out: Path) -> list[str]:
-    return ["--model", MODEL, "--dataset", DATASET, *COMMON, "--seed", str(seed), *method, "--out", str(out)]
+def _train_args(seed: int, method: list[str], out: Path, model: str = MODEL) -> list[str]:
+    return ["--model", model, "--dataset", DATASET, *COMMON, "--seed", str(seed), *method, "--out", str(out)]
 
 
 def _finished(out: Path) -> bool:
@@ -94,50 +99,52 @@ def figures(out: Path) -> dict:
 
 
 class Staircase(FreezePolicy):
-    """Unit ``i`` (from the input side) freezes once training is past ``moments[i]``: a schedule in
-    steps, which `linear` cannot express. The head never freezes."""
+    """A schedule in steps, which `linear` cannot express: ``schedule`` maps a prefix of the study's
+    model (k of its 8 units below the head) to the moment it has frozen. On a model of ``n`` units
+    below the head, unit ``i`` (from the input side, 1-based) takes the moment of VGG-11's unit at
+    the same relative depth, ``ceil(8 i / n)``, and freezes once training is past it. The head never
+    freezes."""
 
     name = "staircase"
 
-    def __init__(self, moments: list[float]):
+    def __init__(self, schedule: dict[int, float]):
         super().__init__()
-        self.moments = [float(m) for m in moments]
+        self.schedule = {int(k): float(t) for k, t in schedule.items()}
+        self.moments: list[float] = []
 
     def bind(self, unit_names: list[str]) -> None:
         super().bind(unit_names)
-        if len(self.moments) != self.num_units - 1:
-            raise ConfigError(f"the staircase has {len(self.moments)} moments for a model with "
-                              f"{self.num_units - 1} units below its head")
+        below = self.num_units - 1
+        if below < 1:
+            raise ConfigError("the staircase needs a model with a unit below its head")
+        self.moments = [staircase_moment(self.schedule, math.ceil(UNITS_BELOW_HEAD * i / below))
+                        for i in range(1, below + 1)]
 
     def decide(self, progress: Progress) -> set[int]:
         return {i for i, m in enumerate(self.moments) if progress.fraction > m}
 
     def config(self) -> dict:
-        return {"moments": self.moments}
+        return {"schedule": {str(k): t for k, t in self.schedule.items()}, "moments": self.moments}
 
 
-def staircase_moments(schedule: dict[int, float]) -> list[float]:
-    """Each unit's freezing moment under a schedule of prefix sizes."""
-    return [staircase_moment(schedule, i) for i in range(1, UNITS_BELOW_HEAD + 1)]
-
-
-def train_staircase(out: Path, seed: int, moments: list[float]) -> dict:
+def train_staircase(out: Path, seed: int, schedule: dict[int, float], model: str) -> dict:
     """One run of the staircase, in the study's settings (the run's config says `linear`, whose
-    settings it shares; its summary names the staircase and its moments). A finished run trained
-    with other moments is an error, not a result."""
+    settings it shares; its summary names the staircase, its schedule and its moments). A finished
+    run trained with another schedule is an error, not a result."""
+    wanted = {str(k): float(t) for k, t in schedule.items()}
     if _finished(out):
-        kept = json.loads((out / "summary.json").read_text()).get("policy", {}).get("moments")
-        if kept != moments:
-            raise ConfigError(f"{out} holds a staircase run with moments {kept}, not {moments}: move it away to "
+        kept = json.loads((out / "summary.json").read_text()).get("policy", {}).get("schedule")
+        if kept != wanted:
+            raise ConfigError(f"{out} holds a staircase run with schedule {kept}, not {wanted}: move it away to "
                               "train this one")
         return figures(out)
     from frostline.lab.cli import _config, build_parser
     from frostline.lab.config import TrainConfig
     from frostline.lab.recipe import train as train_run
 
-    print(f"+ staircase {moments} seed {seed} -> {out}", flush=True)
-    args = build_parser().parse_args(["train", *_train_args(seed, ["--method", "linear"], out)])
-    train_run(_config(args, TrainConfig), policy=Staircase(moments))
+    print(f"+ staircase {wanted} {model} seed {seed} -> {out}", flush=True)
+    args = build_parser().parse_args(["train", *_train_args(seed, ["--method", "linear"], out, model)])
+    train_run(_config(args, TrainConfig), policy=Staircase(schedule))
     return figures(out)
 
 
@@ -156,11 +163,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-only", action="store_true", help="print the tables from the committed figures")
     parser.add_argument("--staircase", action="store_true",
                         help="train the staircase the study's harmless moments make, on seeds the study did not use")
+    parser.add_argument("--model", default=MODEL, help=f"with --staircase: the model it trains, one of {STAIRCASE_MODELS}")
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds lists a seed twice: {args.seeds}")
+    if args.model != MODEL and not args.staircase:
+        raise ConfigError(f"the study trains {MODEL} only; --model {args.model} is for --staircase")
+    if args.model not in STAIRCASE_MODELS:
+        raise ConfigError(f"--model {args.model!r}: the staircase check trains one of {STAIRCASE_MODELS}")
     if args.staircase:
-        staircase_study(args.seeds, Path(args.work), args.report_only)
+        staircase_study(args.seeds, Path(args.work), args.report_only, args.model)
         return
     if args.report_only:
         if not RESULTS.exists():
@@ -184,41 +196,47 @@ def main(argv: list[str] | None = None) -> None:
     report(rows)
 
 
-def staircase_study(seeds: list[int], work: Path, report_only: bool) -> None:
-    """Train (or, with ``report_only``, reprint) the staircase check on ``seeds``."""
+def staircase_study(seeds: list[int], work: Path, report_only: bool, model: str = MODEL) -> None:
+    """Train (or, with ``report_only``, reprint) the staircase check of ``model`` on ``seeds``."""
+    results = Path(str(STAIRCASE_RESULTS).format(model=model))
     if report_only:
-        if not STAIRCASE_RESULTS.exists():
-            raise ConfigError(f"no figures at {STAIRCASE_RESULTS} yet: run --staircase without --report-only first")
-        staircase_report(json.loads(STAIRCASE_RESULTS.read_text()))
+        if not results.exists():
+            raise ConfigError(f"no figures at {results} yet: run --staircase without --report-only first")
+        staircase_report(json.loads(results.read_text()))
         return
     if not RESULTS.exists():
         raise ConfigError(f"no figures at {RESULTS}: the staircase comes from the study, run it first")
     grid = json.loads(RESULTS.read_text())["runs"]
     chosen_on = sorted({r["seed"] for r in grid})
-    if set(seeds) & set(chosen_on):
+    if model == MODEL and set(seeds) & set(chosen_on):
         raise ConfigError(f"seeds {sorted(set(seeds) & set(chosen_on))} chose the staircase (the study ran seeds "
                           f"{chosen_on}): check it on other seeds")
     schedule = harmless_schedule(grid)
-    moments = staircase_moments(schedule)
-    kept = json.loads(STAIRCASE_RESULTS.read_text()) if STAIRCASE_RESULTS.exists() else None
-    rows = [r for r in kept["runs"] if r["seed"] not in seeds] if kept and kept["moments"] == moments else []
+    wanted = {str(k): t for k, t in schedule.items()}
+    kept = json.loads(results.read_text()) if results.exists() else None
+    rows = [r for r in kept["runs"] if r["seed"] not in seeds] if kept and kept["schedule"] == wanted else []
+    folder = work if model == MODEL else work / model  # the study's own runs sit at the top
+    moments = None
     for seed in seeds:
-        base = train(work / f"seed{seed}" / "none", seed, ["--method", "none"])
-        clock = train(work / f"seed{seed}" / f"linear-start{CLOCK_START:g}", seed, CLOCK)
+        base = train(folder / f"seed{seed}" / "none", seed, ["--method", "none"], model)
+        clock = train(folder / f"seed{seed}" / f"linear-start{CLOCK_START:g}", seed, CLOCK, model)
         rows.append(paired_row(f"linear-start{CLOCK_START:g}", None, None, seed, clock, base))
-        stairs = train_staircase(work / f"seed{seed}" / "staircase", seed, moments)
+        out = folder / f"seed{seed}" / "staircase"
+        stairs = train_staircase(out, seed, schedule, model)
+        moments = json.loads((out / "summary.json").read_text())["policy"]["moments"]
         rows.append(paired_row("staircase", None, None, seed, stairs, base))
-    result = {"model": MODEL, "dataset": DATASET, "settings": COMMON, "schedule": schedule, "moments": moments,
-              "chosen_on_seeds": chosen_on,
-              "command": "python scripts/freeze_cost.py --staircase --seeds " + " ".join(
+    result = {"model": model, "dataset": DATASET, "settings": COMMON, "schedule": wanted,
+              "moments": moments if moments is not None else kept["moments"], "chosen_on_seeds": chosen_on,
+              "command": f"python scripts/freeze_cost.py --staircase --model {model} --seeds " + " ".join(
                   map(str, sorted({r["seed"] for r in rows}))), "runs": rows}
-    STAIRCASE_RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    results.write_text(json.dumps(result, indent=1) + "\n")
     staircase_report(result)
 
 
 def staircase_report(result: dict) -> None:
     rows = result["runs"]
-    print(f"staircase chosen on seeds {result['chosen_on_seeds']}: unit moments {result['moments']}")
+    print(f"{result['model']}: staircase chosen on VGG-11 seeds {result['chosen_on_seeds']}: unit moments "
+          f"{result['moments']}")
     print(table(rows))
     print(paired_saving(rows))
 

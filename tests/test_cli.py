@@ -314,10 +314,16 @@ def test_the_staircase_check_trains_the_studys_moments_on_seeds_the_study_did_no
     # the staircase changes with the study: a run trained with other moments is not taken for it
     grid[0]["t"] = 0.125
     study.RESULTS.write_text(json.dumps({"runs": grid + [{"k": 2, "t": 0.25, "seed": 0, "delta_test": 0.0}]}))
-    with pytest.raises(ConfigError, match="holds a staircase run with moments"):
+    with pytest.raises(ConfigError, match="holds a staircase run with schedule"):
         study.main(["--staircase", "--seeds", "3", *work])
-    with pytest.raises(ConfigError, match="12 moments for a model with 8 units"):
-        study.Staircase([0.5] * 12).bind([f"u{i}" for i in range(9)])
+    # another model takes the moment of VGG-11's unit at the same relative depth
+    resnet = study.Staircase({2: 0.25, 4: 0.5, 6: 0.6, 8: 0.75})
+    resnet.bind([f"u{i}" for i in range(8)])  # ResNet-14: 7 units below the head
+    assert resnet.moments == [0.25, 0.5, 0.5, 0.6, 0.6, 0.75, 0.75]
+    with pytest.raises(ConfigError, match="needs a model with a unit below its head"):
+        study.Staircase({8: 0.5}).bind(["head"])
+    with pytest.raises(ConfigError, match="the study trains vgg only; --model resnet is for --staircase"):
+        study.main(["--model", "resnet"])
 
 
 def test_the_frozen_dropout_script_names_a_model_or_variant_its_suite_lacks():
