@@ -305,12 +305,16 @@ def test_the_staircase_check_trains_the_studys_moments_on_seeds_the_study_did_no
     moments = [0.25, 0.25, 0.5, 0.5, 0.5, 0.5, 0.75, 0.75]
     result = json.loads(study.STAIRCASE_RESULTS.read_text())
     assert result["moments"] == moments and result["chosen_on_seeds"] == [0]
-    assert [r["run"] for r in result["runs"]] == ["linear-start0.25", "staircase"]
+    assert [r["run"] for r in result["runs"]][:2] == ["linear-start0.25", "staircase"]
     summary = json.loads((tmp_path / "runs" / "seed3" / "staircase" / "summary.json").read_text())
     assert summary["method"] == "staircase" and summary["policy"]["moments"] == moments
     frozen = [summary["frozen_at"][u] for u in summary["units"][:-1]]
     assert all(m < f <= m + 1 / 8 for m, f in zip(moments, frozen)), frozen  # each unit the step after its moment
     assert summary["frozen_at"][summary["units"][-1]] is None  # the head trains on
+    # beside the suite's clock, the clock priced to save what the staircase saves, on the same seeds
+    assert result["equal_clock_start"] in (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
+    if result["equal_clock_start"] != 0.25:
+        assert [r["run"] for r in result["runs"]][-1] == f"linear-start{result['equal_clock_start']:g}"
     # the staircase changes with the study: a run trained with other moments is not taken for it
     grid[0]["t"] = 0.125
     study.RESULTS.write_text(json.dumps({"runs": grid + [{"k": 2, "t": 0.25, "seed": 0, "delta_test": 0.0}]}))
@@ -324,6 +328,26 @@ def test_the_staircase_check_trains_the_studys_moments_on_seeds_the_study_did_no
         study.Staircase({8: 0.5}).bind(["head"])
     with pytest.raises(ConfigError, match="the study trains vgg only; --model resnet is for --staircase"):
         study.main(["--model", "resnet"])
+
+
+def test_the_clock_to_beat_at_equal_savings_is_priced_by_the_runs_own_step_times(tmp_path):
+    study = _script("freeze_cost")
+    profile = {"prefix": [1.0, 0.6, 0.3]}  # two units below the head
+    for name, method, moments in (("a", "staircase", [0.05 + 0.95 / 2, 1.0]), ("b", "linear", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"method": method, "policy": {"moments": moments}, "step_time_profile": profile}))
+    # a staircase that is the clock started at 0.05 is priced the same as that clock, and no other
+    assert study.equal_clock_start([tmp_path / "a", tmp_path / "b"]) == 0.05
+    (tmp_path / "a" / "summary.json").write_text(json.dumps({"method": "staircase", "policy": {"moments": [0.3, 0.7]}}))
+    (tmp_path / "b" / "summary.json").write_text(json.dumps({"method": "linear"}))
+    with pytest.raises(ConfigError, match="recorded a step-time profile"):
+        study.equal_clock_start([tmp_path / "a", tmp_path / "b"])
+    rows = [{"run": run, "seed": seed, "time_saved_in_run": saved, "delta_test": delta}
+            for seed, (c, t) in enumerate(((0.30, 0.40), (0.32, 0.38))) for run, saved, delta in
+            (("linear-start0.25", c, -0.1), ("staircase", t, -0.2))]
+    assert "staircase minus linear-start0.25: +8.0 ± 2.00 points of time saved at -0.10 ± 0.00" in \
+        study.paired_saving(rows, "linear-start0.25")
 
 
 def test_the_frozen_dropout_script_names_a_model_or_variant_its_suite_lacks():
