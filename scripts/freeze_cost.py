@@ -54,6 +54,7 @@ GRID = {2: (0.125, 0.25), 4: (0.25, 0.375, 0.5), 6: (0.375, 0.5, 0.625), 8: (0.5
 #: The suite's `linear-start0.25` clock: `linear` from a quarter of training to the end.
 CLOCK_START = 0.25
 CLOCK = ["--method", "linear", "--freeze-start", str(CLOCK_START)]
+CLOCK_RUN = f"linear-start{CLOCK_START:g}"  # its run name
 RESULTS = ROOT / "benchmarks" / "freeze-cost" / "vgg-fmnist.json"
 STAIRCASE_RESULTS = RESULTS.parent / "{model}-fmnist-staircase.json"
 #: Models the staircase check can train (the study itself trains VGG-11 only).
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [r for r in kept if r["seed"] not in args.seeds]  # other seeds' committed rows stay
     for seed in args.seeds:
         base = train(work / f"seed{seed}" / "none", seed, ["--method", "none"])
-        cases = [(f"linear-start{CLOCK_START:g}", None, None, CLOCK)] + [
+        cases = [(CLOCK_RUN, None, None, CLOCK)] + [
             (f"prefix{k}-at{t:g}", k, t, prefix_args(k, t)) for k, ts in GRID.items() for t in ts]
         for name, k, t, method in cases:
             rows.append(paired_row(name, k, t, seed, train(work / f"seed{seed}" / name, seed, method), base))
@@ -219,14 +220,14 @@ def staircase_study(seeds: list[int], work: Path, report_only: bool, model: str 
     moments = None
     for seed in seeds:
         base = train(folder / f"seed{seed}" / "none", seed, ["--method", "none"], model)
-        clock = train(folder / f"seed{seed}" / f"linear-start{CLOCK_START:g}", seed, CLOCK, model)
-        rows.append(paired_row(f"linear-start{CLOCK_START:g}", None, None, seed, clock, base))
+        clock = train(folder / f"seed{seed}" / CLOCK_RUN, seed, CLOCK, model)
+        rows.append(paired_row(CLOCK_RUN, None, None, seed, clock, base))
         out = folder / f"seed{seed}" / "staircase"
         stairs = train_staircase(out, seed, schedule, model)
         moments = json.loads((out / "summary.json").read_text())["policy"]["moments"]
         rows.append(paired_row("staircase", None, None, seed, stairs, base))
     start = equal_clock_start([folder / f"seed{seed}" / run for seed in seeds
-                               for run in ("staircase", f"linear-start{CLOCK_START:g}")])
+                               for run in ("staircase", CLOCK_RUN)])
     if start != CLOCK_START:
         for seed in seeds:
             name = f"linear-start{start:g}"
@@ -246,7 +247,7 @@ def staircase_report(result: dict) -> None:
     print(f"{result['model']}: staircase chosen on VGG-11 seeds {result['chosen_on_seeds']}: unit moments "
           f"{result['moments']}")
     print(table(rows))
-    clocks = [f"linear-start{CLOCK_START:g}"]
+    clocks = [CLOCK_RUN]
     if result.get("equal_clock_start", CLOCK_START) != CLOCK_START:
         clocks.append(f"linear-start{result['equal_clock_start']:g}")
         print(f"linear-start{result['equal_clock_start']:g}: the `linear` clock whose priced step time saves what "
@@ -276,6 +277,11 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
+def mean_profile(profiles: list[list[float]]) -> list[float]:
+    """Step-time profiles (relative step time per frozen-prefix length) averaged entry by entry."""
+    return [_mean([p[i] for p in profiles]) for i in range(len(profiles[0]))]
+
+
 def _spread(xs: list[float], fmt: str) -> str:
     """``mean ± standard error`` of paired differences (the mean alone for one seed)."""
     if len(xs) < 2:
@@ -293,11 +299,11 @@ def equal_clock_start(runs: list[Path], candidates=(0.0, 0.05, 0.1, 0.15, 0.2, C
     if not profiles:
         raise ConfigError(f"none of {[str(r) for r in runs]} recorded a step-time profile, so no clock can be "
                           "priced against the staircase")
-    prefix = [_mean([p[i] for p in profiles]) for i in range(len(profiles[0]))]
+    prefix = mean_profile(profiles)
     moments = next(s["policy"]["moments"] for s in summaries if s["method"] == "staircase")
     target = schedule_saving(lambda k: moments[k - 1], prefix)
     below = len(prefix) - 1
-    return min(candidates, key=lambda start: abs(schedule_saving(lambda k: start + (1 - start) * k / below, prefix)
+    return min(candidates, key=lambda start: abs(schedule_saving(lambda k: clock_moment(k, start, below), prefix)
                                                  - target))
 
 
@@ -308,7 +314,7 @@ def report(rows: list[dict]) -> None:
     if not profiles:
         print("no run recorded a step-time profile, so no schedule is priced")
     else:
-        prefix = [sum(p[i] for p in profiles) / len(profiles) for i in range(len(profiles[0]))]
+        prefix = mean_profile(profiles)
         staircase = harmless_schedule(rows)
         print(f"priced by the runs' step-time profile (mean of {len(profiles)}; no cache): the clock saves "
               f"{100 * schedule_saving(clock_moment, prefix):.1f}% of step time; freezing each k at its harmless "
@@ -316,9 +322,10 @@ def report(rows: list[dict]) -> None:
               f"{100 * schedule_saving(lambda k: staircase_moment(staircase, k), prefix):.1f}%")
 
 
-def clock_moment(k: int) -> float:
-    """When the suite's `linear-start0.25` clock has frozen ``k`` units."""
-    return CLOCK_START + (1 - CLOCK_START) * k / UNITS_BELOW_HEAD
+def clock_moment(k: int, start: float = CLOCK_START, below: int = UNITS_BELOW_HEAD) -> float:
+    """When a `linear` clock from ``start`` to the end (the suite's from 0.25) has frozen ``k`` of
+    ``below`` units."""
+    return start + (1 - start) * k / below
 
 
 def harmless(rows: list[dict], tolerance: float = TOLERANCE) -> str:
