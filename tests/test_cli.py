@@ -158,6 +158,24 @@ def test_train_with_a_cooldown_freezes_each_unit_that_many_steps_after_its_decis
 
 
 @pytest.mark.integration
+def test_train_with_the_step_schedule_cuts_the_rate_tenfold_at_half_and_three_quarters(tmp_path):
+    out = tmp_path / "step"
+    assert main(["train", "--method", "linear", "--lr-schedule", "step", "--epochs", "4", "--log-every", "1", *TINY,
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    total = summary["total_steps"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    seen = {}
+    for row in rows:
+        if row["kind"] == "step":  # the head never freezes, so its group's lr is the run's
+            factor = 1.0 if row["step"] < total / 2 else 0.1 if row["step"] < 0.75 * total else 0.01
+            assert row["lr"] == pytest.approx(0.05 * factor, rel=1e-9), row["step"]
+            seen[factor] = True
+    assert set(seen) == {1.0, 0.1, 0.01}  # every phase was logged
+    assert json.loads((out / "config.json").read_text())["lr_schedule"] == "step"
+
+
+@pytest.mark.integration
 def test_a_speed_probe_measures_time_saved_against_the_runs_own_full_speed(tmp_path, capsys):
     """A baseline run with a probe reads close to 0% saved (the probe times the same full step the
     run took); a run that froze from its first steps reads a saving from the probe, where the log

@@ -28,7 +28,7 @@ HELP = {
     "batch_size": "samples per step",
     "optimizer": "sgd (Nesterov momentum) or adamw",
     "lr": "base learning rate",
-    "lr_schedule": "cosine or constant (freezeout brings its own per-unit schedule)",
+    "lr_schedule": "cosine, step (a tenth of the rate from half of training, a hundredth from three quarters) or constant (freezeout brings its own per-unit schedule)",
     "train_subset": "train on the first N samples of the (shuffled) train split",
     "val_size": "samples held out from train for validation (default 5000; 400 for fine-foods)",
     "max_length": "text datasets: tokens per sample (padded / truncated)",

@@ -28,7 +28,7 @@ from .pretrained import TEXT_MODELS
 
 OPTIMIZERS = ("sgd", "adamw")
 CACHE_MODES = ("auto", "memory", "disk", "off")
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "step", "constant")
 
 
 @dataclass

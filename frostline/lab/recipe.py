@@ -319,10 +319,19 @@ def _optimizer(cfg: TrainConfig, model: nn.Module | list[nn.Parameter]) -> torch
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+#: Fractions of training at which the ``step`` schedule cuts the learning rate tenfold: the classic
+#: CIFAR schedule of ResNet and VGG papers, in which the rate holds its peak for half of training.
+STEP_DROPS = (0.5, 0.75)
+
+
 def _lr_scheduler(cfg: TrainConfig, optimizer, policy, total_steps: int):
-    """Cosine decay over the run, unless the policy brings its own per-unit schedule (FreezeOut)."""
-    if cfg.lr_schedule != "cosine" or policy.scales_lr:
+    """Cosine decay or step drops over the run, unless the policy brings its own per-unit schedule
+    (FreezeOut). A LambdaLR either way, so the Freezer's per-unit groups and cool-downs follow it."""
+    if cfg.lr_schedule == "constant" or policy.scales_lr:
         return None
+    if cfg.lr_schedule == "step":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.1 ** sum(s >= d * total_steps for d in STEP_DROPS))
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
 
