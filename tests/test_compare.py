@@ -4,6 +4,7 @@ never passes a goal on missing runs."""
 
 import json
 import math
+import shutil
 import statistics
 
 import pytest
@@ -141,6 +142,21 @@ def test_publish_writes_full_results_to_docs_and_a_short_summary_to_the_readme(b
     readme.write_text("no markers here\n")
     with pytest.raises(FrostlineError, match="no summary block"):
         publish_results(root, readme, docs)
+
+
+@pytest.mark.integration
+def test_a_study_suite_is_published_to_the_docs_alone(bench, tmp_path):
+    _, root, _ = bench
+    assert SUITES["step-lr"].in_readme is False and SUITES["standard"].in_readme
+    study = tmp_path / "study"
+    shutil.copytree(root, study)
+    results = json.loads((study / "results.json").read_text())
+    (study / "results.json").write_text(json.dumps({**results, "suite": "step-lr"}))
+    readme, docs = tmp_path / "README.md", tmp_path / "docs" / "benchmarks.md"
+    readme.write_text("no markers here\n")  # it has no block for the suite, and needs none
+    assert publish_results(study, readme, docs) == (docs,)
+    assert readme.read_text() == "no markers here\n"
+    assert results_markers("step-lr")[0] in docs.read_text() and "| freezeout+cache |" in docs.read_text()
 
 
 def _row(variant, method, saved, delta, model="resnet", seeds=3, overhead=math.nan):

@@ -239,6 +239,9 @@ class Suite:
     convergence: float | None = None  # also train the baseline this many times longer, to show it converged
     convergence_seeds: int = 1  # seeds of that longer baseline (paired with the same seeds' baselines)
     max_jobs: int | None = None  # cells at once it allows (1: each run alone, so its times are honest)
+    #: Whether ``bench readme`` puts its summary in the README too: the front door holds the suites the
+    #: project's goals are judged on; a study of one question goes in the docs alone.
+    in_readme: bool = True
 
     def combos(self) -> list[tuple[str, str, dict[str, Any]]]:
         if self.pairs:
@@ -296,7 +299,7 @@ SUITES: dict[str, Suite] = {
         "SGD, two threads, one run at a time) with the learning rate cut tenfold at half and again at three "
         "quarters of training instead of cosine decay: whether settings chosen under cosine decay carry over; "
         "the baseline's convergence is checked at 1.5× the epochs (seed 0)",
-        convergence=1.5, max_jobs=1),
+        convergence=1.5, max_jobs=1, in_readme=False),
     "quick": Suite(
         "quick", ("resnet", "vgg"), ("fashion-mnist",), 3,
         ("none", "linear", "freezeout", "freezeout+cache", "autofreeze+cache", "cka-oracle+cache", "smartfrz+cache"),
@@ -1544,19 +1547,21 @@ def write_report(root: Path, suite: Suite, cells: Sequence[Cell], results: dict[
 
 
 def publish_results(bench_dir: str | os.PathLike, readme: str | os.PathLike = "README.md",
-                    docs: str | os.PathLike = "docs/benchmarks.md") -> tuple[Path, Path]:
+                    docs: str | os.PathLike = "docs/benchmarks.md") -> tuple[Path, ...]:
     """Publish a finished bench: its full results block into ``docs`` (the file and the suite's
     section are created when missing) with its plots beside it under ``bench/<suite>/``, and a short
     summary (the suite's goals and the accuracy-against-time-saved plot) into the README's summary
-    block of that suite. Returns the two files written."""
+    block of that suite, unless the suite keeps out of the README (``Suite.in_readme``). Returns the
+    files written."""
     root, readme, docs = Path(bench_dir), Path(readme), Path(docs)
     data = _read_results(root)
     suite = _suite_of(data)
-    if not readme.exists():
+    to_readme = SUITES[suite.name].in_readme if suite.name in SUITES else True
+    if to_readme and not readme.exists():
         raise FrostlineError(f"{readme} does not exist: pass --readme PATH")
     begin, end = summary_markers(suite.name)
-    readme_text = readme.read_text()
-    if begin not in readme_text or end not in readme_text:
+    readme_text = readme.read_text() if to_readme else ""
+    if to_readme and (begin not in readme_text or end not in readme_text):
         raise FrostlineError(f"{readme} has no summary block for suite {suite.name!r}: add the lines {begin} and "
                              f"{end} where it goes")
     images = docs.parent / "bench" / suite.name
@@ -1567,6 +1572,8 @@ def publish_results(bench_dir: str | os.PathLike, readme: str | os.PathLike = "R
     docs.parent.mkdir(parents=True, exist_ok=True)
     docs_text = docs.read_text() if docs.exists() else "# Benchmarks\n"
     docs.write_text(_replace_block(docs_text, *results_markers(suite.name), block))
+    if not to_readme:
+        return (docs,)
     summary = summary_markdown(suite, data, plot=_relative(images / PLOTS[0][0], readme.parent),
                                details=_relative(docs, readme.parent))
     readme.write_text(_replace_block(readme_text, begin, end, summary))
