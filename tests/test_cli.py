@@ -43,6 +43,7 @@ TINY = ["--train-subset", "256", "--val-size", "128", "--test-subset", "128", "-
     (["--method", "linear", "--stages-per-epoch", "4"], "read only by cka-oracle, smartfrz"),
     (["--cache", "off", "--cache-dtype", "float16"], "--cache-dtype does nothing here"),
     (["--optimizer", "adamw", "--momentum", "0.5"], "only --optimizer sgd has momentum"),
+    (["--method", "freezeout", "--lr-schedule", "step"], "freezeout anneals each unit's learning rate along its own"),
     (["--max-length", "32"], "only text datasets"),
     (["--method", "linear", "--reference", "runs/x"], "--reference does nothing here: read only by cka-oracle"),
     (["--compile-backend", "aot_eager"], "without --compile"),
