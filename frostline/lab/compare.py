@@ -1556,7 +1556,7 @@ def publish_results(bench_dir: str | os.PathLike, readme: str | os.PathLike = "R
     root, readme, docs = Path(bench_dir), Path(readme), Path(docs)
     data = _read_results(root)
     suite = _suite_of(data)
-    to_readme = SUITES[suite.name].in_readme if suite.name in SUITES else True
+    to_readme = suite.in_readme
     if to_readme and not readme.exists():
         raise FrostlineError(f"{readme} does not exist: pass --readme PATH")
     begin, end = summary_markers(suite.name)
@@ -1609,12 +1609,15 @@ def _read_results(root: Path) -> dict[str, Any]:
 
 
 def _suite_of(data: dict[str, Any]) -> Suite:
-    """The suite a results.json describes (goals from the file; older files: the suite's own)."""
+    """The suite a results.json describes (goals from the file; older files: the suite's own; whether
+    it goes in the README: the suite's own)."""
+    known = SUITES.get(data["suite"])
     if "goals" in data:
         goals = tuple(Goal(**{k: tuple(v) if isinstance(v, list) else v for k, v in g.items()}) for g in data["goals"])
     else:
-        goals = SUITES[data["suite"]].goals if data["suite"] in SUITES else ()
-    return Suite(data["suite"], (), (), data["seeds"], (), about=data["about"], goals=goals)
+        goals = known.goals if known else ()
+    return Suite(data["suite"], (), (), data["seeds"], (), about=data["about"], goals=goals,
+                 in_readme=known.in_readme if known else True)
 
 
 def _copy_plots(root: Path, target: Path) -> None:

@@ -276,7 +276,7 @@ READ_ONLY_WHEN = {
     "compile_backend": (lambda c: c.compile, "nothing is compiled without --compile"),
     "max_length": (lambda c: c.dataset in TEXT_DATASETS, f"only text datasets ({', '.join(TEXT_DATASETS)}) are tokenised"),
     "momentum": (lambda c: c.optimizer == "sgd", "only --optimizer sgd has momentum"),
-    "lr_schedule": (lambda c: getattr(c, "method", None) != "freezeout",
+    "lr_schedule": (lambda c: getattr(c, "method", None) not in list_policies() or not policy_spec(c.method).cls.scales_lr,
                     "freezeout anneals each unit's learning rate along its own schedule"),
 }
 #: What a resumed run takes from the new command line (how this process runs); everything else
